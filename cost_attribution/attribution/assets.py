@@ -1,0 +1,135 @@
+"""Attribution: traces x allocations -> per experiment x service deltas.
+
+`trace_completeness` gates the day (blocking check); `usage_deltas` is the as-of
+snapshot of every experiment's member-level statistics.
+"""
+
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from cost_attribution.attribution.member_usage import load_experiment_usage
+from cost_attribution.attribution.stats import StatsConfig, compare_cells, sample_ratio_mismatch
+from cost_attribution.checks import trace_completeness as completeness
+from cost_attribution.partitions import daily_partitions
+from cost_attribution.resources import AnalysisSettings
+from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
+
+ATTRIBUTION = "attribution"
+OWNERS = ["team:platform-data"]
+SRM_CHECK = "sample_ratio_mismatch"
+
+
+@dg.asset(
+    key="trace_completeness",
+    deps=["service_coverage", "trace_edges"],
+    description="Per-service trace coverage (share of adjusted SERVER work that reaches a member), broken "
+    "caller -> callee edges, orphan-parent rate and member-tag coverage for the day. Its coverage gate is a "
+    "blocking check: an untrustworthy day does not produce deltas or projections.",
+    partitions_def=daily_partitions,
+    check_specs=completeness.completeness_check_specs("trace_completeness"),
+    kinds={"duckdb", "python"},
+    owners=OWNERS,
+    group_name=ATTRIBUTION,
+    pool="warehouse",
+)
+def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
+    day = dt.date.fromisoformat(context.partition_key)
+    with warehouse.get_connection() as conn:
+        coverage = read_frame(conn, "SELECT * FROM main.service_coverage WHERE dt = ?", [day])
+        edges = read_frame(conn, "SELECT * FROM main.trace_edges WHERE dt = ?", [day])
+        summary = completeness.summarize(coverage, edges)
+        replace_rows(
+            conn,
+            "main.trace_completeness",
+            summary.services.with_columns(pl.lit(day).alias("dt")).select("dt", pl.all().exclude("dt")),
+            where={"dt": day},
+        )
+        replace_rows(
+            conn,
+            "main.broken_edges",
+            summary.broken_edges.with_columns(pl.lit(day).alias("dt")).select("dt", pl.all().exclude("dt")),
+            where={"dt": day},
+        )
+    yield dg.MaterializeResult(
+        metadata={
+            "overall_coverage": summary.overall_coverage if summary.overall_coverage is not None else float("nan"),
+            "coverage_by_service": dg.MetadataValue.md(
+                markdown_table(summary.services.select("service", "server_spans", "coverage", "anonymous_root_share", "orphan_rate"))
+            ),
+            "broken_edges": dg.MetadataValue.md(markdown_table(summary.broken_edges)),
+        }
+    )
+    yield from completeness.check_results(summary, settings.min_trace_coverage, "trace_completeness")
+
+
+@dg.asset(
+    key="usage_deltas",
+    deps=["member_service_usage", "trace_completeness", "allocations", "experiments"],
+    description="As of the partition day: for every experiment cell and service, the relative change in adjusted "
+    "request volume per allocated member vs control, with a member-level interval (always-valid by default, "
+    "because the report re-reads it every day), p-value and Benjamini-Hochberg q-value across all pairs.",
+    partitions_def=daily_partitions,
+    check_specs=[
+        dg.AssetCheckSpec(
+            SRM_CHECK,
+            asset="usage_deltas",
+            description="WARN when an experiment's allocation counts per cell are implausible under its split "
+            "(sample ratio mismatch): its deltas are then suspect.",
+        )
+    ],
+    kinds={"python", "duckdb"},
+    owners=["team:experimentation"],
+    group_name=ATTRIBUTION,
+    pool="warehouse",
+)
+def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
+    as_of = dt.date.fromisoformat(context.partition_key)
+    config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
+    with warehouse.get_connection() as conn:
+        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage)
+        deltas = compare_cells(
+            usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests"),
+            usage.allocations,
+            usage.experiments.select("experiment_id", "control_cell"),
+            config,
+        )
+        measured_from = usage.member_usage.select("experiment_id", "service", "measured_from").unique(
+            subset=["experiment_id", "service"]
+        )
+        deltas = (
+            deltas.join(measured_from, on=["experiment_id", "service"], how="left")
+            .join(usage.coverage.select("service", pl.col("coverage").alias("trace_coverage")), on="service", how="left")
+            .with_columns(pl.lit(as_of).alias("as_of"))
+            .select("as_of", pl.all().exclude("as_of"))
+        )
+        replace_rows(conn, "main.usage_deltas", deltas, where={"as_of": as_of})
+        srm = sample_ratio_mismatch(usage.allocations, usage.experiments)
+        replace_rows(conn, "main.sample_ratio", srm.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
+    significant = deltas.filter(pl.col("significant"))
+    yield dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": deltas.height,
+            "pairs_tested": deltas.height,
+            "significant_pairs": significant.height,
+            "significant": dg.MetadataValue.md(
+                markdown_table(
+                    significant.select("experiment_id", "cell", "service", "delta", "ci_low", "ci_high", "q_value")
+                )
+            ),
+        }
+    )
+    mismatched = srm.filter(pl.col("mismatch"))["experiment_id"].to_list() if srm.height else []
+    yield dg.AssetCheckResult(
+        check_name=SRM_CHECK,
+        passed=not mismatched,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=("sample ratio mismatch in: " + ", ".join(mismatched)) if mismatched else None,
+        metadata={"experiments": dg.MetadataValue.md(markdown_table(srm))},
+    )
+
+
+attribution_assets = [trace_completeness, usage_deltas]

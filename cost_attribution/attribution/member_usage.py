@@ -1,0 +1,95 @@
+"""Reads the per-member usage an as-of analysis needs out of the warehouse.
+
+One place decides which rows count for an experiment on a given day, so the deltas
+and the dollar-interval covariance always see the same members and volumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+import polars as pl
+
+from cost_attribution.warehouse import read_frame
+
+
+@dataclass
+class ExperimentUsage:
+    experiments: pl.DataFrame  # experiment_id, control_cell, start_date, ...
+    allocations: pl.DataFrame  # experiment_id, member_id, cell (allocated by the as-of day)
+    member_usage: pl.DataFrame  # experiment_id, cell, member_id, service, requests, measured_from
+    coverage: pl.DataFrame  # service, coverage over the analysis window
+    window_start: dt.date | None
+    as_of: dt.date
+
+
+def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
+    return read_frame(
+        conn,
+        """
+        SELECT service,
+               sum(attributed_requests) / nullif(sum(adjusted_requests), 0) AS coverage,
+               sum(adjusted_requests) AS adjusted_requests
+        FROM main.service_coverage
+        WHERE dt BETWEEN ? AND ?
+        GROUP BY service
+        """,
+        [start, as_of],
+    )
+
+
+def load_experiment_usage(
+    conn: duckdb.DuckDBPyConnection, as_of: dt.date, blind_spot_coverage: float
+) -> ExperimentUsage:
+    """Member-level usage of every running experiment from its start through `as_of`.
+
+    A service whose own SERVER spans mostly miss the member (coverage below
+    `blind_spot_coverage`) is measured from the CLIENT spans that call it inside
+    attributed traces instead, when there are any: the caller still knows the member.
+    """
+    experiments = read_frame(
+        conn,
+        "SELECT * FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY experiment_id",
+        [as_of],
+    )
+    first_day = read_frame(conn, "SELECT min(dt) AS d FROM main.member_service_usage")["d"][0]
+    window_start = first_day
+    if experiments.height and first_day is not None:
+        starts = [d for d in experiments["start_date"].to_list() if d is not None]
+        window_start = min([*starts, first_day]) if starts else first_day
+    allocations = read_frame(
+        conn,
+        """
+        SELECT a.experiment_id, a.member_id, a.cell
+        FROM raw.allocations a JOIN raw.experiments e USING (experiment_id)
+        WHERE CAST(a.allocated_at AS DATE) <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+        """,
+        [as_of, as_of],
+    )
+    usage = read_frame(
+        conn,
+        """
+        SELECT u.experiment_id, u.cell, u.member_id, u.service, u.source, sum(u.requests) AS requests
+        FROM main.member_service_usage u
+        JOIN raw.experiments e USING (experiment_id)
+        WHERE u.dt <= ? AND (e.start_date IS NULL OR u.dt >= e.start_date)
+        GROUP BY ALL
+        """,
+        [as_of],
+    )
+    coverage = (
+        _service_coverage(conn, window_start, as_of)
+        if window_start is not None
+        else pl.DataFrame(schema={"service": pl.Utf8, "coverage": pl.Float64, "adjusted_requests": pl.Float64})
+    )
+    blind = set(coverage.filter(pl.col("coverage").fill_null(0.0) < blind_spot_coverage)["service"].to_list())
+    client_measured = set(usage.filter(pl.col("source") == "client")["service"].unique().to_list())
+    # Server spans for every service we can see directly; client-side calls for the blind ones.
+    use_client = blind & client_measured
+    chosen = usage.filter(
+        ((pl.col("source") == "server") & ~pl.col("service").is_in(list(use_client)))
+        | ((pl.col("source") == "client") & pl.col("service").is_in(list(use_client)))
+    ).rename({"source": "measured_from"})
+    return ExperimentUsage(experiments, allocations, chosen, coverage, window_start, as_of)

@@ -1,0 +1,167 @@
+"""Trace completeness: can the day's traces be trusted to attribute volume?
+
+Pure functions over the dbt models `service_coverage` and `trace_edges`, plus the
+asset-check specs the `trace_completeness` asset reports on. The coverage gate is
+blocking: when too little work reaches a member, the day's deltas and projections
+do not run on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+import polars as pl
+
+COVERAGE_GATE = "trace_coverage_gate"
+BROKEN_EDGES = "broken_trace_edges"
+ORPHAN_PARENTS = "orphan_parent_rate"
+MEMBER_TAGS = "member_tag_coverage"
+
+# A caller->callee edge is broken when most of the caller's calls find no callee
+# SERVER span in the trace while most of the callee's work arrives as anonymous roots.
+BROKEN_EDGE_UNMATCHED_SHARE = 0.5
+BROKEN_EDGE_ANONYMOUS_SHARE = 0.5
+MAX_ORPHAN_PARENT_RATE = 0.05
+MIN_MEMBER_TAG_COVERAGE = 0.9
+
+
+def completeness_check_specs(asset_key: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            COVERAGE_GATE,
+            asset=asset_key,
+            blocking=True,
+            description="ERROR (blocks the day's deltas and projections) when the share of adjusted SERVER work "
+            "that reaches a member falls under AnalysisSettings.min_trace_coverage.",
+        ),
+        dg.AssetCheckSpec(
+            BROKEN_EDGES,
+            asset=asset_key,
+            description="WARN naming each caller -> callee edge that drops trace context (a blind spot).",
+        ),
+        dg.AssetCheckSpec(
+            ORPHAN_PARENTS,
+            asset=asset_key,
+            description=f"WARN when more than {MAX_ORPHAN_PARENT_RATE:.0%} of spans point at a parent that never arrived.",
+        ),
+        dg.AssetCheckSpec(
+            MEMBER_TAGS,
+            asset=asset_key,
+            description=f"WARN when under {MIN_MEMBER_TAG_COVERAGE:.0%} of root requests carry enduser.id/user.id.",
+        ),
+    ]
+
+
+@dataclass
+class Completeness:
+    services: pl.DataFrame  # service, adjusted_requests, coverage, anonymous_root_share, orphan_rate
+    broken_edges: pl.DataFrame  # caller, callee, client_spans, unmatched_share, callee_anonymous_share
+    overall_coverage: float | None
+    orphan_parent_rate: float | None
+    member_tag_coverage: float | None
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if not den else float(num) / float(den)
+
+
+def summarize(coverage: pl.DataFrame, edges: pl.DataFrame) -> Completeness:
+    """coverage: rows of service_coverage (any number of days); edges: rows of trace_edges."""
+    services = (
+        coverage.group_by("service")
+        .agg(
+            pl.col("server_spans").sum(),
+            pl.col("adjusted_requests").sum(),
+            pl.col("attributed_requests").sum(),
+            pl.col("root_requests").sum(),
+            pl.col("anonymous_root_requests").sum(),
+            pl.col("spans_with_parent").sum(),
+            pl.col("orphan_spans").sum(),
+        )
+        .with_columns(
+            (pl.col("attributed_requests") / pl.col("adjusted_requests")).alias("coverage"),
+            (pl.col("anonymous_root_requests") / pl.col("adjusted_requests")).alias("anonymous_root_share"),
+            pl.when(pl.col("spans_with_parent") > 0)
+            .then(pl.col("orphan_spans") / pl.col("spans_with_parent"))
+            .alias("orphan_rate"),
+        )
+        .sort("service")
+    )
+    edge_totals = (
+        edges.group_by("caller", "callee")
+        .agg(pl.col("client_spans").sum(), pl.col("client_requests").sum(), pl.col("unmatched_client_spans").sum())
+        .with_columns((pl.col("unmatched_client_spans") / pl.col("client_spans")).alias("unmatched_share"))
+    )
+    broken = (
+        edge_totals.join(
+            services.select(pl.col("service").alias("callee"), pl.col("anonymous_root_share").alias("callee_anonymous_share")),
+            on="callee",
+            how="left",
+        )
+        .filter(
+            (pl.col("unmatched_share") >= BROKEN_EDGE_UNMATCHED_SHARE)
+            & (pl.col("callee_anonymous_share").fill_null(0.0) >= BROKEN_EDGE_ANONYMOUS_SHARE)
+        )
+        .sort("caller", "callee")
+        .select("caller", "callee", "client_spans", "client_requests", "unmatched_share", "callee_anonymous_share")
+    )
+    totals = services.select(pl.all().exclude("service").sum()) if services.height else None
+    overall = orphan = member_tags = None
+    if totals is not None:
+        row = totals.row(0, named=True)
+        overall = _ratio(row["attributed_requests"], row["adjusted_requests"])
+        orphan = _ratio(row["orphan_spans"], row["spans_with_parent"])
+        if row["root_requests"]:
+            member_tags = 1.0 - row["anonymous_root_requests"] / row["root_requests"]
+    return Completeness(services, broken, overall, orphan, member_tags)
+
+
+def check_results(summary: Completeness, min_coverage: float, asset_key: str) -> list[dg.AssetCheckResult]:
+    """The four completeness checks for one day."""
+    blind = summary.services.filter(pl.col("coverage") < min_coverage)["service"].to_list()
+    overall = summary.overall_coverage
+    gate_passed = overall is None or overall >= min_coverage
+    edges = [f"{r['caller']} -> {r['callee']}" for r in summary.broken_edges.iter_rows(named=True)]
+    return [
+        dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=COVERAGE_GATE,
+            passed=gate_passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None
+            if gate_passed
+            else f"only {overall:.1%} of adjusted SERVER work reaches a member (threshold {min_coverage:.0%}); "
+            f"low-coverage services: {', '.join(blind) or 'none'}",
+            metadata={
+                "overall_coverage": overall if overall is not None else float("nan"),
+                "threshold": min_coverage,
+                "services_below_threshold": dg.MetadataValue.json(blind),
+                "no_spans": overall is None,
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=BROKEN_EDGES,
+            passed=not edges,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=("trace context is dropped on: " + "; ".join(edges)) if edges else None,
+            metadata={"broken_edges": dg.MetadataValue.json(edges), "blind_services": dg.MetadataValue.json(blind)},
+        ),
+        dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=ORPHAN_PARENTS,
+            passed=summary.orphan_parent_rate is None or summary.orphan_parent_rate <= MAX_ORPHAN_PARENT_RATE,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"orphan_parent_rate": summary.orphan_parent_rate if summary.orphan_parent_rate is not None else 0.0},
+        ),
+        dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=MEMBER_TAGS,
+            passed=summary.member_tag_coverage is None or summary.member_tag_coverage >= MIN_MEMBER_TAG_COVERAGE,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "member_tag_coverage": summary.member_tag_coverage if summary.member_tag_coverage is not None else 1.0
+            },
+        ),
+    ]

@@ -1,0 +1,357 @@
+"""Estimation: hourly cost/volume history -> daily-retrained cost models -> the
+two-universe projection of every experiment cell."""
+
+
+import datetime as dt
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from cost_attribution.attribution.member_usage import load_experiment_usage
+from cost_attribution.attribution.stats import delta_covariance
+from cost_attribution.estimation import projection
+from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, project_incremental_cost
+from cost_attribution.estimation.plots import cost_model_plot
+from cost_attribution.partitions import daily_partitions
+from cost_attribution.resources import AnalysisSettings
+from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
+
+ESTIMATION = "estimation"
+OWNERS = ["team:finops"]
+DRIFT_CHECK = "cost_model_drift"
+
+
+def _day_end(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+
+
+HISTORY_SQL = """
+WITH costs AS (
+    SELECT app AS service,
+           date_trunc('hour', charge_period_start) AS hour,
+           sum(effective_cost) AS cost,
+           count(DISTINCT resource_id) AS instances,
+           mode(sku_id) AS sku
+    FROM raw.focus_costs
+    WHERE app IS NOT NULL
+    GROUP BY ALL
+),
+volume AS (
+    SELECT service, date_trunc('hour', hour) AS hour, sum(requests) AS requests
+    FROM raw.usage_metrics
+    GROUP BY ALL
+)
+SELECT coalesce(v.service, c.service) AS service,
+       coalesce(v.hour, c.hour) AS hour,
+       v.requests,
+       c.cost,
+       c.instances,
+       c.sku,
+       c.cost / nullif(c.instances, 0) AS unit_cost
+FROM volume v FULL OUTER JOIN costs c ON c.service = v.service AND c.hour = v.hour
+ORDER BY service, hour
+"""
+
+
+@dg.asset(
+    key="service_hourly_history",
+    deps=["focus_costs", "usage_metrics"],
+    description="Per service and hour: production requests (metrics), attributed cost (FOCUS EffectiveCost of rows "
+    "tagged with the service), instance count and dominant SKU. The training data of the cost models.",
+    kinds={"duckdb"},
+    owners=OWNERS,
+    group_name=ESTIMATION,
+    pool="warehouse",
+)
+def service_hourly_history(warehouse: DuckDBResource) -> dg.MaterializeResult:
+    with warehouse.get_connection() as conn:
+        history = read_frame(conn, HISTORY_SQL)
+        replace_rows(conn, "main.service_hourly_history", history)
+        unattributed = read_frame(
+            conn,
+            """
+            SELECT CAST(charge_period_start AS DATE) AS day, charge_category, sum(effective_cost) AS effective_cost,
+                   count(*) AS rows
+            FROM raw.focus_costs WHERE app IS NULL GROUP BY ALL ORDER BY day, charge_category
+            """,
+        )
+        replace_rows(conn, "main.unattributed_costs", unattributed)
+    incomplete = history.filter(pl.col("requests").is_null() | pl.col("cost").is_null())
+    summary = (
+        history.group_by("service")
+        .agg(
+            pl.col("hour").min().alias("first_hour"),
+            pl.col("hour").max().alias("last_hour"),
+            pl.col("cost").sum().alias("cost_usd"),
+            pl.col("requests").sum().alias("requests"),
+        )
+        .sort("service")
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": history.height,
+            "hours_missing_cost_or_volume": incomplete.height,
+            "unattributed_cost_usd": float(unattributed["effective_cost"].sum()) if unattributed.height else 0.0,
+            "services": dg.MetadataValue.md(markdown_table(summary)),
+        }
+    )
+
+
+def _model_config(settings: AnalysisSettings) -> ModelConfig:
+    if settings.static_headroom is None:
+        return ModelConfig()
+    return ModelConfig(static_headroom=settings.static_headroom)
+
+
+@dg.asset(
+    key="cost_models",
+    deps=["service_hourly_history"],
+    description="Per-service cost model retrained every day on the trailing window ending at the partition day: "
+    "scaling class (autoscale/static), chosen estimator with its out-of-sample MAPE, drift detection with fallback "
+    "to a heuristic priced at today's cost structure. Each partition is one version in main.cost_model_registry.",
+    partitions_def=daily_partitions,
+    check_specs=[
+        dg.AssetCheckSpec(
+            DRIFT_CHECK,
+            asset="cost_models",
+            description="WARN naming services whose cost structure drifted (instance type, price, cost per request); "
+            "those services are projected with the heuristic model.",
+        )
+    ],
+    kinds={"scikitlearn", "duckdb"},
+    owners=OWNERS,
+    group_name=ESTIMATION,
+    pool="warehouse",
+)
+def cost_models(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
+    as_of = dt.date.fromisoformat(context.partition_key)
+    cutoff = _day_end(as_of)
+    with warehouse.get_connection() as conn:
+        history = read_frame(
+            conn,
+            "SELECT * FROM main.service_hourly_history WHERE hour < ? AND requests IS NOT NULL AND cost IS NOT NULL",
+            [cutoff],
+        )
+        models = fit_all(history, cutoff, _model_config(settings))
+        registry = pl.DataFrame(
+            [
+                {
+                    "as_of": as_of,
+                    "service": m.service,
+                    "version": f"{m.service}@{as_of.isoformat()}",
+                    "scaling": m.scaling,
+                    "cost_model": m.cost_model,
+                    "kind": m.kind,
+                    "drift_detected": m.drift_detected,
+                    "drift_reasons": "; ".join(m.drift_reasons),
+                    "model_error_pct": m.model_error_pct,
+                    "capacity_requests_per_hour": m.capacity_requests_per_hour,
+                    "training_start": m.training_start,
+                    "training_end": m.training_end,
+                    "features": ",".join(m.features),
+                    "model_json": json.dumps(m.to_dict(), default=str),
+                }
+                for m in models
+            ],
+            schema_overrides={"capacity_requests_per_hour": pl.Float64, "model_error_pct": pl.Float64},
+        )
+        if registry.height:
+            replace_rows(conn, "main.cost_model_registry", registry, where={"as_of": as_of})
+    plot = cost_model_plot(history, models) if models else None
+    drifted = [m for m in models if m.drift_detected]
+    table = registry.select(
+        "service", "scaling", "cost_model", "kind", "drift_detected", "model_error_pct", "capacity_requests_per_hour"
+    ) if registry.height else registry
+    metadata = {
+        "dagster/row_count": registry.height,
+        "registry": dg.MetadataValue.md(markdown_table(table)),
+        "training_window_end": cutoff.isoformat(),
+    }
+    if plot:
+        metadata["cost_vs_volume"] = dg.MetadataValue.md(f"![cost vs volume](data:image/png;base64,{plot})")
+    yield dg.MaterializeResult(metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name=DRIFT_CHECK,
+        passed=not drifted,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(f"{m.service}: {', '.join(m.drift_reasons)}" for m in drifted) or None,
+        metadata={"drifted_services": dg.MetadataValue.json([m.service for m in drifted])},
+    )
+
+
+def load_models(conn, as_of: dt.date) -> dict[str, FittedCostModel]:
+    rows = read_frame(conn, "SELECT service, model_json FROM main.cost_model_registry WHERE as_of = ?", [as_of])
+    return {r["service"]: FittedCostModel.from_dict(json.loads(r["model_json"])) for r in rows.iter_rows(named=True)}
+
+
+def load_projection_volume(conn, as_of: dt.date, days: int) -> dict[str, pl.DataFrame]:
+    """The last `days` days of hourly production volume per service, ending with the as-of day."""
+    end = _day_end(as_of)
+    start = end - dt.timedelta(days=days)
+    volume = read_frame(
+        conn,
+        """
+        SELECT service, hour, sum(requests) AS requests FROM raw.usage_metrics
+        WHERE hour >= ? AND hour < ? GROUP BY ALL ORDER BY service, hour
+        """,
+        [start, end],
+    )
+    return {service: group.select("hour", "requests") for (service,), group in volume.group_by("service", maintain_order=True)}
+
+
+@dg.asset(
+    key="cost_projections",
+    deps=["usage_deltas", "cost_models", "usage_metrics"],
+    description="For every experiment cell: what rolling it out to 100% would add to the bill over 30 days. Each "
+    "service's cost model prices the last 28 days of hourly volume as is and x (1 + delta); the difference is "
+    "scaled to 30 days. Intervals: per service from the delta interval, per experiment from correlated joint draws.",
+    partitions_def=daily_partitions,
+    kinds={"python", "duckdb"},
+    owners=OWNERS,
+    group_name=ESTIMATION,
+    pool="warehouse",
+)
+def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
+    as_of = dt.date.fromisoformat(context.partition_key)
+    scale = settings.horizon_days / settings.projection_days
+    with warehouse.get_connection() as conn:
+        deltas = read_frame(conn, "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
+        models = load_models(conn, as_of)
+        volume = load_projection_volume(conn, as_of, settings.projection_days)
+        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage)
+        service_rows, experiment_rows, universe_frames = [], [], []
+        for (experiment_id, cell), group in deltas.group_by("experiment_id", "cell", maintain_order=True):
+            control_cell = group["control_cell"][0]
+            priced = group.filter(
+                pl.col("service").is_in(list(models)) & pl.col("service").is_in(list(volume)) & pl.col("delta").is_not_null()
+            )
+            curves, centre, half, sig = [], [], [], []
+            for row in priced.iter_rows(named=True):
+                model = models[row["service"]]
+                hours, hourly = volume[row["service"]]["hour"], volume[row["service"]]["requests"].to_numpy()
+                spread = max(row["ci_high"] - row["delta"], row["delta"] - row["ci_low"], 1e-6)
+                curve = projection.cost_curve(
+                    model, hourly, scale, row["delta"] - 4 * spread, row["delta"] + 4 * spread
+                )
+                point, low, high = projection.service_dollars(
+                    curve, row["delta"], row["ci_low"], row["ci_high"], bool(row["significant"])
+                )
+                _, base, counterfactual = project_incremental_cost(model, hourly, max(row["delta"], -1.0))
+                capacity = model.capacity_requests_per_hour
+                service_rows.append(
+                    {
+                        "as_of": as_of,
+                        "experiment_id": experiment_id,
+                        "cell": cell,
+                        "service": row["service"],
+                        "cost_model": model.cost_model,
+                        "incremental_cost_usd_30d": point,
+                        "ci_low_usd_30d": low,
+                        "ci_high_usd_30d": high,
+                        "baseline_cost_usd_30d": float(base.sum() * scale),
+                        "peak_requests_per_hour": float(hourly.max() * (1 + max(row["delta"], 0.0))),
+                        "exceeds_capacity": bool(
+                            capacity is not None and hourly.max() * (1 + row["delta"]) > capacity
+                        ),
+                    }
+                )
+                if row["significant"]:
+                    universe_frames.append(
+                        pl.DataFrame(
+                            {
+                                "as_of": [as_of] * len(base),
+                                "experiment_id": [experiment_id] * len(base),
+                                "cell": [cell] * len(base),
+                                "service": [row["service"]] * len(base),
+                                "hour": hours,
+                                "baseline_cost": base,
+                                "counterfactual_cost": counterfactual,
+                            }
+                        )
+                    )
+                curves.append(curve)
+                centre.append(row["delta"])
+                half.append(spread)
+                sig.append(bool(row["significant"]))
+            correlation = _delta_correlation(usage, experiment_id, cell, control_cell, [c.service for c in curves])
+            point, low, high = projection.experiment_interval(
+                curves, np.array(centre), np.array(half), np.array(sig, dtype=bool), correlation
+            )
+            experiment_rows.append(
+                {
+                    "as_of": as_of,
+                    "experiment_id": experiment_id,
+                    "cell": cell,
+                    "control_cell": control_cell,
+                    "incremental_cost_usd_30d": point,
+                    "ci_low_usd_30d": low,
+                    "ci_high_usd_30d": high,
+                    "services_priced": len(curves),
+                    "services_unpriced": group.height - len(curves),
+                }
+            )
+        services_frame = pl.DataFrame(service_rows, schema=PROJECTION_SCHEMA)
+        experiments_frame = pl.DataFrame(experiment_rows, schema=EXPERIMENT_COST_SCHEMA)
+        replace_rows(conn, "main.cost_projections", services_frame, where={"as_of": as_of})
+        replace_rows(conn, "main.experiment_costs", experiments_frame, where={"as_of": as_of})
+        universes = pl.concat(universe_frames) if universe_frames else pl.DataFrame(schema=UNIVERSE_SCHEMA)
+        replace_rows(conn, "main.projection_universes", universes.cast(UNIVERSE_SCHEMA), where={"as_of": as_of})
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": services_frame.height,
+            "experiments": dg.MetadataValue.md(
+                markdown_table(experiments_frame.drop("as_of").sort("incremental_cost_usd_30d", descending=True), float_digits=0)
+            ),
+        }
+    )
+
+
+def _delta_correlation(usage, experiment_id, cell, control_cell, services) -> np.ndarray | None:
+    if len(services) < 2:
+        return None
+    try:
+        cov = delta_covariance(usage.member_usage, usage.allocations, experiment_id, cell, control_cell, services)
+    except (ValueError, ZeroDivisionError, np.linalg.LinAlgError):
+        return None
+    sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
+    return cov / np.outer(sd, sd)
+
+
+PROJECTION_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "service": pl.Utf8,
+    "cost_model": pl.Utf8,
+    "incremental_cost_usd_30d": pl.Float64,
+    "ci_low_usd_30d": pl.Float64,
+    "ci_high_usd_30d": pl.Float64,
+    "baseline_cost_usd_30d": pl.Float64,
+    "peak_requests_per_hour": pl.Float64,
+    "exceeds_capacity": pl.Boolean,
+}
+EXPERIMENT_COST_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "control_cell": pl.Utf8,
+    "incremental_cost_usd_30d": pl.Float64,
+    "ci_low_usd_30d": pl.Float64,
+    "ci_high_usd_30d": pl.Float64,
+    "services_priced": pl.Int64,
+    "services_unpriced": pl.Int64,
+}
+UNIVERSE_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "service": pl.Utf8,
+    "hour": pl.Datetime("us", "UTC"),
+    "baseline_cost": pl.Float64,
+    "counterfactual_cost": pl.Float64,
+}
+
+estimation_assets = [service_hourly_history, cost_models, cost_projections]

@@ -1,0 +1,217 @@
+"""Landing zone -> raw warehouse tables (schema `raw`).
+
+Spans are daily partitions (the landing zone's dt= folders); catalogs, allocations,
+cost and usage history are small and refreshed whole on every run.
+"""
+
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from cost_attribution.ingest import catalogs
+from cost_attribution.ingest.readers import read_span_files
+from cost_attribution.partitions import daily_partitions, partition_days
+from cost_attribution.resources import AnalysisSettings, LandingZone
+from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
+
+INGEST = "ingest"
+OWNERS = ["team:platform-data"]
+
+
+def _counts_by(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    if frame.is_empty():
+        return {}
+    return {str(k): int(v) for k, v in frame.group_by(column).len().sort(column).iter_rows()}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "raw_spans",
+            description="Every span of the day's trace files, normalized (OTLP JSON/proto, Zipkin, Jaeger, Parquet) "
+            "with its sampling probability resolved. Key: (dt, trace_id, span_id, service, kind).",
+            kinds={"duckdb", "python"},
+            owners=OWNERS,
+            group_name=INGEST,
+        ),
+        dg.AssetSpec(
+            "span_quarantine",
+            description="Every trace record that could not be used, with the reason (truncated line, duplicate, "
+            "end before start, missing service.name, bad id...). Counted, never silently dropped.",
+            kinds={"duckdb"},
+            owners=OWNERS,
+            group_name=INGEST,
+        ),
+    ],
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="warehouse",
+)
+def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse: DuckDBResource):
+    spans_total, files_read, per_service, quarantined = 0, [], [], {}
+    for day in partition_days(context):
+        files = landing.trace_files(day)
+        batch = read_span_files(files, day)
+        with warehouse.get_connection() as conn:
+            replace_rows(conn, "raw.spans", batch.spans, where={"dt": day})
+            replace_rows(conn, "raw.span_quarantine", batch.quarantine, where={"dt": day})
+        spans_total += batch.spans.height
+        files_read += [str(f) for f in files]
+        if batch.spans.height:
+            per_service.append(batch.spans.group_by("service", "kind").len())
+        day_quarantine = _counts_by(batch.quarantine, "reason")
+        if day_quarantine:
+            context.log.warning(f"{day}: quarantined {sum(day_quarantine.values())} trace records: {day_quarantine}")
+        for reason, n in day_quarantine.items():
+            quarantined[reason] = quarantined.get(reason, 0) + n
+    services = (
+        pl.concat(per_service).group_by("service", "kind").agg(pl.col("len").sum().alias("spans")).sort("service", "kind")
+        if per_service
+        else pl.DataFrame()
+    )
+    yield dg.MaterializeResult(
+        asset_key="raw_spans",
+        metadata={
+            "dagster/row_count": spans_total,
+            "files": dg.MetadataValue.json(files_read),
+            "spans_by_service": dg.MetadataValue.md(markdown_table(services)),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="span_quarantine",
+        metadata={
+            "dagster/row_count": sum(quarantined.values()),
+            "by_reason": dg.MetadataValue.json(quarantined),
+        },
+    )
+
+
+def _write_with_quarantine(
+    conn, table: str, source: str, frame: pl.DataFrame, quarantine: pl.DataFrame
+) -> dict[str, int]:
+    replace_rows(conn, table, frame)
+    replace_rows(conn, "raw.input_quarantine", quarantine, where={"source": source})
+    return _counts_by(quarantine, "reason")
+
+
+@dg.asset(
+    key="experiments",
+    description="experiments.yaml: one row per experiment with its control cell and start date.",
+    kinds={"duckdb", "yaml"},
+    owners=OWNERS,
+    group_name=INGEST,
+    pool="warehouse",
+)
+def experiments(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    frame = catalogs.parse_experiments(landing.catalog("experiments.yaml"))
+    with warehouse.get_connection() as conn:
+        replace_rows(conn, "raw.experiments", frame)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": frame.height, "experiments": dg.MetadataValue.md(markdown_table(frame))}
+    )
+
+
+@dg.asset(
+    key="services",
+    description="services.yaml: the service catalog (owner, deprecated, tier).",
+    kinds={"duckdb", "yaml"},
+    owners=OWNERS,
+    group_name=INGEST,
+    pool="warehouse",
+)
+def services(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    frame = catalogs.parse_services(landing.catalog("services.yaml"))
+    with warehouse.get_connection() as conn:
+        replace_rows(conn, "raw.services", frame)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": frame.height, "services": dg.MetadataValue.md(markdown_table(frame))}
+    )
+
+
+@dg.asset(
+    key="allocations",
+    deps=["experiments"],
+    description="member -> experiment cell, with allocated_at; conflicting or unknown allocations quarantined.",
+    kinds={"duckdb"},
+    owners=OWNERS,
+    group_name=INGEST,
+    pool="warehouse",
+)
+def allocations(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    with warehouse.get_connection() as conn:
+        experiments_frame = read_frame(conn, "SELECT * FROM raw.experiments")
+        frame, quarantine = catalogs.load_allocations(conn, landing.table_files("allocations"), experiments_frame)
+        quarantined = _write_with_quarantine(conn, "raw.allocations", "allocations", frame, quarantine)
+    per_cell = frame.group_by("experiment_id", "cell").len().sort("experiment_id", "cell")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": frame.height,
+            "members_per_cell": dg.MetadataValue.md(markdown_table(per_cell)),
+            "quarantined": dg.MetadataValue.json(quarantined),
+        }
+    )
+
+
+@dg.asset(
+    key="focus_costs",
+    description="FOCUS 1.x hourly cost rows with the application tag extracted. Untagged rows (support, credits, "
+    "untagged resources) are kept with app = NULL: unattributable, reported, never spread over services.",
+    kinds={"duckdb"},
+    owners=["team:finops"],
+    group_name=INGEST,
+    pool="warehouse",
+)
+def focus_costs(landing: LandingZone, settings: AnalysisSettings, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    with warehouse.get_connection() as conn:
+        frame, quarantine = catalogs.load_focus_costs(conn, landing.table_files("costs"), settings.app_tag)
+        quarantined = _write_with_quarantine(conn, "raw.focus_costs", "costs", frame, quarantine)
+    by_app = (
+        frame.group_by(pl.col("app").fill_null("(unattributed)"))
+        .agg(pl.col("effective_cost").sum().alias("effective_cost_usd"), pl.len().alias("rows"))
+        .sort("effective_cost_usd", descending=True)
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": frame.height,
+            "cost_by_app": dg.MetadataValue.md(markdown_table(by_app)),
+            "quarantined": dg.MetadataValue.json(quarantined),
+        }
+    )
+
+
+@dg.asset(
+    key="usage_metrics",
+    description="Full hourly request counts per service from metrics (the production volume the projections scale).",
+    kinds={"duckdb"},
+    owners=OWNERS,
+    group_name=INGEST,
+    pool="warehouse",
+)
+def usage_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    with warehouse.get_connection() as conn:
+        frame, quarantine = catalogs.load_usage_metrics(conn, landing.table_files("usage_metrics"))
+        quarantined = _write_with_quarantine(conn, "raw.usage_metrics", "usage_metrics", frame, quarantine)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": frame.height, "quarantined": dg.MetadataValue.json(quarantined)}
+    )
+
+
+@dg.asset(
+    key="business_metrics",
+    description="Business metric deltas per experiment cell (from the experimentation platform), shown beside cost.",
+    kinds={"duckdb"},
+    owners=["team:experimentation"],
+    group_name=INGEST,
+    pool="warehouse",
+)
+def business_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    with warehouse.get_connection() as conn:
+        frame, quarantine = catalogs.load_business_metrics(conn, landing.table_files("business_metrics"))
+        quarantined = _write_with_quarantine(conn, "raw.business_metrics", "business_metrics", frame, quarantine)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": frame.height, "quarantined": dg.MetadataValue.json(quarantined)}
+    )
+
+
+ingest_assets = [raw_spans, experiments, services, allocations, focus_costs, usage_metrics, business_metrics]

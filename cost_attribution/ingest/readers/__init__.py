@@ -1,0 +1,77 @@
+"""Trace readers: every supported trace format -> one span table + one quarantine table.
+
+    read_span_files(paths, dt) -> SpanBatch   # many files, duplicates removed across them
+    read_span_file(path, dt) -> SpanBatch     # one file, duplicates removed within it
+
+Formats are recognised by content (gzip magic, Parquet magic, JSON shape) with the
+extension only deciding OTLP protobuf, whose bytes carry no signature. Dirty records never
+raise: each becomes a quarantine row whose reason is in QUARANTINE_REASONS.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from cost_attribution.ingest.readers.collector import SpanCollector
+from cost_attribution.ingest.readers.flat_parquet import read_flat_parquet_file
+from cost_attribution.ingest.readers.json_files import read_json_file
+from cost_attribution.ingest.readers.otlp_proto import read_otlp_proto_file
+from cost_attribution.ingest.readers.raw_spans import INTERNAL_COLUMNS, split_duplicates
+from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA, SpanBatch
+
+__all__ = ["read_span_file", "read_span_files"]
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def _is_protobuf_name(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".pb") or name.endswith(".pb.gz") or name.endswith(".binpb") or name.endswith(".protobuf")
+
+
+def _read_one(path: Path, dt: datetime.date) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(spans with INTERNAL_COLUMNS, quarantine) for one file, not yet deduplicated."""
+    source_file = str(path)
+    try:
+        with open(path, "rb") as probe:
+            magic = probe.read(4)
+    except OSError as error:
+        collector = SpanCollector(dt, source_file)
+        collector.reject("unreadable_files", f"cannot open file: {error}", None, "")
+        return collector.finish()
+    if magic == PARQUET_MAGIC or path.suffix.lower() == ".parquet":
+        return read_flat_parquet_file(path, dt, source_file)
+    if _is_protobuf_name(path):
+        return read_otlp_proto_file(path, dt, source_file)
+    return read_json_file(path, dt, source_file)
+
+
+def _deduplicated(spans: pl.DataFrame, quarantines: list[pl.DataFrame]) -> SpanBatch:
+    kept, duplicates = split_duplicates(spans)
+    quarantine = pl.concat([*quarantines, duplicates]) if quarantines else duplicates
+    return SpanBatch(kept.drop(INTERNAL_COLUMNS).cast(SPAN_SCHEMA), quarantine.select(list(QUARANTINE_SCHEMA)).cast(QUARANTINE_SCHEMA))
+
+
+def read_span_file(path: Path, dt: datetime.date) -> SpanBatch:
+    """Read one trace file of any supported format; duplicates removed within the file."""
+    spans, quarantine = _read_one(Path(path), dt)
+    return _deduplicated(spans, [quarantine])
+
+
+def read_span_files(paths: Sequence[Path], dt: datetime.date) -> SpanBatch:
+    """Read a partition's trace files; a span seen again with the same (trace_id, span_id,
+    service, kind), in the same or another file, is quarantined as duplicate_spans and
+    the first one kept (files in the order given)."""
+    span_frames: list[pl.DataFrame] = []
+    quarantine_frames: list[pl.DataFrame] = []
+    for path in paths:
+        spans, quarantine = _read_one(Path(path), dt)
+        span_frames.append(spans)
+        quarantine_frames.append(quarantine)
+    if not span_frames:
+        return SpanBatch(pl.DataFrame(schema=SPAN_SCHEMA), pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    return _deduplicated(pl.concat(span_frames), quarantine_frames)

@@ -1,0 +1,138 @@
+"""JSON trace files: OTLP JSON lines (collector file exporter), a single pretty-printed
+OTLP/Zipkin/Jaeger document, gzip or plain, recognised by content rather than name.
+
+Line-oriented files are streamed so a large day file is never held in memory; a line that
+is not JSON becomes a malformed_lines row and the rest of the file still ingests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import zlib
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import polars as pl
+
+from cost_attribution.ingest.readers.collector import SpanCollector, cyclic_gc_paused
+from cost_attribution.ingest.readers.jaeger import collect_jaeger_traces, jaeger_traces
+from cost_attribution.ingest.readers.otlp_json import collect_otlp_request, is_otlp_request
+from cost_attribution.ingest.readers.zipkin import collect_zipkin_spans, looks_like_zipkin_spans
+
+GZIP_MAGIC = b"\x1f\x8b"
+_UNKNOWN_SHAPE = "JSON is neither an OTLP ExportTraceServiceRequest, a Zipkin v2 span array nor Jaeger traces"
+_NOT_PARSED = object()
+
+
+def open_decompressed(path: Path) -> IO[bytes]:
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == GZIP_MAGIC:
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _NOT_PARSED
+
+
+def _collect_document(document: Any, line_no: int | None, collector: SpanCollector) -> bool:
+    """Route one parsed document to its format; False if the shape is not recognised."""
+    if is_otlp_request(document):
+        collect_otlp_request(document, line_no, collector)
+        return True
+    traces = jaeger_traces(document)
+    if traces is not None:
+        collect_jaeger_traces(traces, line_no, collector)
+        return True
+    if looks_like_zipkin_spans(document):
+        collect_zipkin_spans(document, line_no, collector)
+        return True
+    return isinstance(document, list) and not document  # an empty span array is valid
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+class _LineReader:
+    def __init__(self, collector: SpanCollector):
+        self.collector = collector
+        self.last_line = 0
+        self.parsed_lines = 0
+
+    def take(self, line_no: int, line: bytes, document: Any = _NOT_PARSED) -> None:
+        self.last_line = line_no
+        if document is _NOT_PARSED:
+            if not line.strip():
+                return
+            try:
+                document = orjson.loads(line)
+            except orjson.JSONDecodeError as error:
+                self.collector.reject("malformed_lines", f"invalid JSON: {error}", line_no, _text(line))
+                return
+        self.parsed_lines += 1
+        self.collector.documents[line_no] = line
+        if not _collect_document(document, line_no, self.collector):
+            self.collector.reject("malformed_lines", _UNKNOWN_SHAPE, line_no, _text(line))
+        self.collector.flush_if_full()
+
+
+def _read_stream(stream: IO[bytes], collector: SpanCollector, reader: _LineReader) -> None:
+    lines = enumerate(stream, 1)
+    # Decide between JSON lines and one pretty-printed document from the first two
+    # non-empty lines: if either parses alone, the file is line-oriented.
+    head: list[tuple[int, bytes, Any]] = []
+    consumed: list[bytes] = []  # every line read so far, blank ones included
+    for line_no, line in lines:
+        consumed.append(line)
+        if not line.strip():
+            continue
+        head.append((line_no, line, _parse(line)))
+        if head[-1][2] is not _NOT_PARSED or len(head) == 2:
+            break
+    if any(document is not _NOT_PARSED for _, _, document in head):
+        for line_no, line, document in head:
+            reader.take(line_no, line, document)
+        for line_no, line in lines:
+            reader.take(line_no, line)
+        return
+    if not head:
+        return  # empty file: nothing to ingest, nothing lost
+    rest = stream.read()
+    whole = b"".join(consumed) + rest
+    document = _parse(whole)
+    if document is not _NOT_PARSED:
+        collector.documents[None] = whole
+        if not _collect_document(document, None, collector):
+            collector.reject("unreadable_files", _UNKNOWN_SHAPE, None, _text(whole))
+        collector.flush_if_full()
+        return
+    if head[0][1].strip() in (b"{", b"["):
+        # A pretty-printed document that does not parse (e.g. cut off): its lines mean
+        # nothing on their own, so report the file once instead of every line.
+        try:
+            orjson.loads(whole)
+        except orjson.JSONDecodeError as error:
+            collector.reject("unreadable_files", f"JSON document does not parse: {error}", None, _text(whole))
+        return
+    for line_no, line in enumerate(whole.splitlines(keepends=True), 1):
+        reader.take(line_no, line)
+
+
+def read_json_file(path: Path, dt: datetime.date, source_file: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    collector = SpanCollector(dt, source_file)
+    reader = _LineReader(collector)
+    with cyclic_gc_paused():
+        try:
+            with open_decompressed(path) as stream:
+                _read_stream(stream, collector, reader)
+        except (OSError, EOFError, zlib.error) as error:
+            where = f" after line {reader.last_line}; later content is lost" if reader.last_line else ""
+            collector.reject("unreadable_files", f"cannot read or decompress file{where}: {error}", None, "")
+        return collector.finish()

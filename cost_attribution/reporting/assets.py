@@ -1,0 +1,82 @@
+"""The daily cost report: report.json (the contract) for the as-of day."""
+
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from cost_attribution.partitions import daily_partitions
+from cost_attribution.reporting.report import build_report
+from cost_attribution.resources import AnalysisSettings
+from cost_attribution.warehouse import markdown_table, read_frame, replace_rows, table_exists
+
+REPORT_FILE = "report.json"
+
+
+def report_path(warehouse: DuckDBResource) -> Path:
+    return Path(warehouse.database).resolve().parent / REPORT_FILE
+
+
+@dg.asset(
+    key="cost_report",
+    deps=["cost_projections", "usage_deltas", "cost_models", "trace_completeness", "business_metrics", "services"],
+    description="The contract's report for the as-of day: per experiment cell the projected 30-day cost with its "
+    "interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and cost "
+    "model; trace completeness; data quality. Stored in main.reports and written to report.json beside the "
+    "warehouse (for the newest as-of day).",
+    partitions_def=daily_partitions,
+    kinds={"python", "json"},
+    owners=["team:finops", "team:platform-data"],
+    group_name="reporting",
+    pool="warehouse",
+)
+def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
+    as_of = dt.date.fromisoformat(context.partition_key)
+    with warehouse.get_connection() as conn:
+        report = build_report(
+            conn,
+            as_of,
+            projection_days=settings.projection_days,
+            blind_spot_coverage=settings.blind_spot_coverage,
+            cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
+        )
+        text = json.dumps(report, indent=2)
+        newest = None
+        if table_exists(conn, "main.reports"):
+            newest = read_frame(conn, "SELECT max(as_of) AS d FROM main.reports")["d"][0]
+        replace_rows(
+            conn,
+            "main.reports",
+            pl.DataFrame({"as_of": [as_of], "generated_at": [dt.datetime.now(dt.timezone.utc)], "report_json": [text]}),
+            where={"as_of": as_of},
+        )
+    path = report_path(warehouse)
+    # A backfill of an older day must not overwrite the newest report.json.
+    if newest is None or as_of >= newest:
+        path.write_text(text + "\n")
+    headline = pl.DataFrame(
+        [
+            {
+                "experiment": f"{e['experiment_id']}:{e['cell']}",
+                "incremental_cost_usd_30d": e["incremental_cost_usd_30d"],
+                "ci_low_usd_30d": e["ci_low_usd_30d"],
+                "ci_high_usd_30d": e["ci_high_usd_30d"],
+                "flags": ", ".join(sorted({f["kind"] for f in e["flags"]})),
+            }
+            for e in report["experiments"]
+        ]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "report_path": dg.MetadataValue.path(str(path)),
+            "experiments": dg.MetadataValue.md(markdown_table(headline, float_digits=0)),
+            "quarantined": dg.MetadataValue.json(report["data_quality"]["quarantined"]),
+        }
+    )
+
+
+reporting_assets = [cost_report]

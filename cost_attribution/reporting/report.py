@@ -1,0 +1,184 @@
+"""Assembles the contract's report.json for one as-of day from the warehouse tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from cost_attribution.checks.trace_completeness import summarize
+from cost_attribution.reporting.flags import experiment_flags
+from cost_attribution.warehouse import read_frame, table_exists
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: unknown numbers are null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(value * 100.0, 4)
+
+
+def _usd(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _frame(conn, table: str, sql: str, params: list) -> pl.DataFrame:
+    if not table_exists(conn, table):
+        return pl.DataFrame()
+    return read_frame(conn, sql, params)
+
+
+def quarantine_counts(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    spans = _frame(conn, "raw.span_quarantine", "SELECT reason, count(*) AS n FROM raw.span_quarantine WHERE dt <= ? GROUP BY reason", [as_of])
+    inputs = _frame(conn, "raw.input_quarantine", "SELECT reason, count(*) AS n FROM raw.input_quarantine GROUP BY reason", [])
+    for frame in (spans, inputs):
+        for reason, n in frame.iter_rows() if frame.height else []:
+            counts[reason] = counts.get(reason, 0) + int(n)
+    return dict(sorted(counts.items()))
+
+
+def unattributed_cost(conn, as_of: dt.date, days: int) -> float:
+    frame = _frame(
+        conn,
+        "main.unattributed_costs",
+        "SELECT coalesce(sum(effective_cost), 0) AS usd FROM main.unattributed_costs WHERE day > ? AND day <= ?",
+        [as_of - dt.timedelta(days=days), as_of],
+    )
+    return float(frame["usd"][0]) if frame.height else 0.0
+
+
+def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+    start = window_start or dt.date(1970, 1, 1)
+    coverage = _frame(conn, "main.service_coverage", "SELECT * FROM main.service_coverage WHERE dt BETWEEN ? AND ?", [start, as_of])
+    edges = _frame(conn, "main.trace_edges", "SELECT * FROM main.trace_edges WHERE dt BETWEEN ? AND ?", [start, as_of])
+    if not coverage.height:
+        return {"overall": None, "services": [], "broken_edges": []}, pl.DataFrame(), pl.DataFrame()
+    summary = summarize(coverage, edges)
+    section = {
+        "overall": summary.overall_coverage,
+        "services": [
+            {"service": r["service"], "coverage": r["coverage"]} for r in summary.services.iter_rows(named=True)
+        ],
+        "broken_edges": [
+            {"caller": r["caller"], "callee": r["callee"]} for r in summary.broken_edges.iter_rows(named=True)
+        ],
+    }
+    return section, summary.services, summary.broken_edges
+
+
+def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
+                 blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0) -> dict:
+    deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
+    projections = _frame(conn, "main.cost_projections", "SELECT * FROM main.cost_projections WHERE as_of = ?", [as_of])
+    experiment_costs = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of = ? ORDER BY experiment_id, cell", [as_of])
+    registry = _frame(conn, "main.cost_model_registry", "SELECT * FROM main.cost_model_registry WHERE as_of = ? ORDER BY service", [as_of])
+    catalog = _frame(conn, "raw.services", "SELECT * FROM raw.services", [])
+    business = _frame(conn, "raw.business_metrics", "SELECT * FROM raw.business_metrics", [])
+    srm = _frame(conn, "main.sample_ratio", "SELECT * FROM main.sample_ratio WHERE as_of = ?", [as_of])
+    window = _frame(conn, "raw.experiments", "SELECT min(start_date) AS d FROM raw.experiments", [])
+    window_start = window["d"][0] if window.height else None
+    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, window_start)
+
+    experiments = []
+    for exp in experiment_costs.iter_rows(named=True):
+        rows = deltas.filter((pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"]))
+        if projections.height:
+            rows = rows.join(
+                projections.filter((pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"]))
+                .drop("as_of", "experiment_id", "cell"),
+                on="service",
+                how="left",
+            )
+        services = []
+        for r in rows.sort("service").iter_rows(named=True):
+            services.append(
+                {
+                    "service": r["service"],
+                    "delta_pct": _pct(r["delta"]),
+                    "ci_low_pct": _pct(r["ci_low"]),
+                    "ci_high_pct": _pct(r["ci_high"]),
+                    "p_value": r["p_value"],
+                    "q_value": r["q_value"],
+                    "significant": bool(r["significant"]),
+                    "cost_model": r.get("cost_model"),
+                    "incremental_cost_usd_30d": _usd(r.get("incremental_cost_usd_30d")) or 0.0,
+                    "ci_low_usd_30d": _usd(r.get("ci_low_usd_30d")) or 0.0,
+                    "ci_high_usd_30d": _usd(r.get("ci_high_usd_30d")) or 0.0,
+                    "trace_coverage": r.get("trace_coverage"),
+                    "measured_from": r.get("measured_from"),
+                }
+            )
+        flags = experiment_flags(
+            exp,
+            rows,
+            catalog=catalog,
+            coverage=coverage_by_service,
+            broken_edges=broken_edges,
+            srm=srm,
+            blind_spot_coverage=blind_spot_coverage,
+            cost_alert_threshold_usd=cost_alert_threshold_usd,
+        )
+        metrics = business.filter(
+            (pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"])
+        ) if business.height else business
+        experiments.append(
+            {
+                "experiment_id": exp["experiment_id"],
+                "cell": exp["cell"],
+                "control_cell": exp["control_cell"],
+                "incremental_cost_usd_30d": _usd(exp["incremental_cost_usd_30d"]),
+                "ci_low_usd_30d": _usd(exp["ci_low_usd_30d"]),
+                "ci_high_usd_30d": _usd(exp["ci_high_usd_30d"]),
+                "services": services,
+                "flags": flags,
+                "business_metrics": [
+                    {k: m[k] for k in ("metric", "delta_pct", "ci_low_pct", "ci_high_pct")}
+                    for m in metrics.iter_rows(named=True)
+                ],
+            }
+        )
+
+    service_models = [
+        {
+            "service": r["service"],
+            "scaling": r["scaling"],
+            "cost_model": r["cost_model"],
+            "drift_detected": bool(r["drift_detected"]),
+            "model_error_pct": r["model_error_pct"],
+            "kind": r["kind"],
+            "drift_reasons": r["drift_reasons"] or None,
+            "capacity_requests_per_hour": r["capacity_requests_per_hour"],
+        }
+        for r in registry.iter_rows(named=True)
+    ]
+    report = {
+        "as_of": as_of.isoformat(),
+        "experiments": experiments,
+        "services": service_models,
+        "trace_completeness": completeness,
+        "data_quality": {
+            "quarantined": quarantine_counts(conn, as_of),
+            "unattributed_cost_usd": _usd(unattributed_cost(conn, as_of, projection_days)),
+        },
+    }
+    return _clean(report)
+
+
+def latest_report(conn: duckdb.DuckDBPyConnection) -> dict | None:
+    if not table_exists(conn, "main.reports"):
+        return None
+    rows = conn.execute("SELECT report_json FROM main.reports ORDER BY as_of DESC LIMIT 1").fetchall()
+    return json.loads(rows[0][0]) if rows else None

@@ -1,0 +1,53 @@
+"""The report as a person reads it in a terminal: the money first, then why."""
+
+from __future__ import annotations
+
+
+def _usd(value) -> str:
+    return "n/a" if value is None else f"${value:,.0f}"
+
+
+def render_text(report: dict, truth: dict | None = None) -> str:
+    lines = [f"Cost attribution report as of {report['as_of']}", ""]
+    lines.append("Projected 30-day cost of rolling each cell out to 100% (95% interval):")
+    for exp in sorted(report["experiments"], key=lambda e: -(e["incremental_cost_usd_30d"] or 0)):
+        name = f"{exp['experiment_id']}:{exp['cell']}"
+        line = (
+            f"  {name:<32} {_usd(exp['incremental_cost_usd_30d']):>10}  "
+            f"[{_usd(exp['ci_low_usd_30d'])} .. {_usd(exp['ci_high_usd_30d'])}]"
+        )
+        if truth and name in truth.get("experiments", {}):
+            line += f"   (simulator truth {_usd(truth['experiments'][name]['incremental_cost_usd_30d'])})"
+        lines.append(line)
+        for svc in exp["services"]:
+            if svc["significant"]:
+                lines.append(
+                    f"      {svc['service']:<20} {svc['delta_pct']:+7.1f}% [{svc['ci_low_pct']:+.1f}, {svc['ci_high_pct']:+.1f}]"
+                    f"  q={svc['q_value']:.2g}  {svc['cost_model'] or 'unpriced':<9} {_usd(svc['incremental_cost_usd_30d'])}"
+                )
+        for flag in exp["flags"]:
+            lines.append(f"      ! {flag['kind']}: {flag['detail']}")
+        for metric in exp.get("business_metrics", []):
+            lines.append(
+                f"      business: {metric['metric']} {metric['delta_pct']:+.2f}% [{metric['ci_low_pct']:+.2f}, {metric['ci_high_pct']:+.2f}]"
+            )
+    lines.append("")
+    lines.append("Services (scaling, cost model, holdout error):")
+    for svc in report["services"]:
+        drift = "  DRIFT -> heuristic" if svc["drift_detected"] else ""
+        error = svc["model_error_pct"]
+        lines.append(
+            f"  {svc['service']:<20} {svc['scaling']:<9} {svc['cost_model']:<9} "
+            f"{'' if error is None else f'{error:.1f}% MAPE'}{drift}"
+        )
+    completeness = report["trace_completeness"]
+    lines.append("")
+    overall = completeness["overall"]
+    lines.append(f"Trace completeness: {'n/a' if overall is None else f'{overall:.1%}'} of adjusted work reaches a member")
+    for edge in completeness["broken_edges"]:
+        lines.append(f"  broken edge: {edge['caller']} -> {edge['callee']} (trace context dropped: a blind spot)")
+    quality = report["data_quality"]
+    lines.append("")
+    lines.append(f"Quarantined records: {quality['quarantined'] or 'none'}")
+    lines.append(f"Unattributed cost (untagged, support, credits) in the window: {_usd(quality['unattributed_cost_usd'])}")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Parameters of a simulated world: services, call graph, experiments, samplers, knobs.
+
+Every number that shapes the world lives here so that tests, the demo and benchmarks
+differ only by configuration, never by code path.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service and its true cost model.
+
+    autoscale: instances(hour) = max(min_instances, ceil(requests / capacity)).
+    static: a fixed fleet sized for peak x static_headroom, so extra load costs $0.
+    """
+
+    name: str
+    owner: str
+    sku: str
+    list_price_per_hour: float
+    capacity_per_instance_hour: float
+    scaling: str = "autoscale"
+    min_instances: int = 1
+    static_headroom: float = 2.5
+    deprecated: bool = False
+    tier: int = 2
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """caller calls callee `calls_per_request` times per SERVER span of the caller.
+
+    regular=True draws floor(r) + Bernoulli(frac(r)) calls (e.g. one auth check per
+    request) instead of Poisson(r).
+    """
+
+    caller: str
+    callee: str
+    calls_per_request: float
+    regular: bool = False
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """Two cells, control and treatment; treatment rescales or adds call edges."""
+
+    id: str
+    name: str
+    owner: str = "growth-team"
+    # (caller, callee, multiplier) applied to an existing edge's call rate in treatment.
+    edge_multipliers: tuple[tuple[str, str, float], ...] = ()
+    # (caller, callee, calls_per_request) for an edge that control never uses.
+    new_edges: tuple[tuple[str, str, float], ...] = ()
+    allocation_fraction: float = 0.5
+    treatment_share: float = 0.5
+    # (metric, delta_pct, ci_half_width_pct) reported by the experimentation platform.
+    business_metrics: tuple[tuple[str, float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class SamplingDomain:
+    """A client domain with its own head-sampling rate and way of recording it.
+
+    convention: "attribute" (span attribute sampling.probability), "tracestate"
+    (OTEP 235 `ot=th:<hex>` threshold) or "none" (p = 1, nothing written).
+    """
+
+    name: str
+    probability: float
+    convention: str
+    member_share: float
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """A service moves to another instance type `days_before_end` days before the end."""
+
+    service: str
+    days_before_end: int
+    new_sku: str
+    new_list_price_per_hour: float
+    new_capacity_per_instance_hour: float
+
+
+@dataclass(frozen=True)
+class DirtyRecordCounts:
+    """Dirty records injected into every trace day file (see contract: quarantine)."""
+
+    truncated_lines: int = 1
+    duplicate_spans: int = 1
+    negative_duration_spans: int = 1
+    missing_service_name_spans: int = 1
+
+
+DEFAULT_SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("api-gateway", "team-api", "m7i.2xlarge", 0.4032, 500_000, min_instances=4),
+    ServiceSpec("metadata-svc", "team-metadata", "r7i.2xlarge", 0.5292, 600_000, min_instances=3),
+    ServiceSpec("images-svc", "team-images", "c7i.2xlarge", 0.357, 500_000, min_instances=2),
+    ServiceSpec("recs-svc", "team-recs", "r6i.4xlarge", 1.008, 300_000, min_instances=4),
+    ServiceSpec("auth-svc", "team-auth", "c7i.xlarge", 0.1785, 1_500_000, scaling="static"),
+    ServiceSpec("profile-svc", "team-profile", "m7i.xlarge", 0.2016, 400_000, min_instances=2),
+    ServiceSpec("cdn-origin", "team-cdn", "c7i.2xlarge", 0.357, 800_000, min_instances=2),
+    ServiceSpec("legacy-ratings", "team-legacy", "t3.large", 0.0832, 40_000, deprecated=True),
+    ServiceSpec("search-svc", "team-search", "c7i.xlarge", 0.1785, 200_000, min_instances=2),
+)
+
+DEFAULT_EDGES: tuple[EdgeSpec, ...] = (
+    EdgeSpec("api-gateway", "auth-svc", 1.0, regular=True),
+    EdgeSpec("api-gateway", "profile-svc", 0.6),
+    EdgeSpec("api-gateway", "metadata-svc", 1.6),
+    EdgeSpec("api-gateway", "images-svc", 0.8),
+    EdgeSpec("api-gateway", "recs-svc", 0.6),
+    EdgeSpec("api-gateway", "search-svc", 0.2),
+    EdgeSpec("api-gateway", "legacy-ratings", 0.03),
+    EdgeSpec("recs-svc", "metadata-svc", 0.5),
+    EdgeSpec("images-svc", "cdn-origin", 1.2),
+)
+
+DEFAULT_EXPERIMENTS: tuple[ExperimentSpec, ...] = (
+    # Both paths into metadata-svc scale with recs, so metadata's delta is exactly +40%.
+    ExperimentSpec(
+        "smarter-prefetch", "Smarter Pre-fetch",
+        edge_multipliers=(("api-gateway", "metadata-svc", 1.4), ("api-gateway", "recs-svc", 1.4)),
+        business_metrics=(("streaming_hours", 0.7, 0.5),),
+    ),
+    ExperimentSpec("aa-calibration", "A/A", business_metrics=(("streaming_hours", 0.0, 0.5),)),
+    ExperimentSpec(
+        "login-refresh", "Login token refresh",
+        edge_multipliers=(("api-gateway", "auth-svc", 1.5),),
+        business_metrics=(("retention_d30", 0.1, 0.3),),
+    ),
+    ExperimentSpec(
+        "ratings-badge", "Ratings badge",
+        edge_multipliers=(("api-gateway", "legacy-ratings", 8.5),),
+        business_metrics=(("streaming_hours", 0.2, 0.5),),
+    ),
+    ExperimentSpec(
+        "search-personalization", "Personalized search",
+        new_edges=(("search-svc", "profile-svc", 1.0),),
+        business_metrics=(("search_success_rate", 1.1, 0.6),),
+    ),
+)
+
+DEFAULT_SAMPLING_DOMAINS: tuple[SamplingDomain, ...] = (
+    SamplingDomain("tv", 0.015, "attribute", 0.559),
+    SamplingDomain("mobile", 0.01, "tracestate", 0.44),
+    # A few internal QA members traced at 100%: no sampling information at all.
+    SamplingDomain("qa", 1.0, "none", 0.001),
+)
+
+DEFAULT_DRIFT = DriftSpec("recs-svc", 4, "r7i.4xlarge", 1.0584, 400_000)
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 7
+    end_date: datetime.date = datetime.date(2026, 10, 31)  # last trace day
+    trace_days: int = 4  # days with experiments running (the last ones)
+    pre_period_days: int = 0  # trace days before the experiments start (CUPED covariate)
+    history_days: int = 28  # cost + usage history, ending on end_date
+    n_members: int = 4700
+    target_spans_per_day: int | None = None
+    span_formats: tuple[str, ...] = ("otlp_json",)
+    dirty_records: bool = True
+    dirty_counts: DirtyRecordCounts = field(default_factory=DirtyRecordCounts)
+
+    services: tuple[ServiceSpec, ...] = DEFAULT_SERVICES
+    edges: tuple[EdgeSpec, ...] = DEFAULT_EDGES
+    root_service: str = "api-gateway"
+    experiments: tuple[ExperimentSpec, ...] = DEFAULT_EXPERIMENTS
+    sampling_domains: tuple[SamplingDomain, ...] = DEFAULT_SAMPLING_DOMAINS
+    # caller -> callee edges where the caller drops trace context.
+    broken_edges: tuple[tuple[str, str], ...] = (("images-svc", "cdn-origin"),)
+    # The callee of a broken edge head-samples its (new, anonymous) traces itself.
+    broken_callee_sampling_probability: float = 0.02
+    drift: DriftSpec | None = DEFAULT_DRIFT
+
+    # Member activity: root requests/day ~ Poisson(activity x daily_noise x day_factor).
+    mean_root_requests_per_member_day: float = 47.0
+    activity_shape: float = 0.7  # gamma shape across members (overdispersion)
+    daily_activity_shape: float = 4.0  # gamma shape of member-day noise
+    allocation_lead_days: int = 3  # members are allocated up to this many days early
+
+    # Production: the traced members are a sample; this fixes the production volume.
+    production_root_requests_per_day: float = 160e6
+    growth_per_day: float = 0.002
+    weekend_factor: float = 1.12
+    diurnal_amplitude: float = 0.45
+    diurnal_peak_hour_utc: int = 20
+    usage_noise: float = 0.01  # relative noise of hourly metrics around the expectation
+
+    # Billing
+    discount: float = 0.2  # EffectiveCost = ListCost x (1 - discount)
+    list_price_jitter: float = 0.005
+    support_fee_per_day: float = 310.0
+    credit_per_day: float = -55.0
+    untagged_instance_price_per_hour: float = 0.0416
+
+    # Output layout
+    spans_per_line: int = 400  # spans per ExportTraceServiceRequest line
+    spans_per_part_file: int = 500_000
+    otlp_compression: str = "gzip"  # "gzip" (level 1) or "none" (plain .json)
+
+    @property
+    def experiment_start(self) -> datetime.date:
+        return self.end_date - datetime.timedelta(days=self.trace_days - 1)
+
+    @property
+    def first_trace_day(self) -> datetime.date:
+        return self.experiment_start - datetime.timedelta(days=self.pre_period_days)
+
+    @property
+    def trace_dates(self) -> list[datetime.date]:
+        n = self.pre_period_days + self.trace_days
+        return [self.first_trace_day + datetime.timedelta(days=i) for i in range(n)]
+
+    @property
+    def history_dates(self) -> list[datetime.date]:
+        first = self.end_date - datetime.timedelta(days=self.history_days - 1)
+        return [first + datetime.timedelta(days=i) for i in range(self.history_days)]

@@ -1,0 +1,161 @@
+"""Vectorized generation of one day's sampled spans, column by column.
+
+Head sampling is per trace, so only kept traces are generated: a member's kept root
+requests are Poisson(activity x daily noise x day factor x p) (Poisson thinning), and
+every span of a kept trace carries the trace's sampler. The call tree is grown one
+service at a time in topological order; each caller SERVER span draws its calls per
+edge, giving a CLIENT span and (unless the caller drops context) the callee's SERVER
+span. Callees of broken edges instead receive anonymous root traces sampled by their
+own sampler, in proportion to the true number of calls from the traced members.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import numpy as np
+
+from cost_attribution.simulator.call_graph import CallGraph
+from cost_attribution.simulator.config import WorldConfig
+from cost_attribution.simulator.population import Population
+from cost_attribution.simulator.sampling import Samplers
+from cost_attribution.simulator.seasonality import (
+    NS_PER_HOUR, day_factor, day_start_ns, experiments_active, hour_shares, rng_for)
+
+SERVER, CLIENT = 2, 3
+ROOT_MEDIAN_MS, ANONYMOUS_ROOT_MEDIAN_MS = 60.0, 8.0
+
+
+@dataclass
+class DaySpans:
+    """Columns of all kept spans of a day; trace-level columns indexed by `trace`."""
+
+    trace_ids: np.ndarray  # [T, 16] uint8
+    trace_member: np.ndarray  # [T] member index, -1 for anonymous traces
+    trace_sampler: np.ndarray  # [T] sampler index
+    trace_start: np.ndarray  # [T] root start ns
+    trace: np.ndarray  # [S] trace index
+    span_id: np.ndarray  # [S] uint64
+    parent: np.ndarray  # [S] span position of the parent, -1 for roots
+    service: np.ndarray  # [S] service index
+    kind: np.ndarray  # [S] SERVER / CLIENT
+    peer: np.ndarray  # [S] callee service index for CLIENT, -1 for SERVER
+    start: np.ndarray  # [S] ns
+    end: np.ndarray  # [S] ns
+
+    @property
+    def n_spans(self) -> int:
+        return len(self.trace)
+
+
+class _SpanColumns:
+    """Accumulates span chunks; positions are global and assigned in append order."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[np.ndarray, ...]] = []
+        self.count = 0
+
+    def append(self, trace, parent, service, kind, peer, start, dur) -> np.ndarray:
+        n = len(trace)
+        positions = np.arange(self.count, self.count + n)
+        self.count += n
+        self.chunks.append((trace, parent, np.full(n, service, np.int16), np.full(n, kind, np.int8),
+                            np.full(n, peer, np.int16), start, start + dur))
+        return positions
+
+    def columns(self) -> list[np.ndarray]:
+        return [np.concatenate(col) for col in zip(*self.chunks)]
+
+
+def generate_day_spans(config: WorldConfig, day: datetime.date, population: Population,
+                       graph: CallGraph, samplers: Samplers) -> DaySpans:
+    rng = rng_for(config.seed, f"spans-{day.isoformat()}")
+    rates = graph.edge_rates(population.cells, experiments_active(config, day))
+    shape = config.daily_activity_shape
+    member_roots = population.activity * rng.gamma(shape, 1 / shape, population.size) * day_factor(config, day)
+
+    # Traces: kept member traces first, then anonymous traces of broken-edge callees.
+    kept = rng.poisson(member_roots * samplers.probability[population.sampler])
+    trace_member = [np.repeat(np.arange(population.size), kept)]
+    trace_sampler = [population.sampler[trace_member[0]]]
+    trace_root_service = [np.full(len(trace_member[0]), graph.root)]
+    calls = graph.calls_per_root(rates)
+    for e in np.flatnonzero(graph.broken):
+        sampler = samplers.broken_edge_sampler[(graph.services[graph.callers[e]], graph.services[graph.callees[e]])]
+        n_anonymous = rng.poisson((member_roots * calls[:, e]).sum() * samplers.probability[sampler])
+        trace_member.append(np.full(n_anonymous, -1))
+        trace_sampler.append(np.full(n_anonymous, sampler))
+        trace_root_service.append(np.full(n_anonymous, graph.callees[e]))
+    members = np.concatenate(trace_member)
+    root_service = np.concatenate(trace_root_service)
+    n_traces = len(members)
+    trace_start = _start_times(config, day, rng, n_traces)
+    median_ms = np.where(members >= 0, ROOT_MEDIAN_MS, ANONYMOUS_ROOT_MEDIAN_MS)
+    root_dur = (rng.lognormal(np.log(median_ms * 1e6), 0.5)).astype(np.int64)
+
+    spans = _SpanColumns()
+    # Per service: SERVER spans waiting to make their calls (positions, trace, start, dur).
+    pending: dict[int, list[tuple[np.ndarray, ...]]] = {s: [] for s in range(len(graph.services))}
+    for service in np.unique(root_service):
+        traces = np.flatnonzero(root_service == service)
+        positions = spans.append(traces, np.full(len(traces), -1), service, SERVER, -1,
+                                 trace_start[traces], root_dur[traces])
+        pending[int(service)].append((positions, traces, trace_start[traces], root_dur[traces]))
+
+    # Anonymous traces follow the callee's defaults: behaviour of a member in no experiment.
+    rates_with_anonymous = np.vstack([rates, graph.base_rates])
+    for service in graph.topo_order:
+        if not pending[service]:
+            continue
+        positions, traces, starts, durs = (np.concatenate(c) for c in zip(*pending[service]))
+        member_row = members[traces]
+        member_row = np.where(member_row >= 0, member_row, population.size)
+        for e in np.flatnonzero(graph.callers == service):
+            rate = rates_with_anonymous[member_row, e]
+            n_calls = _draw_calls(rng, rate, graph.regular[e])
+            caller = np.repeat(np.arange(len(positions)), n_calls)
+            if len(caller) == 0:
+                continue
+            callee = int(graph.callees[e])
+            client_start = starts[caller] + (durs[caller] * rng.uniform(0.05, 0.45, len(caller))).astype(np.int64)
+            client_dur = (durs[caller] * rng.uniform(0.2, 0.5, len(caller))).astype(np.int64)
+            client_pos = spans.append(traces[caller], positions[caller], service, CLIENT, callee,
+                                      client_start, client_dur)
+            if graph.broken[e]:
+                continue
+            server_start = client_start + client_dur // 20
+            server_dur = client_dur * 9 // 10
+            server_pos = spans.append(traces[caller], client_pos, callee, SERVER, -1, server_start, server_dur)
+            pending[callee].append((server_pos, traces[caller], server_start, server_dur))
+
+    trace, parent, service_col, kind, peer, start, end = spans.columns()
+    return DaySpans(
+        trace_ids=np.frombuffer(rng.bytes(16 * n_traces), dtype=np.uint8).reshape(n_traces, 16),
+        trace_member=members,
+        trace_sampler=np.concatenate(trace_sampler),
+        trace_start=trace_start,
+        trace=trace,
+        # Random 64-bit ids; the low bit is forced so no id is the all-zero invalid id.
+        span_id=rng.integers(0, 2**63, size=len(trace), dtype=np.uint64) * np.uint64(2) + np.uint64(1),
+        parent=parent,
+        service=service_col,
+        kind=kind,
+        peer=peer,
+        start=start,
+        end=end,
+    )
+
+
+def _draw_calls(rng: np.random.Generator, rate: np.ndarray, regular: bool) -> np.ndarray:
+    if regular:
+        whole = np.floor(rate)
+        return (whole + (rng.random(len(rate)) < rate - whole)).astype(np.int64)
+    return rng.poisson(rate)
+
+
+def _start_times(config: WorldConfig, day: datetime.date, rng: np.random.Generator, n: int) -> np.ndarray:
+    cumulative = np.cumsum(hour_shares(config))
+    hours = np.minimum(np.searchsorted(cumulative, rng.random(n) * cumulative[-1]), 23)
+    within = (rng.random(n) * NS_PER_HOUR).astype(np.int64)
+    return day_start_ns(day) + hours.astype(np.int64) * NS_PER_HOUR + within

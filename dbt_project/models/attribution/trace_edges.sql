@@ -1,0 +1,29 @@
+{{ config(incremental_strategy=daily_incremental_strategy(), unique_key='dt') }}
+-- Caller -> callee edges seen from CLIENT spans inside attributed traces, and how
+-- many of those calls have no SERVER span of the callee in the same trace. A high
+-- unmatched share while the callee shows anonymous roots is a broken edge: the
+-- caller does not propagate trace context to that callee.
+with spans as (
+    select * from {{ ref('enriched_spans') }} where {{ in_partition_window('dt') }}
+),
+calls as (
+    select dt, trace_id, service as caller, peer_service as callee, adjusted_count
+    from spans
+    where kind = 'CLIENT' and peer_service is not null and member_id is not null
+),
+callee_servers as (
+    select distinct dt, trace_id, service
+    from spans
+    where kind = 'SERVER'
+)
+select
+    c.dt,
+    c.caller,
+    c.callee,
+    count(*) as client_spans,
+    sum(c.adjusted_count) as client_requests,
+    sum(case when cs.service is null then 1 else 0 end) as unmatched_client_spans
+from calls as c
+left join callee_servers as cs
+    on cs.dt = c.dt and cs.trace_id = c.trace_id and cs.service = c.callee
+group by c.dt, c.caller, c.callee
