@@ -144,7 +144,7 @@ def _duckdb_json(path: Path) -> int:
           SELECT unnest(ss.spans) AS sp, rs.resource AS resource FROM (
             SELECT unnest(rs.scopeSpans) AS ss, rs FROM (
               SELECT unnest(resourceSpans) AS rs
-              FROM read_json('{path}', format='newline_delimited', maximum_object_size=1073741824, sample_size=-1))))
+              FROM read_json('{path}', format='newline_delimited', maximum_object_size=1073741824))))
     """
     return con.sql(query).fetchall()[0][0]
 

@@ -35,22 +35,26 @@ def any_discovery(res: pl.DataFrame) -> float:
 def power_table(lines: list[str]) -> None:
     lines += ["## Power at the sample world's size (1,250 members/cell, ~3 sampled traces/member, effect on recs-svc)", "",
               "200 replicates per effect; detected = BH q < 0.05 within the experiment's 9 services.", "",
-              "| true effect | fixed: detected | fixed: CI covers truth | sequential: detected | sequential: CI covers truth | mean se |",
-              "|---|---|---|---|---|---|"]
+              "| true effect | fixed: raw p<0.05 | fixed: detected | fixed: CI covers truth | sequential: detected | sequential: CI covers truth | mean se |",
+              "|---|---|---|---|---|---|---|"]
     for i, eff in enumerate([0.02, 0.05, 0.10, 0.40]):
         w = simulate_world(seed=100 + i, n_experiments=200, effects={"recs-svc": eff})
         row = [f"+{eff:.0%}"]
         for cfg in (FIXED, SEQ):
             res = compare_cells(w.member_usage, w.allocations, w.experiments, cfg)
-            res = res.with_columns(q_exp=pl.col("p_value").map_batches(lambda s: s).over("experiment_id"))
             recs = []
             for _, g in res.group_by("experiment_id"):
                 q = benjamini_hochberg(g["p_value"].to_numpy())
                 recs.append(bool(q[g["service"].to_numpy() == "recs-svc"][0] < 0.05))
             r = res.filter(pl.col("service") == "recs-svc")
+            if not cfg.sequential:
+                row.append(f"{(r['p_value'] < 0.05).mean():.1%}")
             row += [f"{np.mean(recs):.1%}", f"{r.select(covered(eff).mean()).item():.1%}"]
         row.append(f"{r['se'].mean():.3f}")
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Small effects are invisible at this size: se of a relative delta is ~0.07 (members are few and "
+              "heavily overdispersed), and BH over 9 services asks for p < ~0.006 when only one is real.  The "
+              "relative-delta se also grows with the treatment mean, so z has SD < 1 and the upper tail is thinner."]
 
 
 def aa_table(lines: list[str]) -> pl.DataFrame:

@@ -21,13 +21,19 @@ from cost_attribution.resources import LANDING_ENV, WAREHOUSE_ENV, LandingZone
 def _configure_environment(landing: Path, warehouse: Path) -> list:
     """Point the resources at these paths and start the partitions at the first trace
     day. Must run before `cost_attribution.definitions` is imported."""
-    if "cost_attribution.definitions" in sys.modules:
-        raise RuntimeError("configure the environment before importing the definitions")
     days = LandingZone(root=str(landing)).trace_days()
     if not days:
         raise SystemExit(f"{landing}: no traces/dt=YYYY-MM-DD folders: nothing to attribute")
     os.environ[LANDING_ENV] = str(landing)
     os.environ[WAREHOUSE_ENV] = str(warehouse)
+    if "cost_attribution.definitions" in sys.modules:
+        # Already loaded (a test, a notebook): the partitions are fixed; they must cover the days.
+        from cost_attribution.partitions import daily_partitions
+
+        first = daily_partitions.start.date()
+        if days[0] < first:
+            raise SystemExit(f"trace day {days[0]} precedes the partitions' start {first}: set {PARTITION_START_ENV}")
+        return days
     configured = os.environ.get(PARTITION_START_ENV)
     if not configured or configured > days[0].isoformat():
         os.environ[PARTITION_START_ENV] = days[0].isoformat()
@@ -123,7 +129,8 @@ def _cmd_demo(args) -> int:
     root = Path(args.dir).resolve()
     landing, warehouse = root / "landing", root / "warehouse.duckdb"
     print(f"generating the demo world (seed {args.seed}) in {landing} ...", file=sys.stderr)
-    truth = generate_world(landing, WorldConfig(seed=args.seed))
+    # Two trace days before the experiments start give CUPED its pre-period covariate.
+    truth = generate_world(landing, WorldConfig(seed=args.seed, pre_period_days=2))
     print("materializing every partition through Dagster ...", file=sys.stderr)
     summary = run_pipeline(landing, warehouse)
     report = load_report(warehouse)
@@ -132,6 +139,9 @@ def _cmd_demo(args) -> int:
         return 1
     print(render_text(report, truth=truth))
     print(f"\nreport: {summary['report_path']}")
+    html_report = Path(summary["report_path"]).with_name("report.html")
+    if html_report.exists():
+        print(f"html report: {html_report}")
     return 1 if summary["failed"] else 0
 
 

@@ -2,17 +2,36 @@
 
 import dagster as dg
 
+from cost_attribution.alerts import alert_resources, alert_sensors
 from cost_attribution.attribution.assets import attribution_assets
 from cost_attribution.attribution.dbt_assets import span_models
+from cost_attribution.attribution.latency_assets import latency_assets
+from cost_attribution.checks.input_contracts import build_input_contract_checks
 from cost_attribution.estimation.assets import estimation_assets
+from cost_attribution.estimation.capacity_assets import capacity_assets
+from cost_attribution.freshness import freshness_checks, freshness_sensors
 from cost_attribution.ingest.assets import ingest_assets
 from cost_attribution.reporting.assets import reporting_assets
+from cost_attribution.reporting.html_assets import html_assets
 from cost_attribution.resources import default_resources
 from cost_attribution.schedules import daily_cost_attribution_job, daily_schedule
 
+_freshness_checks = freshness_checks()
+
 defs = dg.Definitions(
-    assets=[*ingest_assets, span_models, *attribution_assets, *estimation_assets, *reporting_assets],
+    assets=[
+        *ingest_assets,
+        span_models,
+        *attribution_assets,
+        *estimation_assets,
+        *reporting_assets,
+        *latency_assets,
+        *capacity_assets,
+        *html_assets,
+    ],
+    asset_checks=[*build_input_contract_checks(), *_freshness_checks],
     jobs=[daily_cost_attribution_job],
     schedules=[daily_schedule],
-    resources=default_resources(),
+    sensors=[*alert_sensors(), *freshness_sensors(_freshness_checks)],
+    resources={**default_resources(), **alert_resources()},
 )

@@ -96,6 +96,7 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
             usage.allocations,
             usage.experiments.select("experiment_id", "control_cell"),
             config,
+            pre_usage=usage.pre_usage if usage.pre_usage.height else None,
         )
         measured_from = usage.member_usage.select("experiment_id", "service", "measured_from").unique(
             subset=["experiment_id", "service"]

@@ -20,6 +20,7 @@ class ExperimentUsage:
     experiments: pl.DataFrame  # experiment_id, control_cell, start_date, ...
     allocations: pl.DataFrame  # experiment_id, member_id, cell (allocated by the as-of day)
     member_usage: pl.DataFrame  # experiment_id, cell, member_id, service, requests, measured_from
+    pre_usage: pl.DataFrame  # experiment_id, member_id, service, pre_requests (before the start: CUPED covariate)
     coverage: pl.DataFrame  # service, coverage over the analysis window
     window_start: dt.date | None
     as_of: dt.date
@@ -68,13 +69,17 @@ def load_experiment_usage(
         """,
         [as_of, as_of],
     )
+    # Usage from the start through as_of is the outcome; usage of the same members on
+    # trace days before the start (allocated, not yet treated) is the CUPED covariate.
     usage = read_frame(
         conn,
         """
-        SELECT u.experiment_id, u.cell, u.member_id, u.service, u.source, sum(u.requests) AS requests
+        SELECT u.experiment_id, u.cell, u.member_id, u.service, u.source,
+               sum(u.requests) AS requests,
+               e.start_date IS NOT NULL AND u.dt < e.start_date AS pre_period
         FROM main.member_service_usage u
         JOIN raw.experiments e USING (experiment_id)
-        WHERE u.dt <= ? AND (e.start_date IS NULL OR u.dt >= e.start_date)
+        WHERE u.dt <= ?
         GROUP BY ALL
         """,
         [as_of],
@@ -92,4 +97,10 @@ def load_experiment_usage(
         ((pl.col("source") == "server") & ~pl.col("service").is_in(list(use_client)))
         | ((pl.col("source") == "client") & pl.col("service").is_in(list(use_client)))
     ).rename({"source": "measured_from"})
-    return ExperimentUsage(experiments, allocations, chosen, coverage, window_start, as_of)
+    outcome = chosen.filter(~pl.col("pre_period")).drop("pre_period")
+    pre_usage = (
+        chosen.filter(pl.col("pre_period"))
+        .group_by("experiment_id", "member_id", "service")
+        .agg(pl.col("requests").sum().alias("pre_requests"))
+    )
+    return ExperimentUsage(experiments, allocations, outcome, pre_usage, coverage, window_start, as_of)

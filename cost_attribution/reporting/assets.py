@@ -10,11 +10,13 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.partitions import daily_partitions
+from cost_attribution.reporting.contract import contract_errors
 from cost_attribution.reporting.report import build_report
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows, table_exists
 
 REPORT_FILE = "report.json"
+CONTRACT_CHECK = "report_contract"
 
 
 def report_path(warehouse: DuckDBResource) -> Path:
@@ -29,6 +31,13 @@ def report_path(warehouse: DuckDBResource) -> Path:
     "model; trace completeness; data quality. Stored in main.reports and written to report.json beside the "
     "warehouse (for the newest as-of day).",
     partitions_def=daily_partitions,
+    check_specs=[
+        dg.AssetCheckSpec(
+            CONTRACT_CHECK,
+            asset="cost_report",
+            description="ERROR when report.json departs from docs/contract.md (missing keys, wrong types, enums).",
+        )
+    ],
     kinds={"python", "json"},
     owners=["team:finops", "team:platform-data"],
     group_name="reporting",
@@ -70,12 +79,20 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             for e in report["experiments"]
         ]
     )
-    return dg.MaterializeResult(
+    errors = contract_errors(report)
+    yield dg.MaterializeResult(
         metadata={
             "report_path": dg.MetadataValue.path(str(path)),
             "experiments": dg.MetadataValue.md(markdown_table(headline, float_digits=0)),
             "quarantined": dg.MetadataValue.json(report["data_quality"]["quarantined"]),
         }
+    )
+    yield dg.AssetCheckResult(
+        check_name=CONTRACT_CHECK,
+        passed=not errors,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(errors[:20]) or None,
+        metadata={"errors": len(errors)},
     )
 
 

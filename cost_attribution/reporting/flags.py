@@ -2,6 +2,8 @@
 
 Each flag is {kind, service, detail}; kinds:
 - deprecated_dependency: the cell significantly raises calls to a deprecated service.
+- new_dependency: the cell calls caller -> callee where its control never does (shift-left,
+  see attribution/shift_left.py); service = the callee.
 - low_trace_coverage: a service the cell moves (or whose caller it moves) sits behind a
   blind spot, so its volume is recovered from callers' CLIENT spans or not seen at all.
 - cost_over_threshold: the projected 30-day cost passes the alert threshold.
@@ -14,6 +16,8 @@ Each flag is {kind, service, detail}; kinds:
 from __future__ import annotations
 
 import polars as pl
+
+from cost_attribution.attribution.shift_left import new_dependency_flags
 
 
 def _flag(kind: str, service: str | None, detail: str) -> dict:
@@ -30,6 +34,7 @@ def experiment_flags(
     srm: pl.DataFrame,
     blind_spot_coverage: float,
     cost_alert_threshold_usd: float,
+    edge_shifts: pl.DataFrame | None = None,
 ) -> list[dict]:
     flags: list[dict] = []
     deprecated = set(catalog.filter(pl.col("deprecated"))["service"].to_list()) if catalog.height else set()
@@ -65,6 +70,9 @@ def experiment_flags(
             )
         if r.get("cost_model") is None:
             flags.append(_flag("unpriced_service", r["service"], f"no cost model or production volume for {r['service']}"))
+
+    if edge_shifts is not None:
+        flags.extend(new_dependency_flags(experiment, edge_shifts, deprecated))
 
     if coverage.height:
         blind = coverage.filter(pl.col("coverage").fill_null(0.0) < blind_spot_coverage)

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from cost_attribution.attribution.shift_left import load_edge_shifts
 from cost_attribution.checks.trace_completeness import summarize
 from cost_attribution.reporting.flags import experiment_flags
 from cost_attribution.warehouse import read_frame, table_exists
@@ -79,6 +80,39 @@ def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> 
     return section, summary.services, summary.broken_edges
 
 
+def _latency_entry(row: dict | None) -> dict | None:
+    """Extra key `latency` of a report service: p50/p95 change vs control (percent, 95% CI)."""
+    if row is None:
+        return None
+    entry = {}
+    for q in ("p50", "p95"):
+        entry[f"{q}_control_ms"] = None if row[f"{q}_control_ms"] is None else round(row[f"{q}_control_ms"], 3)
+        entry[f"{q}_treatment_ms"] = None if row[f"{q}_treatment_ms"] is None else round(row[f"{q}_treatment_ms"], 3)
+        entry[f"{q}_delta_pct"] = _pct(row[f"{q}_delta"])
+        entry[f"{q}_ci_low_pct"] = _pct(row[f"{q}_ci_low"])
+        entry[f"{q}_ci_high_pct"] = _pct(row[f"{q}_ci_high"])
+    entry["significant"] = bool(row["significant"])
+    entry["members_control"], entry["members_treatment"] = row["members_control"], row["members_treatment"]
+    return entry
+
+
+def _capacity_entry(row: dict | None) -> dict | None:
+    """Extra key `capacity` of a report service: peak requests/s and instances, today vs at 100% rollout."""
+    if row is None:
+        return None
+    return {
+        "peak_requests_per_s": None if row["peak_requests_per_s"] is None else round(row["peak_requests_per_s"], 2),
+        "instances_needed": row["instances_needed"],
+        "instances_needed_low": row["instances_needed_low"],
+        "instances_needed_high": row["instances_needed_high"],
+        "additional_instances": row["additional_instances"],
+    }
+
+
+def _index(frame: pl.DataFrame, keys: tuple[str, ...]) -> dict:
+    return {tuple(r[k] for k in keys): r for r in frame.iter_rows(named=True)} if frame.height else {}
+
+
 def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
                  blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0) -> dict:
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
@@ -91,6 +125,16 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     window = _frame(conn, "raw.experiments", "SELECT min(start_date) AS d FROM raw.experiments", [])
     window_start = window["d"][0] if window.height else None
     completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, window_start)
+    # Extra (non-contract) inputs; absent tables simply add nothing.
+    edge_shift_frame = load_edge_shifts(conn, as_of)
+    latency = _index(
+        _frame(conn, "main.latency_impact", "SELECT * FROM main.latency_impact WHERE as_of = ?", [as_of]),
+        ("experiment_id", "cell", "service"),
+    )
+    capacity = _index(
+        _frame(conn, "main.capacity_plan", "SELECT * FROM main.capacity_plan WHERE as_of = ? AND scenario = 'rollout'", [as_of]),
+        ("experiment_id", "cell", "service"),
+    )
 
     experiments = []
     for exp in experiment_costs.iter_rows(named=True):
@@ -121,6 +165,11 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
                     "measured_from": r.get("measured_from"),
                 }
             )
+            key = (exp["experiment_id"], exp["cell"], r["service"])
+            if key in latency:
+                services[-1]["latency"] = _latency_entry(latency[key])
+            if key in capacity:
+                services[-1]["capacity"] = _capacity_entry(capacity[key])
         flags = experiment_flags(
             exp,
             rows,
@@ -130,6 +179,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
             srm=srm,
             blind_spot_coverage=blind_spot_coverage,
             cost_alert_threshold_usd=cost_alert_threshold_usd,
+            edge_shifts=edge_shift_frame,
         )
         metrics = business.filter(
             (pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"])

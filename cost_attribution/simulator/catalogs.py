@@ -46,7 +46,8 @@ def allocations_frame(config: WorldConfig, population: Population) -> pl.DataFra
             "member_id": population.member_ids[members],
             "experiment_id": exp.id,
             "cell": np.where(population.cells[members, x] == TREATMENT, "treatment", "control"),
-            "allocated_at": pl.Series(population.allocated_at[members, x].astype("datetime64[ms]")).dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "allocated_at": pl.Series(population.allocated_at[members, x].astype("datetime64[ms]"))
+            .dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }))
     return pl.concat(frames)
 

@@ -51,7 +51,10 @@ class InstanceModel:
         return float(self.instances(hourly_requests).sum() * self.effective_price_per_hour)
 
 
-def instance_models(config: WorldConfig, usage: pl.DataFrame) -> dict[str, tuple[InstanceModel, InstanceModel, datetime.date | None]]:
+ModelHistory = tuple[InstanceModel, InstanceModel, "datetime.date | None"]
+
+
+def instance_models(config: WorldConfig, usage: pl.DataFrame) -> dict[str, ModelHistory]:
     """service -> (model before drift, current model, first day of the current model)."""
     peak = dict(usage.group_by("service").agg(pl.col("requests").max()).iter_rows())
     models = {}

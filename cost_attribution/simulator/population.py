@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
 from cost_attribution.simulator.call_graph import CONTROL, NOT_ALLOCATED, TREATMENT, CallGraph
 from cost_attribution.simulator.config import WorldConfig
@@ -24,6 +26,10 @@ class Population:
     @property
     def size(self) -> int:
         return len(self.member_ids)
+
+    @functools.cached_property
+    def member_id_series(self) -> pl.Series:
+        return pl.Series("member_id", self.member_ids, dtype=pl.String)
 
 
 def build_population(config: WorldConfig, samplers: Samplers) -> Population:

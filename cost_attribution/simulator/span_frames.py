@@ -46,13 +46,13 @@ def flat_span_frame(spans: DaySpans, rows: np.ndarray, services: tuple[str, ...]
     sampler = spans.trace_sampler[trace]
     is_root = parent < 0
     member = np.where(is_root, spans.trace_member[trace], -1)
-    member_ids = pl.Series(population.member_ids)
+    member_ids = population.member_id_series
     return pl.DataFrame({
         "trace_id": hex_bytes(spans.trace_ids[trace]),
         "span_id": hex_u64(spans.span_id[rows]),
         "parent_span_id": hex_u64(spans.span_id[np.maximum(parent, 0)]),
         "service": _lookup(spans.service[rows], list(services)),
-        "kind": pl.Series(np.where(spans.kind[rows] == SERVER, "SERVER", "CLIENT")),
+        "kind": pl.Series(spans.kind[rows] == SERVER),
         "start_unix_nano": spans.start[rows],
         "end_unix_nano": spans.end[rows],
         "peer_service": _lookup(spans.peer[rows], list(services)),
@@ -64,6 +64,7 @@ def flat_span_frame(spans: DaySpans, rows: np.ndarray, services: tuple[str, ...]
         "_tracestate": _lookup(sampler, list(samplers.tracestate)),
         "_client_domain": _lookup(sampler, [d or "" for d in samplers.client_domain]),
     }).with_columns(
+        kind=pl.when(pl.col("kind")).then(pl.lit("SERVER")).otherwise(pl.lit("CLIENT")),
         parent_span_id=pl.when(pl.col("_is_root")).then(None).otherwise(pl.col("parent_span_id")),
         member_id=pl.when(pl.col("_has_member")).then(pl.col("member_id")).otherwise(None),
     ).drop("_is_root", "_has_member")

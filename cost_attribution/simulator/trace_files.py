@@ -173,5 +173,12 @@ class _DirtyRecords:
         stats.missing_service_name_spans += unnamed.height
         # Parquet has no lines to truncate: malformed_lines stays 0 for a Parquet-only day.
         extra = [f.select(FLAT_COLUMNS) for f in (self.duplicated, self.duplicated, negative, unnamed)]
-        merged = pl.concat([flat] + extra, how="vertical_relaxed")
-        return merged.sample(fraction=1.0, shuffle=True, seed=int(self.rng.integers(0, 2**31)))
+        # Scatter the dirty rows among the valid ones (no full shuffle of a large part).
+        extra_rows = pl.concat(extra, how="vertical_relaxed")
+        cuts = np.sort(self.rng.integers(0, flat.height + 1, size=extra_rows.height))
+        pieces, previous = [], 0
+        for i, cut in enumerate(cuts):
+            pieces += [flat.slice(previous, cut - previous), extra_rows.slice(i, 1)]
+            previous = cut
+        pieces.append(flat.slice(previous))
+        return pl.concat(pieces, how="vertical_relaxed")

@@ -51,7 +51,7 @@ def generate_world(out_dir: Path, config: WorldConfig | None = None) -> dict:
     usage.write_csv(out_dir / "usage_metrics" / "requests_hourly.csv")
     models = instance_models(config, usage)
     focus = focus_rows(config, usage, models)
-    (out_dir / "costs" / "focus_hourly.csv.gz").write_bytes(gzip.compress(focus.write_csv().encode(), 6, mtime=0))
+    (out_dir / "costs" / "focus_hourly.csv.gz").write_bytes(gzip.compress(focus.write_csv().encode(), 1, mtime=0))
     unattributable = focus.filter(~pl.col("Tags").str.contains('"app"'))["EffectiveCost"].sum()
 
     truth = build_truth(config, graph, usage, models, day_stats, scale, samplers, population, unattributable)

@@ -6,7 +6,6 @@ import base64
 import datetime
 
 import numpy as np
-import polars as pl
 import pytest
 
 from cost_attribution.ingest.readers import read_span_file
@@ -62,6 +61,15 @@ def test_unknown_kinds_are_quarantined(tmp_path, bad_kind):
     batch = read_span_file(path, DT)
     assert batch.quarantine["reason"].to_list() == ["bad_kinds"]
     assert batch.spans["span_id"].to_list() == [PARENT_HEX]  # the sibling span still ingests
+
+
+def test_bools_are_not_taken_for_ints(tmp_path):
+    # True == 1 in Python; column building must not turn it into INTERNAL or a time of 1.
+    spans = [span(TRACE_HEX, "0000000000000001", kind=2, start=START), span(TRACE_HEX, "0000000000000002", kind=True),
+             span(TRACE_HEX, "0000000000000003", start=START, end=True)]
+    batch = read_span_file(write_lines(tmp_path / "b.json", [request("svc", *spans)]), DT)
+    assert batch.spans["span_id"].to_list() == ["0000000000000001"]
+    assert batch.quarantine.select("span_id", "reason").rows() == [("0000000000000002", "bad_kinds"), ("0000000000000003", "bad_timestamps")]
 
 
 def test_missing_kind_defaults_per_format(tmp_path):
@@ -181,10 +189,12 @@ def test_bad_ids(tmp_path, trace_id, span_id):
 
 def test_root_parent_spellings_are_null_and_bad_parent_is_quarantined(tmp_path):
     spans = [span(TRACE_HEX, "0000000000000001", parent=""), span(TRACE_HEX, "0000000000000002", parent="0" * 16),
+             span(TRACE_HEX, "0000000000000006", parent=_b64("0" * 16)),
              span(TRACE_HEX, "0000000000000003", parent=PARENT_HEX), span(TRACE_HEX, "0000000000000004", parent="nothex")]
     record = span(TRACE_HEX, "0000000000000005")
     del record["parentSpanId"]
     batch = read_span_file(write_lines(tmp_path / "r.json", [request("svc", *spans, record)]), DT)
     assert dict(batch.spans.select("span_id", "parent_span_id").iter_rows()) == {
-        "0000000000000001": None, "0000000000000002": None, "0000000000000003": PARENT_HEX, "0000000000000005": None}
+        "0000000000000001": None, "0000000000000002": None, "0000000000000003": PARENT_HEX, "0000000000000005": None,
+        "0000000000000006": None}
     assert batch.quarantine.select("span_id", "reason").rows() == [("0000000000000004", "bad_ids")]

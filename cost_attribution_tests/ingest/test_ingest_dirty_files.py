@@ -68,10 +68,20 @@ def test_truncated_gzip_keeps_what_was_read_and_reports_the_rest(tmp_path):
     path.write_bytes(whole[: len(whole) // 2])
     batch = read_span_file(path, DT)
     assert 0 < batch.spans.height < 2000
-    # one span per line: the detail names the last complete line; the partial line still
-    # inside the decompressor is covered by this one row
-    assert batch.quarantine.select("reason", "line_no").rows() == [("unreadable_files", None)]
-    assert f"after line {batch.spans.height};" in batch.quarantine["detail"][0]
+    # one span per line: every complete line ingests, the cut line is malformed, and one
+    # unreadable_files row says the file ends early after it
+    n = batch.spans.height
+    assert batch.spans["span_id"].to_list() == [f"{i:016x}" for i in range(1, n + 1)]
+    assert batch.quarantine.select("reason", "line_no").rows() == [("malformed_lines", n + 1), ("unreadable_files", None)]
+    assert f"after line {n + 1};" in batch.quarantine["detail"][1]
+
+
+def test_concatenated_gzip_members_are_all_read(tmp_path):
+    first = gzip.compress(orjson.dumps(request("api", span(T1, "a" * 16))) + b"\n")
+    second = gzip.compress(orjson.dumps(request("api", span(T1, "b" * 16))) + b"\n")
+    (tmp_path / "two.json.gz").write_bytes(first + second)
+    batch = read_span_file(tmp_path / "two.json.gz", DT)
+    assert batch.spans["span_id"].to_list() == ["a" * 16, "b" * 16] and batch.quarantine.is_empty()
 
 
 def test_unreadable_files_never_raise(tmp_path):
@@ -110,12 +120,14 @@ def test_unexpected_structures_are_quarantined_and_siblings_survive(tmp_path):
          "scopeSpans": [{"spans": [span(T1, "a" * 16), "not a span", weird_attrs, span(T1, "b" * 16)]}]},
         "not a resource",
         {"resource": {"attributes": "broken"}, "scopeSpans": [{"spans": [span(T1, "e" * 16)]}]},
+        {"resource": {}, "scopeSpans": [{"spans": 5}]},
+        {"resource": {}, "scopeSpans": {"spans": []}},
         {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "db"}}]},
          "scopeSpans": [{"spans": [span(T1, "d" * 16)]}, {"spans": [span(T1, "f" * 16, kind="BOGUS")]}]},
     ]}
     batch = read_span_file(write_lines(tmp_path / "w.json", [doc, b"", b"[]", b"{}"]), DT)
     assert sorted(batch.spans["span_id"].to_list()) == ["a" * 16, "b" * 16, "d" * 16]
-    assert batch.quarantine.select("reason", "line_no").rows() == [("bad_kinds", 1)] + [("malformed_lines", 1)] * 4 + [("malformed_lines", 4)]
+    assert batch.quarantine.select("reason", "line_no").rows() == [("bad_kinds", 1)] + [("malformed_lines", 1)] * 6 + [("malformed_lines", 4)]
     # the raw text of a rejected span is that span, found again in its line
     assert orjson.loads(batch.quarantine["raw"][0]) == span(T1, "f" * 16, kind="BOGUS")
 
@@ -143,3 +155,50 @@ def test_raw_text_is_capped(tmp_path):
     huge = span(T1, "a" * 16, attributes={f"k{i}": "v" * 50 for i in range(100)}, kind="NOPE")
     batch = read_span_file(write_lines(tmp_path / "h.json", [request("api", huge), b"{" + b"x" * 5000]), DT)
     assert batch.quarantine["raw"].str.len_chars().to_list() == [2000, 2000]
+
+
+def _mutations(document, rng, count):
+    """Copies of document with one value somewhere replaced by a value of another type."""
+    replacements = [None, 0, -1, 2**70, 1.5, "", "x", True, [], [1, "a"], {}, {"k": []}]
+
+    def paths(node, prefix=()):
+        yield prefix
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from paths(value, prefix + (key,))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                yield from paths(value, prefix + (index,))
+
+    all_paths = [p for p in paths(document) if p]
+    for _ in range(count):
+        copy = orjson.loads(orjson.dumps(document))
+        path = all_paths[rng.randrange(len(all_paths))]
+        node = copy
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] = rng.choice(replacements)
+        yield copy
+
+
+def test_randomly_mutated_requests_never_raise(tmp_path):
+    import random
+
+    rng = random.Random(11)
+    base = request("api", span(T1, "a" * 16, attributes={"enduser.id": "m1", "sampling.probability": 0.5}, tracestate="ot=th:8"),
+                   span(T1, "b" * 16, kind=3, parent="a" * 16, attributes={"peer.service": "auth"}))
+    lines = list(_mutations(base, rng, 400))
+    encoded = []
+    for line in lines:
+        try:
+            encoded.append(orjson.dumps(line))
+        except TypeError:  # 2**70 is not encodable by orjson; write it by hand
+            encoded.append(repr(line).encode())  # python repr: invalid JSON -> malformed line
+    batch = read_span_file(write_lines(tmp_path / "fuzz.json", encoded), DT)
+    assert dict(batch.spans.schema) == SPAN_SCHEMA and dict(batch.quarantine.schema) == QUARANTINE_SCHEMA
+    assert set(batch.quarantine["reason"]) <= set(QUARANTINE_REASONS)
+    assert batch.spans.height > 0 and batch.quarantine.height > 0
+    assert batch.spans["trace_id"].str.contains("^[0-9a-f]{32}$").all()
+    assert batch.spans["kind"].is_in(["SERVER", "CLIENT", "INTERNAL", "PRODUCER", "CONSUMER", "UNSPECIFIED"]).all()
+    assert ((batch.spans["sampling_probability"] > 0) & (batch.spans["sampling_probability"] <= 1)).all()
+    assert (batch.spans["end_unix_nano"] >= batch.spans["start_unix_nano"]).all()

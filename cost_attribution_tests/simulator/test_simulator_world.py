@@ -225,10 +225,12 @@ def test_treatment_moves_calls_per_root_request_as_truth_says(default_world):
             cell = prefetch.get(member_of.get(span["trace"]))
             if cell and span["kind"] == 2:
                 per_cell[cell][span["service"]] += 1.0 / span["p"]
-    for service in ("metadata-svc", "recs-svc", "search-svc"):
+    # Moved services are well measured; untouched ones only within their Poisson noise
+    # (a few hundred sampled spans per cell), which still rules out a +40% leak.
+    for service, tolerance in (("metadata-svc", 0.07), ("recs-svc", 0.07), ("auth-svc", 0.05), ("search-svc", 0.15)):
         per_root = {c: per_cell[c][service] / per_cell[c]["api-gateway"] for c in ("control", "treatment")}
         expected = 1 + truth["experiments"]["smarter-prefetch:treatment"]["services"][service]["delta"]
-        assert per_root["treatment"] / per_root["control"] == pytest.approx(expected, abs=0.06), service
+        assert per_root["treatment"] / per_root["control"] == pytest.approx(expected, abs=tolerance), service
 
 
 def test_broken_edge_callee_spans_carry_no_member(default_world):
@@ -271,7 +273,8 @@ def test_focus_costs_follow_the_true_instance_model(default_world):
     usage = pl.read_csv(world / "usage_metrics" / "requests_hourly.csv")
     app = pl.col("Tags").str.json_path_match("$.app")
     tagged = focus.filter(app.is_not_null()).with_columns(service=app)
-    assert focus.filter(app.is_null())["EffectiveCost"].sum() == pytest.approx(truth["unattributable_cost_usd"], abs=0.01)
+    unattributable = focus.filter(app.is_null())["EffectiveCost"].sum()
+    assert unattributable == pytest.approx(truth["unattributable_cost_usd"], abs=0.01)
     assert focus.filter(pl.col("ChargeCategory") == "Credit")["EffectiveCost"].max() < 0
     instances = tagged.group_by("service", "ChargePeriodStart").agg(n=pl.len(), sku=pl.col("SkuId").first())
     joined = instances.join(usage, left_on=["service", "ChargePeriodStart"], right_on=["service", "hour"])
@@ -342,7 +345,8 @@ def test_parquet_only_and_mixed_formats_hold_every_span_once(tmp_path):
     assert flat.filter(pl.col("member_id").is_not_null())["parent_span_id"].null_count() == \
         flat["member_id"].drop_nulls().len()
 
-    mixed_truth = generate_world(tmp_path / "mixed", dataclasses.replace(base, span_formats=("otlp_json", "parquet")))
+    mixed = dataclasses.replace(base, span_formats=("otlp_json", "parquet"))
+    mixed_truth = generate_world(tmp_path / "mixed", mixed)
     day_dir = next((tmp_path / "mixed" / "traces").iterdir())
     from_parquet = pl.read_parquet(next(day_dir.glob("*.parquet")))
     from_json = valid_spans(read_otlp_day(next(day_dir.glob("*.json.gz")))[0])

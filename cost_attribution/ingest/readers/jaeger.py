@@ -57,8 +57,10 @@ def collect_jaeger_traces(traces: list, line_no: int | None, collector: SpanColl
     for trace in traces:
         try:
             processes = trace.get("processes") or {}
-            spans = trace.get("spans") or ()
-        except AttributeError as error:
+            spans = trace.get("spans") or []
+            if not isinstance(spans, list) or not isinstance(processes, dict):
+                raise TypeError("spans must be a list and processes an object")
+        except (AttributeError, TypeError) as error:
             collector.reject("malformed_lines", f"jaeger trace has an unexpected structure: {error}", line_no, json_record_text(trace))
             continue
         for span in spans:

@@ -8,8 +8,8 @@ is not JSON becomes a malformed_lines row and the rest of the file still ingests
 from __future__ import annotations
 
 import datetime
-import gzip
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,12 +26,72 @@ _UNKNOWN_SHAPE = "JSON is neither an OTLP ExportTraceServiceRequest, a Zipkin v2
 _NOT_PARSED = object()
 
 
-def open_decompressed(path: Path) -> IO[bytes]:
+class GzipLines:
+    """Lines of a gzip file (all members), decompressed in 1 MB blocks.
+
+    Unlike iterating gzip.open(), a file cut short (a collector killed mid-write) yields
+    every complete line and then the partial last one before raising EOFError, so only
+    the cut line is lost; block-wise decompression also costs less CPU per line.
+    """
+
+    BLOCK = 1 << 20
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+        self._lines = self._iter_lines()
+
+    def _blocks(self) -> Iterator[bytes]:
+        decompressor = None
+        while True:
+            compressed = self._file.read(self.BLOCK)
+            if not compressed:
+                if decompressor is not None and not decompressor.eof:
+                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                return
+            while compressed:
+                if decompressor is None or decompressor.eof:
+                    decompressor = zlib.decompressobj(wbits=31)  # next gzip member
+                block = decompressor.decompress(compressed)
+                if block:
+                    yield block
+                compressed = decompressor.unused_data if decompressor.eof else b""
+
+    def _iter_lines(self) -> Iterator[bytes]:
+        pending = b""
+        try:
+            for block in self._blocks():
+                data = pending + block if pending else block
+                start = 0
+                while (end := data.find(b"\n", start)) >= 0:
+                    yield data[start : end + 1]
+                    start = end + 1
+                pending = data[start:]
+        except EOFError:
+            if pending:
+                yield pending
+            raise
+        if pending:
+            yield pending
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._lines
+
+    def read(self) -> bytes:
+        return b"".join(self._lines)
+
+    def __enter__(self) -> GzipLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._file.close()
+
+
+def open_decompressed(path: Path) -> IO[bytes] | GzipLines:
     with open(path, "rb") as probe:
         magic = probe.read(2)
     if magic == GZIP_MAGIC:
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+        return GzipLines(path)
+    return open(path, "rb", buffering=1 << 20)
 
 
 def _parse(line: bytes) -> Any:
@@ -83,7 +143,7 @@ class _LineReader:
         self.collector.flush_if_full()
 
 
-def _read_stream(stream: IO[bytes], collector: SpanCollector, reader: _LineReader) -> None:
+def _read_stream(stream: IO[bytes] | GzipLines, collector: SpanCollector, reader: _LineReader) -> None:
     lines = enumerate(stream, 1)
     # Decide between JSON lines and one pretty-printed document from the first two
     # non-empty lines: if either parses alone, the file is line-oriented.

@@ -70,14 +70,20 @@ def is_otlp_request(document: Any) -> bool:
     return isinstance(document, dict) and ("resourceSpans" in document or "resource_spans" in document)
 
 
-def _span_lists(resource_span: Any) -> list:
+def _span_lists(resource_span: Any) -> list[list]:
+    """The span lists of one resourceSpans entry; TypeError if the nesting is not lists."""
     scope_spans = (
         resource_span.get("scopeSpans")
         or resource_span.get("scope_spans")
         or resource_span.get("instrumentationLibrarySpans")  # collectors before OTLP 0.19
-        or ()
+        or []
     )
-    return [scope_span.get("spans") or () for scope_span in scope_spans]
+    if not isinstance(scope_spans, list):
+        raise TypeError("scopeSpans is not a list")
+    span_lists = [scope_span.get("spans") or [] for scope_span in scope_spans]
+    if not all(isinstance(spans, list) for spans in span_lists):
+        raise TypeError("spans is not a list")
+    return span_lists
 
 
 def _located_span_text(row: tuple, collector: SpanCollector) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import math
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any, NamedTuple
@@ -48,7 +47,6 @@ RAW_FIELDS = (
 # Internal columns carried on span frames until cross-file dedupe, to say where a span
 # came from; stripped before frames leave the package.
 INTERNAL_COLUMNS = ("_source_file", "_line_no")
-INVALID_SAMPLING = math.nan
 
 
 class IdEncoding(Enum):
@@ -130,8 +128,8 @@ def _decode_id(value: str, n_bytes: int, encoding: IdEncoding) -> str | None:
     return None
 
 
-def _normalised_id_expr(frame: pl.DataFrame, column: str, n_bytes: int, encoding: IdEncoding) -> pl.Expr:
-    """Canonical lowercase hex or null (null also for an all-zero id, which is invalid)."""
+def _canonical_id_expr(frame: pl.DataFrame, column: str, n_bytes: int, encoding: IdEncoding) -> pl.Expr:
+    """Canonical lowercase hex, or null when the text is not an id of n_bytes."""
     n_hex = 2 * n_bytes
     lowered = pl.col(column).str.to_lowercase()
     is_hex = lowered.str.contains(f"^[0-9a-f]{{{n_hex}}}$")
@@ -143,8 +141,12 @@ def _normalised_id_expr(frame: pl.DataFrame, column: str, n_bytes: int, encoding
         mapping = {k: v for k, v in mapping.items() if v is not None}
         if mapping:
             decoded = pl.col(column).replace_strict(mapping, default=None, return_dtype=pl.Utf8)
-    canonical = pl.when(is_hex).then(lowered).otherwise(decoded)
-    return pl.when(canonical == "0" * n_hex).then(None).otherwise(canonical)
+    return pl.when(is_hex).then(lowered).otherwise(decoded)
+
+
+def _zero_as_null(canonical: pl.Expr, n_bytes: int) -> pl.Expr:
+    # An all-zero id means "no id": invalid for trace/span ids, "root" for a parent.
+    return pl.when(canonical == "0" * (2 * n_bytes)).then(None).otherwise(canonical)
 
 
 def _plain(value: Any) -> Any:
@@ -158,7 +160,9 @@ def _raw_frame(rows: list[tuple]) -> pl.DataFrame:
         return _raw_frame_unchecked([tuple(_plain(v) for v in row[:-1]) + row[-1:] for row in rows])
 
 
-_SCALAR_DTYPES = (pl.Utf8, pl.Int64, pl.Float64, pl.Boolean, pl.Null)
+# Only types that cannot have been coerced from a mix (ints + floats infer as Float64,
+# which would turn valid integer times into float text).
+_LOSSLESS_DTYPES = (pl.Utf8, pl.Int64, pl.Null)
 
 
 def _text_series(name: str, values: Sequence[Any]) -> pl.Series:
@@ -166,7 +170,8 @@ def _text_series(name: str, values: Sequence[Any]) -> pl.Series:
     all ints for OTLP kind) take polars' fast typed path; mixed ones the slow lenient one."""
     try:
         series = pl.Series(name, values)
-        if series.dtype in _SCALAR_DTYPES:
+        # polars infers [2, True] as Int64 [2, 1]: a bool must never pass for a kind or time.
+        if series.dtype in _LOSSLESS_DTYPES and not (series.dtype == pl.Int64 and any(v.__class__ is bool for v in values)):
             return series.cast(pl.Utf8)
     except Exception:  # mixed types or ints beyond 64 bits
         pass
@@ -223,9 +228,9 @@ def finalize_frame(
     plus *_raw time text columns and `_row`); record_texts prints the source records at
     the given `_row` indices and is only called for rejected spans."""
     spans = frame.with_columns(
-        _normalised_id_expr(frame, "trace_id", 16, id_encoding).alias("trace_id_norm"),
-        _normalised_id_expr(frame, "span_id", 8, id_encoding).alias("span_id_norm"),
-        _normalised_id_expr(frame, "parent_span_id", 8, id_encoding).alias("parent_norm"),
+        _zero_as_null(_canonical_id_expr(frame, "trace_id", 16, id_encoding), 16).alias("trace_id_norm"),
+        _zero_as_null(_canonical_id_expr(frame, "span_id", 8, id_encoding), 8).alias("span_id_norm"),
+        _canonical_id_expr(frame, "parent_span_id", 8, id_encoding).alias("parent_canonical"),
         pl.col("kind").str.strip_chars().str.to_uppercase().replace_strict(_KIND_BY_SPELLING, default=None).alias("kind_norm"),
     )
     # Tracestates repeat heavily (a few thresholds per client domain): parse each distinct
@@ -238,9 +243,6 @@ def finalize_frame(
         if parsed.probability is not None:
             threshold_p[state] = parsed.probability
     parent_given = pl.col("parent_span_id").is_not_null() & (pl.col("parent_span_id").str.strip_chars() != "")
-    parent_zero = pl.col("parent_span_id").str.strip_chars().str.contains("^0+$") & (
-        pl.col("parent_span_id").str.len_chars() == 16
-    )
     attr_present = pl.col("sampling_attr").is_not_null()
     attr_valid = (pl.col("sampling_attr") > 0) & (pl.col("sampling_attr") <= 1)  # NaN fails both
     ts_status = pl.col("tracestate").replace_strict(threshold_status, default="absent", return_dtype=pl.Utf8)
@@ -254,7 +256,7 @@ def finalize_frame(
         (pl.col("trace_id_norm").is_null(), "bad_ids", pl.format("trace_id '{}' is not a valid 16-byte id", shown("trace_id"))),
         (pl.col("span_id_norm").is_null(), "bad_ids", pl.format("span_id '{}' is not a valid 8-byte id", shown("span_id"))),
         (
-            parent_given & ~parent_zero & pl.col("parent_norm").is_null(),
+            parent_given & pl.col("parent_canonical").is_null(),
             "bad_ids",
             pl.format("parent_span_id '{}' is not a valid 8-byte id", shown("parent_span_id")),
         ),
@@ -322,7 +324,7 @@ def finalize_frame(
         pl.lit(dt, dtype=pl.Date).alias("dt"),
         pl.col("trace_id_norm").alias("trace_id"),
         pl.col("span_id_norm").alias("span_id"),
-        pl.col("parent_norm").alias("parent_span_id"),
+        _zero_as_null(pl.col("parent_canonical"), 8).alias("parent_span_id"),
         pl.col("service").str.strip_chars(),
         pl.col("kind_norm").alias("kind"),
         pl.col("name"),

@@ -21,6 +21,8 @@ def _tag_float(tags: dict, key: str) -> float | None:
     value = tags.get(key)
     if value is None:
         return None
+    if isinstance(value, bool):  # float(True) == 1.0 would pass as a valid probability
+        return math.nan
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -1,0 +1,53 @@
+# Two commands: `make demo` and `make test`. Everything installs into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export COST_ATTRIBUTION_LANDING ?= $(CURDIR)/demo/landing
+export COST_ATTRIBUTION_WAREHOUSE ?= $(CURDIR)/demo/warehouse.duckdb
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo dev test test-fast test-deploy test-spark bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# dbt's manifest is what the Dagster asset graph is built from: re-parse whenever a
+# model changes (a few seconds), so the graph never lags the SQL.
+MANIFEST := dbt_project/target/manifest.json
+$(MANIFEST): $(STAMP) $(shell find dbt_project/models dbt_project/macros -type f 2>/dev/null) dbt_project/dbt_project.yml
+	cd dbt_project && COST_ATTRIBUTION_WAREHOUSE=$${TMPDIR:-/tmp}/cost-attribution-parse.duckdb ../$(BIN)/dbt parse --quiet --profiles-dir .
+	touch $(MANIFEST)
+
+install: $(STAMP) $(MANIFEST)
+
+## Generate the embedded demo world, materialize everything through Dagster, print the report.
+demo: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/cost-attribution demo --dir demo
+
+## The Dagster UI on http://127.0.0.1:3000 over the demo world (run `make demo` first for data).
+dev: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: install
+	$(BIN)/python -m pytest -q -m "not deploy and not spark"
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not deploy and not spark and not slow"
+
+bench: install
+	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_stats.py
+	$(BIN)/python bench/bench_models.py
+
+clean:
+	rm -rf demo .dagster_home dbt_project/target dbt_project/logs

@@ -1,0 +1,178 @@
+"""Latency impact of a cell: treatment vs control p50/p95 of SERVER-span duration.
+
+Input is the dbt model `member_service_latency`: per member, cell and service a
+histogram of SERVER-span durations on a fixed log grid (bucket b covers
+[exp(b/25), exp((b+1)/25)) ns, 4.1% wide), weighted by adjusted count (1/p), so the
+quantiles are those of the request population, not of the sampled spans.
+
+Interval: member-clustered bootstrap. Spans of one member are correlated (same
+device, same region, same content), so resampling spans would understate the
+uncertainty; each draw resamples *members* with replacement within each cell
+(multinomial counts), rebuilds both cells' histograms as count-weighted sums of the
+member histograms (one matrix product), and takes the relative change of each
+quantile. The 95% interval is the percentile interval of those draws.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from cost_attribution.warehouse import read_frame, table_exists
+
+BUCKETS_PER_E = 25.0  # must match member_service_latency.sql
+QUANTILES = (0.5, 0.95)
+LATENCY_TABLE = "main.member_service_latency"
+
+LATENCY_SCHEMA = {
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "control_cell": pl.Utf8,
+    "service": pl.Utf8,
+    "members_control": pl.Int64,
+    "members_treatment": pl.Int64,
+    "sampled_spans_control": pl.Int64,
+    "sampled_spans_treatment": pl.Int64,
+    "p50_control_ms": pl.Float64,
+    "p50_treatment_ms": pl.Float64,
+    "p50_delta": pl.Float64,
+    "p50_ci_low": pl.Float64,
+    "p50_ci_high": pl.Float64,
+    "p95_control_ms": pl.Float64,
+    "p95_treatment_ms": pl.Float64,
+    "p95_delta": pl.Float64,
+    "p95_ci_low": pl.Float64,
+    "p95_ci_high": pl.Float64,
+    "significant": pl.Boolean,
+}
+
+
+def bucket_of(duration_nano: np.ndarray) -> np.ndarray:
+    """The SQL model's bucket, for tests and for callers with raw durations."""
+    return np.floor(BUCKETS_PER_E * np.log(np.asarray(duration_nano, dtype=float))).astype(np.int64)
+
+
+def histogram_quantiles(hist: np.ndarray, buckets: np.ndarray, q: float) -> np.ndarray:
+    """q-quantile (ns) of each row of `hist` (draws x buckets, weights per bucket;
+    `buckets` ascending), interpolated log-linearly inside the bucket. NaN for empty rows."""
+    hist = np.atleast_2d(hist)
+    cdf = np.cumsum(hist, axis=1)
+    total = cdf[:, -1]
+    target = q * total
+    idx = np.minimum((cdf < target[:, None]).sum(axis=1), hist.shape[1] - 1)
+    rows = np.arange(hist.shape[0])
+    before = np.where(idx > 0, cdf[rows, np.maximum(idx - 1, 0)], 0.0)
+    mass = hist[rows, idx]
+    frac = np.clip(np.where(mass > 0, (target - before) / np.where(mass > 0, mass, 1.0), 0.5), 0.0, 1.0)
+    value = np.exp((buckets[idx] + frac) / BUCKETS_PER_E)
+    return np.where(total > 0, value, np.nan)
+
+
+def _member_matrix(frame: pl.DataFrame, buckets: np.ndarray) -> tuple[np.ndarray, int]:
+    """members x buckets matrix of adjusted requests, and the sampled-span count."""
+    rows = frame["member_id"].rank("dense").cast(pl.Int64).to_numpy() - 1
+    b_index = np.searchsorted(buckets, frame["duration_bucket"].to_numpy())
+    matrix = np.zeros((int(rows.max()) + 1, len(buckets)))
+    np.add.at(matrix, (rows, b_index), frame["requests"].to_numpy().astype(float))
+    return matrix, int(frame["sampled_spans"].sum()) if "sampled_spans" in frame.columns else frame.height
+
+
+def _bootstrap_hist(matrix: np.ndarray, draws: int, rng: np.random.Generator, chunk: int = 64) -> np.ndarray:
+    """draws x buckets: histograms of member resamples (multinomial counts per draw)."""
+    m = matrix.shape[0]
+    out = np.empty((draws, matrix.shape[1]))
+    for start in range(0, draws, chunk):
+        n = min(chunk, draws - start)
+        # n resamples of m members with replacement, as per-member counts (exact multinomial).
+        picks = rng.integers(0, m, size=(n, m)) + (np.arange(n) * m)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=n * m).reshape(n, m).astype(float)
+        out[start:start + n] = counts @ matrix
+    return out
+
+
+def compare_latency(
+    treatment: pl.DataFrame,
+    control: pl.DataFrame,
+    draws: int = 400,
+    seed: int = 0,
+    min_members: int = 20,
+) -> dict | None:
+    """Relative change of p50/p95 (treatment / control - 1) with member-bootstrap
+    intervals. Frames: member_id, duration_bucket, requests[, sampled_spans].
+    None when a cell has fewer than `min_members` members with spans."""
+    if treatment["member_id"].n_unique() < min_members or control["member_id"].n_unique() < min_members:
+        return None
+    buckets = np.unique(np.concatenate([treatment["duration_bucket"].to_numpy(), control["duration_bucket"].to_numpy()]))
+    m_t, spans_t = _member_matrix(treatment, buckets)
+    m_c, spans_c = _member_matrix(control, buckets)
+    rng = np.random.default_rng(seed)
+    boot_t = _bootstrap_hist(m_t, draws, rng)
+    boot_c = _bootstrap_hist(m_c, draws, rng)
+    result = {
+        "members_treatment": m_t.shape[0],
+        "members_control": m_c.shape[0],
+        "sampled_spans_treatment": spans_t,
+        "sampled_spans_control": spans_c,
+    }
+    significant = False
+    for q in QUANTILES:
+        name = f"p{round(q * 100)}"
+        q_t = float(histogram_quantiles(m_t.sum(axis=0), buckets, q)[0])
+        q_c = float(histogram_quantiles(m_c.sum(axis=0), buckets, q)[0])
+        ratios = histogram_quantiles(boot_t, buckets, q) / histogram_quantiles(boot_c, buckets, q) - 1.0
+        ratios = ratios[np.isfinite(ratios)]
+        low, high = (np.quantile(ratios, [0.025, 0.975]) if ratios.size else (np.nan, np.nan))
+        result.update(
+            {
+                f"{name}_control_ms": q_c / 1e6,
+                f"{name}_treatment_ms": q_t / 1e6,
+                f"{name}_delta": q_t / q_c - 1.0,
+                f"{name}_ci_low": float(low),
+                f"{name}_ci_high": float(high),
+            }
+        )
+        significant = significant or bool(low > 0 or high < 0)
+    result["significant"] = significant
+    return result
+
+
+def latency_impact(histograms: pl.DataFrame, experiments: pl.DataFrame, draws: int = 400, seed: int = 0,
+                   min_members: int = 20) -> pl.DataFrame:
+    """Every experiment x non-control cell x service. `histograms`: experiment_id, cell,
+    member_id, service, duration_bucket, requests, sampled_spans (summed over the window);
+    `experiments`: experiment_id, control_cell."""
+    rows = []
+    if histograms.height and experiments.height:
+        controls = dict(zip(experiments["experiment_id"].to_list(), experiments["control_cell"].to_list()))
+        for (experiment_id, service), group in histograms.group_by("experiment_id", "service", maintain_order=True):
+            control_cell = controls.get(experiment_id)
+            if control_cell is None:
+                continue
+            control = group.filter(pl.col("cell") == control_cell)
+            for cell in sorted(set(group["cell"].to_list()) - {control_cell}):
+                stats = compare_latency(group.filter(pl.col("cell") == cell), control, draws, seed, min_members)
+                if stats is not None:
+                    rows.append({"experiment_id": experiment_id, "cell": cell, "control_cell": control_cell,
+                                 "service": service, **stats})
+    return pl.DataFrame(rows, schema=LATENCY_SCHEMA).sort("experiment_id", "cell", "service")
+
+
+def load_latency_histograms(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> pl.DataFrame:
+    """Member histograms of every started experiment from its start through `as_of`."""
+    if not table_exists(conn, LATENCY_TABLE):
+        return pl.DataFrame()
+    return read_frame(
+        conn,
+        """
+        SELECT l.experiment_id, l.cell, l.member_id, l.service, l.duration_bucket,
+               CAST(sum(l.requests) AS DOUBLE) AS requests, CAST(sum(l.sampled_spans) AS BIGINT) AS sampled_spans
+        FROM main.member_service_latency l
+        JOIN raw.experiments e USING (experiment_id)
+        WHERE l.dt <= ? AND (e.start_date IS NULL OR l.dt >= e.start_date)
+        GROUP BY ALL
+        """,
+        [as_of],
+    )

@@ -1,0 +1,62 @@
+"""The daily report as a self-contained HTML page beside report.json."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from cost_attribution.partitions import daily_partitions
+from cost_attribution.reporting.html_report import build_html_report
+from cost_attribution.resources import AnalysisSettings
+from cost_attribution.warehouse import read_frame
+
+HTML_FILE = "report.html"
+
+
+def html_paths(warehouse: DuckDBResource, as_of: dt.date) -> tuple[Path, Path]:
+    """(newest report.html, report-<as_of>.html), both beside the warehouse and report.json."""
+    folder = Path(warehouse.database).resolve().parent
+    return folder / HTML_FILE, folder / f"report-{as_of.isoformat()}.html"
+
+
+@dg.asset(
+    key="cost_report_html",
+    deps=["cost_report", "capacity_plan", "latency_impact", "cost_projections", "cost_models", "service_hourly_history"],
+    description="The as-of day's report as one self-contained HTML page (inline charts, no scripts, no network): "
+    "per experiment cell the projected 30-day cost with its interval beside the business metrics, per moved "
+    "service the two-universe hourly cost and the cost-vs-volume fit with its model kind, flags, capacity and "
+    "latency. Written as report-<as_of>.html and, for the newest day, report.html beside report.json.",
+    partitions_def=daily_partitions,
+    kinds={"python", "html"},
+    owners=["team:finops", "team:platform-data"],
+    group_name="reporting",
+    pool="warehouse",
+)
+def cost_report_html(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
+    as_of = dt.date.fromisoformat(context.partition_key)
+    with warehouse.get_connection() as conn:
+        rows = read_frame(conn, "SELECT report_json FROM main.reports WHERE as_of = ?", [as_of])
+        if not rows.height:
+            raise dg.Failure(f"no report for {as_of} in main.reports: materialize cost_report first")
+        newest = read_frame(conn, "SELECT max(as_of) AS d FROM main.reports")["d"][0]
+        report = json.loads(rows["report_json"][0])
+        page = build_html_report(conn, report, projection_days=settings.projection_days)
+    latest, dated = html_paths(warehouse, as_of)
+    dated.write_text(page, encoding="utf-8")
+    # A backfill of an older day must not overwrite the newest report.html.
+    if newest is None or as_of >= newest:
+        latest.write_text(page, encoding="utf-8")
+    return dg.MaterializeResult(
+        metadata={
+            "html_path": dg.MetadataValue.path(str(dated)),
+            "html_url": dg.MetadataValue.url(dated.as_uri()),
+            "latest_html_path": dg.MetadataValue.path(str(latest)),
+            "size_kib": round(len(page.encode("utf-8")) / 1024, 1),
+            "experiments": len(report["experiments"]),
+        }
+    )
+
+
+html_assets = [cost_report_html]
