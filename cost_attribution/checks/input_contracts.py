@@ -99,7 +99,7 @@ def experiments_expectations(conn) -> list[Expectation]:
         *_not_null("experiment_id", "control_cell", "cells"),
         ("ExpectColumnValuesToBeUnique", {"column": "experiment_id"}),
         # A comma-separated list with at least two cells: one control, one to compare.
-        ("ExpectColumnValuesToMatchRegex", {"column": "cells", "regex": r"^[^,]+(,[^,]+)+$"}),
+        ("ExpectColumnValuesToMatchRegex", {"column": "cells", "regex": r"^[^,]+(?:,[^,]+)+$"}),
     ]
 
 

@@ -143,12 +143,14 @@ def universe_chart(frame: pl.DataFrame, title: str, model: FittedCostModel | Non
     point = change_point(model)
     if point is not None and hours and hours[0] <= point <= hours[-1]:
         ax.axvline(point, color=ORANGE, linestyle="--", linewidth=1.2)
-        ax.annotate("cost structure changed", (point, ax.get_ylim()[1]), textcoords="offset points",
-                    xytext=(-4, -10), ha="right", fontsize=7, color=ORANGE)
-    ax.set_title(title, fontsize=9, loc="left")
+        ax.annotate(f"cost structure changed {point:%m-%d %H:%M}", (point, 0.0), xycoords=("data", "axes fraction"),
+                    textcoords="offset points", xytext=(-4, 4), ha="right", fontsize=7, color=ORANGE,
+                    backgroundcolor="white")
+    ax.set_title(title, fontsize=9, loc="left", pad=16)
     ax.set_ylabel("USD / hour", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="lower left", frameon=False)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False, borderaxespad=0.1)
+    ax.set_ylim(bottom=0)
     fig.autofmt_xdate()
     return _png(fig)
 

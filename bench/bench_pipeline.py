@@ -1,0 +1,298 @@
+"""Benchmark the daily pipeline at scale: wall time and peak RSS per stage.
+
+    python bench/bench_pipeline.py [--spans 10000000] [--formats parquet otlp_json]
+                                   [--workdir /tmp/bench-pipeline] [--reuse] [--readme bench/README.md]
+
+For each span format, generates (or reuses) one simulated world with `--spans` spans in
+a single trace day (the project's simulator, `target_spans_per_day`), then runs the
+daily pipeline exactly as `cost-attribution run` does (`cli.run_pipeline`) in a child
+process, and measures:
+
+* per stage (Dagster steps grouped: ingest, dbt span models, deltas, models,
+  projections, report, plus latency / capacity / html): wall time from the run's event
+  log, and the peak RSS of the process tree (the Dagster process plus the dbt child)
+  sampled every 50 ms while the stage's steps ran;
+* the whole run: wall time and peak RSS (getrusage of the child, max of self and dbt);
+* the floor: a bare DuckDB group-by over the same Parquet
+  (`SELECT service, count(*), sum(1/sampling_probability) FROM read_parquet(...) GROUP BY 1`),
+  in its own child process.
+
+Results are printed as markdown and, with --readme, written into the README under the
+heading "Daily pipeline at scale" (other sections of the file are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SECTION = "## Daily pipeline at scale"
+TARGET_SECONDS, TARGET_RSS_GB, TARGET_FLOOR_RATIO = 60.0, 4.0, 3.0
+
+# Dagster steps -> the stages the targets talk about.
+STAGES = {
+    "ingest": {"raw_spans", "span_quarantine", "allocations", "experiments", "services", "focus_costs",
+               "usage_metrics", "business_metrics"},
+    "dbt span models": {"span_models"},
+    "deltas": {"trace_completeness", "usage_deltas"},
+    "models": {"service_hourly_history", "cost_models"},
+    "projections": {"cost_projections"},
+    "report": {"cost_report"},
+    "latency": {"latency_impact"},
+    "capacity": {"capacity_plan"},
+    "html report": {"cost_report_html"},
+}
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """RSS of `root` and all its descendants, from /proc (no psutil)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def _child_pipeline(landing: Path, warehouse: Path, out: Path, dagster_home: Path) -> None:
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(dagster_home)  # a persistent instance keeps the step events to read back
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        pid = os.getpid()
+        while not stop.is_set():
+            samples.append((time.time(), _tree_rss_bytes(pid)))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    from cost_attribution.cli import run_pipeline
+
+    started = time.time()
+    summary = run_pipeline(landing, warehouse, quiet=True)
+    finished = time.time()
+    stop.set()
+    sampler.join()
+
+    import dagster as dg
+
+    steps: list[dict] = []
+    with dg.DagsterInstance.get() as instance:
+        for run in instance.get_runs():
+            opened: dict[str, float] = {}
+            records = instance.all_logs(run.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
+                                                             dg.DagsterEventType.STEP_FAILURE})
+            for record in records:
+                key = record.step_key
+                if record.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+                    opened[key] = record.timestamp
+                elif key in opened:
+                    start, end = opened.pop(key), record.timestamp
+                    peak = max((rss for t, rss in samples if start <= t <= end), default=0)
+                    steps.append({"step": key, "start": start, "end": end, "seconds": end - start, "peak_rss": peak,
+                                  "success": record.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS})
+    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    out.write_text(json.dumps({
+        "summary": summary,
+        "wall_seconds": finished - started,
+        "peak_rss": max(self_rss, children_rss, max((r for _, r in samples), default=0)),
+        "peak_rss_self": self_rss,
+        "peak_rss_dbt": children_rss,
+        "steps": steps,
+    }, indent=1, default=str))
+
+
+def _child_floor(glob: str, out: Path) -> None:
+    import duckdb
+
+    started = time.time()
+    with duckdb.connect() as conn:
+        rows = conn.execute(
+            "SELECT service, count(*), sum(1 / sampling_probability) FROM read_parquet(?) GROUP BY 1", [glob]
+        ).fetchall()
+    seconds = time.time() - started
+    out.write_text(json.dumps({"seconds": seconds, "groups": len(rows), "spans": sum(r[1] for r in rows),
+                               "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def generate(landing: Path, spans: int, fmt: str, reuse: bool) -> tuple[float, dict]:
+    marker = landing / "truth.json"
+    if reuse and marker.exists():
+        return 0.0, json.loads(marker.read_text())
+    if landing.exists():
+        shutil.rmtree(landing)
+    from cost_attribution.simulator import WorldConfig, generate_world
+
+    started = time.time()
+    truth = generate_world(landing, WorldConfig(seed=7, trace_days=1, target_spans_per_day=spans, span_formats=(fmt,)))
+    return time.time() - started, truth
+
+
+def _run_child(args: list[str]) -> float:
+    started = time.time()
+    subprocess.run([sys.executable, __file__, *args], check=True, cwd=ROOT)
+    return time.time() - started
+
+
+def stage_table(result: dict) -> list[dict]:
+    rows = []
+    by_stage: dict[str, list[dict]] = {}
+    for step in result["steps"]:
+        name = step["step"].split(".")[0]
+        stage = next((s for s, keys in STAGES.items() if name in keys or step["step"] in keys), "other")
+        by_stage.setdefault(stage, []).append(step)
+    for stage in [*STAGES, "other"]:
+        steps = by_stage.get(stage)
+        if steps:
+            rows.append({"stage": stage, "seconds": sum(s["seconds"] for s in steps),
+                         "peak_rss": max(s["peak_rss"] for s in steps), "steps": len(steps)})
+    return rows
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def markdown(results: dict, spans: int, command: str) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), load average before the run "
+        f"{results.get('load_before', 'n/a')}. One trace day of {spans:,} simulated spans (the project's simulator), "
+        "28 days of cost history; the daily pipeline exactly as `cost-attribution run` runs it "
+        "(`cli.run_pipeline`: one Dagster run for ingest + dbt over the day, one for the as-of analyses).",
+        "",
+        f"Targets: whole daily run on Parquet < {TARGET_SECONDS:.0f} s and < {TARGET_RSS_GB:.0f} GB peak RSS; "
+        f"attribution (dbt span models) within {TARGET_FLOOR_RATIO:.0f}x of a bare DuckDB scan of the same Parquet.",
+        "",
+        "Rerun:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    for fmt, result in results["formats"].items():
+        floor = results.get("floor", {}).get(fmt)
+        lines += [f"### {fmt}: {result['spans_on_disk']:,} spans, {result['bytes_on_disk'] / 1e9:.2f} GB on disk",
+                  "", "| stage | wall s | peak RSS GB (tree) | steps |", "|---|---:|---:|---:|"]
+        for row in stage_table(result):
+            lines.append(f"| {row['stage']} | {row['seconds']:.1f} | {_gb(row['peak_rss'])} | {row['steps']} |")
+        total_ok = "OK" if result["wall_seconds"] < TARGET_SECONDS and result["peak_rss"] < TARGET_RSS_GB * 1e9 else "MISSED"
+        lines.append(f"| **whole run** (incl. Dagster start-up) | **{result['wall_seconds']:.1f}** | "
+                     f"**{_gb(result['peak_rss'])}** | target {total_ok} |")
+        if floor:
+            dbt = sum(r["seconds"] for r in stage_table(result) if r["stage"] == "dbt span models")
+            ratio = dbt / floor["seconds"] if floor["seconds"] else float("nan")
+            lines.append(f"| floor: bare DuckDB group-by of the Parquet | {floor['seconds']:.1f} | "
+                         f"{_gb(floor['peak_rss'])} | dbt / floor = {ratio:.1f}x "
+                         f"({'OK' if ratio <= TARGET_FLOOR_RATIO else 'MISSED'}) |")
+        lines += ["", f"Generation of the world: {result['generate_seconds']:.0f} s (not part of the run).", ""]
+    if results.get("notes"):
+        lines += results["notes"] + [""]
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, section: str) -> None:
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n\nEach section is owned by the engineer who wrote the bench.\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
+    readme.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", type=int, default=10_000_000)
+    parser.add_argument("--formats", nargs="+", default=["parquet", "otlp_json"], choices=["parquet", "otlp_json"])
+    parser.add_argument("--workdir", default="/tmp/bench-pipeline")
+    parser.add_argument("--reuse", action="store_true", help="reuse generated worlds of a previous run")
+    parser.add_argument("--readme", default=None, help="write the results section into this markdown file")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "pipeline":
+            _child_pipeline(Path(rest[0]), Path(rest[1]), Path(rest[2]), Path(rest[3]))
+        else:
+            _child_floor(rest[0], Path(rest[1]))
+        return 0
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"formats": {}, "floor": {}, "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg())}
+    for fmt in args.formats:
+        landing = work / f"world-{fmt}"
+        gen_seconds, truth = generate(landing, args.spans, fmt, args.reuse)
+        files = list((landing / "traces").rglob("*.*"))
+        print(f"[{fmt}] world: {truth['n_spans']:,} spans, generated in {gen_seconds:.0f}s", file=sys.stderr)
+        run_dir = work / f"run-{fmt}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir()
+        out = run_dir / "result.json"
+        _run_child(["--child", "pipeline", str(landing), str(run_dir / "w.duckdb"), str(out), str(run_dir / "dagster_home")])
+        result = json.loads(out.read_text())
+        result.update(generate_seconds=gen_seconds, spans_on_disk=truth["n_spans"],
+                      bytes_on_disk=sum(f.stat().st_size for f in files))
+        results["formats"][fmt] = result
+        print(f"[{fmt}] run: {result['wall_seconds']:.1f}s, peak RSS {_gb(result['peak_rss'])} GB, "
+              f"failed={result['summary']['failed']}", file=sys.stderr)
+        if fmt == "parquet":
+            floor_out = run_dir / "floor.json"
+            _run_child(["--child", "floor", str(landing / "traces" / "*" / "*.parquet"), str(floor_out)])
+            results["floor"][fmt] = json.loads(floor_out.read_text())
+    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    command = f"python bench/bench_pipeline.py --spans {args.spans} --formats {' '.join(args.formats)} --readme bench/README.md"
+    section = markdown(results, args.spans, command)
+    print(section)
+    if args.readme:
+        write_readme(Path(args.readme), section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

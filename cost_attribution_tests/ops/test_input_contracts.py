@@ -1,0 +1,138 @@
+"""Great Expectations input contracts: clean tables pass, dirty ones fail naming the
+broken expectation, the column and the unexpected count - directly and as Dagster
+asset checks on the ingest assets."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+import yaml
+from dagster_duckdb import DuckDBResource
+
+from cost_attribution.checks.input_contracts import CONTRACTS, build_input_contract_checks, evaluate_contract
+from cost_attribution.ingest.assets import experiments, services
+from cost_attribution.resources import LandingZone
+from cost_attribution.warehouse import replace_rows
+
+CONTRACT = {c.asset: c for c in CONTRACTS}
+UTC = dt.timezone.utc
+H0 = dt.datetime(2026, 10, 30, 0, tzinfo=UTC)
+
+
+def _failures(asset: str, tables: dict[str, pl.DataFrame]) -> tuple[bool, list[dict]]:
+    with duckdb.connect() as conn:
+        for table, frame in tables.items():
+            replace_rows(conn, table, frame)
+        result = evaluate_contract(CONTRACT[asset], conn)
+    return result.passed, result.metadata["failed_expectations"].value
+
+
+def _usage(**override) -> pl.DataFrame:
+    columns = {
+        "hour": [H0, H0, H0 + dt.timedelta(hours=1)],
+        "service": ["api-gateway", "images-svc", "api-gateway"],
+        "requests": [1200.0, 300.0, 1100.0],
+    }
+    return pl.DataFrame({**columns, **override})
+
+
+def _focus(**override) -> pl.DataFrame:
+    columns = {
+        "source_file": ["f.csv"] * 3,
+        "charge_period_start": [H0] * 3,
+        "charge_period_end": [H0 + dt.timedelta(hours=1)] * 3,
+        "charge_category": ["Usage", "Credit", "Tax"],
+        "provider_service": ["EC2"] * 3,
+        "resource_id": ["i-1", None, None],
+        "sku_id": ["m5.large", None, None],
+        "billed_cost": [1.5, -0.5, 0.1],
+        "effective_cost": [1.2, -0.5, 0.1],
+        "billing_currency": ["USD"] * 3,
+        "app": ["api-gateway", None, None],
+    }
+    return pl.DataFrame({**columns, **override})
+
+
+def test_clean_usage_and_costs_pass():
+    assert _failures("usage_metrics", {"raw.usage_metrics": _usage()}) == (True, [])
+    assert _failures("focus_costs", {"raw.focus_costs": _focus()}) == (True, [])
+
+
+def test_duplicate_hour_service_and_negative_requests_fail_by_name():
+    dirty = _usage(hour=[H0, H0, H0], service=["api-gateway", "api-gateway", "x"], requests=[5.0, 6.0, -1.0])
+    passed, failures = _failures("usage_metrics", {"raw.usage_metrics": dirty})
+    assert not passed
+    by_name = {f["expectation"]: f for f in failures}
+    assert set(by_name) == {"expect_compound_columns_to_be_unique", "expect_column_values_to_be_between"}
+    assert by_name["expect_compound_columns_to_be_unique"]["column"] == ["hour", "service"]
+    assert by_name["expect_compound_columns_to_be_unique"]["unexpected_count"] == 2
+    assert by_name["expect_column_values_to_be_between"]["column"] == "requests"
+    assert by_name["expect_column_values_to_be_between"]["unexpected_count"] == 1
+
+
+def test_unknown_charge_category_and_inverted_period_fail():
+    dirty = _focus(
+        charge_category=["Usage", "Refund", "Tax"],
+        charge_period_end=[H0 + dt.timedelta(hours=1), H0 - dt.timedelta(hours=1), H0 + dt.timedelta(hours=1)],
+    )
+    passed, failures = _failures("focus_costs", {"raw.focus_costs": dirty})
+    assert not passed
+    names = {(f["expectation"], str(f["column"])) for f in failures}
+    assert ("expect_column_values_to_be_in_set", "charge_category") in names
+    assert ("expect_column_pair_values_a_to_be_greater_than_b", "['charge_period_end', 'charge_period_start']") in names
+    in_set = next(f for f in failures if f["expectation"] == "expect_column_values_to_be_in_set")
+    assert in_set["unexpected_count"] == 1 and in_set["unexpected_sample"] == ["Refund"]
+
+
+def test_allocations_to_unknown_experiments_and_epoch_timestamps_fail():
+    experiments_frame = pl.DataFrame({"experiment_id": ["exp-a"], "name": ["a"], "control_cell": ["control"],
+                                      "cells": ["control,treatment"], "start_date": [dt.date(2026, 10, 1)],
+                                      "owner": [None]}, schema_overrides={"owner": pl.Utf8})
+    allocations = pl.DataFrame({
+        "experiment_id": ["exp-a", "exp-a", "exp-zzz"],
+        "member_id": ["m1", "m2", "m3"],
+        "cell": ["control", "treatment", "control"],
+        "allocated_at": [H0, dt.datetime(1970, 1, 1, tzinfo=UTC), H0],
+        "allocated_at_unix_nano": [0, 0, 0],
+    })
+    passed, failures = _failures("allocations", {"raw.experiments": experiments_frame, "raw.allocations": allocations})
+    assert not passed
+    assert {(f["expectation"], f["column"], f["unexpected_count"]) for f in failures} == {
+        ("expect_column_values_to_be_in_set", "experiment_id", 1),
+        ("expect_column_values_to_be_between", "allocated_at", 1),
+    }
+
+
+@pytest.mark.parametrize("single_cell", [False, True])
+def test_asset_check_on_the_ingest_asset(tmp_path, single_cell):
+    """Through Dagster: materialize experiments + services from a landing zone and run
+    their contract checks; an experiment with only a control cell breaks the contract."""
+    cells = ["control"] if single_cell else ["control", "treatment"]
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"experiments": [
+        {"id": "exp-a", "control_cell": "control", "cells": cells, "start": "2026-10-01"},
+        {"id": "exp-b", "control_cell": "control", "cells": ["control", "treatment"], "start": "2026-10-01"},
+    ]}))
+    (tmp_path / "services.yaml").write_text(yaml.safe_dump({"services": [
+        {"name": "api-gateway", "owner": "team-api", "tier": 1}, {"name": "images-svc", "tier": 2}]}))
+    checks = [c for c in build_input_contract_checks() if {k.asset_key.path[0] for k in c.check_keys} & {"experiments", "services"}]
+    result = dg.materialize(
+        [experiments, services, *checks],
+        resources={"landing": LandingZone(root=str(tmp_path)),
+                   "warehouse": DuckDBResource(database=str(tmp_path / "w.duckdb"))},
+        raise_on_error=False,
+    )
+    evaluations = {e.asset_key.path[0]: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {"experiments", "services"}
+    assert evaluations["services"].passed
+    assert evaluations["experiments"].passed is not single_cell
+    failed = evaluations["experiments"].metadata["failed_expectations"].value
+    if single_cell:
+        assert [(f["expectation"], f["column"], f["unexpected_count"]) for f in failed] == [
+            ("expect_column_values_to_match_regex", "cells", 1)]
+        assert evaluations["experiments"].severity == dg.AssetCheckSeverity.ERROR
+    else:
+        assert failed == []
