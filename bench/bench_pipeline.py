@@ -155,7 +155,7 @@ def _child_floor(glob: str, out: Path) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
-def generate(landing: Path, spans: int, fmt: str, reuse: bool) -> tuple[float, dict]:
+def generate(landing: Path, spans: int, fmt: str, reuse: bool, dirty: bool) -> tuple[float, dict]:
     marker = landing / "truth.json"
     if reuse and marker.exists():
         return 0.0, json.loads(marker.read_text())
@@ -164,7 +164,8 @@ def generate(landing: Path, spans: int, fmt: str, reuse: bool) -> tuple[float, d
     from cost_attribution.simulator import WorldConfig, generate_world
 
     started = time.time()
-    truth = generate_world(landing, WorldConfig(seed=7, trace_days=1, target_spans_per_day=spans, span_formats=(fmt,)))
+    config = WorldConfig(seed=7, trace_days=1, target_spans_per_day=spans, span_formats=(fmt,), dirty_records=dirty)
+    truth = generate_world(landing, config)
     return time.time() - started, truth
 
 
@@ -250,6 +251,8 @@ def main() -> int:
     parser.add_argument("--formats", nargs="+", default=["parquet", "otlp_json"], choices=["parquet", "otlp_json"])
     parser.add_argument("--workdir", default="/tmp/bench-pipeline")
     parser.add_argument("--reuse", action="store_true", help="reuse generated worlds of a previous run")
+    parser.add_argument("--no-dirty-records", action="store_true",
+                        help="worlds without the injected dirty records (truncated lines, duplicates, ...)")
     parser.add_argument("--readme", default=None, help="write the results section into this markdown file")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,7 +269,7 @@ def main() -> int:
     results: dict = {"formats": {}, "floor": {}, "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg())}
     for fmt in args.formats:
         landing = work / f"world-{fmt}"
-        gen_seconds, truth = generate(landing, args.spans, fmt, args.reuse)
+        gen_seconds, truth = generate(landing, args.spans, fmt, args.reuse, not args.no_dirty_records)
         files = list((landing / "traces").rglob("*.*"))
         print(f"[{fmt}] world: {truth['n_spans']:,} spans, generated in {gen_seconds:.0f}s", file=sys.stderr)
         run_dir = work / f"run-{fmt}"
@@ -286,7 +289,8 @@ def main() -> int:
             _run_child(["--child", "floor", str(landing / "traces" / "*" / "*.parquet"), str(floor_out)])
             results["floor"][fmt] = json.loads(floor_out.read_text())
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    command = f"python bench/bench_pipeline.py --spans {args.spans} --formats {' '.join(args.formats)} --readme bench/README.md"
+    command = (f"python bench/bench_pipeline.py --spans {args.spans} --formats {' '.join(args.formats)}"
+               + (" --no-dirty-records" if args.no_dirty_records else "") + " --readme bench/README.md")
     section = markdown(results, args.spans, command)
     print(section)
     if args.readme:

@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--json", action="store_true", help="the contract's JSON instead of the readable summary")
     report.set_defaults(func=_cmd_report)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `report | head` closed the pipe: not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The span-level SQL (enrich, attribute, aggregate) as dbt models, one Dagster
 asset each, partitioned like the spans. dbt receives the partition window as vars,
 so a backfill over a range is one `dbt build` per partition and each model replaces
-exactly its days."""
+exactly its days.
+
+The dbt target is DBT_TARGET (profiles.yml): `duckdb` (default) builds the models in
+the DuckDB warehouse; `spark` builds them on Spark and copies the aggregates back into
+DuckDB for the one-machine assets (spark_target.py, docs/scaling_out.md)."""
 
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Mapping
@@ -14,7 +17,9 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_duckdb import DuckDBResource
 
+from cost_attribution.attribution import spark_target
 from cost_attribution.partitions import daily_partitions
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -22,7 +27,7 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
 dbt_project = DbtProject(
     project_dir=DBT_PROJECT_DIR,
     profiles_dir=DBT_PROJECT_DIR,
-    target=os.getenv("DBT_TARGET", "duckdb"),
+    target=spark_target.dbt_target(),
 )
 # `dagster dev` re-parses on start; everywhere else `make install` (or the CLI) has
 # already written target/manifest.json.
@@ -37,7 +42,9 @@ def dbt_executable() -> str:
 
 
 def dbt_resource() -> DbtCliResource:
-    return DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable())
+    # The target by configuration, per deployment (as hooli-data-eng-pipelines does
+    # for its local vs warehouse targets): DBT_TARGET=duckdb | spark.
+    return DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable(), target=spark_target.dbt_target())
 
 
 def ensure_manifest() -> Path:
@@ -64,7 +71,20 @@ class CostAttributionTranslator(DagsterDbtTranslator):
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="warehouse",
 )
-def span_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+def span_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
     window = context.partition_time_window
     dbt_vars = {"min_date": window.start.strftime("%Y-%m-%d"), "max_date": window.end.strftime("%Y-%m-%d")}
-    yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream()
+    on_spark = (dbt.target or spark_target.dbt_target()) == spark_target.SPARK_TARGET
+    start, end = window.start.date(), window.end.date()
+    if on_spark:
+        lake = spark_target.lake_dir(DBT_PROJECT_DIR)
+        with warehouse.get_connection() as conn:
+            exported = spark_target.export_raw_sources(conn, lake, spark_target.window_days(start, end))
+        context.log.info(f"spark target: raw sources exported to {lake / 'raw'}: {exported}")
+    invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context)
+    yield from invocation.stream()
+    if on_spark:
+        models = spark_target.aggregate_models(spark_target.built_models(invocation.get_artifact("run_results.json")))
+        with warehouse.get_connection() as conn:
+            copied = spark_target.import_model_tables(conn, lake, models, start, end)
+        context.log.info(f"spark target: copied into the DuckDB warehouse (rows per table): {copied}")

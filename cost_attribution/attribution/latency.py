@@ -11,6 +11,13 @@ uncertainty; each draw resamples *members* with replacement within each cell
 (multinomial counts), rebuilds both cells' histograms as count-weighted sums of the
 member histograms (one matrix product), and takes the relative change of each
 quantile. The 95% interval is the percentile interval of those draws.
+
+At scale (hundreds of thousands of members) the warehouse first sums members into
+MEMBER_GROUPS random groups per cell (hash of the member id): a group is a union of
+whole members, so resampling groups is still a cluster bootstrap (the between-member
+variance is kept; only its estimate uses 256 clusters instead of all of them), and the
+cost no longer grows with the number of members. With fewer members than groups this
+is the plain member bootstrap.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from cost_attribution.warehouse import read_frame, table_exists
 
 BUCKETS_PER_E = 25.0  # must match member_service_latency.sql
 QUANTILES = (0.5, 0.95)
+MEMBER_GROUPS = 256
 LATENCY_TABLE = "main.member_service_latency"
 
 LATENCY_SCHEMA = {
@@ -71,9 +79,9 @@ def histogram_quantiles(hist: np.ndarray, buckets: np.ndarray, q: float) -> np.n
     return np.where(total > 0, value, np.nan)
 
 
-def _member_matrix(frame: pl.DataFrame, buckets: np.ndarray) -> tuple[np.ndarray, int]:
-    """members x buckets matrix of adjusted requests, and the sampled-span count."""
-    rows = frame["member_id"].rank("dense").cast(pl.Int64).to_numpy() - 1
+def _member_matrix(frame: pl.DataFrame, buckets: np.ndarray, unit: str) -> tuple[np.ndarray, int]:
+    """units (members or member groups) x buckets matrix of adjusted requests, and the sampled-span count."""
+    rows = frame[unit].rank("dense").cast(pl.Int64).to_numpy() - 1
     b_index = np.searchsorted(buckets, frame["duration_bucket"].to_numpy())
     matrix = np.zeros((int(rows.max()) + 1, len(buckets)))
     np.add.at(matrix, (rows, b_index), frame["requests"].to_numpy().astype(float))
@@ -99,21 +107,26 @@ def compare_latency(
     draws: int = 400,
     seed: int = 0,
     min_members: int = 20,
+    unit: str = "member_id",
+    members: tuple[int, int] | None = None,
 ) -> dict | None:
     """Relative change of p50/p95 (treatment / control - 1) with member-bootstrap
-    intervals. Frames: member_id, duration_bucket, requests[, sampled_spans].
-    None when a cell has fewer than `min_members` members with spans."""
-    if treatment["member_id"].n_unique() < min_members or control["member_id"].n_unique() < min_members:
+    intervals. Frames: <unit>, duration_bucket, requests[, sampled_spans], where the
+    resampled unit is a member or a group of whole members. `members` = (treatment,
+    control) member counts when the unit is a group. None when a cell has fewer than
+    `min_members` members with spans."""
+    n_t, n_c = members or (treatment[unit].n_unique(), control[unit].n_unique())
+    if n_t < min_members or n_c < min_members:
         return None
     buckets = np.unique(np.concatenate([treatment["duration_bucket"].to_numpy(), control["duration_bucket"].to_numpy()]))
-    m_t, spans_t = _member_matrix(treatment, buckets)
-    m_c, spans_c = _member_matrix(control, buckets)
+    m_t, spans_t = _member_matrix(treatment, buckets, unit)
+    m_c, spans_c = _member_matrix(control, buckets, unit)
     rng = np.random.default_rng(seed)
     boot_t = _bootstrap_hist(m_t, draws, rng)
     boot_c = _bootstrap_hist(m_c, draws, rng)
     result = {
-        "members_treatment": m_t.shape[0],
-        "members_control": m_c.shape[0],
+        "members_treatment": int(n_t),
+        "members_control": int(n_c),
         "sampled_spans_treatment": spans_t,
         "sampled_spans_control": spans_c,
     }
@@ -140,11 +153,16 @@ def compare_latency(
 
 
 def latency_impact(histograms: pl.DataFrame, experiments: pl.DataFrame, draws: int = 400, seed: int = 0,
-                   min_members: int = 20) -> pl.DataFrame:
+                   min_members: int = 20, member_counts: pl.DataFrame | None = None) -> pl.DataFrame:
     """Every experiment x non-control cell x service. `histograms`: experiment_id, cell,
-    member_id, service, duration_bucket, requests, sampled_spans (summed over the window);
-    `experiments`: experiment_id, control_cell."""
+    service, member_id or member_group, duration_bucket, requests, sampled_spans (summed
+    over the window); `experiments`: experiment_id, control_cell; `member_counts`
+    (experiment_id, cell, service, members) is needed when the unit is member_group."""
     rows = []
+    unit = "member_group" if "member_group" in histograms.columns else "member_id"
+    counts = {}
+    if member_counts is not None and member_counts.height:
+        counts = {(r["experiment_id"], r["cell"], r["service"]): int(r["members"]) for r in member_counts.iter_rows(named=True)}
     if histograms.height and experiments.height:
         controls = dict(zip(experiments["experiment_id"].to_list(), experiments["control_cell"].to_list()))
         for (experiment_id, service), group in histograms.group_by("experiment_id", "service", maintain_order=True):
@@ -153,26 +171,49 @@ def latency_impact(histograms: pl.DataFrame, experiments: pl.DataFrame, draws: i
                 continue
             control = group.filter(pl.col("cell") == control_cell)
             for cell in sorted(set(group["cell"].to_list()) - {control_cell}):
-                stats = compare_latency(group.filter(pl.col("cell") == cell), control, draws, seed, min_members)
+                members = None
+                if unit == "member_group":
+                    members = (counts.get((experiment_id, cell, service), 0), counts.get((experiment_id, control_cell, service), 0))
+                stats = compare_latency(group.filter(pl.col("cell") == cell), control, draws, seed, min_members,
+                                        unit=unit, members=members)
                 if stats is not None:
                     rows.append({"experiment_id": experiment_id, "cell": cell, "control_cell": control_cell,
                                  "service": service, **stats})
     return pl.DataFrame(rows, schema=LATENCY_SCHEMA).sort("experiment_id", "cell", "service")
 
 
-def load_latency_histograms(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> pl.DataFrame:
-    """Member histograms of every started experiment from its start through `as_of`."""
+_WINDOW = """
+    FROM main.member_service_latency l
+    JOIN raw.experiments e USING (experiment_id)
+    WHERE l.dt <= ? AND (e.start_date IS NULL OR l.dt >= e.start_date)
+"""
+
+
+def load_latency_histograms(
+    conn: duckdb.DuckDBPyConnection, as_of: dt.date, groups: int = MEMBER_GROUPS
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(histograms per member group, members per experiment cell x service) of every
+    started experiment from its start through `as_of`."""
     if not table_exists(conn, LATENCY_TABLE):
-        return pl.DataFrame()
-    return read_frame(
+        return pl.DataFrame(), pl.DataFrame()
+    histograms = read_frame(
         conn,
-        """
-        SELECT l.experiment_id, l.cell, l.member_id, l.service, l.duration_bucket,
-               CAST(sum(l.requests) AS DOUBLE) AS requests, CAST(sum(l.sampled_spans) AS BIGINT) AS sampled_spans
-        FROM main.member_service_latency l
-        JOIN raw.experiments e USING (experiment_id)
-        WHERE l.dt <= ? AND (e.start_date IS NULL OR l.dt >= e.start_date)
+        f"""
+        SELECT l.experiment_id, l.cell, l.service, CAST(hash(l.member_id) % ? AS INTEGER) AS member_group,
+               l.duration_bucket, CAST(sum(l.requests) AS DOUBLE) AS requests,
+               CAST(sum(l.sampled_spans) AS BIGINT) AS sampled_spans
+        {_WINDOW}
+        GROUP BY ALL
+        """,
+        [groups, as_of],
+    )
+    members = read_frame(
+        conn,
+        f"""
+        SELECT l.experiment_id, l.cell, l.service, CAST(count(DISTINCT l.member_id) AS BIGINT) AS members
+        {_WINDOW}
         GROUP BY ALL
         """,
         [as_of],
     )
+    return histograms, members

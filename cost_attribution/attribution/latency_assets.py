@@ -27,13 +27,13 @@ from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
 def latency_impact(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
     as_of = dt.date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as conn:
-        histograms = load_latency_histograms(conn, as_of)
+        histograms, member_counts = load_latency_histograms(conn, as_of)
         experiments = read_frame(
             conn,
             "SELECT experiment_id, control_cell FROM raw.experiments WHERE start_date IS NULL OR start_date <= ?",
             [as_of],
         )
-        impact = compute_latency_impact(histograms, experiments)
+        impact = compute_latency_impact(histograms, experiments, member_counts=member_counts)
         frame = impact.with_columns(pl.lit(as_of).alias("as_of")).select("as_of", pl.all().exclude("as_of"))
         replace_rows(conn, "main.latency_impact", frame, where={"as_of": as_of})
     moved = impact.filter(pl.col("significant"))

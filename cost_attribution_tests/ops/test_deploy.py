@@ -275,7 +275,8 @@ def test_run_through_graphql_client(deployment):
         for asset in catalogs:
             record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(dg.AssetKey(asset), "input_contract"))
             assert record is not None and record.run_id == run_id
-            assert record.event.passed, record.event.metadata
+            evaluation = record.event.dagster_event.event_specific_data
+            assert evaluation.passed, evaluation.metadata
     print(f"\nrun through GraphQL: {time.monotonic() - started:.1f}s")
 
 

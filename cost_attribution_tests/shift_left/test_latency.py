@@ -28,9 +28,9 @@ def test_histogram_quantiles_match_exact_quantiles():
 
 def test_treatment_slowdown_is_measured_with_interval(synthetic_warehouse):
     with duckdb.connect(str(synthetic_warehouse), read_only=True) as conn:
-        histograms = load_latency_histograms(conn, DAY)
+        histograms, members = load_latency_histograms(conn, DAY)
         experiments = pl.from_arrow(conn.sql("SELECT experiment_id, control_cell FROM raw.experiments").to_arrow_table())
-    impact = latency_impact(histograms, experiments, draws=300)
+    impact = latency_impact(histograms, experiments, draws=300, member_counts=members)
     search = impact.filter((pl.col("experiment_id") == "search-rank") & (pl.col("service") == "search-svc")).row(0, named=True)
     for q in ("p50", "p95"):
         assert search[f"{q}_ci_low"] < SLOWDOWN - 1 < search[f"{q}_ci_high"]

@@ -22,7 +22,7 @@
   {%- set raw_dir = spark_lake_dir() ~ '/raw' -%}
   {% do run_query('create database if not exists raw') %}
   {% do run_query('drop table if exists raw.spans') %}
-  {% do run_query("create table raw.spans using parquet partitioned by (dt) location '" ~ raw_dir ~ "/spans'") %}
+  {% do run_query("create table raw.spans using parquet location '" ~ raw_dir ~ "/spans'") %}
   {% do run_query('alter table raw.spans recover partitions') %}
   {% for name in ['allocations', 'experiments'] %}
     {% do run_query('drop table if exists raw.' ~ name) %}

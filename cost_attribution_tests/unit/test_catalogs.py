@@ -1,0 +1,115 @@
+"""Landing-zone tables: typed, dirty rows quarantined with a reason, nothing lost."""
+
+import gzip
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from cost_attribution.ingest import catalogs
+
+FOCUS_HEADER = "ChargePeriodStart,ChargePeriodEnd,ChargeCategory,ServiceName,ResourceId,SkuId,BilledCost,EffectiveCost,BillingCurrency,Tags\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_focus_rows_keep_untagged_and_quarantine_unreadable(tmp_path):
+    rows = [
+        '2026-05-04T00:00:00Z,2026-05-04T01:00:00Z,Usage,EC2,i-1,m7i,1.0,0.8,USD,"{""app"": ""api""}"',
+        '2026-05-04T00:00:00Z,2026-05-04T01:00:00Z,Usage,Support,,SUP,10,10,USD,',
+        '2026-05-04T00:00:00Z,2026-05-04T01:00:00Z,Credit,Credit,,CRED,-5,-5,USD,"{}"',
+        'not-a-time,2026-05-04T01:00:00Z,Usage,EC2,i-2,m7i,1.0,0.8,USD,"{""app"": ""api""}"',
+        '2026-05-04T00:00:00Z,2026-05-04T01:00:00Z,Usage,EC2,i-3,m7i,1.0,abc,USD,"{""app"": ""api""}"',
+        '2026-05-04T00:00:00Z,2026-05-04T01:00:00Z,Usage,EC2,i-4,m7i,1.0,0.5,USD,"{not json"',
+    ]
+    path = _write(tmp_path / "costs" / "focus.csv.gz", FOCUS_HEADER + "\n".join(rows) + "\n")
+    with duckdb.connect() as conn:
+        good, bad = catalogs.load_focus_costs(conn, [path], "app")
+    assert good.height == 3
+    assert good.filter(pl.col("app") == "api")["effective_cost"].to_list() == [0.8]
+    assert good.filter(pl.col("app").is_null())["effective_cost"].sum() == pytest.approx(5.0)
+    assert sorted(bad["reason"].to_list()) == ["bad_charge_period", "bad_effective_cost", "bad_tags"]
+    assert good.height + bad.height == len(rows)
+
+
+def test_focus_missing_columns_is_a_clear_error(tmp_path):
+    path = _write(tmp_path / "costs" / "bad.csv", "a,b\n1,2\n")
+    with duckdb.connect() as conn, pytest.raises(ValueError, match="lack required columns"):
+        catalogs.load_focus_costs(conn, [path], "app")
+
+
+def test_the_app_tag_is_configurable(tmp_path):
+    row = '2026-05-04T00:00:00Z,2026-05-04T01:00:00Z,Usage,EC2,i-1,m7i,1.0,0.8,USD,"{""service"": ""api"", ""app"": ""other""}"'
+    path = _write(tmp_path / "costs" / "focus.csv", FOCUS_HEADER + row + "\n")
+    with duckdb.connect() as conn:
+        good, _ = catalogs.load_focus_costs(conn, [path], "service")
+    assert good["app"].to_list() == ["api"]
+
+
+def test_usage_metrics_duplicates_and_bad_counts(tmp_path):
+    path = _write(
+        tmp_path / "usage" / "u.csv",
+        "hour,service,requests\n"
+        "2026-05-04T00:00:00Z,api,100\n"
+        "2026-05-04T00:00:00Z,api,100\n"
+        "2026-05-04T01:00:00Z,api,-3\n"
+        "2026-05-04T02:00:00Z,,5\n"
+        "garbage,api,5\n"
+        "2026-05-04T03:00:00Z,api,7\n",
+    )
+    with duckdb.connect() as conn:
+        good, bad = catalogs.load_usage_metrics(conn, [path])
+    assert good["requests"].to_list() == [100.0, 7.0]
+    assert sorted(bad["reason"].to_list()) == ["bad_hour", "bad_request_count", "duplicate_metric_rows", "missing_service_name"]
+
+
+def test_allocations_conflicts_unknowns_and_duplicates(tmp_path):
+    experiments = catalogs.parse_experiments(
+        {"experiments": [{"id": "exp", "control_cell": "control", "cells": ["control", "treatment"], "start": "2026-05-28"}]}
+    )
+    path = _write(
+        tmp_path / "alloc" / "a.csv",
+        "member_id,experiment_id,cell,allocated_at\n"
+        "m1,exp,control,2026-05-20T00:00:00Z\n"
+        "m2,exp,treatment,2026-05-20T00:00:00Z\n"
+        "m2,exp,treatment,2026-05-21T00:00:00Z\n"
+        "m3,exp,control,2026-05-20T00:00:00Z\n"
+        "m3,exp,treatment,2026-05-20T00:00:00Z\n"
+        "m4,other,control,2026-05-20T00:00:00Z\n"
+        "m5,exp,bogus,2026-05-20T00:00:00Z\n"
+        "m6,exp,control,yesterday\n",
+    )
+    with duckdb.connect() as conn:
+        good, bad = catalogs.load_allocations(conn, [path], experiments)
+    assert sorted(good["member_id"].to_list()) == ["m1", "m2"]
+    assert good.filter(pl.col("member_id") == "m2")["allocated_at"].dt.day().to_list() == [20]
+    assert good["allocated_at_unix_nano"][0] % 1_000_000_000 == 0
+    reasons = sorted(bad["reason"].to_list())
+    assert reasons == [
+        "bad_allocated_at",
+        "conflicting_allocations",
+        "conflicting_allocations",
+        "duplicate_allocations",
+        "unknown_cell",
+        "unknown_experiment",
+    ]
+
+
+def test_catalog_errors_are_clear():
+    with pytest.raises(ValueError, match="no id"):
+        catalogs.parse_experiments({"experiments": [{"name": "x"}]})
+    with pytest.raises(ValueError, match="control_cell"):
+        catalogs.parse_experiments({"experiments": [{"id": "x", "control_cell": "c", "cells": ["a", "b"]}]})
+    with pytest.raises(ValueError, match="more than once"):
+        catalogs.parse_experiments({"experiments": [{"id": "x"}, {"id": "x"}]})
+    services = catalogs.parse_services({"services": [{"name": "a", "deprecated": True, "tier": 1}, {"name": "b"}]})
+    assert services["deprecated"].to_list() == [True, False]
