@@ -7,7 +7,8 @@ instead: every ASSET_CHECK_EVALUATION since its cursor, and every new
 main.experiment_costs). It posts:
 
 - one alert per failed (asset, check, partition), naming the check, the partition,
-  the description and the services in the check's metadata;
+  the description and the services in the check's metadata; the check passing again
+  on that partition closes the incident, so a later failure alerts again;
 - one alert per (experiment, cell) whose projected 30-day incremental cost first
   exceeds AlertPolicy.cost_threshold_usd.
 
@@ -115,7 +116,7 @@ def check_alert(evaluation, partition: str, run_id: str, policy: AlertPolicy) ->
         details.append(f"{key}: {json.dumps(raw, default=str)[:300]}")
     return Alert(
         kind="asset_check_failed",
-        dedup_key=f"check|{asset}|{evaluation.check_name}|{partition}",
+        dedup_key=f"check|{asset}|{evaluation.check_name}|{partition}",  # same key as _check_events
         title=f"Asset check failed: {asset}:{evaluation.check_name} [{partition}]",
         lines=[evaluation.description or "(no description)", *details],
         fields=fields,
@@ -137,9 +138,10 @@ def cost_alert(row: dict, threshold: float) -> Alert:
     )
 
 
-def _failed_check_alerts(context, cursor: AlertCursor, policy: AlertPolicy):
-    """Yields (storage_id, alert or None) for every check evaluation after the cursor."""
-    records = context.instance.get_event_records(
+def _check_events(context, cursor: AlertCursor, policy: AlertPolicy):
+    """Yields (storage_id, dedup key, alert or None) for every check evaluation after the
+    cursor; the alert is None for a passed (or too mild) evaluation."""
+    records = context.instance.event_log_storage.get_event_records(
         dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=cursor.check_after),
         limit=EVENTS_PER_TICK,
         ascending=True,
@@ -148,12 +150,13 @@ def _failed_check_alerts(context, cursor: AlertCursor, policy: AlertPolicy):
     runs: dict = {}
     for record in records:
         evaluation = record.event_log_entry.dagster_event.event_specific_data
+        partition = _partition_of(context.instance, evaluation, record.run_id, runs)
+        key = f"check|{evaluation.asset_key.to_user_string()}|{evaluation.check_name}|{partition}"
         severity = evaluation.severity.value if evaluation.severity else "ERROR"
         if evaluation.passed or SEVERITY_RANK.get(severity, 1) < min_rank:
-            yield record.storage_id, None
-            continue
-        partition = _partition_of(context.instance, evaluation, record.run_id, runs)
-        yield record.storage_id, check_alert(evaluation, partition, record.run_id, policy)
+            yield record.storage_id, key, None, evaluation.passed
+        else:
+            yield record.storage_id, key, check_alert(evaluation, partition, record.run_id, policy), False
 
 
 def _cost_rows(database: str, as_of_days: list[str], threshold: float) -> list[dict]:
@@ -194,7 +197,11 @@ def evaluate_alerts(context: dg.SensorEvaluationContext, channels: AlertChannels
         delivered.append(alert)
         return True
 
-    for storage_id, alert in _failed_check_alerts(context, cursor, policy):
+    for storage_id, key, alert, passed in _check_events(context, cursor, policy):
+        if passed and key in sent_keys:
+            # Resolved: a later failure of this check and partition is a new incident.
+            sent_keys.discard(key)
+            cursor.sent.remove(key)
         if alert is not None and not deliver(alert):
             break
         cursor.check_after = storage_id

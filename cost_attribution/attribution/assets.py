@@ -25,7 +25,7 @@ SRM_CHECK = "sample_ratio_mismatch"
 
 @dg.asset(
     key="trace_completeness",
-    deps=["service_coverage", "trace_edges"],
+    deps=["service_coverage", "trace_edges", "usage_metrics"],
     description="Per-service trace coverage (share of adjusted SERVER work that reaches a member), broken "
     "caller -> callee edges, orphan-parent rate and member-tag coverage for the day. Its coverage gate is a "
     "blocking check: an untrustworthy day does not produce deltas or projections.",
@@ -41,7 +41,11 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
     with warehouse.get_connection() as conn:
         coverage = read_frame(conn, "SELECT * FROM main.service_coverage WHERE dt = ?", [day])
         edges = read_frame(conn, "SELECT * FROM main.trace_edges WHERE dt = ?", [day])
+        metrics = read_frame(
+            conn, "SELECT service, requests FROM raw.usage_metrics WHERE CAST(hour AS DATE) = ?", [day]
+        )
         summary = completeness.summarize(coverage, edges)
+        reconciliation = completeness.volume_reconciliation(coverage, metrics)
         replace_rows(
             conn,
             "main.trace_completeness",
@@ -61,9 +65,10 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
                 markdown_table(summary.services.select("service", "server_spans", "coverage", "anonymous_root_share", "orphan_rate"))
             ),
             "broken_edges": dg.MetadataValue.md(markdown_table(summary.broken_edges)),
+            "volume_reconciliation": dg.MetadataValue.md(markdown_table(reconciliation)),
         }
     )
-    yield from completeness.check_results(summary, settings.min_trace_coverage, "trace_completeness")
+    yield from completeness.check_results(summary, settings.min_trace_coverage, "trace_completeness", reconciliation)
 
 
 @dg.asset(

@@ -27,6 +27,7 @@ import datetime as dt
 import duckdb
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from cost_attribution.warehouse import read_frame, table_exists
 
@@ -164,22 +165,29 @@ def latency_impact(histograms: pl.DataFrame, experiments: pl.DataFrame, draws: i
     if member_counts is not None and member_counts.height:
         counts = {(r["experiment_id"], r["cell"], r["service"]): int(r["members"]) for r in member_counts.iter_rows(named=True)}
     if histograms.height and experiments.height:
-        controls = dict(zip(experiments["experiment_id"].to_list(), experiments["control_cell"].to_list()))
-        for (experiment_id, service), group in histograms.group_by("experiment_id", "service", maintain_order=True):
-            control_cell = controls.get(experiment_id)
-            if control_cell is None:
-                continue
-            control = group.filter(pl.col("cell") == control_cell)
-            for cell in sorted(set(group["cell"].to_list()) - {control_cell}):
-                members = None
-                if unit == "member_group":
-                    members = (counts.get((experiment_id, cell, service), 0), counts.get((experiment_id, control_cell, service), 0))
-                stats = compare_latency(group.filter(pl.col("cell") == cell), control, draws, seed, min_members,
-                                        unit=unit, members=members)
-                if stats is not None:
-                    rows.append({"experiment_id": experiment_id, "cell": cell, "control_cell": control_cell,
-                                 "service": service, **stats})
+        with threadpool_limits(1):  # small products: BLAS threads only contend (12x slower on a busy 2-core box)
+            rows = _all_pairs(histograms, experiments, draws, seed, min_members, unit, counts)
     return pl.DataFrame(rows, schema=LATENCY_SCHEMA).sort("experiment_id", "cell", "service")
+
+
+def _all_pairs(histograms, experiments, draws, seed, min_members, unit, counts) -> list[dict]:
+    rows = []
+    controls = dict(zip(experiments["experiment_id"].to_list(), experiments["control_cell"].to_list()))
+    for (experiment_id, service), group in histograms.group_by("experiment_id", "service", maintain_order=True):
+        control_cell = controls.get(experiment_id)
+        if control_cell is None:
+            continue
+        control = group.filter(pl.col("cell") == control_cell)
+        for cell in sorted(set(group["cell"].to_list()) - {control_cell}):
+            members = None
+            if unit == "member_group":
+                members = (counts.get((experiment_id, cell, service), 0), counts.get((experiment_id, control_cell, service), 0))
+            stats = compare_latency(group.filter(pl.col("cell") == cell), control, draws, seed, min_members,
+                                    unit=unit, members=members)
+            if stats is not None:
+                rows.append({"experiment_id": experiment_id, "cell": cell, "control_cell": control_cell,
+                             "service": service, **stats})
+    return rows
 
 
 _WINDOW = """

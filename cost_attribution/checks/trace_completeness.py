@@ -17,6 +17,7 @@ COVERAGE_GATE = "trace_coverage_gate"
 BROKEN_EDGES = "broken_trace_edges"
 ORPHAN_PARENTS = "orphan_parent_rate"
 MEMBER_TAGS = "member_tag_coverage"
+VOLUME_RECONCILIATION = "sampling_volume_reconciliation"
 
 # A caller->callee edge is broken when most of the caller's calls find no callee
 # SERVER span in the trace while most of the callee's work arrives as anonymous roots.
@@ -24,6 +25,9 @@ BROKEN_EDGE_UNMATCHED_SHARE = 0.5
 BROKEN_EDGE_ANONYMOUS_SHARE = 0.5
 MAX_ORPHAN_PARENT_RATE = 0.05
 MIN_MEMBER_TAG_COVERAGE = 0.9
+# Traced volume (sum of 1/p) is a fixed fraction of metrics volume when sampling is
+# corrected right; a service off the common ratio by more than this is suspect.
+MAX_VOLUME_DEVIATION = 0.25
 
 
 def completeness_check_specs(asset_key: str) -> list[dg.AssetCheckSpec]:
@@ -44,6 +48,13 @@ def completeness_check_specs(asset_key: str) -> list[dg.AssetCheckSpec]:
             ORPHAN_PARENTS,
             asset=asset_key,
             description=f"WARN when more than {MAX_ORPHAN_PARENT_RATE:.0%} of spans point at a parent that never arrived.",
+        ),
+        dg.AssetCheckSpec(
+            VOLUME_RECONCILIATION,
+            asset=asset_key,
+            description="WARN when a service's sampling-corrected traced volume is off the common traced/metrics "
+            f"ratio by more than {MAX_VOLUME_DEVIATION:.0%} (wrong sampling probabilities, lost spans, or traffic "
+            "the traced population does not represent).",
         ),
         dg.AssetCheckSpec(
             MEMBER_TAGS,
@@ -117,7 +128,28 @@ def summarize(coverage: pl.DataFrame, edges: pl.DataFrame) -> Completeness:
     return Completeness(services, broken, overall, orphan, member_tags)
 
 
-def check_results(summary: Completeness, min_coverage: float, asset_key: str) -> list[dg.AssetCheckResult]:
+def volume_reconciliation(coverage: pl.DataFrame, metrics: pl.DataFrame) -> pl.DataFrame:
+    """Per service: adjusted traced requests vs the metrics' full request count.
+
+    Traces come from a sample of members, so traced volume is a fraction of production;
+    with sampling corrected (1/p) that fraction is the same for every service. The
+    median ratio estimates it; each service's deviation from it is the check."""
+    joined = (
+        coverage.group_by("service")
+        .agg(pl.col("adjusted_requests").sum().alias("traced_requests"))
+        .join(metrics.group_by("service").agg(pl.col("requests").sum().alias("metrics_requests")), on="service")
+        .filter((pl.col("traced_requests") > 0) & (pl.col("metrics_requests") > 0))
+        .with_columns((pl.col("metrics_requests") / pl.col("traced_requests")).alias("metrics_per_traced"))
+    )
+    if joined.is_empty():
+        return joined.with_columns(pl.lit(None, pl.Float64).alias("deviation"))
+    scale = joined["metrics_per_traced"].median()
+    return joined.with_columns((scale / pl.col("metrics_per_traced") - 1.0).alias("deviation")).sort("service")
+
+
+def check_results(
+    summary: Completeness, min_coverage: float, asset_key: str, reconciliation: pl.DataFrame | None = None
+) -> list[dg.AssetCheckResult]:
     """The four completeness checks for one day."""
     blind = summary.services.filter(pl.col("coverage") < min_coverage)["service"].to_list()
     overall = summary.overall_coverage
@@ -155,6 +187,7 @@ def check_results(summary: Completeness, min_coverage: float, asset_key: str) ->
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"orphan_parent_rate": summary.orphan_parent_rate if summary.orphan_parent_rate is not None else 0.0},
         ),
+        _reconciliation_result(reconciliation, asset_key),
         dg.AssetCheckResult(
             asset_key=asset_key,
             check_name=MEMBER_TAGS,
@@ -165,3 +198,26 @@ def check_results(summary: Completeness, min_coverage: float, asset_key: str) ->
             },
         ),
     ]
+
+
+def _reconciliation_result(reconciliation: pl.DataFrame | None, asset_key: str) -> dg.AssetCheckResult:
+    if reconciliation is None or reconciliation.is_empty():
+        return dg.AssetCheckResult(
+            asset_key=asset_key, check_name=VOLUME_RECONCILIATION, passed=True, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"services_compared": 0},
+        )
+    off = reconciliation.filter(pl.col("deviation").abs() > MAX_VOLUME_DEVIATION)
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=VOLUME_RECONCILIATION,
+        passed=off.is_empty(),
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(
+            f"{r['service']}: traced volume {r['deviation']:+.0%} vs the common ratio" for r in off.iter_rows(named=True)
+        )
+        or None,
+        metadata={
+            "services_compared": reconciliation.height,
+            "median_metrics_per_traced_request": float(reconciliation["metrics_per_traced"].median()),
+        },
+    )

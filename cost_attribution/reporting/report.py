@@ -11,7 +11,7 @@ import duckdb
 import polars as pl
 
 from cost_attribution.attribution.shift_left import load_edge_shifts
-from cost_attribution.checks.trace_completeness import summarize
+from cost_attribution.checks.trace_completeness import summarize, volume_reconciliation
 from cost_attribution.reporting.flags import experiment_flags
 from cost_attribution.warehouse import read_frame, table_exists
 
@@ -68,6 +68,13 @@ def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> 
     if not coverage.height:
         return {"overall": None, "services": [], "broken_edges": []}, pl.DataFrame(), pl.DataFrame()
     summary = summarize(coverage, edges)
+    metrics = _frame(
+        conn,
+        "raw.usage_metrics",
+        "SELECT service, requests FROM raw.usage_metrics WHERE CAST(hour AS DATE) BETWEEN ? AND ?",
+        [start, as_of],
+    )
+    reconciliation = volume_reconciliation(coverage, metrics) if metrics.height else pl.DataFrame()
     section = {
         "overall": summary.overall_coverage,
         "services": [
@@ -75,6 +82,16 @@ def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> 
         ],
         "broken_edges": [
             {"caller": r["caller"], "callee": r["callee"]} for r in summary.broken_edges.iter_rows(named=True)
+        ],
+        # Extra: sampling-corrected traced volume against the metrics' full counts.
+        "volume_reconciliation": [
+            {
+                "service": r["service"],
+                "traced_adjusted_requests": r["traced_requests"],
+                "metrics_requests": r["metrics_requests"],
+                "deviation_from_common_ratio": r["deviation"],
+            }
+            for r in reconciliation.iter_rows(named=True)
         ],
     }
     return section, summary.services, summary.broken_edges

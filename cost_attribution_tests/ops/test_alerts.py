@@ -22,9 +22,10 @@ DAY = "2026-10-30"
 
 
 def _seed_low_coverage_day(path: str, day: dt.date) -> None:
-    """The two dbt models trace_completeness reads, for one day in which 95% of the work
-    reaches a member: fine for the default gate (50%), a failure at 99%. Every other
-    completeness check passes (no broken edge, no orphans, 95% member tags)."""
+    """What trace_completeness reads (the dbt models service_coverage and trace_edges,
+    and the day's metrics) for one day in which 95% of the work reaches a member: fine
+    for the default gate (50%), a failure at 99%. Every other completeness check passes
+    (no broken edge, no orphans, 95% member tags, traced volume proportional to metrics)."""
     coverage = pl.DataFrame(
         {
             "dt": [day, day],
@@ -48,7 +49,11 @@ def _seed_low_coverage_day(path: str, day: dt.date) -> None:
             "unmatched_client_spans": [0],
         }
     )
+    hour = dt.datetime.combine(day, dt.time(12), tzinfo=dt.timezone.utc)
+    metrics = pl.DataFrame({"hour": [hour, hour], "service": ["api-gateway", "images-svc"],
+                            "requests": [100_000.0, 50_000.0]})
     with duckdb.connect(path) as conn:
+        replace_rows(conn, "raw.usage_metrics", metrics)
         replace_rows(conn, "main.service_coverage", coverage, where={"dt": day})
         replace_rows(conn, "main.trace_edges", edges, where={"dt": day})
 
@@ -118,7 +123,7 @@ def test_failed_blocking_gate_alerts_exactly_once(tmp_path, instance, webhook_si
     assert "check|trace_completeness|trace_coverage_gate|" + DAY in AlertCursor.parse(cursor).sent
 
 
-def test_passing_gate_posts_nothing_and_failed_delivery_is_retried(tmp_path, instance, webhook_sink):
+def test_passing_gate_posts_nothing_failed_delivery_is_retried_and_recovery_reopens(tmp_path, instance, webhook_sink):
     warehouse = str(tmp_path / "w.duckdb")
     _seed_low_coverage_day(warehouse, dt.date.fromisoformat(DAY))
     sensor = build_alert_sensor()
@@ -137,8 +142,15 @@ def test_passing_gate_posts_nothing_and_failed_delivery_is_retried(tmp_path, ins
     assert webhook_sink.posts == []
     cursor = _tick(sensor, instance, cursor, resources)
     assert len(webhook_sink.posts) == 1 and "trace_coverage_gate" in webhook_sink.posts[0]["text"]
-    _tick(sensor, instance, cursor, resources)
+    cursor = _tick(sensor, instance, cursor, resources)
     assert len(webhook_sink.posts) == 1
+
+    # The gate passes again (incident closed), then fails again: a new incident, a new alert.
+    assert _materialize_gate(instance, warehouse, min_coverage=0.5).success
+    cursor = _tick(sensor, instance, cursor, resources)
+    _materialize_gate(instance, warehouse, min_coverage=0.99)
+    _tick(sensor, instance, cursor, resources)
+    assert len(webhook_sink.posts) == 2
 
 
 def test_cost_over_threshold_alerts_once_per_experiment_cell(tmp_path, instance, webhook_sink):

@@ -59,3 +59,17 @@ def test_a_day_without_spans_does_not_block():
     results = {r.check_name: r for r in tc.check_results(empty, 0.5, "trace_completeness")}
     assert results[tc.COVERAGE_GATE].passed
     assert results[tc.COVERAGE_GATE].metadata["no_spans"].value is True
+
+
+def test_volume_reconciliation_flags_the_service_off_the_common_ratio():
+    metrics = pl.DataFrame({
+        "service": ["gateway", "images", "cdn", "search"],
+        # 100x the traced volume, except search whose sampling rate was misreported
+        "requests": [1_000_000.0, 500_000.0, 400_000.0, 300_000.0],
+    })
+    table = tc.volume_reconciliation(COVERAGE, metrics)
+    deviation = dict(table.select("service", "deviation").iter_rows())
+    assert deviation["gateway"] == 0.0
+    assert deviation["search"] < -0.6
+    result = tc._reconciliation_result(table, "trace_completeness")
+    assert not result.passed and "search" in result.description
