@@ -3,11 +3,11 @@ per test session (the full-pipeline tests all read its warehouse and report)."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import pytest
+
+from cost_attribution_tests.worlds import run_world
 
 # In-process test runs use an ephemeral instance, never the developer's .dagster_home.
 os.environ.pop("DAGSTER_HOME", None)
@@ -25,15 +25,7 @@ def small_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_world_run(small_world, tmp_path_factory):
     """run_pipeline over the small world; returns (landing, warehouse, truth, report, summary)."""
-    from cost_attribution.cli import run_pipeline
-
     landing, truth = small_world
     warehouse = tmp_path_factory.mktemp("small_world_warehouse") / "warehouse.duckdb"
-    saved = dict(os.environ)
-    try:
-        summary = run_pipeline(landing, warehouse, quiet=True)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    report = json.loads((warehouse.parent / "report.json").read_text())
+    summary, report = run_world(landing, warehouse)
     return landing, warehouse, truth, report, summary

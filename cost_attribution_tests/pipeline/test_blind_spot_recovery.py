@@ -5,13 +5,11 @@ the dollars are still right, and the experiment carries a low_trace_coverage fla
 
 from __future__ import annotations
 
-import json
-import os
-
 import duckdb
 import pytest
 
 from cost_attribution.simulator import ExperimentSpec, WorldConfig, generate_world
+from cost_attribution_tests.worlds import run_world
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +18,6 @@ EXPERIMENT = "image-prefetch:treatment"
 
 @pytest.fixture(scope="module")
 def blind_world_run(tmp_path_factory):
-    from cost_attribution.cli import run_pipeline
-
     root = tmp_path_factory.mktemp("blind_world")
     config = WorldConfig(
         seed=21,
@@ -40,13 +36,8 @@ def blind_world_run(tmp_path_factory):
         drift=None,
     )
     truth = generate_world(root / "landing", config)
-    saved = dict(os.environ)
-    try:
-        summary = run_pipeline(root / "landing", root / "warehouse.duckdb", quiet=True)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return truth, json.loads((root / "report.json").read_text()), root / "warehouse.duckdb", summary
+    summary, report = run_world(root / "landing", root / "warehouse.duckdb")
+    return truth, report, root / "warehouse.duckdb", summary
 
 
 def test_the_blind_callee_has_no_attributable_server_spans(blind_world_run):

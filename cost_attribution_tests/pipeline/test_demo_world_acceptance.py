@@ -6,30 +6,21 @@ static service's +50% costs about $0."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 
 from cost_attribution.reporting.contract import contract_errors
+from cost_attribution_tests.worlds import run_world
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from cost_attribution.cli import run_pipeline
     from cost_attribution.simulator import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("demo_world")
     truth = generate_world(root / "landing", WorldConfig(seed=7, pre_period_days=2))
-    saved = dict(os.environ)
-    try:
-        summary = run_pipeline(root / "landing", root / "warehouse.duckdb", quiet=True)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    report = json.loads((root / "report.json").read_text())
+    summary, report = run_world(root / "landing", root / "warehouse.duckdb")
     return truth, report, summary
 
 

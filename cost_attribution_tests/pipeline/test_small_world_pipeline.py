@@ -7,6 +7,7 @@ import duckdb
 import pytest
 
 from cost_attribution.reporting.contract import contract_errors
+from cost_attribution_tests.worlds import run_world
 
 pytestmark = pytest.mark.slow
 
@@ -72,9 +73,6 @@ def test_unattributed_cost_is_reported_not_spread(small_world_run):
 
 def test_rerunning_is_idempotent(small_world_run, tmp_path):
     """Materializing the same partitions again replaces rows instead of adding them."""
-    from cost_attribution.cli import run_pipeline
-    import json
-    import os
     import shutil
 
     landing, warehouse, _, report, _ = small_world_run
@@ -84,15 +82,9 @@ def test_rerunning_is_idempotent(small_world_run, tmp_path):
               "main.cost_projections", "main.cost_model_registry", "main.reports"]
     with duckdb.connect(str(copy), read_only=True) as conn:
         before = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
-    saved = dict(os.environ)
-    try:
-        run_pipeline(landing, copy, quiet=True)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    _, rerun = run_world(landing, copy)
     with duckdb.connect(str(copy), read_only=True) as conn:
         after = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
     assert after == before
-    rerun = json.loads((tmp_path / "report.json").read_text())
     for a, b in zip(report["experiments"], rerun["experiments"]):
         assert a["incremental_cost_usd_30d"] == b["incremental_cost_usd_30d"]
