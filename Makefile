@@ -41,6 +41,15 @@ dev: install
 test: install
 	$(BIN)/python -m pytest -q -m "not deploy and not spark"
 
+## PostgreSQL + dagster api grpc + webserver + daemon on loopback, with deploy/dagster.yaml.
+test-deploy: install
+	$(BIN)/python -m pytest -q -m deploy
+
+## The dbt span models on a local Spark session, compared row for row with DuckDB.
+test-spark: install
+	$(BIN)/pip install -q -e ".[spark]"
+	$(BIN)/python -m pytest -q -m spark
+
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not deploy and not spark and not slow"
 

@@ -81,6 +81,7 @@ def load_experiment_usage(
         JOIN raw.experiments e USING (experiment_id)
         WHERE u.dt <= ?
         GROUP BY ALL
+        ORDER BY ALL
         """,
         [as_of],
     )

@@ -73,3 +73,22 @@ def test_parquet_with_odd_types_and_missing_columns(tmp_path):
     frame.drop("kind").write_parquet(tmp_path / "nokind.parquet")
     missing = read_span_files([tmp_path / "nokind.parquet"], DT)
     assert missing.quarantine.select("reason").rows() == [("unreadable_files",)] and "kind" in missing.quarantine["detail"][0]
+
+
+def test_large_multi_row_group_parquet_with_dirty_rows(tmp_path):
+    """Regression: polars 2.1 panicked labelling rejected rows read from a Parquet file
+    of many row groups (multi-chunk columns)."""
+    n = 300_000
+    ids = [f"{i + 1:016x}" for i in range(n)]  # an all-zero span id is invalid
+    frame = pl.DataFrame({
+        "trace_id": [T1] * n, "span_id": ids, "parent_span_id": [None] * n, "service": ["api"] * n,
+        "kind": ["SERVER"] * n, "start_unix_nano": [START] * n, "end_unix_nano": [START + 5] * n,
+        "peer_service": [None] * n, "member_id": ["m1"] * n, "sampling_probability": [0.5] * n,
+    }, schema_overrides={"parent_span_id": pl.Utf8, "peer_service": pl.Utf8})
+    dirty = frame.with_row_index().with_columns(
+        pl.when(pl.col("index") % 100_000 == 7).then(pl.lit(START - 1)).otherwise(pl.col("end_unix_nano")).alias("end_unix_nano")
+    ).drop("index")
+    dirty.write_parquet(tmp_path / "big.parquet", row_group_size=20_000)
+    batch = read_span_file(tmp_path / "big.parquet", DT)
+    assert batch.quarantine["reason"].to_list() == ["negative_duration_spans"] * 3
+    assert batch.spans.height == n - 3

@@ -45,7 +45,7 @@ def world(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("crash")
     landing = base / "landing"
-    generate_world(landing, dataclasses.replace(small_world_config(seed=11), trace_days=2, pre_period_days=0,
+    generate_world(landing, dataclasses.replace(small_world_config(seed=5), trace_days=2, pre_period_days=0,
                                                 n_members=300, target_spans_per_day=1500))
     clean = base / "clean" / "warehouse.duckdb"
     _run(landing, clean)

@@ -37,19 +37,26 @@ def test_new_dependency_matches_truth(small_world_run):
 
 def test_latency_and_capacity_in_report(small_world_run):
     _, warehouse, _, report, _ = small_world_run
-    significant = [s for e in report["experiments"] for s in e["services"] if s["significant"]]
-    assert significant
-    with_latency = [s for s in significant if "latency" in s]
+    services = [s for e in report["experiments"] for s in e["services"]]
+    with_latency = [s for s in services if "latency" in s]
     assert with_latency
     for s in with_latency:
         lat = s["latency"]
         assert lat["p50_ci_low_pct"] <= lat["p50_delta_pct"] <= lat["p50_ci_high_pct"]
+        assert lat["members_control"] >= 20 and lat["members_treatment"] >= 20
     with duckdb.connect(str(warehouse), read_only=True) as conn:
         rows = conn.execute(
-            "SELECT service, scenario, instances_needed, additional_instances FROM main.capacity_plan WHERE as_of = ?",
+            "SELECT experiment_id, cell, service, scenario, instances_needed FROM main.capacity_plan WHERE as_of = ?",
             [report["as_of"]],
         ).fetchall()
-    baseline = {r[0] for r in rows if r[1] == "baseline"}
-    assert {s["service"] for s in significant} <= baseline
-    assert all(r[2] is None or r[2] >= 1 for r in rows)
-    assert any(r[1] == "rollout" for r in rows)
+    baseline = {r[2] for r in rows if r[3] == "baseline"}
+    assert {s["service"] for s in report["services"]} <= baseline
+    assert all(r[4] is None or r[4] >= 1 for r in rows)
+    # One rollout row per significant experiment cell x service, and the report carries it.
+    rollout = {(r[0], r[1], r[2]) for r in rows if r[3] == "rollout"}
+    significant = {(e["experiment_id"], e["cell"], s["service"]) for e in report["experiments"] for s in e["services"]
+                   if s["significant"] and s["delta_pct"] is not None}
+    assert rollout == significant
+    for e in report["experiments"]:
+        for s in e["services"]:
+            assert ("capacity" in s) == ((e["experiment_id"], e["cell"], s["service"]) in rollout)

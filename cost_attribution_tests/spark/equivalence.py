@@ -26,11 +26,15 @@ def read_duckdb_table(warehouse: Path, table: str) -> pl.DataFrame:
         return pl.from_arrow(conn.sql(f"SELECT * FROM {table}").to_arrow_table())
 
 
+def _is_whole_number(dtype: pl.DataType) -> bool:
+    return dtype.is_integer() or (isinstance(dtype, pl.Decimal) and dtype.scale == 0)
+
+
 def _normalised(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    # Integer widths differ by engine (DuckDB sums BIGINT into HUGEINT, Spark into
-    # BIGINT, floor() is BIGINT on Spark): compare integer values, not widths.
+    # Integer widths differ by engine (DuckDB sums BIGINT into HUGEINT, which arrives
+    # as Decimal(38, 0); Spark sums into BIGINT): compare the values, not the widths.
     return frame.select(
-        pl.col(c).cast(pl.Int64) if frame.schema[c].is_integer() else pl.col(c) for c in columns
+        pl.col(c).cast(pl.Int64, strict=True) if _is_whole_number(frame.schema[c]) else pl.col(c) for c in columns
     )
 
 

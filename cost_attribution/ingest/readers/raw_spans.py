@@ -299,7 +299,9 @@ def finalize_frame(
         rule.alias("_rule"),
         pl.when(attr_present).then(pl.col("sampling_attr")).otherwise(ts_p).fill_null(1.0).alias("p_norm"),
     )
-    rejected = spans.filter(pl.col("_rule").is_not_null())
+    # rechunk: polars 2.1 panics (`i < self.len()`) evaluating when/then chains over the
+    # multi-chunk columns a large Parquet read leaves behind.
+    rejected = spans.filter(pl.col("_rule").is_not_null()).rechunk()
     if rejected.height:
         reason = pl.lit(None, dtype=pl.Utf8)
         detail = pl.lit(None, dtype=pl.Utf8)
