@@ -212,6 +212,7 @@ def load_latency_histograms(
                CAST(sum(l.sampled_spans) AS BIGINT) AS sampled_spans
         {_WINDOW}
         GROUP BY ALL
+        ORDER BY ALL
         """,
         [groups, as_of],
     )
@@ -221,6 +222,7 @@ def load_latency_histograms(
         SELECT l.experiment_id, l.cell, l.service, CAST(count(DISTINCT l.member_id) AS BIGINT) AS members
         {_WINDOW}
         GROUP BY ALL
+        ORDER BY ALL
         """,
         [as_of],
     )

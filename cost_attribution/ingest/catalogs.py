@@ -261,6 +261,9 @@ ALLOCATION_SCHEMA = {
     "allocated_at": pl.Datetime("us", "UTC"),
     # Epoch nanoseconds, so span-level SQL compares integers on every engine.
     "allocated_at_unix_nano": pl.Int64,
+    # The UTC day of the allocation: a member allocated before a day counts all of that
+    # day's spans, which lets the span models aggregate per member before joining.
+    "allocated_date": pl.Date,
 }
 
 
@@ -339,7 +342,10 @@ def load_allocations(
         .with_columns(
             pl.col("allocated_at").dt.convert_time_zone("UTC").dt.cast_time_unit("us"),
         )
-        .with_columns((pl.col("allocated_at").dt.epoch("us") * 1000).alias("allocated_at_unix_nano"))
+        .with_columns(
+            (pl.col("allocated_at").dt.epoch("us") * 1000).alias("allocated_at_unix_nano"),
+            pl.col("allocated_at").dt.date().alias("allocated_date"),
+        )
         .select(list(ALLOCATION_SCHEMA))
         .cast(ALLOCATION_SCHEMA)
     )

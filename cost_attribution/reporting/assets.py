@@ -25,7 +25,17 @@ def report_path(warehouse: DuckDBResource) -> Path:
 
 @dg.asset(
     key="cost_report",
-    deps=["cost_projections", "usage_deltas", "cost_models", "trace_completeness", "business_metrics", "services"],
+    deps=[
+        "cost_projections",
+        "usage_deltas",
+        "cost_models",
+        "trace_completeness",
+        "business_metrics",
+        "services",
+        "latency_impact",
+        "capacity_plan",
+        "edge_usage_by_cell",
+    ],
     description="The contract's report for the as-of day: per experiment cell the projected 30-day cost with its "
     "interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and cost "
     "model; trace completeness; data quality. Stored in main.reports and written to report.json beside the "

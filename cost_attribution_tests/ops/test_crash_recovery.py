@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cost_attribution_tests.ops.warehouse_snapshot import warehouse_snapshot
+from cost_attribution_tests.ops.warehouse_snapshot import assert_same_warehouse, warehouse_snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -97,4 +97,4 @@ def test_kill9_then_rerun_equals_clean_run(world, tmp_path, marker, delay):
             dup = conn.execute("SELECT count(*) - count(DISTINCT (dt, trace_id, span_id, service, kind)) FROM raw.spans").fetchone()[0]
             assert dup == 0
     _run(landing, warehouse)
-    assert warehouse_snapshot(warehouse) == clean
+    assert_same_warehouse(warehouse_snapshot(warehouse), clean)

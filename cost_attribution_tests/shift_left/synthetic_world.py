@@ -34,7 +34,7 @@ def _world(seed: int = 11) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl
     allocations = pl.DataFrame(
         [
             {"experiment_id": exp, "member_id": m, "cell": cells[m], "allocated_at": allocated_at,
-             "allocated_at_unix_nano": int(allocated_at.timestamp() * 1e9)}
+             "allocated_at_unix_nano": int(allocated_at.timestamp() * 1e9), "allocated_date": allocated_at.date()}
             for exp, cells in (("search-rank", search_cell), ("aa", aa_cell))
             for m in members
         ]

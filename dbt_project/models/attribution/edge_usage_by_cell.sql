@@ -3,7 +3,8 @@
 -- the callee) inside attributed traces, joined with the member's allocation. The
 -- shift-left check compares cells: an edge that a treatment uses and its control
 -- never does is a new runtime dependency the treatment would ship.
--- Only calls after the member's allocation count (mirrors member_service_usage).
+-- Only calls after the member's allocation count (as in member_service_usage, calls
+-- are aggregated per member first; same-day allocations compare span by span).
 with calls as (
     select dt, member_id, service as caller, peer_service as callee, adjusted_count, start_unix_nano
     from {{ ref('enriched_spans') }}
@@ -12,23 +13,33 @@ with calls as (
       and peer_service is not null
       and member_id is not null
 ),
-allocated as (
-    select a.experiment_id, a.member_id, a.cell, a.allocated_at_unix_nano
-    from {{ source('raw', 'allocations') }} as a
-    inner join {{ source('raw', 'experiments') }} as e
-        on e.experiment_id = a.experiment_id
+member_edges as (
+    select dt, member_id, caller, callee, sum(adjusted_count) as requests, count(*) as sampled_spans
+    from calls
+    group by dt, member_id, caller, callee
+),
+exposed as (
+    select m.dt, a.experiment_id, a.cell, m.member_id, m.caller, m.callee, m.requests, m.sampled_spans
+    from member_edges as m
+    inner join {{ ref('member_exposure') }} as a
+        on a.member_id = m.member_id and a.allocated_date < m.dt
+    union all
+    select c.dt, a.experiment_id, a.cell, c.member_id, c.caller, c.callee,
+           sum(c.adjusted_count) as requests, count(*) as sampled_spans
+    from calls as c
+    inner join {{ ref('member_exposure') }} as a
+        on a.member_id = c.member_id and a.allocated_date = c.dt
+    where c.start_unix_nano >= a.allocated_at_unix_nano
+    group by c.dt, a.experiment_id, a.cell, c.member_id, c.caller, c.callee
 )
 select
-    c.dt,
-    a.experiment_id,
-    a.cell,
-    c.caller,
-    c.callee,
-    count(distinct c.member_id) as active_members,
-    sum(c.adjusted_count) as requests,
-    count(*) as sampled_spans
-from calls as c
-inner join allocated as a
-    on a.member_id = c.member_id
-where c.start_unix_nano >= a.allocated_at_unix_nano
-group by c.dt, a.experiment_id, a.cell, c.caller, c.callee
+    dt,
+    experiment_id,
+    cell,
+    caller,
+    callee,
+    count(distinct member_id) as active_members,
+    sum(requests) as requests,
+    cast(sum(sampled_spans) as bigint) as sampled_spans
+from exposed
+group by dt, experiment_id, cell, caller, callee

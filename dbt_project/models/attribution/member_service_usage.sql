@@ -5,38 +5,38 @@
 --   attributed traces; this recovers the per-member volume of a callee whose own
 --   spans lost the trace context (a blind spot).
 -- Only spans after the member's allocation count: before it the member was not exposed.
-with spans as (
-    select *
-    from {{ ref('enriched_spans') }}
-    where {{ in_partition_window('dt') }}
-      and member_id is not null
-),
-allocated as (
-    select a.experiment_id, a.member_id, a.cell, a.allocated_at_unix_nano
-    from {{ source('raw', 'allocations') }} as a
-    inner join {{ source('raw', 'experiments') }} as e
-        on e.experiment_id = a.experiment_id
-),
-units as (
+-- Spans are aggregated per member and day first and joined with the allocations
+-- after (a member is in several experiments): only members allocated during the day
+-- itself need the span-by-span comparison with allocated_at.
+with units as (
     select dt, member_id, service, 'server' as source, adjusted_count, start_unix_nano
-    from spans
-    where kind = 'SERVER'
+    from {{ ref('enriched_spans') }}
+    where {{ in_partition_window('dt') }} and member_id is not null and kind = 'SERVER'
     union all
     select dt, member_id, peer_service as service, 'client' as source, adjusted_count, start_unix_nano
-    from spans
-    where kind = 'CLIENT' and peer_service is not null
+    from {{ ref('enriched_spans') }}
+    where {{ in_partition_window('dt') }} and member_id is not null and kind = 'CLIENT' and peer_service is not null
+),
+member_day as (
+    select dt, member_id, service, source, sum(adjusted_count) as requests, count(*) as sampled_spans
+    from units
+    group by dt, member_id, service, source
+),
+exposed_all_day as (
+    select m.dt, a.experiment_id, a.cell, m.member_id, m.service, m.source, m.requests, m.sampled_spans
+    from member_day as m
+    inner join {{ ref('member_exposure') }} as a
+        on a.member_id = m.member_id and a.allocated_date < m.dt
+),
+exposed_during_day as (
+    select u.dt, a.experiment_id, a.cell, u.member_id, u.service, u.source,
+           sum(u.adjusted_count) as requests, count(*) as sampled_spans
+    from units as u
+    inner join {{ ref('member_exposure') }} as a
+        on a.member_id = u.member_id and a.allocated_date = u.dt
+    where u.start_unix_nano >= a.allocated_at_unix_nano
+    group by u.dt, a.experiment_id, a.cell, u.member_id, u.service, u.source
 )
-select
-    u.dt,
-    a.experiment_id,
-    a.cell,
-    u.member_id,
-    u.service,
-    u.source,
-    sum(u.adjusted_count) as requests,
-    count(*) as sampled_spans
-from units as u
-inner join allocated as a
-    on a.member_id = u.member_id
-where u.start_unix_nano >= a.allocated_at_unix_nano
-group by u.dt, a.experiment_id, a.cell, u.member_id, u.service, u.source
+select * from exposed_all_day
+union all
+select * from exposed_during_day

@@ -9,7 +9,7 @@ select
     source,
     count(*) as active_members,
     sum(requests) as requests,
-    sum(sampled_spans) as sampled_spans
+    cast(sum(sampled_spans) as bigint) as sampled_spans
 from {{ ref('member_service_usage') }}
 where {{ in_partition_window('dt') }}
 group by dt, experiment_id, cell, service, source

@@ -1,0 +1,404 @@
+"""DuckDB-native ingest of a day of flat span Parquet (the landing-zone contract's columns).
+
+    ingest_parquet_day(conn, files, dt) -> {"spans": n, <quarantine reason>: n, ...}
+
+Same rows in raw.spans and raw.span_quarantine as ``read_span_files`` + ``replace_rows``
+(the polars path, whose rules live in ``readers.raw_spans.finalize_frame`` and
+``split_duplicates``), but validated, normalised and deduplicated by SQL over
+``read_parquet`` so the day's spans stream from the files into the table instead of
+being materialised as a polars frame first (10M spans: ~4x less memory, several times
+faster).
+
+A file whose schema the SQL rules do not cover exactly (binary ids, string or datetime
+timestamps, string sampling probabilities, missing columns, unreadable) is read by the
+polars reader instead and its spans join the same cross-file dedupe, in file order.
+
+Everything happens in one transaction: the day's old rows are deleted and the new ones
+inserted, so a rerun replaces the day and a failure leaves the previous state.
+File paths and values are bound parameters; identifiers are quoted.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from cost_attribution.ingest.readers import _read_one
+from cost_attribution.ingest.readers.flat_parquet import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from cost_attribution.ingest.readers.raw_spans import _KIND_BY_SPELLING
+from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, RAW_TEXT_LIMIT, SPAN_SCHEMA
+from cost_attribution.warehouse import quote_ident
+
+SPANS_TABLE = "raw.spans"
+QUARANTINE_TABLE = "raw.span_quarantine"
+
+# DuckDB types the SQL rules reproduce exactly (anything else -> polars reader).
+_TEXT_TYPES = {"VARCHAR", '"NULL"'}
+_INT_TYPES = {"BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT"}
+_FLOAT_TYPES = {"DOUBLE", "FLOAT", '"NULL"'}
+_TEXT_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "kind", "name", "peer_service", "member_id")
+_TIME_COLUMNS = ("start_unix_nano", "end_unix_nano")
+_KNOWN_COLUMNS = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
+_GLOB_CHARS = set("*?[]{}")
+
+# Rust's str::trim (what polars' str.strip_chars() uses) strips Unicode White_Space.
+UNICODE_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
+_SQL_TYPES = {pl.Date: "DATE", pl.Utf8: "VARCHAR", pl.Int64: "BIGINT", pl.Float64: "DOUBLE"}
+
+# Same order and texts as finalize_frame's reason_and_detail (first match wins).
+_RULE_REASONS = (
+    "bad_ids",
+    "bad_ids",
+    "bad_ids",
+    "bad_kinds",
+    "bad_timestamps",
+    "negative_duration_spans",
+    "missing_service_name",
+    "bad_sampling_probability",
+)
+
+
+def _sql_type(dtype: pl.DataType) -> str:
+    for polars_type, sql in _SQL_TYPES.items():
+        if dtype == polars_type:
+            return sql
+    raise TypeError(f"no DuckDB type for {dtype}")
+
+
+def _create_table_sql(table: str, schema: dict[str, pl.DataType]) -> str:
+    columns = ", ".join(f"{quote_ident(name)} {_sql_type(dtype)}" for name, dtype in schema.items())
+    target = ".".join(quote_ident(part) for part in table.split("."))
+    return f"CREATE TABLE IF NOT EXISTS {target} ({columns})"
+
+
+def _qualified(table: str) -> str:
+    return ".".join(quote_ident(part) for part in table.split("."))
+
+
+def fast_path_schema(conn: duckdb.DuckDBPyConnection, path: Path) -> tuple[tuple[str, str], ...] | None:
+    """The file's (column, DuckDB type) list when the SQL rules cover it exactly, else None."""
+    text = str(path)
+    if _GLOB_CHARS & set(text) or not path.is_file():
+        return None
+    try:
+        rows = conn.execute("DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)", [text]).fetchall()
+    except duckdb.Error:
+        return None
+    schema = tuple((str(row[0]), str(row[1])) for row in rows)
+    names = [name for name, _ in schema]
+    lowered = [name.lower() for name in names]
+    # DuckDB binds identifiers case-insensitively, polars does not: only exact spellings.
+    if len(set(lowered)) != len(lowered):
+        return None
+    if any(low in _KNOWN_COLUMNS and name not in _KNOWN_COLUMNS for name, low in zip(names, lowered)):
+        return None
+    types = dict(schema)
+    if any(column not in types for column in REQUIRED_COLUMNS):
+        return None
+    if any(t == "BLOB" for t in types.values()):  # raw ids: hex-encoded by the polars reader
+        return None
+    for column in _TEXT_COLUMNS:
+        if column in types and types[column] not in _TEXT_TYPES:
+            return None
+    for column in _TIME_COLUMNS:
+        if types[column] not in _INT_TYPES:
+            return None
+    if "sampling_probability" in types and types["sampling_probability"] not in _FLOAT_TYPES:
+        return None
+    return schema
+
+
+def _kind_mapping(values: list[str | None]) -> dict[str, list]:
+    """The exact polars kind normalisation of each distinct raw kind, as a DuckDB MAP."""
+    distinct = pl.Series("kind", [v for v in values if v is not None] + list(_KIND_BY_SPELLING), dtype=pl.Utf8).unique()
+    mapped = distinct.str.strip_chars().str.to_uppercase().replace_strict(_KIND_BY_SPELLING, default=None, return_dtype=pl.Utf8)
+    pairs = pl.DataFrame({"key": distinct, "value": mapped}).drop_nulls("value")
+    return {"key": pairs["key"].to_list(), "value": pairs["value"].to_list()}
+
+
+def _group_relation(group: int, schema: tuple[tuple[str, str], ...]) -> str:
+    """Validated rows of one schema group: normalised span columns, `_rule` (index into
+    _RULE_REASONS, NULL = accepted) and what quarantine rows print."""
+    types = dict(schema)
+
+    def text(column: str) -> str:
+        return f"CAST(src.{quote_ident(column)} AS VARCHAR)" if column in types else "CAST(NULL AS VARCHAR)"
+
+    def nanos(column: str) -> str:
+        return f"TRY_CAST(src.{quote_ident(column)} AS BIGINT)"
+
+    sampling = "CAST(src.\"sampling_probability\" AS DOUBLE)" if "sampling_probability" in types else "CAST(NULL AS DOUBLE)"
+    files, order = f"$files_{group}", f"$order_{group}"
+    l1 = f"""
+        SELECT
+            CAST({order}[CAST(src.file_index AS BIGINT) + 1] AS BIGINT) AS _file_idx,
+            CAST(src.file_row_number AS BIGINT) AS _row,
+            {files}[CAST(src.file_index AS BIGINT) + 1] AS _source_file,
+            {text("trace_id")} AS t_raw,
+            {text("span_id")} AS s_raw,
+            {text("parent_span_id")} AS p_raw,
+            {text("service")} AS svc_raw,
+            {text("kind")} AS kind_raw,
+            {text("name")} AS name,
+            {text("peer_service")} AS peer_raw,
+            {text("member_id")} AS member_id,
+            {nanos("start_unix_nano")} AS st,
+            {nanos("end_unix_nano")} AS en,
+            CAST(src."start_unix_nano" AS VARCHAR) AS st_txt,
+            CAST(src."end_unix_nano" AS VARCHAR) AS en_txt,
+            {sampling} AS attr,
+            to_json(src) AS _record
+        FROM read_parquet({files}, hive_partitioning = false) AS src
+    """
+    # Ids: exactly 32/16 hex digits (any case) -> lowercase; all-zero trace/span id invalid.
+    l2 = f"""
+        SELECT
+            l1.*,
+            CASE WHEN regexp_full_match(t_raw, '[0-9a-fA-F]{{32}}') AND lower(t_raw) <> '{"0" * 32}' THEN lower(t_raw) END AS tid,
+            CASE WHEN regexp_full_match(s_raw, '[0-9a-fA-F]{{16}}') AND lower(s_raw) <> '{"0" * 16}' THEN lower(s_raw) END AS sid,
+            CASE WHEN regexp_full_match(p_raw, '[0-9a-fA-F]{{16}}') THEN lower(p_raw) END AS pc,
+            p_raw IS NOT NULL AND trim(p_raw, $ws) <> '' AS parent_given,
+            $kinds[kind_raw] AS kind_norm,
+            svc_raw IS NULL OR trim(svc_raw, $ws) = '' AS svc_missing
+        FROM ({l1}) AS l1
+    """
+    return f"""
+        SELECT
+            l2.*,
+            CASE
+                WHEN tid IS NULL THEN 0
+                WHEN sid IS NULL THEN 1
+                WHEN parent_given AND pc IS NULL THEN 2
+                WHEN kind_norm IS NULL THEN 3
+                WHEN st IS NULL OR en IS NULL OR st <= 0 OR en <= 0 THEN 4
+                WHEN en < st THEN 5
+                WHEN svc_missing THEN 6
+                WHEN attr IS NOT NULL AND NOT (attr > 0 AND attr <= 1) THEN 7
+            END AS _rule
+        FROM ({l2}) AS l2
+    """
+
+
+_SPAN_COLUMNS = list(SPAN_SCHEMA)
+_QUARANTINE_COLUMNS = list(QUARANTINE_SCHEMA)
+
+
+def _accepted_sql(groups: list[str], has_fallback: bool) -> str:
+    """Every accepted span of the day (before dedupe) with its file order and location."""
+    parts = [
+        f"""
+        SELECT
+            _file_idx, _row, _source_file,
+            CAST($dt AS DATE) AS dt,
+            tid AS trace_id,
+            sid AS span_id,
+            NULLIF(pc, '{"0" * 16}') AS parent_span_id,
+            trim(svc_raw, $ws) AS service,
+            kind_norm AS kind,
+            name,
+            st AS start_unix_nano,
+            en AS end_unix_nano,
+            CASE WHEN kind_norm IN ('CLIENT', 'PRODUCER') THEN peer_raw END AS peer_service,
+            member_id,
+            COALESCE(attr, 1.0) AS sampling_probability
+        FROM ({relation}) AS v
+        WHERE _rule IS NULL
+        """
+        for relation in groups
+    ]
+    if has_fallback:
+        columns = ", ".join(quote_ident(c) for c in _SPAN_COLUMNS)
+        parts.append(f"SELECT _file_idx, _row, _source_file, {columns} FROM _pq_fallback_spans")
+    return " UNION ALL ".join(parts)
+
+
+def _rejected_sql(relation: str) -> str:
+    shown = "COALESCE({}, '<missing>')"
+    details = [
+        f"'trace_id ''' || {shown.format('t_raw')} || ''' is not a valid 16-byte id'",
+        f"'span_id ''' || {shown.format('s_raw')} || ''' is not a valid 8-byte id'",
+        f"'parent_span_id ''' || {shown.format('p_raw')} || ''' is not a valid 8-byte id'",
+        f"'unknown span kind ''' || {shown.format('kind_raw')} || ''''",
+        f"'start ''' || {shown.format('st_txt')} || ''' / end ''' || {shown.format('en_txt')} || ''' must be positive integer unix nanoseconds'",
+        "'end ' || CAST(en AS VARCHAR) || ' is before start ' || CAST(st AS VARCHAR)",
+        "'no service.name for the emitting service'",
+        "'sampling.probability ' || CAST(attr AS VARCHAR) || ' is not in (0, 1]'",
+    ]
+    reason = "CASE _rule " + " ".join(f"WHEN {i} THEN '{r}'" for i, r in enumerate(_RULE_REASONS)) + " END"
+    detail = "CASE _rule " + " ".join(f"WHEN {i} THEN {d}" for i, d in enumerate(details)) + " END"
+    return f"""
+        SELECT
+            CAST($dt AS DATE) AS dt,
+            _source_file AS source_file,
+            CAST(NULL AS BIGINT) AS line_no,
+            {reason} AS reason,
+            {detail} AS detail,
+            tid AS trace_id,
+            sid AS span_id,
+            substring(_record, 1, {RAW_TEXT_LIMIT}) AS raw
+        FROM ({relation}) AS v
+        WHERE _rule IS NOT NULL
+    """
+
+
+def _duplicates_sql() -> str:
+    span_struct = ", ".join(f"{quote_ident(c)} := {quote_ident(c)}" for c in _SPAN_COLUMNS)
+    return f"""
+        SELECT
+            dt,
+            _source_file AS source_file,
+            CAST(NULL AS BIGINT) AS line_no,
+            'duplicate_spans' AS reason,
+            'same (trace_id, span_id, service, kind) as the span kept from ' || _first_at || ' line -' AS detail,
+            trace_id,
+            span_id,
+            substring(to_json(struct_pack({span_struct})), 1, {RAW_TEXT_LIMIT}) AS raw
+        FROM _pq_dups
+        WHERE _rn > 1
+    """
+
+
+def _fallback_frames(files: Sequence[tuple[int, Path]], dt: datetime.date) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    span_frames, quarantine_frames = [], []
+    for order, path in files:
+        spans, quarantine = _read_one(path, dt)
+        span_frames.append(
+            spans.select(
+                pl.lit(order, dtype=pl.Int64).alias("_file_idx"),
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
+                pl.col("_source_file"),
+                *_SPAN_COLUMNS,
+            ).cast(SPAN_SCHEMA | {"_source_file": pl.Utf8})
+        )
+        quarantine_frames.append(quarantine.select(_QUARANTINE_COLUMNS).cast(QUARANTINE_SCHEMA))
+    if not span_frames:
+        return None, None
+    return pl.concat(span_frames), pl.concat(quarantine_frames)
+
+
+def ingest_parquet_day(
+    conn: duckdb.DuckDBPyConnection,
+    files: Sequence[Path],
+    dt: datetime.date,
+    memory_limit: str | None = None,
+) -> dict[str, int]:
+    """Replace the day's raw.spans / raw.span_quarantine rows by what `files` (flat span
+    Parquet, in this order) hold. Returns {"spans": rows inserted, reason: quarantined}."""
+    paths = [Path(p) for p in files]
+    fast: list[tuple[int, Path, tuple]] = []
+    fallback: list[tuple[int, Path]] = []
+    seen: set[str] = set()
+    for order, path in enumerate(paths):
+        schema = None if str(path) in seen else fast_path_schema(conn, path)
+        seen.add(str(path))
+        if schema is None:
+            fallback.append((order, path))
+        else:
+            fast.append((order, path, schema))
+    return _ingest(conn, fast, fallback, dt, memory_limit)
+
+
+def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
+    groups: dict[tuple, list[tuple[int, Path]]] = {}
+    for order, path, schema in fast:
+        groups.setdefault(schema, []).append((order, path))
+    params: dict[str, object] = {"dt": dt, "ws": UNICODE_WHITESPACE}
+    relations = []
+    raw_kinds: list[str | None] = []
+    for g, (schema, members) in enumerate(groups.items()):
+        params[f"files_{g}"] = [str(p) for _, p in members]
+        params[f"order_{g}"] = [o for o, _ in members]
+        relations.append(_group_relation(g, schema))
+        raw_kinds += [
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT CAST(kind AS VARCHAR) FROM read_parquet($files, hive_partitioning = false)",
+                {"files": params[f"files_{g}"]},
+            ).fetchall()
+        ]
+    params["kinds"] = _kind_mapping(raw_kinds)
+
+    fallback_spans, fallback_quarantine = _fallback_frames(fallback, dt)
+    has_fallback = fallback_spans is not None
+    if has_fallback:
+        conn.register("_pq_fallback_spans", fallback_spans.to_arrow())
+        conn.register("_pq_fallback_quarantine", fallback_quarantine.to_arrow())
+
+    def used(sql: str) -> dict[str, object]:
+        """Only the named parameters a statement mentions (DuckDB rejects extras)."""
+        return {k: v for k, v in params.items() if f"${k}" in sql}
+
+    spans_table, quarantine_table = _qualified(SPANS_TABLE), _qualified(QUARANTINE_TABLE)
+    span_columns = ", ".join(quote_ident(c) for c in _SPAN_COLUMNS)
+    quarantine_columns = ", ".join(quote_ident(c) for c in _QUARANTINE_COLUMNS)
+    key = "trace_id, span_id, service, kind"
+    accepted = _accepted_sql(relations, has_fallback) if (relations or has_fallback) else None
+
+    previous = _settings(conn, ("preserve_insertion_order", "memory_limit"))
+    conn.execute("SET preserve_insertion_order = false")  # order comes from (_file_idx, _row)
+    if memory_limit:
+        conn.execute("SET memory_limit = ?", [memory_limit])
+    try:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS " + quote_ident(SPANS_TABLE.split(".")[0]))
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute(_create_table_sql(SPANS_TABLE, SPAN_SCHEMA))
+            conn.execute(_create_table_sql(QUARANTINE_TABLE, QUARANTINE_SCHEMA))
+            conn.execute(f"DELETE FROM {spans_table} WHERE dt = ?", [dt])
+            conn.execute(f"DELETE FROM {quarantine_table} WHERE dt = ?", [dt])
+            inserted = 0
+            if accepted is not None:
+                # Dedupe: keys seen twice found by a hash aggregate (8 bytes a span), then the
+                # few candidate spans compared exactly, first by (file order, row order) kept.
+                sql = f"""CREATE OR REPLACE TEMP TABLE _pq_dupkeys AS
+                    SELECT h FROM (SELECT hash({key}) AS h FROM ({accepted}) AS a) GROUP BY h HAVING count(*) > 1"""
+                conn.execute(sql, used(sql))
+                sql = f"""CREATE OR REPLACE TEMP TABLE _pq_dups AS
+                    SELECT *, row_number() OVER w AS _rn, first_value(_source_file) OVER w AS _first_at
+                    FROM (SELECT * FROM ({accepted}) AS a WHERE hash({key}) IN (SELECT h FROM _pq_dupkeys))
+                    WINDOW w AS (PARTITION BY {key} ORDER BY _file_idx, _row)"""
+                conn.execute(sql, used(sql))
+                sql = f"""INSERT INTO {spans_table} ({span_columns})
+                    SELECT {span_columns} FROM ({accepted}) AS a
+                    ANTI JOIN (SELECT _file_idx, _row FROM _pq_dups WHERE _rn > 1) AS d
+                    ON a._file_idx = d._file_idx AND a._row = d._row"""
+                inserted = conn.execute(sql, used(sql)).fetchall()[0][0]
+                parts = [_rejected_sql(r) for r in relations] + [_duplicates_sql()]
+                if has_fallback:
+                    parts.append(f"SELECT {quarantine_columns} FROM _pq_fallback_quarantine")
+                sql = f"INSERT INTO {quarantine_table} ({quarantine_columns}) " + " UNION ALL ".join(
+                    f"SELECT {quarantine_columns} FROM ({p})" for p in parts
+                )
+                conn.execute(sql, used(sql)).fetchall()
+            counts = conn.execute(
+                f"SELECT reason, count(*) FROM {quarantine_table} WHERE dt = ? GROUP BY reason ORDER BY reason", [dt]
+            ).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        for name in ("_pq_dupkeys", "_pq_dups"):
+            conn.execute(f"DROP TABLE IF EXISTS temp.{quote_ident(name)}")
+        if has_fallback:
+            conn.unregister("_pq_fallback_spans")
+            conn.unregister("_pq_fallback_quarantine")
+        _restore(conn, previous)
+    return {"spans": int(inserted), **{str(reason): int(n) for reason, n in counts}}
+
+
+def _settings(conn: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, str]:
+    return {name: conn.execute("SELECT current_setting(?)", [name]).fetchall()[0][0] for name in names}
+
+
+def _restore(conn: duckdb.DuckDBPyConnection, previous: dict[str, object]) -> None:
+    for name, value in previous.items():
+        conn.execute(f"SET {quote_ident(name)} = ?", [value])

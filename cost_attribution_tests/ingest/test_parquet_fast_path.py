@@ -1,0 +1,185 @@
+"""The DuckDB fast path for flat span Parquet writes exactly what the polars path writes."""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+
+import duckdb
+import polars as pl
+import pytest
+
+from cost_attribution.ingest.parquet_sql import fast_path_schema, ingest_parquet_day
+from cost_attribution.ingest.readers import read_span_files
+from cost_attribution.warehouse import replace_rows
+from ingest_span_builders import START
+
+DT = datetime.date(2026, 5, 28)
+T1 = "ab" * 16
+STRING_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "kind", "peer_service", "member_id")
+FRAME_SCHEMA = {c: pl.Utf8 for c in STRING_COLUMNS} | {
+    "start_unix_nano": pl.Int64, "end_unix_nano": pl.Int64, "sampling_probability": pl.Float64}
+GOOD = {"trace_id": T1, "span_id": "a" * 16, "parent_span_id": None, "service": "api", "kind": "SERVER",
+        "start_unix_nano": START, "end_unix_nano": START + 10, "peer_service": "db", "member_id": "m1",
+        "sampling_probability": 0.1}
+QUARANTINE_KEY = ["dt", "source_file", "reason", "trace_id", "span_id"]
+
+
+def _write(path, rows, schema=FRAME_SCHEMA, **options):
+    pl.DataFrame(rows, schema=schema).write_parquet(path, **options)
+    return path
+
+
+def _polars_path(files):
+    """read_span_files + replace_rows, as raw_spans wrote a day before the fast path.
+
+    The rows are compared from the batch itself: DuckDB 2.0 returns no rows from a table
+    that `replace_rows` created (CREATE TABLE AS ... LIMIT 0 then INSERT, in one
+    transaction) and filled with more than one row group, when read on the same database
+    instance; the schema it created is still the reference."""
+    conn = duckdb.connect()
+    batch = read_span_files(files, DT)
+    replace_rows(conn, "raw.spans", batch.spans, where={"dt": DT})
+    replace_rows(conn, "raw.span_quarantine", batch.quarantine, where={"dt": DT})
+    return conn, batch
+
+
+def _tables(conn):
+    spans = pl.from_arrow(conn.sql("SELECT * FROM raw.spans").to_arrow_table())
+    quarantine = pl.from_arrow(conn.sql("SELECT * FROM raw.span_quarantine").to_arrow_table())
+    return spans.sort(pl.all()), quarantine
+
+
+def _describe(conn, table):
+    return conn.execute(f"DESCRIBE {table}").fetchall()
+
+
+def assert_same_as_polars(files):
+    """Both paths into fresh warehouses: identical spans, schemas and quarantine keys."""
+    old, batch = _polars_path(files)
+    new = duckdb.connect()
+    counts = ingest_parquet_day(new, files, DT)
+    for table in ("raw.spans", "raw.span_quarantine"):
+        assert _describe(new, table) == _describe(old, table)
+    old_spans, old_quarantine = batch.spans.sort(pl.all()), batch.quarantine
+    new_spans, new_quarantine = _tables(new)
+    assert new_spans.equals(old_spans)
+    assert Counter(new_quarantine.select(QUARANTINE_KEY).rows()) == Counter(old_quarantine.select(QUARANTINE_KEY).rows())
+    assert counts["spans"] == old_spans.height
+    assert {k: v for k, v in counts.items() if k != "spans"} == dict(
+        old_quarantine.group_by("reason").len().iter_rows())
+    return new, new_quarantine
+
+
+def test_clean_file_with_every_spelling(tmp_path):
+    rows = [
+        GOOD,
+        GOOD | {"span_id": "B" * 16, "parent_span_id": "A" * 16, "kind": " span_kind_client ", "sampling_probability": None},
+        GOOD | {"trace_id": T1.upper(), "span_id": "c" * 16, "parent_span_id": "0" * 16, "kind": "3", "service": " auth\u3000"},
+        GOOD | {"span_id": "d" * 16, "parent_span_id": "", "kind": "Producer", "peer_service": "queue", "sampling_probability": 1.0},
+        GOOD | {"span_id": "e" * 16, "parent_span_id": "  ", "kind": "consumer", "name": None, "member_id": None},
+        GOOD | {"span_id": "f" * 16, "kind": "clıent"},  # dotless i upper-cases to I in both engines
+    ]
+    spans, quarantine = _tables(assert_same_as_polars([_write(tmp_path / "clean.parquet", rows)])[0])
+    assert quarantine.is_empty() and spans.height == len(rows)
+
+
+def test_one_row_per_quarantine_reason(tmp_path):
+    bad = [
+        {"trace_id": "xyz"}, {"trace_id": "0" * 32}, {"span_id": "xyz"}, {"span_id": "0" * 16},
+        {"span_id": "a" * 15 + "g"}, {"parent_span_id": "nothex"}, {"kind": "SERVERX"}, {"kind": None},
+        {"start_unix_nano": None}, {"end_unix_nano": 0}, {"start_unix_nano": -5},
+        {"end_unix_nano": START - 1}, {"service": None}, {"service": " \t"},
+        {"sampling_probability": 0.0}, {"sampling_probability": 1.5}, {"sampling_probability": float("nan")},
+        {"sampling_probability": -0.2},
+    ]
+    rows = [GOOD] + [GOOD | {"span_id": f"{i + 1:016x}"} | change for i, change in enumerate(bad)]
+    rows.append(dict(GOOD))  # duplicate of the first span
+    path = _write(tmp_path / "dirty.parquet", rows)
+    _, quarantine = assert_same_as_polars([path])
+    assert set(quarantine["reason"]) == {"bad_ids", "bad_kinds", "bad_timestamps", "negative_duration_spans",
+                                         "missing_service_name", "bad_sampling_probability", "duplicate_spans"}
+    kind_row = quarantine.filter(pl.col("reason") == "bad_kinds").row(0, named=True)
+    assert '"kind":"SERVERX"' in kind_row["raw"] and "SERVERX" in kind_row["detail"]
+    assert quarantine["line_no"].null_count() == quarantine.height
+    assert quarantine["raw"].str.len_chars().max() <= 2000
+
+
+def test_duplicates_across_files_keep_the_first_file(tmp_path):
+    first = [GOOD, GOOD | {"span_id": "b" * 16}, GOOD | {"span_id": "b" * 16}]  # also within a file
+    second = [GOOD | {"member_id": "other"}, GOOD | {"span_id": "c" * 16}, GOOD | {"kind": "CLIENT"}]
+    files = [_write(tmp_path / "part-0000.parquet", first), _write(tmp_path / "part-0001.parquet", second)]
+    conn, quarantine = assert_same_as_polars(files)
+    assert quarantine.filter(pl.col("reason") == "duplicate_spans")["source_file"].sort().to_list() == [
+        str(files[0]), str(files[1])]
+    kept = conn.execute("SELECT member_id FROM raw.spans WHERE span_id = ? AND kind = 'SERVER'", ["a" * 16]).fetchall()
+    assert kept == [("m1",)]
+    # Files in the other order: the other copy wins.
+    assert_same_as_polars(files[::-1])
+
+
+def test_files_with_different_optional_columns(tmp_path):
+    full = _write(tmp_path / "a.parquet", [GOOD | {"span_id": "1" * 16}, GOOD])
+    narrow = pl.DataFrame([GOOD], schema=FRAME_SCHEMA).drop("peer_service", "member_id", "sampling_probability", "parent_span_id")
+    narrow.with_columns(pl.lit("op").alias("name"), pl.lit(7).alias("extra")).write_parquet(tmp_path / "b.parquet")
+    assert_same_as_polars([full, tmp_path / "b.parquet"])
+
+
+def test_large_multi_row_group_file_with_dirty_rows(tmp_path):
+    n = 300_000
+    frame = pl.DataFrame({
+        "trace_id": [T1] * n, "span_id": [f"{i + 1:016x}" for i in range(n)], "parent_span_id": [None] * n,
+        "service": ["api"] * n, "kind": ["SERVER"] * n, "start_unix_nano": [START] * n, "end_unix_nano": [START + 5] * n,
+        "peer_service": [None] * n, "member_id": ["m1"] * n, "sampling_probability": [0.5] * n,
+    }, schema=FRAME_SCHEMA).with_row_index()
+    dirty = frame.with_columns(
+        pl.when(pl.col("index") % 100_000 == 7).then(pl.lit(START - 1)).otherwise(pl.col("end_unix_nano")).alias("end_unix_nano"),
+        pl.when(pl.col("index") % 70_001 == 3).then(pl.lit("bogus")).otherwise(pl.col("kind")).alias("kind"),
+        pl.when(pl.col("index") % 90_001 == 5).then(pl.lit("f" * 16)).otherwise(pl.col("span_id")).alias("span_id"),
+    ).drop("index")
+    path = tmp_path / "big.parquet"
+    dirty.write_parquet(path, row_group_size=20_000)
+    _, quarantine = assert_same_as_polars([path])
+    assert quarantine.height > 6
+
+
+def test_rerunning_a_day_replaces_it(tmp_path):
+    files = [_write(tmp_path / "a.parquet", [GOOD, GOOD, GOOD | {"kind": "nope"}])]
+    conn = duckdb.connect()
+    other_day = pl.DataFrame([GOOD], schema=FRAME_SCHEMA)
+    first = ingest_parquet_day(conn, files, DT)
+    conn.execute("INSERT INTO raw.spans SELECT DATE '2026-05-27', * EXCLUDE (dt) FROM raw.spans")
+    second = ingest_parquet_day(conn, files, DT)
+    assert first == second == {"spans": 1, "bad_kinds": 1, "duplicate_spans": 1}
+    assert conn.execute("SELECT dt, count(*) FROM raw.spans GROUP BY dt ORDER BY dt").fetchall() == [
+        (datetime.date(2026, 5, 27), 1), (DT, 1)]
+    assert conn.execute("SELECT count(*) FROM raw.span_quarantine").fetchall() == [(2,)]
+    assert other_day.height == 1
+
+
+def test_files_off_the_fast_path_fall_back_to_the_polars_reader(tmp_path):
+    binary = pl.DataFrame({
+        "trace_id": [bytes.fromhex(T1)] * 3,
+        "span_id": [bytes.fromhex("a" * 16), bytes.fromhex("b" * 16), bytes.fromhex("b" * 16)],
+        "service": ["api"] * 3, "kind": ["SERVER", "CLIENT", "CLIENT"],
+        "start_unix_nano": [START] * 3, "end_unix_nano": [START + 5, START + 5, START - 5],
+    })
+    binary.write_parquet(tmp_path / "a-binary.parquet")
+    string_times = pl.DataFrame({"trace_id": [T1], "span_id": ["d" * 16], "service": ["api"], "kind": ["SERVER"],
+                                 "start_unix_nano": [str(START)], "end_unix_nano": [str(START + 1)]})
+    string_times.write_parquet(tmp_path / "b-strings.parquet")
+    (tmp_path / "c-broken.parquet").write_bytes(b"PAR1 not really")
+    fast = _write(tmp_path / "d-fast.parquet", [GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}])
+    files = [tmp_path / "a-binary.parquet", tmp_path / "b-strings.parquet", tmp_path / "c-broken.parquet", fast]
+    conn = duckdb.connect()
+    assert [fast_path_schema(conn, f) is not None for f in files] == [False, False, False, True]
+    _, quarantine = assert_same_as_polars(files)
+    assert sorted(quarantine["reason"]) == ["duplicate_spans", "duplicate_spans", "negative_duration_spans", "unreadable_files"]
+    # The duplicates are the fast file's copies: the binary (fallback) file came first.
+    assert quarantine.filter(pl.col("reason") == "duplicate_spans")["source_file"].to_list() == [str(fast)] * 2
+
+
+@pytest.mark.parametrize("kinds", [["SERVER"], ["UNSPECIﬁED", "span_kind_internal\u2003"]])
+def test_kind_spellings_follow_polars_exactly(tmp_path, kinds):
+    rows = [GOOD | {"span_id": f"{i + 1:016x}", "kind": k} for i, k in enumerate(kinds)]
+    assert_same_as_polars([_write(tmp_path / "k.parquet", rows)])
