@@ -5,6 +5,7 @@ comes from resource config (env vars in deployment, explicit values in tests).""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class AnalysisSettings(dg.ConfigurableResource):
 
 
 LANDING_ENV = "COST_ATTRIBUTION_LANDING"
+MEMORY_LIMIT_ENV = "COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT"
 WAREHOUSE_ENV = "COST_ATTRIBUTION_WAREHOUSE"
 
 
@@ -88,7 +90,11 @@ def default_resources() -> dict:
 
     return {
         "landing": LandingZone(root=dg.EnvVar(LANDING_ENV)),
-        "warehouse": DuckDBResource(database=dg.EnvVar(WAREHOUSE_ENV)),
+        "warehouse": DuckDBResource(
+            database=dg.EnvVar(WAREHOUSE_ENV),
+            # The same cap as dbt's connection (dbt_project/profiles.yml): spill, don't swell.
+            connection_config={"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, "2GB")},
+        ),
         "dbt": dbt_resource(),
         "settings": AnalysisSettings(),
     }
