@@ -9,6 +9,7 @@ from cost_attribution.attribution.latency_assets import latency_assets
 from cost_attribution.checks.input_contracts import build_input_contract_checks
 from cost_attribution.estimation.assets import estimation_assets
 from cost_attribution.estimation.capacity_assets import capacity_assets
+from cost_attribution.execution import step_executor
 from cost_attribution.freshness import freshness_checks, freshness_sensors
 from cost_attribution.ingest.assets import ingest_assets
 from cost_attribution.reporting.assets import reporting_assets
@@ -34,4 +35,5 @@ defs = dg.Definitions(
     schedules=[daily_schedule],
     sensors=[*alert_sensors(), *freshness_sensors(_freshness_checks)],
     resources={**default_resources(), **alert_resources()},
+    executor=step_executor,
 )

@@ -218,15 +218,27 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
     as_of = dt.date.fromisoformat(context.partition_key)
     scale = settings.horizon_days / settings.projection_days
     with warehouse.get_connection() as conn:
-        deltas = read_frame(conn, "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
+        # Ordered: the joint draws are seeded, so a fixed service order makes reruns identical.
+        deltas = read_frame(
+            conn, "SELECT * FROM main.usage_deltas WHERE as_of = ? ORDER BY experiment_id, cell, service", [as_of]
+        )
         models = load_models(conn, as_of)
         volume = load_projection_volume(conn, as_of, settings.projection_days)
         usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage)
         service_rows, experiment_rows, universe_frames = [], [], []
         for (experiment_id, cell), group in deltas.group_by("experiment_id", "cell", maintain_order=True):
             control_cell = group["control_cell"][0]
+            # A service without a model, production volume or a finite interval (no control
+            # traffic) cannot be priced; it is counted in services_unpriced and flagged.
             priced = group.filter(
-                pl.col("service").is_in(list(models)) & pl.col("service").is_in(list(volume)) & pl.col("delta").is_not_null()
+                pl.col("service").is_in(list(models))
+                & pl.col("service").is_in(list(volume))
+                & pl.col("delta").is_not_null()
+                & pl.col("ci_low").is_not_null()
+                & pl.col("ci_high").is_not_null()
+                & pl.col("delta").is_finite()
+                & pl.col("ci_low").is_finite()
+                & pl.col("ci_high").is_finite()
             )
             curves, centre, half, sig = [], [], [], []
             for row in priced.iter_rows(named=True):
