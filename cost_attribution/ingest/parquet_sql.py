@@ -191,16 +191,36 @@ def _group_relation(group: int, schema: tuple[tuple[str, str], ...]) -> str:
     """
 
 
+def _detail_cases() -> tuple[str, str]:
+    shown = "COALESCE({}, '<missing>')"
+    details = [
+        f"'trace_id ''' || {shown.format('t_raw')} || ''' is not a valid 16-byte id'",
+        f"'span_id ''' || {shown.format('s_raw')} || ''' is not a valid 8-byte id'",
+        f"'parent_span_id ''' || {shown.format('p_raw')} || ''' is not a valid 8-byte id'",
+        f"'unknown span kind ''' || {shown.format('kind_raw')} || ''''",
+        f"'start ''' || {shown.format('st_txt')} || ''' / end ''' || {shown.format('en_txt')} "
+        "|| ''' must be positive integer unix nanoseconds'",
+        "'end ' || CAST(en AS VARCHAR) || ' is before start ' || CAST(st AS VARCHAR)",
+        "'no service.name for the emitting service'",
+        "'sampling.probability ' || CAST(attr AS VARCHAR) || ' is not in (0, 1]'",
+    ]
+    reason = "CASE _rule " + " ".join(f"WHEN {i} THEN '{r}'" for i, r in enumerate(_RULE_REASONS)) + " END"
+    detail = "CASE _rule " + " ".join(f"WHEN {i} THEN {d}" for i, d in enumerate(details)) + " END"
+    return reason, detail
+
+
+_REASON, _DETAIL = _detail_cases()
+_KEY = "trace_id, span_id, service, kind"
 _SPAN_COLUMNS = list(SPAN_SCHEMA)
 _QUARANTINE_COLUMNS = list(QUARANTINE_SCHEMA)
 
 
-def _accepted_sql(groups: list[str], has_fallback: bool) -> str:
-    """Every accepted span of the day (before dedupe) with its file order and location."""
-    parts = [
-        f"""
+def _span_select(relation: str, where: str) -> str:
+    """Normalised span columns as finalize_frame's accepted frame holds them, plus file
+    order, location, `_rule` and (for rejected rows) the quarantine reason/detail/raw."""
+    return f"""
         SELECT
-            _file_idx, _row, _source_file,
+            _file_idx, _row, _source_file, _rule,
             CAST($dt AS DATE) AS dt,
             tid AS trace_id,
             sid AS span_id,
@@ -212,45 +232,26 @@ def _accepted_sql(groups: list[str], has_fallback: bool) -> str:
             en AS end_unix_nano,
             CASE WHEN kind_norm IN ('CLIENT', 'PRODUCER') THEN peer_raw END AS peer_service,
             member_id,
-            COALESCE(attr, 1.0) AS sampling_probability
+            COALESCE(attr, 1.0) AS sampling_probability,
+            {_REASON} AS reason,
+            {_DETAIL} AS detail,
+            CASE WHEN _rule IS NOT NULL THEN substring(_record, 1, {RAW_TEXT_LIMIT}) END AS raw
         FROM ({relation}) AS v
-        WHERE _rule IS NULL
-        """
-        for relation in groups
-    ]
-    if has_fallback:
-        columns = ", ".join(quote_ident(c) for c in _SPAN_COLUMNS)
-        parts.append(f"SELECT _file_idx, _row, _source_file, {columns} FROM _pq_fallback_spans")
-    return " UNION ALL ".join(parts)
-
-
-def _rejected_sql(relation: str) -> str:
-    shown = "COALESCE({}, '<missing>')"
-    details = [
-        f"'trace_id ''' || {shown.format('t_raw')} || ''' is not a valid 16-byte id'",
-        f"'span_id ''' || {shown.format('s_raw')} || ''' is not a valid 8-byte id'",
-        f"'parent_span_id ''' || {shown.format('p_raw')} || ''' is not a valid 8-byte id'",
-        f"'unknown span kind ''' || {shown.format('kind_raw')} || ''''",
-        f"'start ''' || {shown.format('st_txt')} || ''' / end ''' || {shown.format('en_txt')} || ''' must be positive integer unix nanoseconds'",
-        "'end ' || CAST(en AS VARCHAR) || ' is before start ' || CAST(st AS VARCHAR)",
-        "'no service.name for the emitting service'",
-        "'sampling.probability ' || CAST(attr AS VARCHAR) || ' is not in (0, 1]'",
-    ]
-    reason = "CASE _rule " + " ".join(f"WHEN {i} THEN '{r}'" for i, r in enumerate(_RULE_REASONS)) + " END"
-    detail = "CASE _rule " + " ".join(f"WHEN {i} THEN {d}" for i, d in enumerate(details)) + " END"
-    return f"""
-        SELECT
-            CAST($dt AS DATE) AS dt,
-            _source_file AS source_file,
-            CAST(NULL AS BIGINT) AS line_no,
-            {reason} AS reason,
-            {detail} AS detail,
-            tid AS trace_id,
-            sid AS span_id,
-            substring(_record, 1, {RAW_TEXT_LIMIT}) AS raw
-        FROM ({relation}) AS v
-        WHERE _rule IS NOT NULL
+        WHERE {where}
     """
+
+
+def _union(groups: list[str], where: str, fallback_where: str | None) -> str:
+    """One SELECT per schema group (each over its own read_parquet) plus the fallback spans."""
+    parts = [_span_select(relation, where) for relation in groups]
+    if fallback_where is not None:
+        columns = ", ".join(quote_ident(c) for c in _SPAN_COLUMNS)
+        no_quarantine = "CAST(NULL AS VARCHAR) AS reason, CAST(NULL AS VARCHAR) AS detail, CAST(NULL AS VARCHAR) AS raw"
+        parts.append(
+            f"SELECT _file_idx, _row, _source_file, CAST(NULL AS INTEGER) AS _rule, {columns}, {no_quarantine} "
+            f"FROM _pq_fallback_spans WHERE {fallback_where}"
+        )
+    return " UNION ALL ".join(f"({part})" for part in parts)
 
 
 def _duplicates_sql() -> str:
@@ -295,7 +296,10 @@ def ingest_parquet_day(
     memory_limit: str | None = None,
 ) -> dict[str, int]:
     """Replace the day's raw.spans / raw.span_quarantine rows by what `files` (flat span
-    Parquet, in this order) hold. Returns {"spans": rows inserted, reason: quarantined}."""
+    Parquet, in this order) hold. Returns {"spans": rows inserted, reason: quarantined}.
+
+    memory_limit (e.g. "2GB") caps DuckDB for this call; the connection's setting is
+    restored afterwards."""
     paths = [Path(p) for p in files]
     fast: list[tuple[int, Path, tuple]] = []
     fallback: list[tuple[int, Path]] = []
@@ -307,6 +311,9 @@ def ingest_parquet_day(
             fallback.append((order, path))
         else:
             fast.append((order, path, schema))
+    if fallback:
+        _log.info("%d of %d Parquet files off the fast path, read with polars: %s", len(fallback), len(paths),
+                  [str(p) for _, p in fallback])
     return _ingest(conn, fast, fallback, dt, memory_limit)
 
 
@@ -336,15 +343,16 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
         conn.register("_pq_fallback_spans", fallback_spans.to_arrow())
         conn.register("_pq_fallback_quarantine", fallback_quarantine.to_arrow())
 
-    def used(sql: str) -> dict[str, object]:
-        """Only the named parameters a statement mentions (DuckDB rejects extras)."""
-        return {k: v for k, v in params.items() if f"${k}" in sql}
+    def run(label: str, sql: str) -> list[tuple]:
+        started = time.perf_counter()
+        rows = conn.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchall()
+        _log.debug("%s: %.2f s", label, time.perf_counter() - started)
+        return rows
 
     spans_table, quarantine_table = _qualified(SPANS_TABLE), _qualified(QUARANTINE_TABLE)
     span_columns = ", ".join(quote_ident(c) for c in _SPAN_COLUMNS)
     quarantine_columns = ", ".join(quote_ident(c) for c in _QUARANTINE_COLUMNS)
-    key = "trace_id, span_id, service, kind"
-    accepted = _accepted_sql(relations, has_fallback) if (relations or has_fallback) else None
+    candidate = f"hash({_KEY}) IN (SELECT h FROM _pq_dupkeys)"
 
     previous = _settings(conn, ("preserve_insertion_order", "memory_limit"))
     conn.execute("SET preserve_insertion_order = false")  # order comes from (_file_idx, _row)
@@ -358,30 +366,41 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
             conn.execute(_create_table_sql(QUARANTINE_TABLE, QUARANTINE_SCHEMA))
             conn.execute(f"DELETE FROM {spans_table} WHERE dt = ?", [dt])
             conn.execute(f"DELETE FROM {quarantine_table} WHERE dt = ?", [dt])
-            inserted = 0
-            if accepted is not None:
-                # Dedupe: keys seen twice found by a hash aggregate (8 bytes a span), then the
-                # few candidate spans compared exactly, first by (file order, row order) kept.
-                sql = f"""CREATE OR REPLACE TEMP TABLE _pq_dupkeys AS
-                    SELECT h FROM (SELECT hash({key}) AS h FROM ({accepted}) AS a) GROUP BY h HAVING count(*) > 1"""
-                conn.execute(sql, used(sql))
-                sql = f"""CREATE OR REPLACE TEMP TABLE _pq_dups AS
-                    SELECT *, row_number() OVER w AS _rn, first_value(_source_file) OVER w AS _first_at
-                    FROM (SELECT * FROM ({accepted}) AS a WHERE hash({key}) IN (SELECT h FROM _pq_dupkeys))
-                    WINDOW w AS (PARTITION BY {key} ORDER BY _file_idx, _row)"""
-                conn.execute(sql, used(sql))
-                sql = f"""INSERT INTO {spans_table} ({span_columns})
-                    SELECT {span_columns} FROM ({accepted}) AS a
-                    ANTI JOIN (SELECT _file_idx, _row FROM _pq_dups WHERE _rn > 1) AS d
-                    ON a._file_idx = d._file_idx AND a._row = d._row"""
-                inserted = conn.execute(sql, used(sql)).fetchall()[0][0]
-                parts = [_rejected_sql(r) for r in relations] + [_duplicates_sql()]
+            inserted = losers = 0
+            if relations or has_fallback:
+                # 1. Every accepted span straight into the table: the one pass that writes.
+                accepted = _union(relations, "_rule IS NULL", "true" if has_fallback else None)
+                inserted = run("insert accepted", f"INSERT INTO {spans_table} ({span_columns}) SELECT {span_columns} FROM ({accepted})")[0][0]
+                # 2. Keys seen more than once: a hash aggregate over the day's rows (8 bytes a span).
+                run("duplicate keys", f"CREATE OR REPLACE TEMP TABLE _pq_dupkeys AS SELECT hash({_KEY}) AS h "
+                    f"FROM {spans_table} WHERE dt = $dt GROUP BY h HAVING count(*) > 1")
+                # 3. Second pass over the files keeping only rejected rows and duplicate candidates.
+                special = _union(relations, f"_rule IS NOT NULL OR {candidate}", candidate if has_fallback else None)
+                run("rejects and candidates", f"CREATE OR REPLACE TEMP TABLE _pq_special AS {special}")
+                # 4. Exact comparison among the candidates (a hash match may be a collision):
+                #    the first copy by (file order, row order) is kept, the others quarantined.
+                run("rank candidates", f"""CREATE OR REPLACE TEMP TABLE _pq_dups AS
+                    SELECT *, row_number() OVER w AS _rn, count(*) OVER (PARTITION BY {_KEY}) AS _n,
+                        first_value(_source_file) OVER w AS _first_at
+                    FROM _pq_special WHERE _rule IS NULL
+                    WINDOW w AS (PARTITION BY {_KEY} ORDER BY _file_idx, _row)""")
+                losers = run("count duplicates", "SELECT count(*) FROM _pq_dups WHERE _rn > 1")[0][0]
+                if losers:
+                    run("drop duplicated keys", f"""DELETE FROM {spans_table} AS s
+                        USING (SELECT DISTINCT {_KEY} FROM _pq_dups WHERE _n > 1) AS d
+                        WHERE s.dt = $dt AND s.trace_id = d.trace_id AND s.span_id = d.span_id
+                            AND s.service = d.service AND s.kind = d.kind""")
+                    run("keep first copies", f"INSERT INTO {spans_table} ({span_columns}) SELECT {span_columns} "
+                        "FROM _pq_dups WHERE _n > 1 AND _rn = 1")
+                parts = [
+                    "SELECT dt, _source_file AS source_file, CAST(NULL AS BIGINT) AS line_no, reason, detail, "
+                    "trace_id, span_id, raw FROM _pq_special WHERE _rule IS NOT NULL",
+                    _duplicates_sql(),
+                ]
                 if has_fallback:
                     parts.append(f"SELECT {quarantine_columns} FROM _pq_fallback_quarantine")
-                sql = f"INSERT INTO {quarantine_table} ({quarantine_columns}) " + " UNION ALL ".join(
-                    f"SELECT {quarantine_columns} FROM ({p})" for p in parts
-                )
-                conn.execute(sql, used(sql)).fetchall()
+                run("insert quarantine", f"INSERT INTO {quarantine_table} ({quarantine_columns}) "
+                    + " UNION ALL ".join(f"(SELECT {quarantine_columns} FROM ({part}))" for part in parts))
             counts = conn.execute(
                 f"SELECT reason, count(*) FROM {quarantine_table} WHERE dt = ? GROUP BY reason ORDER BY reason", [dt]
             ).fetchall()
@@ -390,16 +409,16 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
             conn.execute("ROLLBACK")
             raise
     finally:
-        for name in ("_pq_dupkeys", "_pq_dups"):
+        for name in ("_pq_dupkeys", "_pq_special", "_pq_dups"):
             conn.execute(f"DROP TABLE IF EXISTS temp.{quote_ident(name)}")
         if has_fallback:
             conn.unregister("_pq_fallback_spans")
             conn.unregister("_pq_fallback_quarantine")
         _restore(conn, previous)
-    return {"spans": int(inserted), **{str(reason): int(n) for reason, n in counts}}
+    return {"spans": int(inserted) - int(losers), **{str(reason): int(n) for reason, n in counts}}
 
 
-def _settings(conn: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, str]:
+def _settings(conn: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, object]:
     return {name: conn.execute("SELECT current_setting(?)", [name]).fetchall()[0][0] for name in names}
 
 
