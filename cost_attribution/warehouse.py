@@ -54,9 +54,12 @@ def replace_rows(
     ensure_schema(conn, table)
     conn.register("_incoming", frame.to_arrow())
     try:
-        conn.execute("BEGIN TRANSACTION")
         if not table_exists(conn, table):
-            conn.execute(f"CREATE TABLE {target} AS SELECT * FROM _incoming LIMIT 0")
+            # Created in its own transaction: DuckDB 2.0 loses sight of rows inserted into a
+            # table created earlier in the same transaction once they pass ~122,880 (one row
+            # group): SELECT * then sees none in this process.
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM _incoming LIMIT 0")
+        conn.execute("BEGIN TRANSACTION")
         if where:
             clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
             conn.execute(f"DELETE FROM {target} WHERE {clause}", list(where.values()))

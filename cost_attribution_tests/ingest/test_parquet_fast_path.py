@@ -149,7 +149,10 @@ def test_rerunning_a_day_replaces_it(tmp_path):
     other_day = pl.DataFrame([GOOD], schema=FRAME_SCHEMA)
     first = ingest_parquet_day(conn, files, DT)
     conn.execute("INSERT INTO raw.spans SELECT DATE '2026-05-27', * EXCLUDE (dt) FROM raw.spans")
-    second = ingest_parquet_day(conn, files, DT)
+    settings = "SELECT current_setting('preserve_insertion_order'), current_setting('memory_limit')"
+    before = conn.execute(settings).fetchall()
+    second = ingest_parquet_day(conn, files, DT, memory_limit="1GB")
+    assert conn.execute(settings).fetchall() == before  # the connection's own settings come back
     assert first == second == {"spans": 1, "bad_kinds": 1, "duplicate_spans": 1}
     assert conn.execute("SELECT dt, count(*) FROM raw.spans GROUP BY dt ORDER BY dt").fetchall() == [
         (datetime.date(2026, 5, 27), 1), (DT, 1)]
@@ -183,3 +186,34 @@ def test_files_off_the_fast_path_fall_back_to_the_polars_reader(tmp_path):
 def test_kind_spellings_follow_polars_exactly(tmp_path, kinds):
     rows = [GOOD | {"span_id": f"{i + 1:016x}", "kind": k} for i, k in enumerate(kinds)]
     assert_same_as_polars([_write(tmp_path / "k.parquet", rows)])
+
+
+def test_raw_spans_asset_takes_the_fast_path_for_parquet_only_days(tmp_path):
+    """Through Dagster: a Parquet-only day and a mixed day (OTLP JSON + Parquet) land the
+    same rows either way; the asset's metadata counts what was written."""
+    import dagster as dg
+    from dagster_duckdb import DuckDBResource
+
+    from cost_attribution.ingest.assets import raw_spans
+    from cost_attribution.resources import LandingZone
+    from ingest_span_builders import request, span, write_lines
+
+    parquet_day, mixed_day = datetime.date(2026, 5, 27), DT
+    for day in (parquet_day, mixed_day):
+        folder = tmp_path / "landing" / "traces" / f"dt={day.isoformat()}"
+        folder.mkdir(parents=True)
+        _write(folder / "part-0000.parquet", [GOOD, GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}, GOOD | {"kind": "x"}])
+    write_lines(tmp_path / "landing" / "traces" / f"dt={mixed_day.isoformat()}" / "part-0001.json",
+                [request("api", span(T1, "c" * 16, kind=3))])
+    warehouse = str(tmp_path / "w.duckdb")
+    resources = {"landing": LandingZone(root=str(tmp_path / "landing")), "warehouse": DuckDBResource(database=warehouse)}
+    for day in (parquet_day, mixed_day):
+        result = dg.materialize([raw_spans], partition_key=day.isoformat(), resources=resources)
+        materializations = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+        metadata = {m.asset_key.path[0]: m.metadata for m in materializations}
+        assert metadata["raw_spans"]["dagster/row_count"].value == (2 if day == parquet_day else 3)
+        assert metadata["span_quarantine"]["by_reason"].value == {"bad_kinds": 1, "duplicate_spans": 1}
+        assert "| api | CLIENT |" in metadata["raw_spans"]["spans_by_service"].value
+    with duckdb.connect(warehouse, read_only=True) as conn:
+        assert conn.execute("SELECT dt, count(*) FROM raw.spans GROUP BY dt ORDER BY dt").fetchall() == [
+            (parquet_day, 2), (mixed_day, 3)]

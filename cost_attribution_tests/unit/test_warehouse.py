@@ -39,3 +39,12 @@ def test_markdown_table_formats_numbers_and_truncates():
     text = markdown_table(pl.DataFrame({"a": ["x", "y", "z"], "b": [1.23456, None, 3.0]}), max_rows=2)
     assert "| a | b |" in text and "1.235" in text and "1 more rows" in text
     assert markdown_table(pl.DataFrame()) == "_(no rows)_"
+
+
+def test_a_large_first_write_is_readable_in_the_same_process():
+    """Regression: a table created and filled with > 122,880 rows in one transaction read
+    back empty through SELECT * on the same DuckDB 2.0 instance."""
+    with duckdb.connect() as conn:
+        n = 300_000
+        replace_rows(conn, "raw.big", pl.DataFrame({"dt": ["d"] * n, "v": list(range(n))}), where={"dt": "d"})
+        assert len(conn.execute("SELECT * FROM raw.big").fetchall()) == n
