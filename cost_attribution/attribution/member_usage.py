@@ -66,6 +66,7 @@ def load_experiment_usage(
         SELECT a.experiment_id, a.member_id, a.cell
         FROM raw.allocations a JOIN raw.experiments e USING (experiment_id)
         WHERE CAST(a.allocated_at AS DATE) <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+        ORDER BY ALL
         """,
         [as_of, as_of],
     )

@@ -79,9 +79,7 @@ def experiment_interval(
     corr = np.where(np.isfinite(corr), corr, 0.0)
     np.fill_diagonal(corr, 1.0)
     cov = corr * np.outer(sd, sd)
-    # Nearest positive semi-definite matrix: clip negative eigenvalues from estimation noise.
-    values, vectors = np.linalg.eigh(cov)
-    root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    root = _matrix_root(cov)
     rng = np.random.default_rng(seed)
     centre = np.where(significant, deltas, 0.0)
     sampled = centre + rng.standard_normal((draws, k)) @ root.T
@@ -92,3 +90,16 @@ def experiment_interval(
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(totals, [tail, 1.0 - tail])
     return point, float(min(low, point)), float(max(high, point))
+
+
+def _matrix_root(cov: np.ndarray) -> np.ndarray:
+    """L with L L' = cov. Cholesky first: it moves continuously with the matrix, so a
+    rerun whose sums differ in the last bit gives the same draws (an eigenvector basis
+    can flip or rotate). An estimated covariance that is not positive definite falls
+    back to the eigen-decomposition with negative eigenvalues clipped."""
+    jitter = 1e-12 * max(float(np.max(np.diag(cov))), 1e-300)
+    try:
+        return np.linalg.cholesky(cov + jitter * np.eye(len(cov)))
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(cov)
+        return vectors * np.sqrt(np.clip(values, 0.0, None))

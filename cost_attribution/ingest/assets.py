@@ -103,12 +103,24 @@ def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse
     )
 
 
-def _write_with_quarantine(
-    conn, table: str, source: str, frame: pl.DataFrame, quarantine: pl.DataFrame
-) -> dict[str, int]:
-    replace_rows(conn, table, frame)
-    replace_rows(conn, "raw.input_quarantine", quarantine, where={"source": source})
-    return _counts_by(quarantine, "reason")
+def _ingest_table(warehouse: DuckDBResource, table: str, source: str, load) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Load one landing-zone table with `load(conn) -> (rows, quarantined rows)`, replace
+    the warehouse table and this source's quarantine rows, return rows and counts."""
+    with warehouse.get_connection() as conn:
+        frame, quarantine = load(conn)
+        replace_rows(conn, table, frame)
+        replace_rows(conn, "raw.input_quarantine", quarantine, where={"source": source})
+    return frame, _counts_by(quarantine, "reason")
+
+
+def _table_result(frame: pl.DataFrame, quarantined: dict[str, int], **tables: pl.DataFrame) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": frame.height,
+            "quarantined": dg.MetadataValue.json(quarantined),
+            **{name: dg.MetadataValue.md(markdown_table(table)) for name, table in tables.items()},
+        }
+    )
 
 
 @dg.asset(
@@ -155,18 +167,13 @@ def services(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeR
     pool="warehouse",
 )
 def allocations(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    with warehouse.get_connection() as conn:
-        experiments_frame = read_frame(conn, "SELECT * FROM raw.experiments")
-        frame, quarantine = catalogs.load_allocations(conn, landing.table_files("allocations"), experiments_frame)
-        quarantined = _write_with_quarantine(conn, "raw.allocations", "allocations", frame, quarantine)
+    def load(conn):
+        known = read_frame(conn, "SELECT * FROM raw.experiments")
+        return catalogs.load_allocations(conn, landing.table_files("allocations"), known)
+
+    frame, quarantined = _ingest_table(warehouse, "raw.allocations", "allocations", load)
     per_cell = frame.group_by("experiment_id", "cell").len().sort("experiment_id", "cell")
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": frame.height,
-            "members_per_cell": dg.MetadataValue.md(markdown_table(per_cell)),
-            "quarantined": dg.MetadataValue.json(quarantined),
-        }
-    )
+    return _table_result(frame, quarantined, members_per_cell=per_cell)
 
 
 @dg.asset(
@@ -179,21 +186,18 @@ def allocations(landing: LandingZone, warehouse: DuckDBResource) -> dg.Materiali
     pool="warehouse",
 )
 def focus_costs(landing: LandingZone, settings: AnalysisSettings, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    with warehouse.get_connection() as conn:
-        frame, quarantine = catalogs.load_focus_costs(conn, landing.table_files("costs"), settings.app_tag)
-        quarantined = _write_with_quarantine(conn, "raw.focus_costs", "costs", frame, quarantine)
+    frame, quarantined = _ingest_table(
+        warehouse,
+        "raw.focus_costs",
+        "costs",
+        lambda conn: catalogs.load_focus_costs(conn, landing.table_files("costs"), settings.app_tag),
+    )
     by_app = (
         frame.group_by(pl.col("app").fill_null("(unattributed)"))
         .agg(pl.col("effective_cost").sum().alias("effective_cost_usd"), pl.len().alias("rows"))
         .sort("effective_cost_usd", descending=True)
     )
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": frame.height,
-            "cost_by_app": dg.MetadataValue.md(markdown_table(by_app)),
-            "quarantined": dg.MetadataValue.json(quarantined),
-        }
-    )
+    return _table_result(frame, quarantined, cost_by_app=by_app)
 
 
 @dg.asset(
@@ -205,11 +209,13 @@ def focus_costs(landing: LandingZone, settings: AnalysisSettings, warehouse: Duc
     pool="warehouse",
 )
 def usage_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    with warehouse.get_connection() as conn:
-        frame, quarantine = catalogs.load_usage_metrics(conn, landing.table_files("usage_metrics"))
-        quarantined = _write_with_quarantine(conn, "raw.usage_metrics", "usage_metrics", frame, quarantine)
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": frame.height, "quarantined": dg.MetadataValue.json(quarantined)}
+    return _table_result(
+        *_ingest_table(
+            warehouse,
+            "raw.usage_metrics",
+            "usage_metrics",
+            lambda conn: catalogs.load_usage_metrics(conn, landing.table_files("usage_metrics")),
+        )
     )
 
 
@@ -222,11 +228,13 @@ def usage_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.Materia
     pool="warehouse",
 )
 def business_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    with warehouse.get_connection() as conn:
-        frame, quarantine = catalogs.load_business_metrics(conn, landing.table_files("business_metrics"))
-        quarantined = _write_with_quarantine(conn, "raw.business_metrics", "business_metrics", frame, quarantine)
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": frame.height, "quarantined": dg.MetadataValue.json(quarantined)}
+    return _table_result(
+        *_ingest_table(
+            warehouse,
+            "raw.business_metrics",
+            "business_metrics",
+            lambda conn: catalogs.load_business_metrics(conn, landing.table_files("business_metrics")),
+        )
     )
 
 

@@ -19,18 +19,7 @@ member_edges as (
     group by dt, member_id, caller, callee
 ),
 exposed as (
-    select m.dt, a.experiment_id, a.cell, m.member_id, m.caller, m.callee, m.requests, m.sampled_spans
-    from member_edges as m
-    inner join {{ ref('member_exposure') }} as a
-        on a.member_id = m.member_id and a.allocated_date < m.dt
-    union all
-    select c.dt, a.experiment_id, a.cell, c.member_id, c.caller, c.callee,
-           sum(c.adjusted_count) as requests, count(*) as sampled_spans
-    from calls as c
-    inner join {{ ref('member_exposure') }} as a
-        on a.member_id = c.member_id and a.allocated_date = c.dt
-    where c.start_unix_nano >= a.allocated_at_unix_nano
-    group by c.dt, a.experiment_id, a.cell, c.member_id, c.caller, c.callee
+    {{ exposed_member_rows('member_edges', 'calls', ['caller', 'callee']) }}
 )
 select
     dt,

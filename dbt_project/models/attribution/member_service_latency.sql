@@ -24,21 +24,7 @@ member_buckets as (
     from spans
     group by dt, member_id, service, duration_bucket
 ),
-exposed_all_day as (
-    select m.dt, a.experiment_id, a.cell, m.member_id, m.service, m.duration_bucket, m.requests, m.sampled_spans
-    from member_buckets as m
-    inner join {{ ref('member_exposure') }} as a
-        on a.member_id = m.member_id and a.allocated_date < m.dt
-),
-exposed_during_day as (
-    select s.dt, a.experiment_id, a.cell, s.member_id, s.service, s.duration_bucket,
-           sum(s.adjusted_count) as requests, count(*) as sampled_spans
-    from spans as s
-    inner join {{ ref('member_exposure') }} as a
-        on a.member_id = s.member_id and a.allocated_date = s.dt
-    where s.start_unix_nano >= a.allocated_at_unix_nano
-    group by s.dt, a.experiment_id, a.cell, s.member_id, s.service, s.duration_bucket
+exposed as (
+    {{ exposed_member_rows('member_buckets', 'spans', ['service', 'duration_bucket']) }}
 )
-select * from exposed_all_day
-union all
-select * from exposed_during_day
+select * from exposed

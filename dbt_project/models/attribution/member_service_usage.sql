@@ -22,21 +22,7 @@ member_day as (
     from units
     group by dt, member_id, service, source
 ),
-exposed_all_day as (
-    select m.dt, a.experiment_id, a.cell, m.member_id, m.service, m.source, m.requests, m.sampled_spans
-    from member_day as m
-    inner join {{ ref('member_exposure') }} as a
-        on a.member_id = m.member_id and a.allocated_date < m.dt
-),
-exposed_during_day as (
-    select u.dt, a.experiment_id, a.cell, u.member_id, u.service, u.source,
-           sum(u.adjusted_count) as requests, count(*) as sampled_spans
-    from units as u
-    inner join {{ ref('member_exposure') }} as a
-        on a.member_id = u.member_id and a.allocated_date = u.dt
-    where u.start_unix_nano >= a.allocated_at_unix_nano
-    group by u.dt, a.experiment_id, a.cell, u.member_id, u.service, u.source
+exposed as (
+    {{ exposed_member_rows('member_day', 'units', ['service', 'source']) }}
 )
-select * from exposed_all_day
-union all
-select * from exposed_during_day
+select * from exposed
