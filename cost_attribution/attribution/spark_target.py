@@ -39,6 +39,8 @@ SPARK_TARGET = "spark"
 # Span-grain models: as large as the spans, they stay in the lake. Every other model
 # is an aggregate the one-machine assets read, copied back into DuckDB.
 SPAN_GRAIN_MODELS = frozenset({"stg_spans", "trace_members", "enriched_spans"})
+# Views over the raw sources: no rows of their own, nothing downstream reads them from DuckDB.
+VIEW_MODELS = frozenset({"member_exposure"})
 RAW_TABLES = ("allocations", "experiments")
 # Spark's default database layout under spark.sql.warehouse.dir (profiles.yml: schema main).
 SPARK_SCHEMA = "main"
@@ -99,7 +101,7 @@ def export_raw_sources(conn: duckdb.DuckDBPyConnection, lake: Path, days: Iterab
 
 def aggregate_models(model_names: Iterable[str]) -> list[str]:
     """The models whose tables the one-machine assets read (all but the span grain)."""
-    return sorted(name for name in set(model_names) if name not in SPAN_GRAIN_MODELS)
+    return sorted(name for name in set(model_names) if name not in SPAN_GRAIN_MODELS | VIEW_MODELS)
 
 
 def _partition_files(table_dir: Path, start: dt.date, end: dt.date) -> list[Path]:
