@@ -132,12 +132,10 @@ def _table_result(frame: pl.DataFrame, quarantined: dict[str, int], **tables: pl
     pool="warehouse",
 )
 def experiments(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    # A malformed catalog entry raises (a silently skipped experiment is a missing cost).
     frame = catalogs.parse_experiments(landing.catalog("experiments.yaml"))
-    with warehouse.get_connection() as conn:
-        replace_rows(conn, "raw.experiments", frame)
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": frame.height, "experiments": dg.MetadataValue.md(markdown_table(frame))}
-    )
+    _, quarantined = _ingest_table(warehouse, "raw.experiments", "experiments", lambda _: (frame, catalogs.empty_quarantine()))
+    return _table_result(frame, quarantined, experiments=frame)
 
 
 @dg.asset(
@@ -150,11 +148,8 @@ def experiments(landing: LandingZone, warehouse: DuckDBResource) -> dg.Materiali
 )
 def services(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
     frame = catalogs.parse_services(landing.catalog("services.yaml"))
-    with warehouse.get_connection() as conn:
-        replace_rows(conn, "raw.services", frame)
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": frame.height, "services": dg.MetadataValue.md(markdown_table(frame))}
-    )
+    _, quarantined = _ingest_table(warehouse, "raw.services", "services", lambda _: (frame, catalogs.empty_quarantine()))
+    return _table_result(frame, quarantined, services=frame)
 
 
 @dg.asset(

@@ -58,6 +58,16 @@ def _quarantine_from(frame: pl.DataFrame, source: str, reason_col: str = "reason
     )
 
 
+def _split(typed: pl.DataFrame, schema: dict, source: str, payload: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows with a null `reason` are clean (cast to `schema`); the rest become quarantine
+    rows of `source` carrying the `payload` columns as their raw record."""
+    bad = typed.filter(pl.col("reason").is_not_null()).select(
+        "source_file", "reason", pl.lit(None, pl.Utf8).alias("detail"), *payload
+    )
+    good = typed.filter(pl.col("reason").is_null()).select(list(schema)).cast(schema)
+    return good, _quarantine_from(bad, source)
+
+
 FOCUS_COLUMNS = [
     "ChargePeriodStart",
     "ChargePeriodEnd",
@@ -120,16 +130,7 @@ def load_focus_costs(
         .then(pl.lit("bad_tags"))
     )
     typed = typed.with_columns(reason.alias("reason"))
-    bad = typed.filter(pl.col("reason").is_not_null()).select(
-        "source_file",
-        "reason",
-        pl.lit(None, pl.Utf8).alias("detail"),
-        "raw_start",
-        "raw_cost",
-        "resource_id",
-    )
-    good = typed.filter(pl.col("reason").is_null()).select(list(FOCUS_SCHEMA))
-    return good.cast(FOCUS_SCHEMA), _quarantine_from(bad, "costs")
+    return _split(typed, FOCUS_SCHEMA, "costs", ["raw_start", "raw_cost", "resource_id"])
 
 
 FOCUS_SCHEMA = {
@@ -184,11 +185,7 @@ def load_usage_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tu
         .otherwise(pl.col("reason"))
         .alias("reason")
     )
-    bad = typed.filter(pl.col("reason").is_not_null()).select(
-        "source_file", "reason", pl.lit(None, pl.Utf8).alias("detail"), "raw_hour", "service", "raw_requests"
-    )
-    good = typed.filter(pl.col("reason").is_null()).select(list(USAGE_SCHEMA)).cast(USAGE_SCHEMA)
-    return good, _quarantine_from(bad, "usage_metrics")
+    return _split(typed, USAGE_SCHEMA, "usage_metrics", ["raw_hour", "service", "raw_requests"])
 
 
 EXPERIMENT_SCHEMA = {
@@ -328,28 +325,11 @@ def load_allocations(
         .otherwise(pl.col("reason"))
         .alias("reason")
     )
-    bad = typed.filter(pl.col("reason").is_not_null()).select(
-        "source_file",
-        "reason",
-        pl.lit(None, pl.Utf8).alias("detail"),
-        "member_id",
-        "experiment_id",
-        "cell",
-        "raw_allocated_at",
+    typed = typed.with_columns(pl.col("allocated_at").dt.convert_time_zone("UTC").dt.cast_time_unit("us")).with_columns(
+        (pl.col("allocated_at").dt.epoch("us") * 1000).alias("allocated_at_unix_nano"),
+        pl.col("allocated_at").dt.date().alias("allocated_date"),
     )
-    good = (
-        typed.filter(pl.col("reason").is_null())
-        .with_columns(
-            pl.col("allocated_at").dt.convert_time_zone("UTC").dt.cast_time_unit("us"),
-        )
-        .with_columns(
-            (pl.col("allocated_at").dt.epoch("us") * 1000).alias("allocated_at_unix_nano"),
-            pl.col("allocated_at").dt.date().alias("allocated_date"),
-        )
-        .select(list(ALLOCATION_SCHEMA))
-        .cast(ALLOCATION_SCHEMA)
-    )
-    return good, _quarantine_from(bad, "allocations")
+    return _split(typed, ALLOCATION_SCHEMA, "allocations", ["member_id", "experiment_id", "cell", "raw_allocated_at"])
 
 
 BUSINESS_SCHEMA = {
@@ -384,8 +364,4 @@ def load_business_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) ->
         .then(pl.lit("bad_metric_value"))
         .alias("reason")
     )
-    bad = typed.filter(pl.col("reason").is_not_null()).select(
-        "source_file", "reason", pl.lit(None, pl.Utf8).alias("detail"), "experiment_id", "metric", "raw_delta"
-    )
-    good = typed.filter(pl.col("reason").is_null()).select(list(BUSINESS_SCHEMA)).cast(BUSINESS_SCHEMA)
-    return good, _quarantine_from(bad, "business_metrics")
+    return _split(typed, BUSINESS_SCHEMA, "business_metrics", ["experiment_id", "metric", "raw_delta"])
