@@ -80,11 +80,11 @@ def load_experiment_usage(
                e.start_date IS NOT NULL AND u.dt < e.start_date AS pre_period
         FROM main.member_service_usage u
         JOIN raw.experiments e USING (experiment_id)
-        WHERE u.dt <= ?
+        WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
         GROUP BY ALL
         ORDER BY ALL
         """,
-        [as_of],
+        [as_of, as_of],
     )
     coverage = (
         _service_coverage(conn, window_start, as_of)
