@@ -5,6 +5,7 @@ A partition is a UTC day. Span-level assets hold that day's data; analysis asset
 history of estimates is itself a partitioned asset and a backfill replays it.
 """
 
+import datetime as dt
 import os
 
 import dagster as dg
@@ -20,9 +21,14 @@ daily_partitions = dg.DailyPartitionsDefinition(
 )
 
 
-def partition_days(context: dg.AssetExecutionContext) -> list:
+def partition_days(context: dg.AssetExecutionContext) -> list[dt.date]:
     """The days a run materializes: one for a scheduled run, several for a
     single-run backfill over a range."""
-    import datetime as dt
-
     return [dt.date.fromisoformat(key) for key in context.partition_keys]
+
+
+def trailing_window(as_of: dt.date, days: int) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) in UTC: the `days` whole days ending with the as-of day. The one
+    definition of "the last N days" that models, projections and capacity share."""
+    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    return end - dt.timedelta(days=days), end

@@ -15,17 +15,13 @@ from cost_attribution.attribution.stats import delta_covariance
 from cost_attribution.estimation import projection
 from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, project_incremental_cost
 from cost_attribution.estimation.plots import cost_model_plot
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.partitions import daily_partitions, trailing_window
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
 
 ESTIMATION = "estimation"
 OWNERS = ["team:finops"]
 DRIFT_CHECK = "cost_model_drift"
-
-
-def _day_end(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
 
 
 HISTORY_SQL = """
@@ -128,7 +124,7 @@ def _model_config(settings: AnalysisSettings) -> ModelConfig:
 )
 def cost_models(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
     as_of = dt.date.fromisoformat(context.partition_key)
-    cutoff = _day_end(as_of)
+    _, cutoff = trailing_window(as_of, 0)
     with warehouse.get_connection() as conn:
         history = read_frame(
             conn,
@@ -189,8 +185,7 @@ def load_models(conn, as_of: dt.date) -> dict[str, FittedCostModel]:
 
 def load_projection_volume(conn, as_of: dt.date, days: int) -> dict[str, pl.DataFrame]:
     """The last `days` days of hourly production volume per service, ending with the as-of day."""
-    end = _day_end(as_of)
-    start = end - dt.timedelta(days=days)
+    start, end = trailing_window(as_of, days)
     volume = read_frame(
         conn,
         """

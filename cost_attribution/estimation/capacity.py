@@ -12,7 +12,6 @@ observed throughput is a floor of its true capacity, so the plan is conservative
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 
 import polars as pl
@@ -99,8 +98,3 @@ def capacity_plan(history: pl.DataFrame, deltas: pl.DataFrame) -> pl.DataFrame:
                          "instances_needed_low": needed[1], "instances_needed_high": needed[2],
                          "additional_instances": (needed[0] - base) if needed[0] is not None and base is not None else None})
     return pl.DataFrame(rows, schema=CAPACITY_SCHEMA)
-
-
-def window_bounds(as_of: dt.date, days: int) -> tuple[dt.datetime, dt.datetime]:
-    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
-    return end - dt.timedelta(days=days), end

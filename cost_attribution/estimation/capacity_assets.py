@@ -7,8 +7,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.estimation.capacity import capacity_plan as compute_capacity_plan
-from cost_attribution.estimation.capacity import window_bounds
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.partitions import daily_partitions, trailing_window
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
 
@@ -28,7 +27,7 @@ from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
 )
 def capacity_plan(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
     as_of = dt.date.fromisoformat(context.partition_key)
-    start, end = window_bounds(as_of, settings.projection_days)
+    start, end = trailing_window(as_of, settings.projection_days)
     with warehouse.get_connection() as conn:
         history = read_frame(
             conn,

@@ -8,6 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.partitions import daily_partitions
+from cost_attribution.reporting.assets import report_path
 from cost_attribution.reporting.html_report import build_html_report
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import read_frame
@@ -17,7 +18,7 @@ HTML_FILE = "report.html"
 
 def html_paths(warehouse: DuckDBResource, as_of: dt.date) -> tuple[Path, Path]:
     """(newest report.html, report-<as_of>.html), both beside the warehouse and report.json."""
-    folder = Path(warehouse.database).resolve().parent
+    folder = report_path(warehouse).parent
     return folder / HTML_FILE, folder / f"report-{as_of.isoformat()}.html"
 
 
