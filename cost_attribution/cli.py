@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from cost_attribution.partitions import PARTITION_START_ENV
+from cost_attribution.reporting.text import safe_text
 from cost_attribution.resources import LANDING_ENV, WAREHOUSE_ENV, LandingZone
 
 
@@ -40,13 +41,47 @@ def _configure_environment(landing: Path, warehouse: Path) -> list:
     return days
 
 
-def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False) -> dict:
-    """Materialize everything for every trace day in the landing zone. Returns a summary."""
-    import dagster as dg
+def _failure_reasons(result, label: str) -> list[str]:
+    """What stopped a run, one line each: failed steps (with their error) and failed
+    blocking checks (with their description), never a traceback."""
+    reasons = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.event_specific_data.error
+            while error.cause is not None and "Error occurred while executing" in error.message:
+                error = error.cause  # the user-code error inside Dagster's wrapper
+            message = error.message.strip().splitlines()
+            reasons.append(f"{label}: {event.step_key} failed: {' / '.join(m.strip() for m in message[:12])}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed and evaluation.blocking and evaluation.severity.value == "ERROR":
+                key = evaluation.asset_check_key
+                reasons.append(f"{label}: check {key.asset_key.to_user_string()}:{key.name} failed: {evaluation.description}")
+    return reasons or [f"{label}: the run failed (see the Dagster logs)"]
+
+
+def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, lock_wait_seconds: float = 10.0) -> dict:
+    """Materialize everything for every trace day in the landing zone. Returns a summary.
+    Holds the warehouse's writer lock throughout (a second run waits, then refuses)."""
+    from cost_attribution.warehouse import writer_lock
 
     landing, warehouse = landing.resolve(), warehouse.resolve()
     warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(warehouse, landing, lock_wait_seconds):
+        summary = _run_locked(landing, warehouse, quiet)
+    report = warehouse.parent / "report.json"
+    summary["report_as_of"] = json.loads(report.read_text()).get("as_of") if report.exists() else None
+    return summary
+
+
+def _run_locked(landing: Path, warehouse: Path, quiet: bool) -> dict:
+    import dagster as dg
+
     days = _configure_environment(landing, warehouse)
+    unread = [{"path": str(u.path), "why": u.why} for u in LandingZone(root=str(landing)).unread_files()]
+    if unread and not quiet:
+        for item in unread:
+            print(safe_text(f"  warning: not read: {item['path']}: {item['why']}"), file=sys.stderr)
 
     from cost_attribution.definitions import defs
 
@@ -58,7 +93,7 @@ def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False) -> dict:
     bulk = [k for k in keys if not graph.get(k).is_partitioned or graph.get(k).backfill_policy == dg.BackfillPolicy.single_run()]
     daily = [k for k in keys if k not in bulk]
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    summary = {"days": [], "failed": []}
+    summary = {"days": [], "failed": [], "reasons": [], "unread_files": unread}
     started = time.perf_counter()
     with instance:
         t0 = time.perf_counter()
@@ -77,6 +112,7 @@ def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False) -> dict:
                   f"in {summary['ingest_seconds']}s", file=sys.stderr)
         if not result.success:
             summary["failed"].append("ingest")
+            summary["reasons"] += _failure_reasons(result, "ingest")
             return summary
         for day in days:
             t0 = time.perf_counter()
@@ -86,9 +122,10 @@ def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False) -> dict:
             summary["days"].append({"day": day.isoformat(), "success": result.success, "seconds": round(time.perf_counter() - t0, 1)})
             if not result.success:
                 summary["failed"].append(day.isoformat())
+                summary["reasons"] += _failure_reasons(result, day.isoformat())
             if not quiet:
-                state = "ok" if result.success else "FAILED (see the run's logs; a failed coverage gate skips projections)"
-                print(f"  as of {day}: {state} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+                state = "ok" if result.success else "FAILED: " + "; ".join(_failure_reasons(result, "day"))
+                print(safe_text(f"  as of {day}: {state} in {time.perf_counter() - t0:.1f}s"), file=sys.stderr)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["report_path"] = str(warehouse.parent / "report.json")
     return summary
@@ -106,9 +143,18 @@ def load_report(warehouse: Path) -> dict | None:
 
 
 def _cmd_run(args) -> int:
-    summary = run_pipeline(Path(args.landing), Path(args.warehouse))
+    summary = run_pipeline(Path(args.landing), Path(args.warehouse), lock_wait_seconds=args.wait)
     print(json.dumps(summary, indent=2))
-    return 1 if summary["failed"] else 0
+    if summary["failed"]:
+        kept = f" (report.json stays as of {summary['report_as_of']})" if summary.get("report_as_of") else ""
+        _say(f"run failed: {summary['reasons'][0]}{kept}")
+        return 1
+    return 0
+
+
+def _say(message: str) -> None:
+    """The one line a user reads last: control characters stripped, no traceback."""
+    print(safe_text(f"cost-attribution: {message}".replace("\n", " ")), file=sys.stderr)
 
 
 def _cmd_report(args) -> int:
@@ -155,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="materialize every partition found in a landing zone")
     run.add_argument("--landing", required=True)
     run.add_argument("--warehouse", required=True)
+    run.add_argument("--wait", type=float, default=10.0,
+                     help="seconds to wait for another run holding the warehouse (default 10), then refuse")
     run.set_defaults(func=_cmd_run)
     report = sub.add_parser("report", help="print the newest report")
     report.add_argument("--warehouse", required=True)
@@ -166,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `report | head` closed the pipe: not an error of ours
         sys.stderr.close()
         return 0
+    except (ValueError, OSError, RuntimeError) as error:  # bad input, busy warehouse, disk: the reason, no traceback
+        _say(f"error: {error}")
+        return 2
+    except Exception as error:  # a bug of ours: the traceback for the report, the reason last
+        import traceback
+
+        traceback.print_exc()
+        _say(f"unexpected error ({type(error).__name__}): {error}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
         )
         summary = completeness.summarize(coverage, edges)
         reconciliation = completeness.volume_reconciliation(coverage, metrics)
+        span_counts = dict(conn.execute(
+            "SELECT dt, sum(server_spans) FROM main.service_coverage WHERE dt BETWEEN ? AND ? GROUP BY dt",
+            [day - dt.timedelta(days=completeness.TRACE_VOLUME_LOOKBACK_DAYS), day],
+        ).fetchall())
         replace_rows(
             conn,
             "main.trace_completeness",
@@ -68,6 +72,7 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
             "volume_reconciliation": dg.MetadataValue.md(markdown_table(reconciliation)),
         }
     )
+    yield completeness.trace_volume_result(day, span_counts, settings.min_day_span_ratio, "trace_completeness")
     yield from completeness.check_results(summary, settings.min_trace_coverage, "trace_completeness", reconciliation)
 
 

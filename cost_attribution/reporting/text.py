@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import re
+
+# C0/C1 control characters (ANSI escapes start with one) and Unicode bidi/zero-width
+# controls: a name in the landing zone must not be able to drive the user's terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_OR_NEWLINE = re.compile(_CONTROL.pattern[:-1] + "\n\t]")
+
+
+def safe_text(text: str) -> str:
+    """Text for a terminal: control characters removed (newlines and tabs kept)."""
+    return _CONTROL.sub("", text)
+
+
+def _clean(value):
+    """Every string of the report on one line and without control characters."""
+    if isinstance(value, str):
+        return _CONTROL_OR_NEWLINE.sub("?", value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
 
 def _usd(value) -> str:
     return "n/a" if value is None else f"${value:,.0f}"
 
 
 def render_text(report: dict, truth: dict | None = None) -> str:
+    report = _clean(report)
     lines = [f"Cost attribution report as of {report['as_of']}", ""]
     lines.append("Projected 30-day cost of rolling each cell out to 100% (95% interval):")
     for exp in sorted(report["experiments"], key=lambda e: -(e["incremental_cost_usd_30d"] or 0)):
