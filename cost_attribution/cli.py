@@ -44,19 +44,25 @@ def _configure_environment(landing: Path, warehouse: Path) -> list:
 def _failure_reasons(result, label: str) -> list[str]:
     """What stopped a run, one line each: failed steps (with their error) and failed
     blocking checks (with their description), never a traceback."""
+    import dagster as dg
+
     reasons = []
     for event in result.all_events:
         if event.is_step_failure:
             error = event.event_specific_data.error
             while error.cause is not None and "Error occurred while executing" in error.message:
                 error = error.cause  # the user-code error inside Dagster's wrapper
-            message = error.message.strip().splitlines()
-            reasons.append(f"{label}: {event.step_key} failed: {' / '.join(m.strip() for m in message[:12])}")
+            message = error.message.strip()
+            qualified = message.split(":", 1)[0]
+            if "." in qualified and " " not in qualified:  # "package.module.SomeError: text" -> "SomeError: text"
+                message = qualified.rsplit(".", 1)[1] + message[len(qualified):]
+            lines = [line.strip() for line in message.splitlines()]
+            reasons.append(f"{label}: {event.step_key} failed: {' / '.join(lines[:12])}")
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
-            if not evaluation.passed and evaluation.blocking and evaluation.severity.value == "ERROR":
-                key = evaluation.asset_check_key
-                reasons.append(f"{label}: check {key.asset_key.to_user_string()}:{key.name} failed: {evaluation.description}")
+            if not evaluation.passed and evaluation.blocking and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                reasons.append(f"{label}: check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} "
+                               f"failed: {evaluation.description}")
     return reasons or [f"{label}: the run failed (see the Dagster logs)"]
 
 

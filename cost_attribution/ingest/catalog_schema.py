@@ -31,7 +31,21 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 def _as_date(value: Any) -> Any:
-    return value.date() if isinstance(value, dt.datetime) else value
+    """A timestamp where a date belongs ("2026-10-30T00:00:00Z") counts as its date."""
+    if isinstance(value, str) and len(value) > 10 and value[10] in "T ":
+        return value[:10]
+    return value
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without implicit timestamps: dates stay text until the schema parses them, so
+    `2026-02-30` is a line-numbered error rather than a crash inside the YAML parser."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 class Shipped(_Entry):
@@ -96,7 +110,7 @@ class ServiceEntry(_Entry):
 
 def _node_lines(text: str, top_key: str) -> list[tuple[int, dict[str, int]]]:
     """(line of each entry, {field: line}) under `top_key`, 1-based."""
-    root = yaml.compose(text)
+    root = yaml.compose(text, Loader=_Loader)
     if not isinstance(root, yaml.MappingNode):
         return []
     for key, value in root.value:
@@ -111,7 +125,7 @@ def _node_lines(text: str, top_key: str) -> list[tuple[int, dict[str, int]]]:
 
 def _load(text: str, top_key: str, source: str) -> list[Any]:
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -7,7 +7,6 @@ import re
 # C0/C1 control characters (ANSI escapes start with one) and Unicode bidi/zero-width
 # controls: a name in the landing zone must not be able to drive the user's terminal.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_OR_NEWLINE = re.compile(_CONTROL.pattern[:-1] + "\n\t]")
 
 
 def safe_text(text: str) -> str:
@@ -18,7 +17,7 @@ def safe_text(text: str) -> str:
 def _clean(value):
     """Every string of the report on one line and without control characters."""
     if isinstance(value, str):
-        return _CONTROL_OR_NEWLINE.sub("?", value)
+        return _CONTROL.sub("", value.replace("\n", " ").replace("\t", " "))
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, list):
