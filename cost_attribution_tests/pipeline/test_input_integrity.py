@@ -476,3 +476,105 @@ def test_a_landing_zone_without_valid_day_folders_is_one_line(tmp_path, capsys):
     (landing / "traces" / "dt=yesterday").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no traces/dt=YYYY-MM-DD folders"):
         cli.main(["run", "--landing", str(landing), "--warehouse", str(tmp_path / "w.duckdb")])
+
+
+# ---------------------------------------------------------------- through the CLI, end to end
+
+
+def _cli_run(landing: Path, warehouse: Path, capsys) -> tuple[int, str, dict | None]:
+    """`cost-attribution run` in-process: (exit code, last stderr line, report.json)."""
+    saved = dict(os.environ)
+    try:
+        code = cli.main(["run", "--landing", str(landing), "--warehouse", str(warehouse), "--wait", "0"])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    err = capsys.readouterr().err.strip().splitlines()
+    report = warehouse.parent / "report.json"
+    return code, err[-1] if err else "", json.loads(report.read_text()) if report.exists() else None
+
+
+def _copy_warehouse(warehouse: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "warehouse"
+    shutil.copytree(warehouse.parent, target)
+    return target / warehouse.name
+
+
+def _costs_by_cell(report: dict) -> dict:
+    return {f"{e['experiment_id']}:{e['cell']}": (e["incremental_cost_usd_30d"], e["ci_low_usd_30d"], e["ci_high_usd_30d"],
+                                                  e.get("bill_change_usd_30d")) for e in report["experiments"]}
+
+
+def _point_estimates(report: dict) -> dict:
+    return {key: values[0] for key, values in _costs_by_cell(report).items()}
+
+
+@pytest.mark.slow
+def test_end_to_end_a_duplicated_focus_file_changes_no_number(small_world_run, tmp_path, capsys):
+    landing, _, _, base_report, _ = small_world_run
+    mutated = _copy(landing, tmp_path)
+    shutil.copy(_costs(mutated), mutated / "costs" / "focus_hourly-copy.csv.gz")
+    code, _, report = _cli_run(mutated, tmp_path / "wh" / "warehouse.duckdb", capsys)
+    assert code == 0
+    assert _costs_by_cell(report) == _costs_by_cell(base_report)
+    assert report["data_quality"]["unattributed_cost_usd"] == base_report["data_quality"]["unattributed_cost_usd"]
+    assert report["data_quality"]["quarantined"]["duplicate_files"] == 1
+
+
+@pytest.mark.slow
+def test_end_to_end_an_empty_day_keeps_the_last_good_report(small_world_run, tmp_path, capsys):
+    landing, warehouse, truth, base_report, _ = small_world_run
+    mutated = _copy(landing, tmp_path)
+    empty_day = dt.date.fromisoformat(truth["last_trace_day"]) + dt.timedelta(days=1)
+    (mutated / "traces" / f"dt={empty_day}").mkdir()
+    (mutated / "traces" / f"dt={empty_day}" / "part-0000.json").write_text("")
+    copy = _copy_warehouse(warehouse, tmp_path)
+    code, last_line, report = _cli_run(mutated, copy, capsys)
+    assert code == 1
+    assert last_line.startswith(f"cost-attribution: run failed: {empty_day}: check trace_completeness:trace_volume "
+                                f"failed: {empty_day}: the day has no SERVER spans: the day looks incompletely delivered")
+    assert last_line.endswith(f"(report.json stays as of {base_report['as_of']})")
+    # The good days were re-run (their intervals are re-simulated, as on any rerun); the empty one published nothing.
+    assert report["as_of"] == base_report["as_of"]
+    assert _point_estimates(report) == _point_estimates(base_report)
+    with duckdb.connect(str(copy), read_only=True) as conn:
+        assert conn.execute("SELECT max(as_of) FROM main.reports").fetchall()[0][0].isoformat() == base_report["as_of"]
+
+
+@pytest.mark.slow
+def test_end_to_end_a_missing_catalog_fails_loudly_and_keeps_the_report(small_world_run, tmp_path, capsys):
+    landing, warehouse, _, base_report, _ = small_world_run
+    mutated = _copy(landing, tmp_path)
+    (mutated / "services.yaml").unlink()
+    code, last_line, report = _cli_run(mutated, _copy_warehouse(warehouse, tmp_path), capsys)
+    assert code == 1
+    assert last_line == (f"cost-attribution: run failed: ingest: services failed: MissingInput: {mutated / 'services.yaml'}: "
+                         "missing. Fix: add services.yaml to the landing zone (docs/contract.md); if there are none, "
+                         f"write `services: []`. (report.json stays as of {base_report['as_of']})")
+    assert report == base_report
+
+
+def _rename_service(landing: Path, old: str, new: str) -> None:
+    for path in landing.rglob("*"):
+        if path.is_file() and path.name != "truth.json":
+            raw = path.read_bytes()
+            packed = raw[:2] == b"\x1f\x8b"
+            text = (gzip.decompress(raw) if packed else raw).decode()
+            if old in text:
+                data = text.replace(old, new).encode()
+                path.write_bytes(gzip.compress(data) if packed else data)
+
+
+@pytest.mark.slow
+def test_end_to_end_a_service_named_like_markup_and_mathtext(small_world_run, tmp_path, capsys):
+    landing, _, _, base_report, _ = small_world_run
+    mutated = _copy(landing, tmp_path)
+    name = "$HOST_$PORT<img src=x onerror=alert(1)>"
+    _rename_service(mutated, "recs-svc", name)
+    code, _, report = _cli_run(mutated, tmp_path / "wh" / "warehouse.duckdb", capsys)
+    assert code == 0
+    assert name in {s["service"] for s in report["services"]}
+    page = (tmp_path / "wh" / "report.html").read_text()
+    assert "<img src=x" not in page
+    assert "$HOST_$PORT&lt;img src=x onerror=alert(1)&gt;" in page
+    assert _point_estimates(report) == _point_estimates(base_report)
