@@ -130,9 +130,14 @@ def _skipped_files(unread: list[formats.Unread], duplicates: list[tuple[Path, Pa
 
 
 def _trace_inputs(landing: LandingZone, day) -> tuple[list[Path], pl.DataFrame]:
-    """(trace files to read, span_quarantine rows for the day's files that are skipped)."""
+    """(trace files to read, span_quarantine rows for the day's files that are skipped).
+    A file with the same bytes as one of an earlier day (or earlier in this day) is a
+    duplicate delivery: its spans would count twice."""
     files, unread = landing.trace_listing(day)
-    files, duplicates = formats.split_duplicate_files(files)
+    earlier = [f for d in landing.trace_days() if d < day for f in landing.trace_files(d)]
+    _, duplicates = formats.split_duplicate_files(earlier + files)
+    duplicates = [(dup, first) for dup, first in duplicates if dup in files]
+    files = [f for f in files if f not in {dup for dup, _ in duplicates}]
     skipped = pl.DataFrame(_skipped_files(unread, duplicates), schema={"source_file": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8})
     return files, skipped.select(
         pl.lit(day, dtype=pl.Date).alias("dt"), "source_file", pl.lit(None, dtype=pl.Int64).alias("line_no"), "reason", "detail",
