@@ -215,12 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--json", action="store_true", help="the contract's JSON instead of the readable summary")
     report.set_defaults(func=_cmd_report)
     args = parser.parse_args(argv)
+    import duckdb
+
     try:
         return args.func(args)
     except BrokenPipeError:  # `report | head` closed the pipe: not an error of ours
         sys.stderr.close()
         return 0
-    except (ValueError, OSError, RuntimeError) as error:  # bad input, busy warehouse, disk: the reason, no traceback
+    except (ValueError, OSError, RuntimeError, duckdb.Error) as error:  # bad input, busy warehouse or file, disk
         _say(f"error: {error}")
         return 2
     except Exception as error:  # a bug of ours: the traceback for the report, the reason last
