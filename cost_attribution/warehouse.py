@@ -66,6 +66,8 @@ def replace_rows(
             # table created earlier in the same transaction once they pass ~122,880 (one row
             # group): SELECT * then sees none in this process.
             conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM _incoming LIMIT 0")
+        else:
+            add_new_columns(conn, target, "_incoming")
         conn.execute("BEGIN TRANSACTION")
         if where:
             clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
@@ -81,6 +83,15 @@ def replace_rows(
     finally:
         conn.unregister("_incoming")
     return frame.height
+
+
+def add_new_columns(conn: duckdb.DuckDBPyConnection, target: str, incoming: str) -> None:
+    """A warehouse written by an older version lacks columns the inputs gained since
+    (raw.experiments.weights, raw.usage_metrics.cpu_seconds): add them, NULL for old rows."""
+    existing = {row[0] for row in conn.execute(f"DESCRIBE {target}").fetchall()}
+    for name, sql_type, *_ in conn.execute(f"DESCRIBE SELECT * FROM {incoming}").fetchall():
+        if name not in existing:
+            conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {sql_type}")
 
 
 def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
