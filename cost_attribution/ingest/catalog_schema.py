@@ -151,7 +151,7 @@ def _message(error: dict, entry: Any) -> tuple[str, str]:
         return loc, f"unknown key (value {error['input']!r})"
     value = error.get("input")
     shown = "" if isinstance(value, dict) and value is entry else f" (value {value!r})"
-    return loc, f"{error['msg']}{shown}"
+    return loc, f"{error['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def _validate(text: str, top_key: str, model: type[_Entry], label: str, id_field: str, source: str) -> list[_Entry]:

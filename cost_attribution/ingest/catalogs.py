@@ -122,6 +122,30 @@ def _quarantine_from(frame: pl.DataFrame, source: str, reason_col: str = "reason
     )
 
 
+# What each input quarantine reason means and how to fix it (the row's `raw` holds the values).
+REASON_DETAIL = {
+    "bad_charge_period": "ChargePeriodStart is not a timestamp: write ISO 8601, e.g. 2026-10-04T00:00:00Z",
+    "bad_effective_cost": "EffectiveCost is not a number",
+    "non_finite_cost": "EffectiveCost or BilledCost is NaN or infinite: export the real amount",
+    "non_usd_currency": "BillingCurrency is not USD: convert upstream or set AnalysisSettings.usd_rates, e.g. {'EUR': 1.08}",
+    "bad_tags": "Tags is not a JSON object",
+    "timestamp_out_of_range": "the timestamp is before 2000 or more than two days in the future: a parse accident",
+    "bad_hour": "hour is not a timestamp: write ISO 8601, e.g. 2026-10-04T00:00:00Z",
+    "missing_service_name": "service is empty",
+    "bad_request_count": "requests is missing, negative, NaN or infinite",
+    "bad_cpu_seconds": "cpu_seconds is present but not a finite non-negative number (leave it empty when unknown)",
+    "duplicate_metric_rows": "a second row for the same (hour, service): the first is kept",
+    "missing_allocation_fields": "member_id, experiment_id or cell is empty",
+    "bad_allocated_at": "allocated_at is not a timestamp: write ISO 8601, e.g. 2026-10-04T00:00:00Z",
+    "unknown_experiment": "experiment_id is not in experiments.yaml",
+    "unknown_cell": "cell is not one of the experiment's cells in experiments.yaml",
+    "conflicting_allocations": "the member is allocated to two cells of this experiment: all its rows are set aside",
+    "duplicate_allocations": "the same allocation again: the earliest is kept",
+    "missing_metric_fields": "experiment_id or metric is empty",
+    "bad_metric_value": "delta_pct is not a finite number",
+}
+
+
 def _split(
     conn: duckdb.DuckDBPyConnection, typed: pl.DataFrame, schema: dict, source: str, payload: list[str]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -129,7 +153,8 @@ def _split(
     rows of `source` carrying the `payload` columns as their raw record, followed by the
     scan's ragged CSV lines."""
     bad = typed.filter(pl.col("reason").is_not_null()).select(
-        "source_file", "reason", pl.lit(None, pl.Utf8).alias("detail"), *payload
+        "source_file", "reason", pl.col("reason").replace_strict(REASON_DETAIL, default=None, return_dtype=pl.Utf8).alias("detail"),
+        *payload,
     )
     good = typed.filter(pl.col("reason").is_null()).select(list(schema)).cast(schema)
     return good, pl.concat([_quarantine_from(bad, source), _ragged_rows(conn, source)])

@@ -581,3 +581,16 @@ def test_end_to_end_a_service_named_like_markup_and_mathtext(small_world_run, tm
     assert "<img src=x" not in page
     assert "$HOST_$PORT&lt;img src=x onerror=alert(1)&gt;" in page
     assert _point_estimates(report) == _point_estimates(base_report)
+
+
+def test_quarantine_rows_name_file_value_and_fix(base, tmp_path):
+    landing, day, _ = base
+    mutated = _copy(landing, tmp_path)
+    _edit_lines(_costs(mutated), lambda ls: _currency_rows(ls, range(2, 3), "EUR"))
+    assert _ingest(mutated, tmp_path / "w.duckdb", [focus_costs], day).success
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as conn:
+        [(source_file, detail, raw)] = conn.execute(
+            "SELECT source_file, detail, raw FROM raw.input_quarantine WHERE reason = 'non_usd_currency'").fetchall()
+    assert source_file == str(_costs(mutated))
+    assert "set AnalysisSettings.usd_rates" in detail
+    assert json.loads(raw)["raw_currency"] == "EUR"
