@@ -53,7 +53,7 @@ def allocations_frame(config: WorldConfig, population: Population) -> pl.DataFra
             "cell": np.array(exp.cell_names)[population.cells[members, x]],
             "allocated_at": pl.Series(population.allocated_at[members, x].astype("datetime64[ms]"))
             .dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }))
+        }, schema=dict.fromkeys(("member_id", "experiment_id", "cell", "allocated_at"), pl.String)))
     return pl.concat(frames)
 
 

@@ -260,7 +260,8 @@ def live_experiments(trace_days: int, pre_period_days: int) -> tuple[ExperimentS
             business_metrics=(("retention_d30", 0.1, 0.3),),
             start_days_before_end=20,
         ),
-        # Three cells; both raise calls to a deprecated, tiny service.
+        # Three cells; both raise calls to a deprecated, tiny service. Started three days before
+        # the traces and ramping over five, so many members have pre-period traces.
         ExperimentSpec(
             "ratings-badge", "Ratings badge",
             cells=(
@@ -269,7 +270,7 @@ def live_experiments(trace_days: int, pre_period_days: int) -> tuple[ExperimentS
                 CellSpec("badge-large", edge_multipliers=(("api-gateway", "legacy-ratings", 16.0),),
                          business_metrics=(("streaming_hours", 0.3, 0.5),)),
             ),
-            allocation_fraction=0.6, start_days_before_end=first_trace_day + 3,
+            allocation_fraction=0.6, start_days_before_end=first_trace_day + 3, ramp_days=5.0,
         ),
         # Heavier requests: same number of thumbnails, 60% more work each.
         ExperimentSpec(

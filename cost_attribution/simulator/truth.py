@@ -184,7 +184,8 @@ def _treated_shares(config: WorldConfig, graph: CallGraph, live: Production) -> 
 
 
 def _share_summary(config: WorldConfig, hours: np.ndarray, share: np.ndarray, daily: bool) -> dict:
-    """Mean treated share over the history, the trace window and the last day (hourly means)."""
+    """Mean treated share over the history, the trace window and the last day (hourly means);
+    with daily=True also every day's mean and every hour's share (history_hours long)."""
     first_trace = np.datetime64(config.first_trace_day.isoformat(), "s")
     in_traces = hours >= first_trace
     summary = {
@@ -195,4 +196,5 @@ def _share_summary(config: WorldConfig, hours: np.ndarray, share: np.ndarray, da
     if daily:
         days = share.reshape(-1, 24).mean(axis=1)
         summary["daily"] = {d.isoformat(): round(float(v), 6) for d, v in zip(config.history_dates, days)}
+        summary["hourly"] = [round(float(v), 6) for v in share]
     return summary
