@@ -98,16 +98,19 @@ def _allocate(config: WorldConfig, rng: np.random.Generator,
     allocated_at = np.full((n, n_exp), np.datetime64("NaT"), dtype="datetime64[s]")
     treated_from = allocated_at.copy()
     for x, exp in enumerate(config.experiments):
-        allocated = rng.random(n) < exp.allocation_fraction
-        cells[allocated, x] = _draw_cells(exp.cell_weights, rng.random(n))[allocated]
-        n_allocated = int(allocated.sum())
-        if exp.start_days_before_end is None:
-            offsets = rng.integers(1, lead_seconds, size=n_allocated)
+        if exp.start_days_before_end is None:  # the original world's shared stream
+            allocated = rng.random(n) < exp.allocation_fraction
+            cells[allocated, x] = _draw_cells(exp.cell_weights, rng.random(n))[allocated]
+            offsets = rng.integers(1, lead_seconds, size=int(allocated.sum()))
             allocated_at[allocated, x] = window_end - offsets.astype("timedelta64[s]")
             treated_from[allocated, x] = _midnight(config.experiment_start)
             continue
+        # Its own stream: adding or changing one experiment leaves the others' members alone.
+        own = rng_for(config.seed, f"allocation-{exp.id}")
+        allocated = own.random(n) < exp.allocation_fraction
+        cells[allocated, x] = _draw_cells(exp.cell_weights, own.random(n))[allocated]
         start = _midnight(config.start_of(exp))
-        days = _ramp_days(exp, rng.random(n_allocated))
+        days = _ramp_days(exp, own.random(int(allocated.sum())))
         at = start + np.round(days * 86_400).astype("timedelta64[s]")
         rows = np.flatnonzero(allocated)
         late = at >= data_end  # the ramp has not reached them yet

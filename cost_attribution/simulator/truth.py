@@ -5,6 +5,18 @@ rolled out to 100% (every other experiment in control), from the true call graph
 incremental_cost_usd_30d: the current (post-drift) instance model applied to the
 history's usage_metrics volume x (1 + delta) minus applied to the volume itself,
 scaled by 30 / history_days. baseline_cost_usd_30d: the latter, per service.
+
+Live worlds (production as it really is) key one entry per non-control cell
+"experiment:cell" with kind, start, weights, its treated share and, per service, delta,
+work_delta (total work = cpu), new_dependency and two prices on the service's driver
+(cpu_seconds for autoscaled services, requests for static ones), both at the current
+cost structure and scaled by 30 / history_days:
+- incremental_cost_usd_30d = f(B (1 + d)) - f(B), B the load with every experiment's
+  treated share taken out (everyone in control);
+- bill_change_usd_30d = f(L (1 + d) / (1 + sum_c s_c(h) d_c)) - f(L), L the load as it
+  was (this experiment's share replaced by 100% of the cell, the others as they are).
+treated_share[experiment][cell]: the cell's share of each hour's load (hourly, daily,
+means over the history, the trace window and the last day).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def _validate(config: WorldConfig) -> None:
         names = exp.cell_names
         if len(set(names)) != len(names):
             raise ValueError(f"{exp.id}: cell names must be distinct, got {names}")
-        exp.cell_weights  # noqa: B018 -- validates the weights
+        _ = exp.cell_weights  # raises on weights that do not fit the cells
         if exp.kind not in ("ab", "aa"):
             raise ValueError(f"{exp.id}: kind must be ab or aa, got {exp.kind!r}")
         changes = any(c.edge_multipliers or c.new_edges or c.work_multipliers for c in exp.treatment_cells)
