@@ -10,7 +10,6 @@ import dataclasses
 import datetime
 import gzip
 import math
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,17 +20,14 @@ import yaml
 
 from cost_attribution.simulator import (
     CellSpec, ExperimentSpec, WorldConfig, generate_world, live_world_config, small_live_world_config)
-from cost_attribution_tests.simulator.otlp_reader import read_otlp_day, trace_files, valid_spans
+from cost_attribution_tests.simulator.world_files import generate_timed, read_otlp_day, trace_files, valid_spans
 
 ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @pytest.fixture(scope="module")
 def live_world(tmp_path_factory) -> tuple[Path, dict, float]:
-    out = tmp_path_factory.mktemp("small-live")
-    started = time.perf_counter()
-    truth = generate_world(out, small_live_world_config())
-    return out, truth, time.perf_counter() - started
+    return generate_timed(tmp_path_factory, "small-live", small_live_world_config())
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import math
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from cost_attribution.simulator import WorldConfig, generate_world, small_world_config
-from cost_attribution_tests.simulator.otlp_reader import read_otlp_day, trace_files, valid_spans
+from cost_attribution_tests.simulator.world_files import generate_timed, read_otlp_day, trace_files, valid_spans
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FLAT_COLUMNS = ["trace_id", "span_id", "parent_span_id", "service", "kind", "start_unix_nano",
@@ -38,10 +37,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> tuple[Path, dict, float]:
-    out = tmp_path_factory.mktemp("small")
-    started = time.perf_counter()
-    truth = generate_world(out, small_world_config())
-    return out, truth, time.perf_counter() - started
+    return generate_timed(tmp_path_factory, "small", small_world_config())
 
 
 @pytest.fixture(scope="module")

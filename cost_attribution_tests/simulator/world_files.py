@@ -1,13 +1,24 @@
-"""An independent, minimal OTLP JSON reader for the simulator's tests (the contract's
-rules, nothing shared with the project's ingest)."""
+"""Helpers of the simulator's tests: generate a world once, and an independent, minimal
+OTLP JSON reader (the contract's rules, nothing shared with the project's ingest)."""
 
 from __future__ import annotations
 
 import gzip
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import orjson
+
+from cost_attribution.simulator import WorldConfig, generate_world
+
+
+def generate_timed(tmp_path_factory, name: str, config: WorldConfig) -> tuple[Path, dict, float]:
+    """(landing zone, truth, seconds to generate) of a world in a fresh temporary folder."""
+    out = tmp_path_factory.mktemp(name)
+    started = time.perf_counter()
+    truth = generate_world(out, config)
+    return out, truth, time.perf_counter() - started
 
 
 def _attribute(attributes: list[dict], key: str):
