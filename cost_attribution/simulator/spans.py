@@ -200,22 +200,21 @@ def _work_timing(config: WorldConfig, graph: CallGraph, rng: np.random.Generator
     sigma = config.work_noise_sigma
     noise = rng.lognormal(-sigma**2 / 2, sigma, n)  # mean 1
     server = kind == SERVER
+    callee_of_client = np.full(n, -1, np.int64)  # the SERVER span a CLIENT span wraps, if traced
+    child = np.flatnonzero(server & (parent >= 0))
+    callee_of_client[parent[child]] = child
     # SERVER: own self time. CLIENT of a broken edge: its (untraced) callee's self time.
     worker = np.where(server, service, peer).astype(np.int64)
     self_ns = np.round(work_table[work_row, worker] * noise * 1e9).astype(np.int64)
-    self_ns[~server & _has_traced_callee(parent, server, n)] = 0
+    self_ns[callee_of_client >= 0] = 0
     network = np.where(server, 0, np.round(config.network_ms * 1e6 * rng.uniform(0.5, 1.5, n))).astype(np.int64)
     lead = np.round(self_ns * rng.random(n)).astype(np.int64)  # self time before the first call
 
     # Bottom-up durations: callees before callers (reverse topological order).
     dur = self_ns + network
-    callee_of_client = np.full(n, -1, np.int64)
-    child = np.flatnonzero(server & (parent >= 0))
-    callee_of_client[parent[child]] = child
-    by_service = {s: (np.flatnonzero(~server & (service == s)), np.flatnonzero(server & (service == s)))
-                  for s in range(len(graph.services))}
+    clients_of = {s: np.flatnonzero(~server & (service == s)) for s in range(len(graph.services))}
     for s in reversed(graph.topo_order):
-        clients, servers = by_service[s]
+        clients = clients_of[s]
         linked = clients[callee_of_client[clients] >= 0]
         dur[linked] += dur[callee_of_client[linked]]
         np.add.at(dur, parent[clients], dur[clients])
@@ -225,7 +224,7 @@ def _work_timing(config: WorldConfig, graph: CallGraph, rng: np.random.Generator
     roots = parent < 0
     start[roots] = trace_start[trace[roots]]
     for s in graph.topo_order:
-        clients, _ = by_service[s]
+        clients = clients_of[s]
         if len(clients) == 0:
             continue
         ordered = clients[np.lexsort((clients, parent[clients]))]
@@ -237,12 +236,6 @@ def _work_timing(config: WorldConfig, graph: CallGraph, rng: np.random.Generator
         linked = ordered[callee_of_client[ordered] >= 0]
         start[callee_of_client[linked]] = start[linked] + network[linked] // 2
     return start, start + dur
-
-
-def _has_traced_callee(parent: np.ndarray, server: np.ndarray, n: int) -> np.ndarray:
-    has = np.zeros(n, dtype=bool)
-    has[parent[server & (parent >= 0)]] = True
-    return has
 
 
 def _draw_calls(rng: np.random.Generator, rate: np.ndarray, regular: bool) -> np.ndarray:
