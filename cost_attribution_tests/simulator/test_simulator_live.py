@@ -319,6 +319,10 @@ def test_autoscaled_fleets_follow_cpu(live_world):
         expected = [max(model["min_instances"], math.ceil(c / model["capacity_per_instance_hour"]))
                     for c in rows["cpu_seconds"]]
         assert rows["n"].to_list() == expected, service
+        if service != "images-svc":  # requests of base work: the same fleet as sizing on requests
+            per_request = model["capacity_per_instance_hour"] / model["cpu_seconds_per_request"]
+            by_requests = [max(model["min_instances"], math.ceil(r / per_request)) for r in rows["requests"]]
+            assert np.mean(np.array(by_requests) == rows["n"].to_numpy()) > 0.95, service
 
 
 def _truth_costs(world: Path, truth: dict, key: str, service: str) -> tuple[float, float]:
@@ -352,6 +356,19 @@ def test_incremental_and_bill_follow_from_the_files(live_world, key, service):
     entry = truth["experiments"][key]["services"][service]
     assert entry["incremental_cost_usd_30d"] == pytest.approx(incremental, rel=2e-3, abs=2.0)
     assert entry["bill_change_usd_30d"] == pytest.approx(bill, rel=2e-3, abs=2.0)
+
+
+def test_truth_has_the_live_sample_worlds_keys(live_world):
+    """Every key of the live sample world's truth.json (issue 15), extras allowed."""
+    _, truth, _ = live_world
+    assert {"n_spans", "bad_input", "trace_start", "end_date", "experiments", "static_services",
+            "drifted_services", "broken_propagation", "deprecated_services", "baseline_cost_usd_30d"} <= set(truth)
+    for entry in truth["experiments"].values():
+        assert {"incremental_cost_usd_30d", "bill_change_usd_30d", "services", "kind"} <= set(entry)
+        assert set(entry["services"]) == set(truth["baseline_cost_usd_30d"])
+        for service in entry["services"].values():
+            assert set(service) == {"delta", "work_delta", "incremental_cost_usd_30d", "bill_change_usd_30d",
+                                    "new_dependency"}
 
 
 def test_truth_per_cell(live_world):
