@@ -11,10 +11,10 @@ own sampler, in proportion to the true number of calls from the traced members.
 Live worlds (config.live) differ in two ways. A member's cells act only from its
 treated_from time, so a trace is treated or not by its start time (traces before the
 member's allocation are pre-period data). And span times come from work: a SERVER
-span lasts its own self time (the request's CPU seconds x lognormal noise) plus its
-CLIENT calls, laid out one after another inside it; a CLIENT span wraps its callee's
-SERVER span plus network time. So SERVER duration minus its children's time in flight
-is exactly the self time.
+span lasts its own work (the request's CPU seconds x lognormal noise), as the contract
+defines work per request; its CLIENT calls run side by side inside it, from a lead on
+to its end, and the callee's SERVER span starts inside the call with a duration of its
+own work. So SERVER duration is exactly the work, however many calls a span makes.
 """
 
 from __future__ import annotations
@@ -208,18 +208,12 @@ def _work_timing(config: WorldConfig, graph: CallGraph, rng: np.random.Generator
     self_ns = np.round(work_table[work_row, worker] * noise * 1e9).astype(np.int64)
     self_ns[callee_of_client >= 0] = 0
     network = np.where(server, 0, np.round(config.network_ms * 1e6 * rng.uniform(0.5, 1.5, n))).astype(np.int64)
-    lead = np.round(self_ns * rng.random(n)).astype(np.int64)  # self time before the first call
-
-    # Bottom-up durations: callees before callers (reverse topological order).
-    dur = self_ns + network
+    # A SERVER span lasts its own work (the contract: SERVER duration measures work per
+    # request), whatever calls it makes; its calls run side by side inside it, from a
+    # lead on to its end.
+    dur = np.where(server, self_ns, 0).astype(np.int64)
+    lead = np.round(dur * rng.uniform(0.05, 0.5, n)).astype(np.int64)
     clients_of = {s: np.flatnonzero(~server & (service == s)) for s in range(len(graph.services))}
-    for s in reversed(graph.topo_order):
-        clients = clients_of[s]
-        linked = clients[callee_of_client[clients] >= 0]
-        dur[linked] += dur[callee_of_client[linked]]
-        np.add.at(dur, parent[clients], dur[clients])
-
-    # Top-down start times: roots at the trace start; calls one after another after the lead.
     start = np.zeros(n, np.int64)
     roots = parent < 0
     start[roots] = trace_start[trace[roots]]
@@ -227,13 +221,10 @@ def _work_timing(config: WorldConfig, graph: CallGraph, rng: np.random.Generator
         clients = clients_of[s]
         if len(clients) == 0:
             continue
-        ordered = clients[np.lexsort((clients, parent[clients]))]
-        caller = parent[ordered]
-        before = np.cumsum(dur[ordered]) - dur[ordered]
-        first = np.r_[True, caller[1:] != caller[:-1]]
-        before -= np.maximum.accumulate(np.where(first, before, 0))
-        start[ordered] = start[caller] + lead[caller] + before
-        linked = ordered[callee_of_client[ordered] >= 0]
+        caller = parent[clients]
+        start[clients] = start[caller] + lead[caller]
+        dur[clients] = np.maximum(start[caller] + dur[caller] - start[clients], 1)
+        linked = clients[callee_of_client[clients] >= 0]
         start[callee_of_client[linked]] = start[linked] + network[linked] // 2
     return start, start + dur
 
