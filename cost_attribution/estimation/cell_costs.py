@@ -276,6 +276,12 @@ def project_cells(
     )
 
 
+# Both baselines' point and 95% interval, per service and per cell.
+DOLLARS = {
+    name: pl.Float64
+    for name in ("incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d",
+                 "bill_change_usd_30d", "bill_ci_low_usd_30d", "bill_ci_high_usd_30d")
+}
 PROJECTION_SCHEMA = {
     "as_of": pl.Date,
     "experiment_id": pl.Utf8,
@@ -287,12 +293,7 @@ PROJECTION_SCHEMA = {
     "delta_ci_low_used": pl.Float64,
     "delta_ci_high_used": pl.Float64,
     "delta_source": pl.Utf8,
-    "incremental_cost_usd_30d": pl.Float64,
-    "ci_low_usd_30d": pl.Float64,
-    "ci_high_usd_30d": pl.Float64,
-    "bill_change_usd_30d": pl.Float64,
-    "bill_ci_low_usd_30d": pl.Float64,
-    "bill_ci_high_usd_30d": pl.Float64,
+    **DOLLARS,
     "baseline_cost_usd_30d": pl.Float64,
     "observed_cost_usd_30d": pl.Float64,
     "peak_requests_per_hour": pl.Float64,
@@ -303,12 +304,7 @@ EXPERIMENT_COST_SCHEMA = {
     "experiment_id": pl.Utf8,
     "cell": pl.Utf8,
     "control_cell": pl.Utf8,
-    "incremental_cost_usd_30d": pl.Float64,
-    "ci_low_usd_30d": pl.Float64,
-    "ci_high_usd_30d": pl.Float64,
-    "bill_change_usd_30d": pl.Float64,
-    "bill_ci_low_usd_30d": pl.Float64,
-    "bill_ci_high_usd_30d": pl.Float64,
+    **DOLLARS,
     "services_priced": pl.Int64,
     "services_unpriced": pl.Int64,
 }
