@@ -176,13 +176,14 @@ def _cmd_report(args) -> int:
 
 def _cmd_demo(args) -> int:
     from cost_attribution.reporting.text import render_text
-    from cost_attribution.simulator import WorldConfig, generate_world
+    from cost_attribution.simulator import generate_world, live_world_config
 
     root = Path(args.dir).resolve()
     landing, warehouse = root / "landing", root / "warehouse.duckdb"
     print(f"generating the demo world (seed {args.seed}) in {landing} ...", file=sys.stderr)
-    # Two trace days before the experiments start give CUPED its pre-period covariate.
-    truth = generate_world(landing, WorldConfig(seed=args.seed, pre_period_days=2))
+    # Production as it really is: experiments already running on uneven ramps, three
+    # cells, heavier requests, a savings test, pre-period traces (simulator.world).
+    truth = generate_world(landing, live_world_config(args.seed))
     print("materializing every partition through Dagster ...", file=sys.stderr)
     summary = run_pipeline(landing, warehouse)
     report = load_report(warehouse)

@@ -67,7 +67,7 @@ def replace_rows(
             # group): SELECT * then sees none in this process.
             conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM _incoming LIMIT 0")
         else:
-            add_new_columns(conn, target, "_incoming")
+            _add_new_columns(conn, target)
         conn.execute("BEGIN TRANSACTION")
         if where:
             clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
@@ -85,13 +85,13 @@ def replace_rows(
     return frame.height
 
 
-def add_new_columns(conn: duckdb.DuckDBPyConnection, target: str, incoming: str) -> None:
-    """A warehouse written by an older version lacks columns the inputs gained since
-    (raw.experiments.weights, raw.usage_metrics.cpu_seconds): add them, NULL for old rows."""
-    existing = {row[0] for row in conn.execute(f"DESCRIBE {target}").fetchall()}
-    for name, sql_type, *_ in conn.execute(f"DESCRIBE SELECT * FROM {incoming}").fetchall():
+def _add_new_columns(conn: duckdb.DuckDBPyConnection, target: str) -> None:
+    """A warehouse written by an older version gains the columns a newer one writes
+    (NULL in its old rows) instead of failing the insert."""
+    existing = {row[0] for row in conn.execute(f"SELECT * FROM {target} LIMIT 0").description}
+    for name, column_type, *_ in conn.execute("DESCRIBE SELECT * FROM _incoming").fetchall():
         if name not in existing:
-            conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {sql_type}")
+            conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {column_type}")
 
 
 def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:

@@ -62,7 +62,8 @@ class ExperimentEntry(_Entry):
     cells: list[NonEmpty] | None = Field(default=None, min_length=2)
     start: dt.date | None = None
     owner: str | None = None
-    weights: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+    # The intended split, one non-negative number per cell (a 0 cell expects no members).
+    weights: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
     kind: Literal["ab", "aa"] = "ab"
     shipped: Shipped | None = None
 
@@ -91,6 +92,8 @@ class ExperimentEntry(_Entry):
             raise ValueError(f"control_cell {self.control_cell!r} is not one of its cells {cells}")
         if self.weights is not None and len(self.weights) != len(cells):
             raise ValueError(f"weights has {len(self.weights)} numbers for {len(cells)} cells {cells}: give one per cell")
+        if self.weights is not None and not sum(self.weights) > 0:
+            raise ValueError(f"weights {self.weights} must have a positive sum")
         if self.shipped is not None and self.shipped.cell not in cells:
             raise ValueError(f"shipped.cell {self.shipped.cell!r} is not one of its cells {cells}")
         return self

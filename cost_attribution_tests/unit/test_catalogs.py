@@ -138,7 +138,8 @@ def test_experiment_contract_fields_weights_kind_shipped():
 
 @pytest.mark.parametrize(("entry", "message"), [
     ("weights: [1]", "weights has 1 numbers for 2 cells"),
-    ("weights: [1, -1]", "weights.1: Input should be greater than 0"),
+    ("weights: [1, -1]", "weights.1: Input should be greater than or equal to 0"),
+    ("weights: [0, 0]", "weights [0.0, 0.0] must have a positive sum"),
     ("kind: abc", "kind: Input should be 'ab' or 'aa'"),
     ("shipped: {cell: other, date: 2026-10-20}", "shipped.cell 'other' is not one of its cells"),
     ("cells: [control, control]", "cells listed more than once: ['control']"),
