@@ -157,10 +157,12 @@ def file_digest(path: Path) -> str:
 def split_duplicate_files(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
     """(first copy of each distinct content, [(later copy, the first copy)]) in the given
     order. The same bytes delivered twice under two names would double every row in them;
-    only files of equal size are hashed."""
+    only non-empty files of equal size are hashed."""
     by_size: dict[int, list[Path]] = {}
     for path in paths:
-        by_size.setdefault(path.stat().st_size, []).append(path)
+        size = path.stat().st_size
+        if size:  # empty files hold no rows to count twice
+            by_size.setdefault(size, []).append(path)
     first_by_digest: dict[str, Path] = {}
     duplicates: dict[Path, Path] = {}
     for group in by_size.values():

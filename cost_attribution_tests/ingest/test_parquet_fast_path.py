@@ -204,7 +204,9 @@ def test_raw_spans_asset_takes_the_fast_path_for_parquet_only_days(tmp_path):
     for day in (parquet_day, mixed_day):
         folder = tmp_path / "landing" / "traces" / f"dt={day.isoformat()}"
         folder.mkdir(parents=True)
-        _write(folder / "part-0000.parquet", [GOOD, GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}, GOOD | {"kind": "x"}])
+        rows = [GOOD, GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}, GOOD | {"kind": "x"}]
+        # Each day its own file (the same bytes on two days would be a duplicate delivery).
+        _write(folder / "part-0000.parquet", [row | {"member_id": str(day)} for row in rows])
     write_lines(tmp_path / "landing" / "traces" / f"dt={mixed_day.isoformat()}" / "part-0001.json",
                 [request("api", span(T1, "c" * 16, kind=3))])
     warehouse = str(tmp_path / "w.duckdb")
