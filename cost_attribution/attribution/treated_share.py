@@ -80,4 +80,6 @@ def treated_share(
                 {"experiment_id": experiment_id, "cell": cell, "hour": hours.astype("datetime64[us]"), "share": share}
             )
         )
+    if not frames:  # no experiment has started by then
+        return pl.DataFrame(schema=SHARE_SCHEMA)
     return pl.concat(frames).with_columns(pl.col("hour").dt.replace_time_zone("UTC")).cast(SHARE_SCHEMA)
