@@ -83,3 +83,20 @@ def treated_share(
     if not frames:  # no experiment has started by then
         return pl.DataFrame(schema=SHARE_SCHEMA)
     return pl.concat(frames).with_columns(pl.col("hour").dt.replace_time_zone("UTC")).cast(SHARE_SCHEMA)
+
+
+def share_plot(shares: pl.DataFrame) -> str | None:
+    """Base64 PNG: each non-empty cell's share of production load over the window."""
+    from cost_attribution.plots import figure_to_base64, plt
+
+    moving = shares.filter(pl.col("share").max().over("experiment_id", "cell") > 0)
+    if moving.height == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    for (experiment_id, cell), group in moving.sort("hour").group_by("experiment_id", "cell", maintain_order=True):
+        ax.step(group["hour"].to_list(), (group["share"] * 100).to_list(), where="post", label=f"{experiment_id}: {cell}")
+    ax.set_ylabel("share of production load, %")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return figure_to_base64(fig)
