@@ -163,7 +163,8 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
     with warehouse.get_connection() as conn:
         activity = read_frame(
             conn,
-            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? GROUP BY ALL",
+            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? "
+            "GROUP BY ALL ORDER BY member_id",
             [as_of],
         )
         allocations = read_frame(

@@ -54,7 +54,7 @@ def treated_share(
     hours:       datetime64 hour starts; a member treated within an hour counts from
                  the hour's middle.
     """
-    total = float(activity["root_requests"].sum()) if activity.height else 0.0
+    total = float(activity.sort("member_id")["root_requests"].sum()) if activity.height else 0.0
     if total <= 0 or allocations.height == 0 or len(hours) == 0:
         return pl.DataFrame(schema=SHARE_SCHEMA)
     starts = experiments.select("experiment_id", pl.col("start_date").cast(pl.Datetime("us")).alias("start_at"))
@@ -67,7 +67,9 @@ def treated_share(
             .alias("treated_from"),
             pl.col("root_requests").fill_null(0.0),
         )
-        .sort("experiment_id", "cell", "treated_from")
+        # A total order (ties broken by member): the cumulative sums, and so the shares,
+        # are then identical to the last bit on every rerun.
+        .sort("experiment_id", "cell", "treated_from", "member_id")
     )
     middles = hours.astype("datetime64[us]") + np.timedelta64(30, "m")
     frames = []
