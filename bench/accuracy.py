@@ -6,7 +6,7 @@
 
 Each seed generates `live_world_config(seed)` (same truth structure, different members,
 samples and noise), runs the whole pipeline (`cost-attribution run`, in-process) and
-compares every cell of the report with truth.json, on both baselines (incremental cost
+compares every cell of the last day's report with truth.json, on both baselines (incremental cost
 vs not shipping, and bill change). One JSON line per cell is appended to --out as soon
 as its seed finishes, so an interrupted run keeps what it measured.
 
@@ -49,7 +49,7 @@ def run_seed(seed: int, workdir: Path) -> list[dict]:
     root = workdir / f"seed-{seed}"
     truth = generate_world(root / "landing", live_world_config(seed))
     started = time.perf_counter()
-    summary, report = run_world(root / "landing", root / "warehouse.duckdb")
+    summary, report = run_world(root / "landing", root / "warehouse.duckdb", latest_only=True)
     seconds = time.perf_counter() - started
     rows = []
     for key, expected in truth["experiments"].items():

@@ -66,21 +66,23 @@ def _failure_reasons(result, label: str) -> list[str]:
     return reasons or [f"{label}: the run failed (see the Dagster logs)"]
 
 
-def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, lock_wait_seconds: float = 10.0) -> dict:
-    """Materialize everything for every trace day in the landing zone. Returns a summary.
+def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, latest_only: bool = False,
+                 lock_wait_seconds: float = 10.0) -> dict:
+    """Materialize everything for every trace day in the landing zone (with latest_only,
+    the as-of analyses only for the last day: what a benchmark needs). Returns a summary.
     Holds the warehouse's writer lock throughout (a second run waits, then refuses)."""
     from cost_attribution.warehouse import writer_lock
 
     landing, warehouse = landing.resolve(), warehouse.resolve()
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(warehouse, landing, lock_wait_seconds):
-        summary = _run_locked(landing, warehouse, quiet)
+        summary = _run_locked(landing, warehouse, quiet, latest_only)
     report = warehouse.parent / "report.json"
     summary["report_as_of"] = json.loads(report.read_text()).get("as_of") if report.exists() else None
     return summary
 
 
-def _run_locked(landing: Path, warehouse: Path, quiet: bool) -> dict:
+def _run_locked(landing: Path, warehouse: Path, quiet: bool, latest_only: bool) -> dict:
     import dagster as dg
 
     days = _configure_environment(landing, warehouse)
@@ -120,7 +122,7 @@ def _run_locked(landing: Path, warehouse: Path, quiet: bool) -> dict:
             summary["failed"].append("ingest")
             summary["reasons"] += _failure_reasons(result, "ingest")
             return summary
-        for day in days:
+        for day in days[-1:] if latest_only else days:
             t0 = time.perf_counter()
             result = job.execute_in_process(
                 partition_key=day.isoformat(), asset_selection=daily, instance=instance, raise_on_error=False

@@ -251,11 +251,20 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": services_frame.height,
+            "dagster/table_name": "main.experiment_costs",
+            "what_the_numbers_mean": dg.MetadataValue.md(BASELINES_IN_WORDS),
             "experiments": dg.MetadataValue.md(
                 markdown_table(experiments_frame.drop("as_of").sort("incremental_cost_usd_30d", descending=True), float_digits=0)
             ),
         }
     )
+
+
+BASELINES_IN_WORDS = (
+    "**incremental_cost_usd_30d**: what shipping the cell to everyone adds over 30 days compared with not "
+    "shipping it (everyone in control). **bill_change_usd_30d**: how much the cloud bill will move compared "
+    "with the last 28 days as they were, which already carried the running test's treated share."
+)
 
 
 def delta_correlation(usage, experiment_id, cell, control_cell, services, metrics) -> np.ndarray | None:
