@@ -62,6 +62,7 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             projection_days=settings.projection_days,
             blind_spot_coverage=settings.blind_spot_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
+            value_per_point_usd=settings.value_per_point_usd,
         )
         text = json.dumps(report, indent=2)
         newest = None
