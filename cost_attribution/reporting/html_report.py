@@ -144,6 +144,11 @@ def _plain_pct(value, digits: int | None = None) -> str:
     return f"{value:.{digits}f}%"
 
 
+def _of_bill(value) -> str:
+    """A share of a bill ("41% of"), or a multiple ("14.3×") once it passes twice the bill."""
+    return "n/a" if value is None else (f"{value / 100:.1f}×" if abs(value) >= 200 else f"{_plain_pct(value)} of")
+
+
 def _mde(value) -> str:
     return "n/a" if value is None else f"±{value:.1f}%" if abs(value) < 100 else f"±{value:,.0f}%"
 
@@ -175,7 +180,7 @@ _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     trim_blocks=False,
 )
-_ENV.filters.update(usd=_usd, pct=_pct, plain_pct=_plain_pct, mde=_mde, share=_share, sig=_sig)
+_ENV.filters.update(usd=_usd, pct=_pct, plain_pct=_plain_pct, mde=_mde, of_bill=_of_bill, share=_share, sig=_sig)
 
 
 def change_point(model: FittedCostModel | None) -> dt.datetime | None:

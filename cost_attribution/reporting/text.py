@@ -25,6 +25,9 @@ def render_text(report: dict, truth: dict | None = None) -> str:
                     f"      {svc['service']:<20} {svc['delta_pct']:+7.1f}% [{svc['ci_low_pct']:+.1f}, {svc['ci_high_pct']:+.1f}]"
                     f"  q={svc['q_value']:.2g}  {svc['cost_model'] or 'unpriced':<9} {_usd(svc['incremental_cost_usd_30d'])}"
                 )
+        reading = (exp.get("decision") or {}).get("cost_reading")
+        if reading:
+            lines.append(f"      = {reading['text']}")
         for flag in exp["flags"]:
             lines.append(f"      ! {flag['kind']}: {flag['detail']}")
         for metric in exp.get("business_metrics", []):
