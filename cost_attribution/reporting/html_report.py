@@ -78,6 +78,11 @@ ul.flags {{ margin: 4px 0 8px; padding-left: 18px; font-size: 13px; }}
 .history {{ margin: 0; flex: 0 0 auto; }} .history figcaption {{ max-width: 300px; }}
 .share {{ font-size: 13px; margin: 8px 0; }}
 .overview {{ font-size: 15px; }}
+.verdict {{ font-size: 12px; font-weight: 600; padding: 2px 8px; border-radius: 10px; margin-left: 8px;
+           vertical-align: middle; border: 1px solid; }}
+.verdict.verdict-adds {{ color: #991b1b; background: #fee2e2; }}
+.verdict.verdict-saves {{ color: #065f46; background: #d1fae5; }}
+.verdict.verdict-unclear, .verdict.verdict-unknown {{ color: #374151; background: #f3f4f6; }}
 ul.plain-flags {{ font-size: 13px; padding-left: 18px; margin: 6px 0 0; }}
 ul.plain-flags li.severe::marker {{ color: {RED}; }} ul.plain-flags li.info::marker {{ color: {ORANGE}; }}
 .owner {{ color: #4b5563; }}
@@ -85,6 +90,9 @@ td.ok {{ color: #047857; font-weight: 600; }} td.bad {{ color: {RED}; font-weigh
 .headroom {{ font-size: 13px; background: #f9fafb; padding: 6px 10px; border-radius: 4px; }}
 dl dt {{ font-weight: 600; margin-top: 8px; }} dl dd {{ margin-left: 16px; font-size: 13px; }}
 """
+
+VERDICT_WORDS = {"adds": "Adds cost", "saves": "Saves money", "unclear": "Cannot tell from $0 yet",
+                 "unknown": "Not priced"}
 
 SEVERE_FLAGS = {"cost_over_threshold", "deprecated_dependency", "new_dependency", "capacity_tipping_point",
                 "sample_ratio_mismatch"}
@@ -488,7 +496,7 @@ def render_html(report: dict, *, universes: pl.DataFrame, history: pl.DataFrame,
     calibration = [e for e in experiments if _decision(e).get("kind") == "aa"]
     return _ENV.get_template("report.html.j2").render(
         as_of=report["as_of"], css=CSS, colours={"grey": GREY, "blue": BLUE, "red": RED, "orange": ORANGE},
-        severe=SEVERE_FLAGS, cards=[_card(e) for e in real],
+        severe=SEVERE_FLAGS, verdict_words=VERDICT_WORDS, cards=[_card(e) for e in real],
         overview=decision.overview([{**e, "decision": _decision(e)} for e in real]), summary=_summary(real),
         calibration=[_calibration(e) for e in calibration], owners=report.get("owners", []),
         details=[_detail(e, universes=universes, history=history, models=models, capacity=capacity, window=window,

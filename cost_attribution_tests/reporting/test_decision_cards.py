@@ -119,6 +119,8 @@ def test_each_non_control_cell_has_a_decision_card(rendered):
     assert "indistinguishable from $0 at this traffic" in cards["three&lt;b&gt;:b"]
     assert "detectable from about 14.0% change in search&#39;s load" in cards["three&lt;b&gt;:b"]
     assert "likely saves between $602 and $4,225" in cards["three&lt;b&gt;:c"]
+    assert "Adds cost" in prefetch and "Saves money" in cards["three&lt;b&gt;:c"]
+    assert "Cannot tell from $0 yet" in cards["three&lt;b&gt;:b"] and '<b class="">+$400</b>' in cards["three&lt;b&gt;:b"]
     assert page.index('id="decisions"') < page.index('id="summary"') < page.index('id="calibration"')
 
 
