@@ -40,8 +40,9 @@ def _configure_environment(landing: Path, warehouse: Path) -> list:
     return days
 
 
-def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False) -> dict:
-    """Materialize everything for every trace day in the landing zone. Returns a summary."""
+def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, latest_only: bool = False) -> dict:
+    """Materialize everything for every trace day in the landing zone (with latest_only,
+    the as-of analyses only for the last day: what a benchmark needs). Returns a summary."""
     import dagster as dg
 
     landing, warehouse = landing.resolve(), warehouse.resolve()
@@ -78,7 +79,7 @@ def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False) -> dict:
         if not result.success:
             summary["failed"].append("ingest")
             return summary
-        for day in days:
+        for day in days[-1:] if latest_only else days:
             t0 = time.perf_counter()
             result = job.execute_in_process(
                 partition_key=day.isoformat(), asset_selection=daily, instance=instance, raise_on_error=False

@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution.attribution.member_usage import load_experiment_usage
 from cost_attribution.attribution.deltas import requests_and_work_deltas
 from cost_attribution.attribution.stats import StatsConfig, intended_splits, sample_ratio_mismatch
-from cost_attribution.attribution.treated_share import hourly_grid
+from cost_attribution.attribution.treated_share import hourly_grid, share_plot
 from cost_attribution.attribution.treated_share import treated_share as share_by_hour
 from cost_attribution.checks import trace_completeness as completeness
 from cost_attribution.partitions import daily_partitions, trailing_window
@@ -163,7 +163,8 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
     with warehouse.get_connection() as conn:
         activity = read_frame(
             conn,
-            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? GROUP BY ALL",
+            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? "
+            "GROUP BY ALL ORDER BY member_id",
             [as_of],
         )
         allocations = read_frame(
@@ -181,13 +182,15 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
         .agg(pl.col("share").mean().alias("mean_share_window"), pl.col("share").last().alias("share_last_hour"))
         .sort("experiment_id", "cell")
     )
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": shares.height,
-            "dagster/table_name": "main.treated_share",
-            "share_by_cell": dg.MetadataValue.md(markdown_table(summary)),
-        }
-    )
+    metadata = {
+        "dagster/row_count": shares.height,
+        "dagster/table_name": "main.treated_share",
+        "share_by_cell": dg.MetadataValue.md(markdown_table(summary)),
+    }
+    plot = share_plot(shares)
+    if plot:
+        metadata["share_over_time"] = dg.MetadataValue.md(f"![treated share](data:image/png;base64,{plot})")
+    return dg.MaterializeResult(metadata=metadata)
 
 
 attribution_assets = [trace_completeness, usage_deltas, treated_share]
