@@ -115,6 +115,10 @@ class AnalysisSettings(dg.ConfigurableResource):
     # Work per request: "duration" (SERVER span duration, the contract's definition) or
     # "busy" (duration minus the time the span's own calls were in flight).
     work_measure: str = "duration"
+    # What +1% of a business metric is worth, in USD per 30 days, by metric name (e.g.
+    # {"streaming_hours": 2000}). Where set, the report weighs it against the cost: net
+    # value and the probability that it is positive. Unset metrics get cost per point only.
+    value_per_point_usd: dict[str, float] = {}
 
 
 LANDING_ENV = "COST_ATTRIBUTION_LANDING"

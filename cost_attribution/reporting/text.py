@@ -67,6 +67,9 @@ def render_text(report: dict, truth: dict | None = None) -> str:
                     f"{'' if work is None else f', {work:+.1f}% work'}"
                     f"  q={_q(svc['q_value'])}  {svc['cost_model'] or 'unpriced':<9} {_usd(svc['incremental_cost_usd_30d'])}"
                 )
+        reading = (exp.get("decision") or {}).get("cost_reading")
+        if reading:
+            lines.append(f"      = {reading['text']}")
         for flag in exp["flags"]:
             lines.append(f"      ! {flag['kind']}: {flag['detail']}")
         for metric in exp.get("business_metrics", []):
