@@ -43,8 +43,10 @@ class AlertPolicy(dg.ConfigurableResource):
     """What is worth waking someone for."""
 
     cost_threshold_usd: float = 10_000.0
-    # "WARN" alerts on every failed check; "ERROR" only on error-severity ones.
-    min_check_severity: str = "WARN"
+    # "ERROR" (default) alerts on error-severity checks (the blocking coverage gate,
+    # freshness, contracts); "WARN" also on the warnings the report already flags
+    # (blind spots, drift, member tags), each once per incident.
+    min_check_severity: str = "ERROR"
     # Base URL of the Dagster UI, to link the run in the alert ("" = no link).
     dagster_url: str = ""
 
