@@ -54,6 +54,29 @@ class Progress:
         mark = "ok" if ok else "FAILED"
         self.line(f"{label:<44} {mark:<6} {seconds:6.1f}s  {detail}".rstrip())
 
+    @contextlib.contextmanager
+    def running(self, label: str):
+        """On a terminal, a ticking elapsed time while one long step runs; cleared after."""
+        if self.quiet or not self.stream.isatty():
+            yield
+            return
+        import threading
+
+        stop, started = threading.Event(), time.perf_counter()
+
+        def tick():
+            while not stop.wait(1.0):
+                print(f"\r{label:<44} ...    {time.perf_counter() - started:6.0f}s", end="", file=self.stream, flush=True)
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            print("\r\033[2K", end="", file=self.stream, flush=True)
+
     def bar(self, label: str, done: int, total: int, seconds: float) -> None:
         if self.quiet or not self.stream.isatty():
             return
@@ -172,15 +195,16 @@ def _execute(days: list, instance, progress: Progress, summary: dict) -> None:
 
     defs = build_defs(start_date=days[0])  # the partitions start at the first trace day
     bulk, daily = _split_job(defs.resolve_job_def("daily_cost_attribution"))
-    t0 = time.perf_counter()
-    result = bulk.execute_in_process(
-        instance=instance, raise_on_error=False,
-        tags={"dagster/asset_partition_range_start": days[0].isoformat(),
-              "dagster/asset_partition_range_end": days[-1].isoformat()},
-    )
+    t0, label = time.perf_counter(), f"ingest + span models {days[0]}..{days[-1]}"
+    with progress.running(label):
+        result = bulk.execute_in_process(
+            instance=instance, raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": days[0].isoformat(),
+                  "dagster/asset_partition_range_end": days[-1].isoformat()},
+        )
     summary["ingest_seconds"] = round(time.perf_counter() - t0, 1)
     summary["run_ids"].append(result.run_id)
-    progress.step(f"ingest + span models {days[0]}..{days[-1]}", result.success, summary["ingest_seconds"],
+    progress.step(label, result.success, summary["ingest_seconds"],
                   f"run {result.run_id[:8]}")
     if not result.success:
         summary["failed"].append("ingest")

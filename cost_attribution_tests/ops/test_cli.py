@@ -145,3 +145,27 @@ def test_run_is_quiet_and_prints_json_summary_with_run_ids(small_world, tmp_path
     assert lines[-1].endswith(f"log: {warehouse.parent / 'cost-attribution.log'}")
     log = (warehouse.parent / "cost-attribution.log").read_text()
     assert "RUN_SUCCESS" in log and "Running with dbt" in log
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_ticks_and_draws_a_bar():
+    terminal = _Terminal()
+    progress = cli.Progress(stream=terminal)
+    with progress.running("ingest"):
+        import time
+
+        time.sleep(1.3)
+    progress.bar("as-of analyses", 1, 2, 3.0)
+    progress.bar("as-of analyses", 2, 2, 6.0)
+    progress.step("as-of analyses", True, 6.0, "2/2 days")
+    text = terminal.getvalue()
+    assert "\ringest" in text and "...         1s" in text
+    assert "[############............] 1/2" in text and "[########################] 2/2" in text
+    assert text.endswith("as-of analyses                               ok        6.0s  2/2 days\n")
+    quiet = _Terminal()
+    cli.Progress(stream=quiet, quiet=True).bar("x", 1, 2, 1.0)
+    assert quiet.getvalue() == ""

@@ -55,3 +55,21 @@ def test_freshness_is_judged_outside_the_daily_runs():
     assert freshness <= {key.to_user_string() for key in graph.asset_check_keys}
     policies = {key.to_user_string(): graph.get(key).freshness_policy for key in graph.get_all_asset_keys()}
     assert {name for name, policy in policies.items() if policy == WHOLE_TABLE_POLICY} == set(WHOLE_TABLE_ASSETS)
+
+
+@pytest.mark.parametrize("days_ago, stale", [(1, False), (10, True)])
+def test_freshness_green_when_yesterday_is_there_red_when_stale(days_ago, stale):
+    """The freshness checks as `run` evaluates them at its end (and their sensor does):
+    every partition up to yesterday present -> fresh; the newest ten days old -> overdue."""
+    from cost_attribution.cli import Progress, _evaluate_freshness
+
+    newest = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days_ago)
+    defs = definitions.build_defs(start_date=newest - dt.timedelta(days=3))
+    with dg.DagsterInstance.ephemeral() as instance:
+        for asset in DAILY_ASSETS:
+            for back in range(4):  # every partition up to the newest, as a daily run leaves them
+                day = (newest - dt.timedelta(days=back)).isoformat()
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=day))
+        summary = {"run_ids": []}
+        _evaluate_freshness(defs, instance, Progress(quiet=True), summary)
+    assert summary["stale"] == (sorted(DAILY_ASSETS) if stale else [])
