@@ -1,4 +1,4 @@
-"""Alerts for the platform team: failed asset checks and costly experiments -> webhook/email."""
+"""Alerts for the platform team: failing asset checks, costly experiments and failed runs -> webhook/email."""
 
 import os
 

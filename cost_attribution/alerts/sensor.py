@@ -241,9 +241,12 @@ def _cost_incidents(context: dg.SensorEvaluationContext, cursor: AlertCursor, po
             deliver.problems.append(f"warehouse not readable, cost alerts deferred: {type(error).__name__}: {error}")
             return
         over = {f"{row['experiment_id']}|{row['cell']}": row for row in rows}
-        if not all(deliver(cost_alert(row, policy.cost_threshold_usd))
-                   for key, row in over.items() if key not in cursor.cost_open):
-            return  # retried next tick; the ones delivered now stay out of it below
+        for key, row in over.items():
+            if key in cursor.cost_open:
+                continue  # still over the threshold: the same incident
+            if not deliver(cost_alert(row, policy.cost_threshold_usd)):
+                return  # retried next tick; the ones delivered so far are remembered as open
+            cursor.cost_open = sorted({*cursor.cost_open, key})
         cursor.cost_open, cursor.cost_day = sorted(over), newest
     cursor.cost_after = result.records[-1].storage_id
 

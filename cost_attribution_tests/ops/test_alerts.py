@@ -314,3 +314,26 @@ def test_daemon_on_sqlite_instance_alerts_once_without_failed_ticks(tmp_path, we
         daemon.wait(timeout=60)
     assert len(webhook_sink.posts) == 1
     assert "trace_completeness:trace_coverage_gate" in webhook_sink.posts[0]["text"]
+
+
+def test_cost_alerts_partly_delivered_resend_only_the_rest(tmp_path, instance, webhook_sink):
+    warehouse = str(tmp_path / "w.duckdb")
+    with duckdb.connect(warehouse) as conn:
+        replace_rows(conn, "main.experiment_costs", pl.DataFrame({
+            "as_of": [dt.date(2026, 10, 30)] * 2, "experiment_id": ["alpha", "beta"], "cell": ["t", "t"],
+            "incremental_cost_usd_30d": [5e4, 6e4], "ci_low_usd_30d": [1e4, 1e4], "ci_high_usd_30d": [9e4, 9e4]}))
+    instance.report_runless_asset_event(dg.AssetMaterialization("cost_projections", partition="2026-10-30"))
+    sensor = build_alert_sensor()
+    resources = {
+        "alert_channels": AlertChannels(webhook_url=webhook_sink.url),
+        "alert_policy": AlertPolicy(cost_threshold_usd=1e4),
+        "warehouse": DuckDBResource(database=warehouse),
+    }
+    webhook_sink.fail_containing = "beta:t"  # the webhook takes alpha's alert, not beta's
+    cursor = _tick(sensor, instance, None, resources)
+    assert [p["text"].splitlines()[0] for p in webhook_sink.posts] == ["Projected cost over threshold: alpha:t"]
+    webhook_sink.fail_containing = ""
+    cursor = _tick(sensor, instance, cursor, resources)
+    _tick(sensor, instance, cursor, resources)
+    assert [p["text"].splitlines()[0] for p in webhook_sink.posts] == [
+        "Projected cost over threshold: alpha:t", "Projected cost over threshold: beta:t"]
