@@ -66,3 +66,15 @@ def test_dagster_dev_loads_the_code_location_without_the_venv_on_path(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
         log.close()
+
+
+@pytest.mark.slow
+def test_definitions_validate_without_the_venv_on_path(tmp_path):
+    """`dagster definitions validate` (the CLI's `dg check defs`) over workspace.yaml."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Validation successful for code location cost_attribution" in done.stderr + done.stdout
