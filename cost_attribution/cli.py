@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -187,10 +188,10 @@ def ui_link(run_id: str) -> str:
     return f"{os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip('/')}/runs/{run_id}"
 
 
-def _execute(days: list, instance, progress: Progress, summary: dict) -> None:
+def _execute(days: list, instance, progress: Progress, summary: dict, latest_only: bool = False) -> None:
     """The span-level work (ingest + dbt) once over the whole range as a single-run
-    backfill, then the as-of analyses day by day, so a day failing its coverage gate
-    blocks only itself."""
+    backfill, then the as-of analyses day by day (with latest_only for the last day only:
+    what a benchmark needs), so a day failing its coverage gate blocks only itself."""
     from cost_attribution.definitions import build_defs
 
     defs = build_defs(start_date=days[0])  # the partitions start at the first trace day
@@ -209,8 +210,8 @@ def _execute(days: list, instance, progress: Progress, summary: dict) -> None:
     if not result.success:
         summary["failed"].append("ingest")
         return
-    t_days = time.perf_counter()
-    for i, day in enumerate(days, start=1):
+    t_days, as_of_days = time.perf_counter(), days[-1:] if latest_only else days
+    for i, day in enumerate(as_of_days, start=1):
         t0 = time.perf_counter()
         result = daily.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
         summary["run_ids"].append(result.run_id)
@@ -220,10 +221,10 @@ def _execute(days: list, instance, progress: Progress, summary: dict) -> None:
             summary["failed"].append(day.isoformat())
             progress.line(f"  as of {day}: FAILED (a failed coverage gate skips that day's projections), "
                           f"run {result.run_id[:8]}")
-        progress.bar("as-of analyses (deltas, models, report)", i, len(days), time.perf_counter() - t_days)
+        progress.bar("as-of analyses (deltas, models, report)", i, len(as_of_days), time.perf_counter() - t_days)
     ok_days = sum(d["success"] for d in summary["days"])
-    progress.step(f"as-of analyses {days[0]}..{days[-1]}", ok_days == len(days), time.perf_counter() - t_days,
-                  f"{ok_days}/{len(days)} days")
+    progress.step(f"as-of analyses {as_of_days[0]}..{as_of_days[-1]}", ok_days == len(as_of_days),
+                  time.perf_counter() - t_days, f"{ok_days}/{len(as_of_days)} days")
     _evaluate_freshness(defs, instance, progress, summary)
 
 
@@ -247,8 +248,9 @@ def _evaluate_freshness(defs, instance, progress: Progress, summary: dict) -> No
 
 
 def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, verbose: bool = False,
-                 progress: Progress | None = None) -> dict:
-    """Materialize everything for every trace day in the landing zone. Returns a summary."""
+                 progress: Progress | None = None, latest_only: bool = False) -> dict:
+    """Materialize everything for every trace day in the landing zone (with latest_only,
+    the as-of analyses only for the last day: what a benchmark needs). Returns a summary."""
     import dagster as dg
 
     landing, warehouse = landing.resolve(), warehouse.resolve()
@@ -264,7 +266,7 @@ def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, verbose: b
         progress.stream = terminal
         try:
             with dg.DagsterInstance.get() if persistent else dg.DagsterInstance.ephemeral() as instance:
-                _execute(days, instance, progress, summary)
+                _execute(days, instance, progress, summary, latest_only=latest_only)
         finally:
             progress.stream = previous_stream
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -381,16 +383,17 @@ def _cmd_export(args) -> int:
 
 def _cmd_demo(args) -> int:
     from cost_attribution.reporting.text import render_text
-    from cost_attribution.simulator import WorldConfig, generate_world
+    from cost_attribution.simulator import generate_world, live_world_config
 
     root = Path(args.dir).resolve()
     landing, warehouse = root / "landing", root / "warehouse.duckdb"
     progress = Progress(quiet=args.quiet)
     t0 = time.perf_counter()
-    # Two trace days before the experiments start give CUPED its pre-period covariate. The
+    # Production as it really is: experiments already running on uneven ramps, three
+    # cells, heavier requests, a savings test, pre-period traces (simulator.world). The
     # world ends yesterday (UTC), as a deployment that ran its daily schedule does: the
     # freshness checks judge it fresh today and stale from the day after tomorrow on.
-    config = WorldConfig(seed=args.seed, pre_period_days=2, end_date=dt.date.fromisoformat(args.end_date))
+    config = dataclasses.replace(live_world_config(args.seed), end_date=dt.date.fromisoformat(args.end_date))
     truth = generate_world(landing, config)
     progress.step(f"demo world (seed {args.seed})", True, time.perf_counter() - t0, str(landing))
     summary = run_pipeline(landing, warehouse, verbose=args.verbose, progress=progress)

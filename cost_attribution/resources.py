@@ -70,10 +70,16 @@ class AnalysisSettings(dg.ConfigurableResource):
     min_trace_coverage: float = 0.5
     blind_spot_coverage: float = 0.5
     projection_days: int = 28
+    # Load history the projection reads (>= projection_days): where an experiment's
+    # treated share started inside it, production metrics calibrate the trace deltas.
+    calibration_days: int = 56
     horizon_days: int = 30
     cost_alert_threshold_usd: float = 10_000.0
     app_tag: str = "app"
     static_headroom: float | None = None
+    # Work per request: "duration" (SERVER span duration, the contract's definition) or
+    # "busy" (duration minus the time the span's own calls were in flight).
+    work_measure: str = "duration"
 
 
 LANDING_ENV = "COST_ATTRIBUTION_LANDING"

@@ -59,6 +59,8 @@ def replace_rows(
             # table created earlier in the same transaction once they pass ~122,880 (one row
             # group): SELECT * then sees none in this process.
             conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM _incoming LIMIT 0")
+        else:
+            _add_new_columns(conn, target)
         conn.execute("BEGIN TRANSACTION")
         if where:
             clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
@@ -74,6 +76,15 @@ def replace_rows(
     finally:
         conn.unregister("_incoming")
     return frame.height
+
+
+def _add_new_columns(conn: duckdb.DuckDBPyConnection, target: str) -> None:
+    """A warehouse written by an older version gains the columns a newer one writes
+    (NULL in its old rows) instead of failing the insert."""
+    existing = {row[0] for row in conn.execute(f"SELECT * FROM {target} LIMIT 0").description}
+    for name, column_type, *_ in conn.execute("DESCRIBE SELECT * FROM _incoming").fetchall():
+        if name not in existing:
+            conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {column_type}")
 
 
 def read_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:

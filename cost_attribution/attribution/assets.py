@@ -12,9 +12,12 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.member_usage import load_experiment_usage
-from cost_attribution.attribution.stats import StatsConfig, compare_cells, sample_ratio_mismatch
+from cost_attribution.attribution.deltas import requests_and_work_deltas
+from cost_attribution.attribution.stats import StatsConfig, intended_splits, sample_ratio_mismatch
+from cost_attribution.attribution.treated_share import hourly_grid, share_plot
+from cost_attribution.attribution.treated_share import treated_share as share_by_hour
 from cost_attribution.checks import trace_completeness as completeness
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.partitions import daily_partitions, trailing_window
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
 
@@ -73,17 +76,18 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
 
 @dg.asset(
     key="usage_deltas",
-    deps=["member_service_usage", "trace_completeness", "allocations", "experiments"],
+    deps=["member_service_usage", "member_roots", "trace_completeness", "allocations", "experiments"],
     description="As of the partition day: for every experiment cell and service, the relative change in adjusted "
-    "request volume per allocated member vs control, with a member-level interval (always-valid by default, "
-    "because the report re-reads it every day), p-value and Benjamini-Hochberg q-value across all pairs.",
+    "request volume and in work (busy time of the service's SERVER spans) per allocated member vs control, with "
+    "member-level intervals (always-valid by default, because the report re-reads it every day), p-values and "
+    "Benjamini-Hochberg q-values across all pairs and both metrics.",
     partitions_def=daily_partitions,
     check_specs=[
         dg.AssetCheckSpec(
             SRM_CHECK,
             asset="usage_deltas",
-            description="WARN when an experiment's allocation counts per cell are implausible under its split "
-            "(sample ratio mismatch): its deltas are then suspect.",
+            description="WARN when an experiment's allocation counts per cell are implausible under its intended "
+            "split (experiments.yaml weights, else even): a sample ratio mismatch makes its deltas suspect.",
         )
     ],
     kinds={"python", "duckdb"},
@@ -95,13 +99,14 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     as_of = dt.date.fromisoformat(context.partition_key)
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:
-        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage)
-        deltas = compare_cells(
-            usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests"),
+        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        deltas = requests_and_work_deltas(
+            usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests", "work"),
             usage.allocations,
-            usage.experiments.select("experiment_id", "control_cell"),
+            usage.experiments,
             config,
             pre_usage=usage.pre_usage if usage.pre_usage.height else None,
+            roots=usage.roots,
         )
         measured_from = usage.member_usage.select("experiment_id", "service", "measured_from").unique(
             subset=["experiment_id", "service"]
@@ -113,7 +118,7 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
             .select("as_of", pl.all().exclude("as_of"))
         )
         replace_rows(conn, "main.usage_deltas", deltas, where={"as_of": as_of})
-        srm = sample_ratio_mismatch(usage.allocations, usage.experiments)
+        srm = sample_ratio_mismatch(usage.allocations, usage.experiments, intended_splits(usage.experiments))
         replace_rows(conn, "main.sample_ratio", srm.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
     significant = deltas.filter(pl.col("significant"))
     yield dg.MaterializeResult(
@@ -138,4 +143,53 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     )
 
 
-attribution_assets = [trace_completeness, usage_deltas]
+@dg.asset(
+    key="treated_share",
+    deps=["member_activity", "allocations", "experiments"],
+    description="As of the partition day: for every running experiment cell and every hour of the load history "
+    "(calibration window, which ends with the projection window), "
+    "the share of production load its members drove (activity-weighted share of members treated by then; members "
+    "count from their allocated_at). Before the first trace day the share is carried back by who was allocated "
+    "when. The cost projections take this share out of the observed load (main.treated_share).",
+    partitions_def=daily_partitions,
+    kinds={"python", "duckdb"},
+    owners=["team:experimentation"],
+    group_name=ATTRIBUTION,
+    pool="warehouse",
+)
+def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
+    as_of = dt.date.fromisoformat(context.partition_key)
+    start, end = trailing_window(as_of, settings.calibration_days)
+    with warehouse.get_connection() as conn:
+        activity = read_frame(
+            conn,
+            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? GROUP BY ALL",
+            [as_of],
+        )
+        allocations = read_frame(
+            conn,
+            "SELECT experiment_id, member_id, cell, allocated_at FROM raw.allocations WHERE allocated_at < ? ORDER BY ALL",
+            [end],
+        )
+        experiments = read_frame(
+            conn, "SELECT experiment_id, start_date FROM raw.experiments WHERE start_date IS NULL OR start_date <= ?", [as_of]
+        )
+        shares = share_by_hour(activity, allocations, experiments, hourly_grid(start, end))
+        replace_rows(conn, "main.treated_share", shares.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
+    summary = (
+        shares.group_by("experiment_id", "cell")
+        .agg(pl.col("share").mean().alias("mean_share_window"), pl.col("share").last().alias("share_last_hour"))
+        .sort("experiment_id", "cell")
+    )
+    metadata = {
+        "dagster/row_count": shares.height,
+        "dagster/table_name": "main.treated_share",
+        "share_by_cell": dg.MetadataValue.md(markdown_table(summary)),
+    }
+    plot = share_plot(shares)
+    if plot:
+        metadata["share_over_time"] = dg.MetadataValue.md(f"![treated share](data:image/png;base64,{plot})")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+attribution_assets = [trace_completeness, usage_deltas, treated_share]

@@ -12,15 +12,16 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from cost_attribution.warehouse import read_frame
+from cost_attribution.warehouse import quote_ident, read_frame, table_exists
 
 
 @dataclass
 class ExperimentUsage:
     experiments: pl.DataFrame  # experiment_id, control_cell, start_date, ...
     allocations: pl.DataFrame  # experiment_id, member_id, cell (allocated by the as-of day)
-    member_usage: pl.DataFrame  # experiment_id, cell, member_id, service, requests, measured_from
-    pre_usage: pl.DataFrame  # experiment_id, member_id, service, pre_requests (before the start: CUPED covariate)
+    member_usage: pl.DataFrame  # experiment_id, cell, member_id, service, requests, work, measured_from
+    pre_usage: pl.DataFrame  # experiment_id, member_id, service, pre_requests, pre_work (untreated: CUPED covariate)
+    roots: pl.DataFrame  # experiment_id, member_id, service, root_requests (treated period: activity covariate)
     coverage: pl.DataFrame  # service, coverage over the analysis window
     window_start: dt.date | None
     as_of: dt.date
@@ -41,15 +42,21 @@ def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
     )
 
 
+WORK_MEASURES = {"duration": "work", "busy": "busy"}
+
+
 def load_experiment_usage(
-    conn: duckdb.DuckDBPyConnection, as_of: dt.date, blind_spot_coverage: float
+    conn: duckdb.DuckDBPyConnection, as_of: dt.date, blind_spot_coverage: float, work_measure: str = "duration"
 ) -> ExperimentUsage:
     """Member-level usage of every running experiment from its start through `as_of`.
 
     A service whose own SERVER spans mostly miss the member (coverage below
     `blind_spot_coverage`) is measured from the CLIENT spans that call it inside
     attributed traces instead, when there are any: the caller still knows the member.
+    `work_measure` picks the work column: SERVER span duration or busy time.
     """
+    if work_measure not in WORK_MEASURES:
+        raise ValueError(f"work_measure must be one of {sorted(WORK_MEASURES)}, got {work_measure!r}")
     experiments = read_frame(
         conn,
         "SELECT * FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY experiment_id",
@@ -70,14 +77,17 @@ def load_experiment_usage(
         """,
         [as_of, as_of],
     )
-    # Usage from the start through as_of is the outcome; usage of the same members on
-    # trace days before the start (allocated, not yet treated) is the CUPED covariate.
+    # A member is treated from its allocated_at (and not before the experiment's start):
+    # that usage is the outcome. Its usage before then (period 'pre' from the span
+    # models, or trace days before the start) is the same member untreated: the CUPED
+    # covariate, never counted as treated.
     usage = read_frame(
         conn,
-        """
+        f"""
         SELECT u.experiment_id, u.cell, u.member_id, u.service, u.source,
+               u.period = 'pre' OR (e.start_date IS NOT NULL AND u.dt < e.start_date) AS pre_period,
                sum(u.requests) AS requests,
-               e.start_date IS NOT NULL AND u.dt < e.start_date AS pre_period
+               sum(u.{quote_ident(WORK_MEASURES[work_measure])}) AS work
         FROM main.member_service_usage u
         JOIN raw.experiments e USING (experiment_id)
         WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
@@ -103,6 +113,21 @@ def load_experiment_usage(
     pre_usage = (
         chosen.filter(pl.col("pre_period"))
         .group_by("experiment_id", "member_id", "service")
-        .agg(pl.col("requests").sum().alias("pre_requests"))
+        .agg(pl.col("requests").sum().alias("pre_requests"), pl.col("work").sum().alias("pre_work"))
     )
-    return ExperimentUsage(experiments, allocations, outcome, pre_usage, coverage, window_start, as_of)
+    roots = read_frame(
+        conn,
+        """
+        SELECT r.experiment_id, r.member_id, r.service, sum(r.root_requests) AS root_requests
+        FROM main.member_roots r
+        JOIN raw.experiments e USING (experiment_id)
+        WHERE r.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+          AND r.period = 'post' AND (e.start_date IS NULL OR r.dt >= e.start_date)
+        GROUP BY ALL
+        ORDER BY ALL
+        """,
+        [as_of, as_of],
+    ) if table_exists(conn, "main.member_roots") else pl.DataFrame(
+        schema={"experiment_id": pl.Utf8, "member_id": pl.Utf8, "service": pl.Utf8, "root_requests": pl.Float64}
+    )
+    return ExperimentUsage(experiments, allocations, outcome, pre_usage, roots, coverage, window_start, as_of)

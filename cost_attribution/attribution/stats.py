@@ -22,10 +22,10 @@ from cost_attribution.attribution import stats_inference as inf
 from cost_attribution.attribution.stats_inference import benjamini_hochberg, sequential_halfwidth
 from cost_attribution.attribution.stats_inputs import clean_allocations, clean_usage, require_columns
 
-__all__ = ["StatsConfig", "compare_cells", "delta_covariance", "sample_ratio_mismatch",
+__all__ = ["StatsConfig", "compare_cells", "delta_covariance", "intended_splits", "sample_ratio_mismatch",
            "benjamini_hochberg", "sequential_halfwidth", "RESULT_SCHEMA"]
 
-_VARIANCE_REDUCTIONS = ("none", "cuped", "auto")
+_VARIANCE_REDUCTIONS = ("none", "cuped", "auto", "ratio")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ class StatsConfig:
     # Validity does not depend on it; a wrong guess only costs some width.  5000 is the
     # gbstats default and about 2x the sample world's ~2,500 members per experiment.
     sequential_tuning_n: float = 5000.0
-    # "none" | "cuped" (requires pre_usage) | "auto" (cuped when pre_usage is given)
+    # "none" | "cuped" (requires pre_usage) | "auto" (cuped when pre_usage is given) |
+    # "ratio" (pre_usage holds each member's denominator, e.g. its root requests: the
+    # metric is y per unit of x, compared as a ratio of means)
     variance_reduction: str = "auto"
 
     def __post_init__(self):
@@ -159,9 +161,12 @@ def compare_cells(member_usage: pl.DataFrame, allocations: pl.DataFrame, experim
     significant.  Unusable input rows are excluded with a warning; call
     `stats_inputs.clean_allocations` / `clean_usage` to get them with reasons.
     """
-    use_cuped = config.variance_reduction == "cuped" or (config.variance_reduction == "auto" and pre_usage is not None)
+    use_ratio = config.variance_reduction == "ratio"
+    use_cuped = use_ratio or config.variance_reduction == "cuped" or (
+        config.variance_reduction == "auto" and pre_usage is not None)
     if use_cuped and pre_usage is None:
-        raise ValueError("variance_reduction='cuped' needs pre_usage (experiment_id, member_id, service, pre_requests)")
+        raise ValueError(f"variance_reduction={config.variance_reduction!r} needs pre_usage "
+                         "(experiment_id, member_id, service, pre_requests)")
     exps = _experiments_table(experiments)
     alloc, usage, quarantine = _member_values(member_usage, allocations, pre_usage, use_cuped)
     if quarantine.height:
@@ -178,13 +183,15 @@ def compare_cells(member_usage: pl.DataFrame, allocations: pl.DataFrame, experim
     lo, hi, p = _interval(plain, n_total, config)
     effect, saved_pct = plain, np.zeros(frame.height)
     if use_cuped:
-        effect = inf.relative_effect(control, treatment, inf.pooled_cuped_theta(control, treatment))
+        effect = (inf.ratio_effect(control, treatment) if use_ratio
+                  else inf.relative_effect(control, treatment, inf.pooled_cuped_theta(control, treatment)))
         plain_width = hi - lo
         lo, hi, p = _interval(effect, n_total, config)
         with np.errstate(divide="ignore", invalid="ignore"):
             saved_pct = 100.0 * (1.0 - (hi - lo) / plain_width)
     q = benjamini_hochberg(p)
-    method = ("sequential" if config.sequential else "delta-method") + ("+cuped" if use_cuped else "")
+    method = ("sequential" if config.sequential else "delta-method") + (
+        "+ratio" if use_ratio else "+cuped" if use_cuped else "")
     return frame.select(
         "experiment_id", "cell", "control_cell", "service", "n_treatment", "n_control",
     ).with_columns(
@@ -249,6 +256,19 @@ def delta_covariance(member_usage: pl.DataFrame, allocations: pl.DataFrame, expe
         sigma = (cov_t * np.outer(inv_c, inv_c) / n_t
                  + cov_c * np.outer(m_t * inv_c**2, m_t * inv_c**2) / n_c)
     return sigma
+
+
+def intended_splits(experiments: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """experiment_id -> {cell: weight} from experiments.yaml (`cells`, `weights`);
+    even over the cells where no weights are given."""
+    splits = {}
+    for row in experiments.iter_rows(named=True):
+        cells = [c for c in (row.get("cells") or "").split(",") if c]
+        if not cells:
+            continue
+        weights = orjson.loads(row["weights"]) if row.get("weights") else [1.0] * len(cells)
+        splits[row["experiment_id"]] = dict(zip(cells, (float(w) for w in weights)))
+    return splits
 
 
 def sample_ratio_mismatch(allocations: pl.DataFrame, experiments: pl.DataFrame, expected_split: dict | None = None,

@@ -114,6 +114,37 @@ def relative_effect(control: CellMoments, treatment: CellMoments, theta: np.ndar
     return RelativeEffect(m_c, m_t, delta, var, dof)
 
 
+def ratio_effect(control: CellMoments, treatment: CellMoments) -> RelativeEffect:
+    """Relative effect of a ratio metric y / x per cell (gbstats ratio metrics):
+    R = mean(y) / mean(x), delta = R_t / R_c - 1, by the delta method
+
+        Var(R) = (V_y - 2 R C_xy + R^2 V_x) / (n m_x^2)
+        Var(delta) = Var(R_t) / R_c^2 + R_t^2 Var(R_c) / R_c^4
+
+    With x a member's own root requests, unchanged by the cell, R_t / R_c estimates the
+    same relative change as mean(y_t) / mean(y_c) without the noise of how active each
+    member is. NaN where a mean or variance is 0 (e.g. no covariate)."""
+
+    def moments(c: CellMoments):
+        n = c.n.astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m_y = np.where(n > 0, c.sum_y / n, 0.0)
+            m_x = np.where(n > 0, c.sum_x / n, 0.0)
+            r = np.where(m_x > 0, m_y / m_x, np.nan)
+            v = (_sample_variance(n, c.sum_y, c.sum_y2) - 2 * r * _sample_covariance(n, c.sum_y, c.sum_x, c.sum_xy)
+                 + r**2 * _sample_variance(n, c.sum_x, c.sum_x2)) / (n * m_x**2)
+        return n, m_y, r, v
+
+    n_c, m_c, r_c, v_c = moments(control)
+    n_t, m_t, r_t, v_t = moments(treatment)
+    defined = (r_c > 0) & (n_c > 1) & (n_t > 1) & np.isfinite(r_t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(defined, r_t / r_c - 1.0, np.nan)
+        var = v_t / r_c**2 + r_t**2 * v_c / r_c**4
+    var = np.where(defined & (var > 0), var, np.nan)
+    return RelativeEffect(m_c, m_t, delta, var, np.maximum(np.minimum(n_c, n_t) - 1, 1))
+
+
 def fixed_horizon(delta: np.ndarray, variance: np.ndarray, dof: np.ndarray, alpha: float):
     """Two-sided Welch t interval and p-value (gbstats `TwoSidedTTest`)."""
     se = np.sqrt(variance)

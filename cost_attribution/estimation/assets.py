@@ -12,8 +12,9 @@ from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.member_usage import load_experiment_usage
 from cost_attribution.attribution.stats import delta_covariance
-from cost_attribution.estimation import projection
-from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, project_incremental_cost
+from cost_attribution.attribution.treated_share import hourly_grid
+from cost_attribution.estimation.cell_costs import project_cells
+from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all
 from cost_attribution.estimation.plots import cost_model_plot
 from cost_attribution.partitions import daily_partitions, trailing_window
 from cost_attribution.resources import AnalysisSettings
@@ -36,13 +37,16 @@ WITH costs AS (
     GROUP BY ALL
 ),
 volume AS (
-    SELECT service, date_trunc('hour', hour) AS hour, sum(requests) AS requests
+    SELECT service, date_trunc('hour', hour) AS hour, sum(requests) AS requests,
+           -- NULL unless every row of the hour carries CPU seconds
+           CASE WHEN count(cpu_seconds) = count(*) THEN sum(cpu_seconds) END AS cpu_seconds
     FROM raw.usage_metrics
     GROUP BY ALL
 )
 SELECT coalesce(v.service, c.service) AS service,
        coalesce(v.hour, c.hour) AS hour,
        v.requests,
+       v.cpu_seconds,
        c.cost,
        c.instances,
        c.sku,
@@ -55,7 +59,7 @@ ORDER BY service, hour
 @dg.asset(
     key="service_hourly_history",
     deps=["focus_costs", "usage_metrics"],
-    description="Per service and hour: production requests (metrics), attributed cost (FOCUS EffectiveCost of rows "
+    description="Per service and hour: production requests and CPU seconds (metrics), attributed cost (FOCUS EffectiveCost of rows "
     "tagged with the service), instance count and dominant SKU. The training data of the cost models.",
     kinds={"duckdb"},
     owners=OWNERS,
@@ -183,26 +187,40 @@ def load_models(conn, as_of: dt.date) -> dict[str, FittedCostModel]:
     return {r["service"]: FittedCostModel.from_dict(json.loads(r["model_json"])) for r in rows.iter_rows(named=True)}
 
 
-def load_projection_volume(conn, as_of: dt.date, days: int) -> dict[str, pl.DataFrame]:
-    """The last `days` days of hourly production volume per service, ending with the as-of day."""
+def load_projection_load(
+    conn, as_of: dt.date, days: int, models: dict[str, FittedCostModel]
+) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The last `days` days' hour starts, ending with the as-of day, and per service
+    (positions in them, hourly load in the unit its cost model is driven by: CPU seconds
+    or requests)."""
     start, end = trailing_window(as_of, days)
+    hours = hourly_grid(start, end)
     volume = read_frame(
         conn,
         """
-        SELECT service, hour, sum(requests) AS requests FROM raw.usage_metrics
-        WHERE hour >= ? AND hour < ? GROUP BY ALL ORDER BY service, hour
+        SELECT service, hour, requests, cpu_seconds FROM main.service_hourly_history
+        WHERE hour >= ? AND hour < ? AND requests IS NOT NULL ORDER BY service, hour
         """,
         [start, end],
     )
-    return {service: group.select("hour", "requests") for (service,), group in volume.group_by("service", maintain_order=True)}
+    load = {}
+    for (service,), group in volume.group_by("service", maintain_order=True):
+        model = models.get(service)
+        driver = (model.features or ["requests"])[0] if model else "requests"
+        group = group.filter(pl.col(driver).is_not_null())
+        stamps = group["hour"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+        load[service] = (np.searchsorted(hours, stamps), group[driver].to_numpy().astype(float))
+    return hours, load
 
 
 @dg.asset(
     key="cost_projections",
-    deps=["usage_deltas", "cost_models", "usage_metrics"],
-    description="For every experiment cell: what rolling it out to 100% would add to the bill over 30 days. Each "
-    "service's cost model prices the last 28 days of hourly volume as is and x (1 + delta); the difference is "
-    "scaled to 30 days. Intervals: per service from the delta interval, per experiment from correlated joint draws.",
+    deps=["usage_deltas", "cost_models", "service_hourly_history", "treated_share"],
+    description="For every experiment cell, what shipping it would add over 30 days. Each service's cost model "
+    "prices the last 28 days of hourly load (CPU seconds or requests) with every running experiment's treated "
+    "share taken out (everyone in control) and changed by the cell's effect: incremental cost vs not shipping. "
+    "The same counterfactual against the days as they were is the bill change. Intervals: per service from the "
+    "delta interval, per cell from correlated joint draws.",
     partitions_def=daily_partitions,
     kinds={"python", "duckdb"},
     owners=OWNERS,
@@ -211,104 +229,30 @@ def load_projection_volume(conn, as_of: dt.date, days: int) -> dict[str, pl.Data
 )
 def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
     as_of = dt.date.fromisoformat(context.partition_key)
-    scale = settings.horizon_days / settings.projection_days
     with warehouse.get_connection() as conn:
         # Ordered: the joint draws are seeded, so a fixed service order makes reruns identical.
         deltas = read_frame(
             conn, "SELECT * FROM main.usage_deltas WHERE as_of = ? ORDER BY experiment_id, cell, service", [as_of]
         )
         models = load_models(conn, as_of)
-        volume = load_projection_volume(conn, as_of, settings.projection_days)
-        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage)
-        service_rows, experiment_rows, universe_frames = [], [], []
-        for (experiment_id, cell), group in deltas.group_by("experiment_id", "cell", maintain_order=True):
-            control_cell = group["control_cell"][0]
-            # A service without a model, production volume or a finite interval (no control
-            # traffic) cannot be priced; it is counted in services_unpriced and flagged.
-            priced = group.filter(
-                pl.col("service").is_in(list(models))
-                & pl.col("service").is_in(list(volume))
-                & pl.col("delta").is_not_null()
-                & pl.col("ci_low").is_not_null()
-                & pl.col("ci_high").is_not_null()
-                & pl.col("delta").is_finite()
-                & pl.col("ci_low").is_finite()
-                & pl.col("ci_high").is_finite()
-            )
-            curves, centre, half, sig = [], [], [], []
-            for row in priced.iter_rows(named=True):
-                model = models[row["service"]]
-                hours, hourly = volume[row["service"]]["hour"], volume[row["service"]]["requests"].to_numpy()
-                spread = max(row["ci_high"] - row["delta"], row["delta"] - row["ci_low"], 1e-6)
-                curve = projection.cost_curve(
-                    model, hourly, scale, row["delta"] - 4 * spread, row["delta"] + 4 * spread
-                )
-                point, low, high = projection.service_dollars(
-                    curve, row["delta"], row["ci_low"], row["ci_high"], bool(row["significant"])
-                )
-                _, base, counterfactual = project_incremental_cost(model, hourly, max(row["delta"], -1.0))
-                capacity = model.capacity_requests_per_hour
-                service_rows.append(
-                    {
-                        "as_of": as_of,
-                        "experiment_id": experiment_id,
-                        "cell": cell,
-                        "service": row["service"],
-                        "cost_model": model.cost_model,
-                        "incremental_cost_usd_30d": point,
-                        "ci_low_usd_30d": low,
-                        "ci_high_usd_30d": high,
-                        "baseline_cost_usd_30d": float(base.sum() * scale),
-                        "peak_requests_per_hour": float(hourly.max() * (1 + max(row["delta"], 0.0))),
-                        "exceeds_capacity": bool(
-                            capacity is not None and hourly.max() * (1 + row["delta"]) > capacity
-                        ),
-                    }
-                )
-                if row["significant"]:
-                    universe_frames.append(
-                        pl.DataFrame(
-                            {
-                                "as_of": [as_of] * len(base),
-                                "experiment_id": [experiment_id] * len(base),
-                                "cell": [cell] * len(base),
-                                "service": [row["service"]] * len(base),
-                                "hour": hours,
-                                "baseline_cost": base,
-                                "counterfactual_cost": counterfactual,
-                            }
-                        )
-                    )
-                curves.append(curve)
-                centre.append(row["delta"])
-                half.append(spread)
-                sig.append(bool(row["significant"]))
-            correlation = _delta_correlation(usage, experiment_id, cell, control_cell, [c.service for c in curves])
-            point, low, high = projection.experiment_interval(
-                curves, np.array(centre), np.array(half), np.array(sig, dtype=bool), correlation
-            )
-            experiment_rows.append(
-                {
-                    "as_of": as_of,
-                    "experiment_id": experiment_id,
-                    "cell": cell,
-                    "control_cell": control_cell,
-                    "incremental_cost_usd_30d": point,
-                    "ci_low_usd_30d": low,
-                    "ci_high_usd_30d": high,
-                    "services_priced": len(curves),
-                    "services_unpriced": group.height - len(curves),
-                }
-            )
-        services_frame = pl.DataFrame(service_rows, schema=PROJECTION_SCHEMA)
-        experiments_frame = pl.DataFrame(experiment_rows, schema=EXPERIMENT_COST_SCHEMA)
+        hours, load = load_projection_load(conn, as_of, settings.calibration_days, models)
+        shares = read_frame(conn, "SELECT experiment_id, cell, hour, share FROM main.treated_share WHERE as_of = ?", [as_of])
+        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        services_frame, experiments_frame, universes = project_cells(
+            as_of, deltas, models, load, hours, shares,
+            scale=settings.horizon_days / settings.projection_days,
+            fdr_q=settings.fdr_q,
+            correlation=lambda *key: delta_correlation(usage, *key),
+            projection_hours=24 * settings.projection_days,
+        )
         replace_rows(conn, "main.cost_projections", services_frame, where={"as_of": as_of})
         replace_rows(conn, "main.experiment_costs", experiments_frame, where={"as_of": as_of})
-        universes = pl.concat(universe_frames) if universe_frames else pl.DataFrame(schema=UNIVERSE_SCHEMA)
-        replace_rows(conn, "main.projection_universes", universes.cast(UNIVERSE_SCHEMA), where={"as_of": as_of})
+        replace_rows(conn, "main.projection_universes", universes, where={"as_of": as_of})
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": services_frame.height,
+            "dagster/table_name": "main.experiment_costs",
+            "what_the_numbers_mean": dg.MetadataValue.md(BASELINES_IN_WORDS),
             "experiments": dg.MetadataValue.md(
                 markdown_table(experiments_frame.drop("as_of").sort("incremental_cost_usd_30d", descending=True), float_digits=0)
             ),
@@ -316,49 +260,29 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
     )
 
 
-def _delta_correlation(usage, experiment_id, cell, control_cell, services) -> np.ndarray | None:
+BASELINES_IN_WORDS = (
+    "**incremental_cost_usd_30d**: what shipping the cell to everyone adds over 30 days compared with not "
+    "shipping it (everyone in control). **bill_change_usd_30d**: how much the cloud bill will move compared "
+    "with the last 28 days as they were, which already carried the running test's treated share."
+)
+
+
+def delta_correlation(usage, experiment_id, cell, control_cell, services, metrics) -> np.ndarray | None:
+    """Member-level correlation of the deltas the cell's services are priced with
+    (each on its own metric: work or requests)."""
     if len(services) < 2:
         return None
+    metric_of = dict(zip(services, metrics))
+    work_services = [s for s in services if metric_of[s] == "work"]
+    member_usage = usage.member_usage.with_columns(
+        pl.when(pl.col("service").is_in(work_services)).then(pl.col("work")).otherwise(pl.col("requests")).alias("requests")
+    )
     try:
-        cov = delta_covariance(usage.member_usage, usage.allocations, experiment_id, cell, control_cell, services)
+        cov = delta_covariance(member_usage, usage.allocations, experiment_id, cell, control_cell, services)
     except (ValueError, ZeroDivisionError, np.linalg.LinAlgError):
         return None
     sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
     return cov / np.outer(sd, sd)
 
-
-PROJECTION_SCHEMA = {
-    "as_of": pl.Date,
-    "experiment_id": pl.Utf8,
-    "cell": pl.Utf8,
-    "service": pl.Utf8,
-    "cost_model": pl.Utf8,
-    "incremental_cost_usd_30d": pl.Float64,
-    "ci_low_usd_30d": pl.Float64,
-    "ci_high_usd_30d": pl.Float64,
-    "baseline_cost_usd_30d": pl.Float64,
-    "peak_requests_per_hour": pl.Float64,
-    "exceeds_capacity": pl.Boolean,
-}
-EXPERIMENT_COST_SCHEMA = {
-    "as_of": pl.Date,
-    "experiment_id": pl.Utf8,
-    "cell": pl.Utf8,
-    "control_cell": pl.Utf8,
-    "incremental_cost_usd_30d": pl.Float64,
-    "ci_low_usd_30d": pl.Float64,
-    "ci_high_usd_30d": pl.Float64,
-    "services_priced": pl.Int64,
-    "services_unpriced": pl.Int64,
-}
-UNIVERSE_SCHEMA = {
-    "as_of": pl.Date,
-    "experiment_id": pl.Utf8,
-    "cell": pl.Utf8,
-    "service": pl.Utf8,
-    "hour": pl.Datetime("us", "UTC"),
-    "baseline_cost": pl.Float64,
-    "counterfactual_cost": pl.Float64,
-}
 
 estimation_assets = [service_hourly_history, cost_models, cost_projections]

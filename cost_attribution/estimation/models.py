@@ -421,11 +421,26 @@ def fit_all(history: pl.DataFrame, as_of: datetime, config: ModelConfig = ModelC
     parts = history.filter(pl.col("service").is_not_null()).partition_by("service", as_dict=True, maintain_order=False)
     models = []
     for (service,), part in sorted(parts.items(), key=lambda kv: str(kv[0][0])):
+        driver = load_driver(part)
         try:
-            models.append(fit_service_model(str(service), part, as_of, config))
+            # The curve is fitted on the driver's hourly values (the `requests` column
+            # of the training rows); `features` records which load it is.
+            model = fit_service_model(str(service), part.with_columns(pl.col(driver).alias("requests")), as_of, config)
         except Exception as exc:  # add the service to the message; a bug must stay loud
             raise RuntimeError(f"fitting cost model for service {service!r} failed: {exc}") from exc
+        model.features = [driver]
+        models.append(model)
     return models
+
+
+def load_driver(history: pl.DataFrame) -> str:
+    """What a service's cost follows: CPU seconds where usage metrics carry them for every
+    hour (heavier requests cost more even when there are not more of them), else requests."""
+    if "cpu_seconds" in history.columns and history.height:
+        cpu = history["cpu_seconds"]
+        if cpu.null_count() == 0 and float(cpu.sum()) > 0:
+            return "cpu_seconds"
+    return "requests"
 
 
 def project_incremental_cost(

@@ -1,14 +1,23 @@
-"""Two universes -> dollars, per service and per experiment, with intervals.
+"""Two universes -> dollars, per service and per experiment cell, with intervals.
 
-Per service: the cost model prices the last N days of hourly production volume as it
-was (baseline) and scaled by (1 + delta) (counterfactual); the difference, scaled to
-the horizon, is the incremental cost. The cost is monotone in delta, so the delta
-interval maps to the dollar interval endpoint by endpoint.
+Production as it really is: the last N days of load (requests, or CPU seconds where
+usage metrics carry them) already hold every running experiment's treated share. Per
+service and hour, with s_c(h) the treated share of cell c (attribution.treated_share)
+and d_c its effect on the service's load:
 
-Per experiment: services move together (the same members drive them), so the
-experiment's interval comes from joint draws of the deltas with their member-level
-correlation, each draw priced through every service's (possibly non-linear, e.g.
-static-until-capacity) cost curve. Non-significant services contribute 0 to the point
+    observed L(h) = B(h) x prod over experiments (1 + sum_c s_c(h) d_c)
+
+so B, the load with everyone in control, is L divided by that factor. Shipping cell c:
+- incremental cost (vs not shipping): f(B (1 + d_c)) - f(B)
+- bill change (vs the days as they were): f(CF) - f(L), CF = L (1 + d_c) / (1 + sum_c' s_c' d_c'),
+  this experiment's share replaced by 100% of the cell, other experiments as they are;
+f the service's cost model (today's cost structure), summed over the hours and scaled to
+the horizon. Both are monotone in d_c (the deflator moves with it), so each is tabulated
+once on a grid of d_c and the delta interval maps to dollars endpoint by endpoint.
+
+Per cell: services move together (the same members drive them), so the interval comes
+from joint draws of the deltas with their member-level correlation, each draw priced
+through every service's curve. Non-significant services contribute 0 to the point
 estimate but their uncertainty still widens the interval.
 """
 
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cost_attribution.estimation.models import FittedCostModel, project_incremental_cost
+from cost_attribution.estimation.models import FittedCostModel
 
 Z95 = 1.959963984540054
 
@@ -36,28 +45,8 @@ class ServiceCostCurve:
         return np.interp(delta, self.grid, self.cost)
 
 
-def cost_curve(
-    model: FittedCostModel, volume: np.ndarray, scale: float, lo: float, hi: float, points: int = 161
-) -> ServiceCostCurve:
-    lo = max(lo, -0.999)  # a cell cannot remove more than all of a service's volume
-    hi = max(hi, lo + 1e-9)
-    grid = np.linspace(lo, hi, points)
-    if lo < 0.0 < hi:  # zero exactly on the grid, so a null delta prices to exactly $0
-        grid = np.unique(np.append(grid, 0.0))
-    cost = np.array([project_incremental_cost(model, volume, float(d))[0] * scale for d in grid])
-    # Guard the interpolation against tiny non-monotone wiggles of a fitted model.
-    return ServiceCostCurve(model.service, grid, np.maximum.accumulate(cost))
-
-
-def service_dollars(
-    curve: ServiceCostCurve, delta: float, ci_low: float, ci_high: float, significant: bool
-) -> tuple[float, float, float]:
-    point = float(curve(delta)) if significant else 0.0
-    return point, float(curve(ci_low)), float(curve(ci_high))
-
-
-def experiment_interval(
-    curves: list[ServiceCostCurve],
+def joint_intervals(
+    families: list[list[ServiceCostCurve]],
     deltas: np.ndarray,
     half_widths: np.ndarray,
     significant: np.ndarray,
@@ -65,31 +54,76 @@ def experiment_interval(
     draws: int = 4000,
     seed: int = 0,
     level: float = 0.95,
-) -> tuple[float, float, float]:
-    """(point, low, high) of the experiment's incremental cost.
+) -> list[tuple[float, float, float]]:
+    """(point, low, high) per family of per-service curves (e.g. incremental cost and
+    bill change), all priced on the same joint draws of the services' deltas.
 
     half_widths are the reported per-service interval half-widths (always-valid or
-    fixed), so the marginal spread of each draw matches what the report shows."""
-    if not curves:
-        return 0.0, 0.0, 0.0
+    fixed), so the marginal spread of each draw matches what the report shows; draws
+    are centred on the delta where significant and on 0 elsewhere."""
+    k = len(deltas)
+    if k == 0:
+        return [(0.0, 0.0, 0.0) for _ in families]
     sd = np.asarray(half_widths, dtype=float) / Z95
     sd = np.where(np.isfinite(sd), sd, 0.0)
-    k = len(curves)
     corr = np.eye(k) if correlation is None else np.asarray(correlation, dtype=float)
     corr = np.where(np.isfinite(corr), corr, 0.0)
     np.fill_diagonal(corr, 1.0)
-    cov = corr * np.outer(sd, sd)
-    root = _matrix_root(cov)
+    root = _matrix_root(corr * np.outer(sd, sd))
     rng = np.random.default_rng(seed)
     centre = np.where(significant, deltas, 0.0)
     sampled = centre + rng.standard_normal((draws, k)) @ root.T
-    totals = np.zeros(draws)
-    for j, curve in enumerate(curves):
-        totals += curve(sampled[:, j])
-    point = float(sum(curve(d) for curve, d, s in zip(curves, deltas, significant) if s))
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(totals, [tail, 1.0 - tail])
-    return point, float(min(low, point)), float(max(high, point))
+    out = []
+    for curves in families:
+        totals = np.zeros(draws)
+        for j, curve in enumerate(curves):
+            totals += curve(sampled[:, j])
+        point = float(sum(float(curve(c)) for curve, c in zip(curves, centre)))
+        low, high = np.quantile(totals, [tail, 1.0 - tail])
+        out.append((point, float(min(low, point)), float(max(high, point))))
+    return out
+
+
+@dataclass(frozen=True)
+class LoadShares:
+    """What the running experiments did to one service's observed load, hour by hour.
+
+    own: 1 + sum over the cell's sibling cells (same experiment, not control) of
+         share x their delta; share: the cell's own treated share; others: the product
+         of (1 + sum_c share_c d_c) over every other experiment touching the service."""
+
+    own: np.ndarray
+    share: np.ndarray
+    others: np.ndarray
+
+
+def cell_curves(
+    model: FittedCostModel, load: np.ndarray, shares: LoadShares, scale: float, lo: float, hi: float,
+    exact: tuple[float, ...] = (), points: int = 161,
+) -> tuple[ServiceCostCurve, ServiceCostCurve]:
+    """(incremental cost, bill change) of one service as functions of the cell's delta d:
+    sum over hours of f(B (1 + d)) - f(B) and f(L (1 + d) / own(d)) - f(L), where
+    own(d) = own + share x d and B = L / (own(d) x others), times `scale`. The deltas in
+    `exact` (point and interval ends) are grid points, so they are priced exactly."""
+    lo = max(lo, -0.999)  # a cell cannot remove more than all of a service's load
+    hi = max(hi, lo + 1e-9)
+    grid = np.linspace(lo, hi, points)
+    extra = [d for d in (0.0, *exact) if lo < d < hi]  # zero: a null delta prices to exactly $0
+    grid = np.unique(np.append(grid, extra))
+    load = np.asarray(load, dtype=float)
+    observed = float(model.predict(load).sum())
+    incremental, bill = np.empty(len(grid)), np.empty(len(grid))
+    for i, d in enumerate(grid):
+        own = shares.own + shares.share * d
+        baseline = load / (own * shares.others)
+        incremental[i] = (model.predict(baseline * (1.0 + d)).sum() - model.predict(baseline).sum()) * scale
+        bill[i] = (model.predict(load * (1.0 + d) / own).sum() - observed) * scale
+    # Guard the interpolation against tiny non-monotone wiggles of a fitted model.
+    return (
+        ServiceCostCurve(model.service, grid, np.maximum.accumulate(incremental)),
+        ServiceCostCurve(model.service, grid, np.maximum.accumulate(bill)),
+    )
 
 
 def _matrix_root(cov: np.ndarray) -> np.ndarray:

@@ -147,7 +147,7 @@ FOCUS_SCHEMA = {
     "app": pl.Utf8,
 }
 
-USAGE_SCHEMA = {"hour": pl.Datetime("us", "UTC"), "service": pl.Utf8, "requests": pl.Float64}
+USAGE_SCHEMA = {"hour": pl.Datetime("us", "UTC"), "service": pl.Utf8, "requests": pl.Float64, "cpu_seconds": pl.Float64}
 
 
 def load_usage_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -158,12 +158,16 @@ def load_usage_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tu
     if not files:
         return pl.DataFrame(schema=USAGE_SCHEMA), empty_quarantine()
     scan, params = _scan_sql(files)
+    present = {r[0] for r in conn.execute(f"DESCRIBE {scan}", params).fetchall()}
+    # cpu_seconds is optional: the CPU time the hour's requests used (load driver of the cost models).
+    cpu = "try_cast(cpu_seconds AS DOUBLE)" if "cpu_seconds" in present else "CAST(NULL AS DOUBLE)"
     typed = read_frame(
         conn,
         f"""
         WITH src AS ({scan})
         SELECT source_file, try_cast(hour AS TIMESTAMPTZ) AS hour, service,
-               try_cast(requests AS DOUBLE) AS requests, hour AS raw_hour, requests AS raw_requests
+               try_cast(requests AS DOUBLE) AS requests, {cpu} AS cpu_seconds,
+               hour AS raw_hour, requests AS raw_requests
         FROM src
         """,
         params,
@@ -175,6 +179,8 @@ def load_usage_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tu
         .then(pl.lit("missing_service_name"))
         .when(pl.col("requests").is_null() | (pl.col("requests") < 0) | pl.col("requests").is_nan())
         .then(pl.lit("bad_request_count"))
+        .when(pl.col("cpu_seconds").is_not_null() & ((pl.col("cpu_seconds") < 0) | ~pl.col("cpu_seconds").is_finite()))
+        .then(pl.lit("bad_cpu_seconds"))
         .alias("reason")
     )
     typed = typed.with_columns(
@@ -195,6 +201,8 @@ EXPERIMENT_SCHEMA = {
     "cells": pl.Utf8,  # comma-separated: portable to every SQL engine the dbt models target
     "start_date": pl.Date,
     "owner": pl.Utf8,
+    "weights": pl.Utf8,  # JSON list aligned with cells: the intended split (NULL = even)
+    "kind": pl.Utf8,  # ab | aa (calibration: no effect expected)
 }
 
 
@@ -209,6 +217,14 @@ def parse_experiments(catalog: dict) -> pl.DataFrame:
         control = str(entry.get("control_cell") or "control")
         if cells and control not in cells:
             raise ValueError(f"experiment {entry['id']}: control_cell {control!r} is not one of its cells {cells}")
+        weights = entry.get("weights")
+        if weights is not None:
+            if not isinstance(weights, list) or len(weights) != len(cells or [control, "treatment"]):
+                raise ValueError(f"experiment {entry['id']}: weights {weights!r} must list one number per cell")
+            weights = [float(w) for w in weights]
+            if any(not (w >= 0) for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"experiment {entry['id']}: weights {weights!r} must be non-negative with a positive sum")
+            weights = [w / sum(weights) for w in weights]
         start = entry.get("start")
         if isinstance(start, str):
             start = dt.date.fromisoformat(start[:10])
@@ -222,6 +238,8 @@ def parse_experiments(catalog: dict) -> pl.DataFrame:
                 "cells": ",".join(cells or [control, "treatment"]),
                 "start_date": start,
                 "owner": None if entry.get("owner") is None else str(entry["owner"]),
+                "weights": None if weights is None else json.dumps(weights),
+                "kind": str(entry.get("kind") or "ab"),
             }
         )
     frame = pl.DataFrame(rows, schema=EXPERIMENT_SCHEMA)

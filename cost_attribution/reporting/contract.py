@@ -17,6 +17,9 @@ EXPERIMENT_KEYS = {
     "incremental_cost_usd_30d": NUMBER,
     "ci_low_usd_30d": NUMBER,
     "ci_high_usd_30d": NUMBER,
+    "bill_change_usd_30d": NUMBER,
+    "bill_ci_low_usd_30d": NUMBER,
+    "bill_ci_high_usd_30d": NUMBER,
     "services": list,
     "flags": list,
     "business_metrics": list,
@@ -30,6 +33,9 @@ EXPERIMENT_SERVICE_KEYS = {
     "q_value": NUMBER,
     "significant": bool,
     "cost_model": str,
+    "work_delta_pct": NUMBER,
+    "work_ci_low_pct": NUMBER,
+    "work_ci_high_pct": NUMBER,
     "incremental_cost_usd_30d": NUMBER,
     "ci_low_usd_30d": NUMBER,
     "ci_high_usd_30d": NUMBER,
@@ -71,9 +77,13 @@ def contract_errors(report: dict) -> list[str]:
         _check(exp, EXPERIMENT_KEYS, where, errors)
         if not isinstance(exp, dict):
             continue
-        lo, point, hi = exp.get("ci_low_usd_30d"), exp.get("incremental_cost_usd_30d"), exp.get("ci_high_usd_30d")
-        if all(isinstance(v, NUMBER) for v in (lo, point, hi)) and not lo <= point <= hi:
-            errors.append(f"{where}: interval [{lo}, {hi}] does not contain the point estimate {point}")
+        for point_key, low_key, high_key in (
+            ("incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d"),
+            ("bill_change_usd_30d", "bill_ci_low_usd_30d", "bill_ci_high_usd_30d"),
+        ):
+            lo, point, hi = exp.get(low_key), exp.get(point_key), exp.get(high_key)
+            if all(isinstance(v, NUMBER) for v in (lo, point, hi)) and not lo <= point <= hi:
+                errors.append(f"{where}: interval [{lo}, {hi}] does not contain {point_key} {point}")
         for j, svc in enumerate(exp.get("services") or []):
             # A service with no production volume or model is unpriced (cost_model null,
             # flagged), and one with no control traffic has no delta: both stay visible.
@@ -82,7 +92,8 @@ def contract_errors(report: dict) -> list[str]:
                 EXPERIMENT_SERVICE_KEYS,
                 f"{where}.services[{j}]",
                 errors,
-                nullable={"cost_model", "delta_pct", "ci_low_pct", "ci_high_pct", "p_value", "q_value", "trace_coverage"},
+                nullable={"cost_model", "delta_pct", "ci_low_pct", "ci_high_pct", "p_value", "q_value", "trace_coverage",
+                          "work_delta_pct", "work_ci_low_pct", "work_ci_high_pct"},
             )
             if isinstance(svc, dict) and svc.get("cost_model") not in COST_MODELS | {None}:
                 errors.append(f"{where}.services[{j}].cost_model: {svc.get('cost_model')!r} not in {sorted(COST_MODELS)}")

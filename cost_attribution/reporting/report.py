@@ -12,6 +12,7 @@ import polars as pl
 
 from cost_attribution.attribution.shift_left import load_edge_shifts
 from cost_attribution.checks.trace_completeness import summarize, volume_reconciliation
+from cost_attribution.partitions import trailing_window
 from cost_attribution.reporting.flags import experiment_flags
 from cost_attribution.warehouse import read_frame, table_exists
 
@@ -153,6 +154,17 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
         ("experiment_id", "cell", "service"),
     )
 
+    shares = _frame(
+        conn, "main.treated_share",
+        "SELECT experiment_id, cell, avg(share) AS mean_share, arg_max(share, hour) AS share_now "
+        "FROM main.treated_share WHERE as_of = ? AND hour >= ? GROUP BY ALL",
+        [as_of, trailing_window(as_of, projection_days)[0]],
+    )
+    treated_shares = {
+        (r["experiment_id"], r["cell"]): {"mean_pct": _pct(r["mean_share"]), "now_pct": _pct(r["share_now"])}
+        for r in shares.iter_rows(named=True)
+    }
+
     experiments = []
     for exp in experiment_costs.iter_rows(named=True):
         rows = deltas.filter((pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"]))
@@ -175,9 +187,18 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
                     "q_value": r["q_value"],
                     "significant": bool(r["significant"]),
                     "cost_model": r.get("cost_model"),
+                    "work_delta_pct": _pct(r.get("work_delta")),
+                    "work_ci_low_pct": _pct(r.get("work_ci_low")),
+                    "work_ci_high_pct": _pct(r.get("work_ci_high")),
+                    "work_p_value": r.get("work_p_value"),
+                    "work_q_value": r.get("work_q_value"),
+                    "priced_on": r.get("metric"),
                     "incremental_cost_usd_30d": _usd(r.get("incremental_cost_usd_30d")) or 0.0,
                     "ci_low_usd_30d": _usd(r.get("ci_low_usd_30d")) or 0.0,
                     "ci_high_usd_30d": _usd(r.get("ci_high_usd_30d")) or 0.0,
+                    "bill_change_usd_30d": _usd(r.get("bill_change_usd_30d")) or 0.0,
+                    "bill_ci_low_usd_30d": _usd(r.get("bill_ci_low_usd_30d")) or 0.0,
+                    "bill_ci_high_usd_30d": _usd(r.get("bill_ci_high_usd_30d")) or 0.0,
                     "trace_coverage": r.get("trace_coverage"),
                     "measured_from": r.get("measured_from"),
                 }
@@ -209,6 +230,10 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
                 "incremental_cost_usd_30d": _usd(exp["incremental_cost_usd_30d"]),
                 "ci_low_usd_30d": _usd(exp["ci_low_usd_30d"]),
                 "ci_high_usd_30d": _usd(exp["ci_high_usd_30d"]),
+                "bill_change_usd_30d": _usd(exp.get("bill_change_usd_30d")),
+                "bill_ci_low_usd_30d": _usd(exp.get("bill_ci_low_usd_30d")),
+                "bill_ci_high_usd_30d": _usd(exp.get("bill_ci_high_usd_30d")),
+                "treated_share": treated_shares.get((exp["experiment_id"], exp["cell"])),
                 "services": services,
                 "flags": flags,
                 "business_metrics": [

@@ -5,13 +5,17 @@ allocations, experiments/services catalogs, FOCUS hourly costs, usage metrics,
 business metrics and truth.json, and returns the truth dict. `WorldConfig()` mirrors
 the sample world's size; `small_world_config()` is a seconds-fast world for tests;
 `WorldConfig(target_spans_per_day=10_000_000)` is the benchmark world.
+`live_world_config()` / `small_live_world_config()` are production as it really is:
+experiments running for weeks on ramps and uneven splits, any cells, heavier requests,
+cpu_seconds, and a truth with both incremental cost and bill change per cell.
 """
 
 from cost_attribution.simulator.config import (
-    DirtyRecordCounts, DriftSpec, EdgeSpec, ExperimentSpec, SamplingDomain, ServiceSpec, WorldConfig)
-from cost_attribution.simulator.world import generate_world, small_world_config
+    CellSpec, DirtyRecordCounts, DriftSpec, EdgeSpec, ExperimentSpec, SamplingDomain, ServiceSpec, WorldConfig)
+from cost_attribution.simulator.world import (
+    generate_world, live_world_config, small_live_world_config, small_world_config)
 
 __all__ = [
-    "DirtyRecordCounts", "DriftSpec", "EdgeSpec", "ExperimentSpec", "SamplingDomain", "ServiceSpec",
-    "WorldConfig", "generate_world", "small_world_config",
+    "CellSpec", "DirtyRecordCounts", "DriftSpec", "EdgeSpec", "ExperimentSpec", "SamplingDomain", "ServiceSpec",
+    "WorldConfig", "generate_world", "live_world_config", "small_live_world_config", "small_world_config",
 ]

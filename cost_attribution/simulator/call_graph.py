@@ -2,6 +2,9 @@
 
 Edges include those that only treatment cells use (base rate 0). Rates are kept as
 arrays [..., n_edges] so that per-member behaviour is computed in one vectorized pass.
+An *arm* is one non-control cell of one experiment: cells[:, x] == arm_cell[a] for
+x = arm_experiment[a]. Cell codes per experiment: NOT_ALLOCATED, CONTROL (0), then the
+treatment cells 1, 2, ... in ExperimentSpec.treatment_cells order.
 """
 
 from __future__ import annotations
@@ -25,9 +28,14 @@ class CallGraph:
     regular: np.ndarray  # [n_edges] bool: floor+Bernoulli instead of Poisson
     broken: np.ndarray  # [n_edges] bool: caller drops trace context
     topo_order: tuple[int, ...]  # services, callers before callees
-    # [n_experiments, n_edges] treatment multiplier and additive new-edge rate
+    # [n_arms, n_edges] treatment multiplier and additive new-edge rate
     multipliers: np.ndarray
     additions: np.ndarray
+    n_experiments: int
+    arm_experiment: np.ndarray  # [n_arms] experiment index
+    arm_cell: np.ndarray  # [n_arms] cell code within the experiment
+    base_work: np.ndarray  # [n_svc] cpu seconds per request
+    work_multipliers: np.ndarray  # [n_arms, n_svc]
 
     @property
     def n_edges(self) -> int:
@@ -45,12 +53,20 @@ class CallGraph:
         rates = np.broadcast_to(self.base_rates, (n, self.n_edges)).copy()
         if not active:
             return rates
-        in_treatment = (cells == TREATMENT).astype(float)  # [n, n_exp]
+        in_treatment = self.in_arm(cells)
         # Multipliers compose multiplicatively: log-sum over the member's treatments.
         log_mult = in_treatment @ np.log(self.multipliers)
         rates *= np.exp(log_mult)
         rates += in_treatment @ self.additions
         return rates
+
+    def in_arm(self, cells: np.ndarray) -> np.ndarray:
+        """[n, n_experiments] cell codes -> [n, n_arms] 0/1 membership."""
+        return (cells[:, self.arm_experiment] == self.arm_cell).astype(float)
+
+    def work_per_request(self, cells: np.ndarray) -> np.ndarray:
+        """CPU seconds per request of each service for each row of cells: [n, n_svc]."""
+        return self.base_work * np.exp(self.in_arm(cells) @ np.log(self.work_multipliers))
 
     def server_volume_per_root(self, rates: np.ndarray) -> np.ndarray:
         """Expected SERVER spans per root request, per service: [n, n_edges] -> [n, n_svc].
@@ -88,22 +104,31 @@ def build_call_graph(config: WorldConfig) -> CallGraph:
 
     for edge in config.edges:
         edge_id(edge.caller, edge.callee, edge.calls_per_request, edge.regular)
-    n_exp = len(config.experiments)
+    arms = [(x, code, cell) for x, exp in enumerate(config.experiments)
+            for code, cell in enumerate(exp.treatment_cells, start=TREATMENT)]
     effects: list[tuple[int, int, float, str]] = []
-    for x, exp in enumerate(config.experiments):
-        for caller, callee, mult in exp.edge_multipliers:
+    for a, (x, _, cell) in enumerate(arms):
+        label = f"{config.experiments[x].id}:{cell.name}"
+        for caller, callee, mult in cell.edge_multipliers:
             if (caller, callee) not in keyed:
-                raise ValueError(f"{exp.id}: multiplier on unknown edge {caller}->{callee}")
-            effects.append((x, keyed[(caller, callee)], mult, "mult"))
-        for caller, callee, rate in exp.new_edges:
-            effects.append((x, edge_id(caller, callee), rate, "add"))
-    multipliers = np.ones((n_exp, len(callers)))
-    additions = np.zeros((n_exp, len(callers)))
-    for x, e, value, kind in effects:
+                raise ValueError(f"{label}: multiplier on unknown edge {caller}->{callee}")
+            effects.append((a, keyed[(caller, callee)], mult, "mult"))
+        for caller, callee, rate in cell.new_edges:
+            effects.append((a, edge_id(caller, callee), rate, "add"))
+    multipliers = np.ones((len(arms), len(callers)))
+    additions = np.zeros((len(arms), len(callers)))
+    for a, e, value, kind in effects:
         if kind == "mult":
-            multipliers[x, e] = value
+            multipliers[a, e] = value
         else:
-            additions[x, e] = value
+            additions[a, e] = value
+    work = np.ones((len(arms), len(services)))
+    for a, (x, _, cell) in enumerate(arms):
+        for service, mult in cell.work_multipliers:
+            if service not in index:
+                raise ValueError(f"{config.experiments[x].id}:{cell.name}: work multiplier on unknown "
+                                 f"service {service}")
+            work[a, index[service]] = mult
 
     broken_pairs = set(config.broken_edges)
     broken = np.array([(services[c], services[d]) in broken_pairs for c, d in zip(callers, callees)])
@@ -119,6 +144,11 @@ def build_call_graph(config: WorldConfig) -> CallGraph:
         topo_order=_topological_order(len(services), callers_arr, callees_arr),
         multipliers=multipliers,
         additions=additions,
+        n_experiments=len(config.experiments),
+        arm_experiment=np.array([x for x, _, _ in arms], dtype=np.int64),
+        arm_cell=np.array([code for _, code, _ in arms], dtype=np.int8),
+        base_work=np.array([s.cpu_seconds_per_request for s in config.services], dtype=float),
+        work_multipliers=work,
     )
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cost_attribution.simulator.call_graph import TREATMENT
 from cost_attribution.simulator.config import WorldConfig
 from cost_attribution.simulator.population import Population
 
@@ -18,9 +17,15 @@ def write_experiments_yaml(path: Path, config: WorldConfig) -> None:
         lines += [
             f"  - id: {exp.id}",
             f'    name: "{exp.name}"',
-            "    control_cell: control",
-            "    cells: [control, treatment]",
-            f"    start: {config.experiment_start.isoformat()}",
+            f"    control_cell: {exp.control_cell}",
+            f"    cells: [{', '.join(exp.cell_names)}]",
+        ]
+        if not exp.even_weights:
+            lines.append(f"    weights: [{', '.join(f'{w:g}' for w in exp.cell_weights)}]")
+        if exp.kind != "ab":
+            lines.append(f"    kind: {exp.kind}")
+        lines += [
+            f"    start: {config.start_of(exp).isoformat()}",
             f"    owner: {exp.owner}",
         ]
     path.write_text("\n".join(lines) + "\n")
@@ -45,18 +50,18 @@ def allocations_frame(config: WorldConfig, population: Population) -> pl.DataFra
         frames.append(pl.DataFrame({
             "member_id": population.member_ids[members],
             "experiment_id": exp.id,
-            "cell": np.where(population.cells[members, x] == TREATMENT, "treatment", "control"),
+            "cell": np.array(exp.cell_names)[population.cells[members, x]],
             "allocated_at": pl.Series(population.allocated_at[members, x].astype("datetime64[ms]"))
             .dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }))
+        }, schema=dict.fromkeys(("member_id", "experiment_id", "cell", "allocated_at"), pl.String)))
     return pl.concat(frames)
 
 
 def business_metrics_frame(config: WorldConfig) -> pl.DataFrame:
     rows = [
-        {"experiment_id": exp.id, "cell": "treatment", "metric": metric, "delta_pct": delta,
+        {"experiment_id": exp.id, "cell": cell.name, "metric": metric, "delta_pct": delta,
          "ci_low_pct": round(delta - half, 3), "ci_high_pct": round(delta + half, 3)}
-        for exp in config.experiments for metric, delta, half in exp.business_metrics
+        for exp in config.experiments for cell in exp.treatment_cells for metric, delta, half in cell.business_metrics
     ]
     schema = {"experiment_id": pl.String, "cell": pl.String, "metric": pl.String, "delta_pct": pl.Float64,
               "ci_low_pct": pl.Float64, "ci_high_pct": pl.Float64}

@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 class ServiceSpec:
     """One service and its true cost model.
 
-    autoscale: instances(hour) = max(min_instances, ceil(requests / capacity)).
+    autoscale: instances(hour) = max(min_instances, ceil(requests / capacity)); in a live
+    world the driver is CPU: ceil(cpu_seconds / (capacity x cpu_seconds_per_request)), which
+    is the same curve as long as requests keep their base work.
     static: a fixed fleet sized for peak x static_headroom, so extra load costs $0.
+    cpu_seconds_per_request: base work of one request (live worlds: SERVER self time and
+    usage_metrics cpu_seconds).
     """
 
     name: str
@@ -28,6 +32,7 @@ class ServiceSpec:
     static_headroom: float = 2.5
     deprecated: bool = False
     tier: int = 2
+    cpu_seconds_per_request: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,38 @@ class EdgeSpec:
 
 
 @dataclass(frozen=True)
+class CellSpec:
+    """One non-control cell of an experiment and what it changes, at 100% of its members.
+
+    edge_multipliers: (caller, callee, multiplier) on an existing edge's call rate.
+    new_edges: (caller, callee, calls_per_request) for an edge that control never uses.
+    work_multipliers: (service, multiplier) on the work (CPU, SERVER self time) of each
+    of that service's requests, without changing how many there are.
+    business_metrics: (metric, delta_pct, ci_half_width_pct) from the experimentation platform.
+    """
+
+    name: str
+    edge_multipliers: tuple[tuple[str, str, float], ...] = ()
+    new_edges: tuple[tuple[str, str, float], ...] = ()
+    work_multipliers: tuple[tuple[str, float], ...] = ()
+    business_metrics: tuple[tuple[str, float, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
-    """Two cells, control and treatment; treatment rescales or adds call edges."""
+    """An experiment: a control cell and one or more treatment cells.
+
+    Without `cells`, the single treatment cell is `treatment`, built from the fields
+    edge_multipliers / new_edges / work_multipliers / business_metrics.
+
+    Timing: with start_days_before_end = None the experiment starts on the first trace day
+    after the pre-period and every member is allocated a few days before the trace window
+    (the original world). With a number, it starts at 00:00 UTC that many days before
+    end_date (weeks before the traces if you like) and members are allocated along the
+    ramp: ramp_steps ((days after start, fraction of allocation_fraction reached), ...),
+    linear between points, or else linearly over ramp_days. Members whose allocation
+    falls after the last trace day are not allocated yet (a partial ramp).
+    """
 
     id: str
     name: str
@@ -59,6 +94,44 @@ class ExperimentSpec:
     treatment_share: float = 0.5
     # (metric, delta_pct, ci_half_width_pct) reported by the experimentation platform.
     business_metrics: tuple[tuple[str, float, float], ...] = ()
+    work_multipliers: tuple[tuple[str, float], ...] = ()
+    cells: tuple[CellSpec, ...] = ()  # non-control cells; empty: one `treatment` cell
+    control_cell: str = "control"
+    # Intended split over (control, *cells); empty: even, or treatment_share for one cell.
+    weights: tuple[float, ...] = ()
+    kind: str = "ab"  # "aa": calibration, no effect expected
+    start_days_before_end: int | None = None
+    ramp_days: float = 1.0
+    ramp_steps: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def treatment_cells(self) -> tuple[CellSpec, ...]:
+        if self.cells:
+            return self.cells
+        return (CellSpec("treatment", self.edge_multipliers, self.new_edges, self.work_multipliers,
+                         self.business_metrics),)
+
+    @property
+    def cell_names(self) -> tuple[str, ...]:
+        return (self.control_cell,) + tuple(c.name for c in self.treatment_cells)
+
+    @property
+    def cell_weights(self) -> tuple[float, ...]:
+        """Intended share of allocated members per cell, (control, *treatment cells)."""
+        n = len(self.treatment_cells) + 1
+        if self.weights:
+            if len(self.weights) != n or min(self.weights) < 0:
+                raise ValueError(f"{self.id}: weights {self.weights} must give {n} non-negative shares")
+            total = float(sum(self.weights))
+            return tuple(w / total for w in self.weights)
+        if not self.cells:
+            return (1.0 - self.treatment_share, self.treatment_share)
+        return (1.0 / n,) * n
+
+    @property
+    def even_weights(self) -> bool:
+        weights = self.cell_weights
+        return max(weights) - min(weights) < 1e-12
 
 
 @dataclass(frozen=True)
@@ -97,15 +170,24 @@ class DirtyRecordCounts:
 
 
 DEFAULT_SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("api-gateway", "team-api", "m7i.2xlarge", 0.4032, 500_000, min_instances=4),
-    ServiceSpec("metadata-svc", "team-metadata", "r7i.2xlarge", 0.5292, 600_000, min_instances=3),
-    ServiceSpec("images-svc", "team-images", "c7i.2xlarge", 0.357, 500_000, min_instances=2),
-    ServiceSpec("recs-svc", "team-recs", "r6i.4xlarge", 1.008, 300_000, min_instances=4),
-    ServiceSpec("auth-svc", "team-auth", "c7i.xlarge", 0.1785, 1_500_000, scaling="static"),
-    ServiceSpec("profile-svc", "team-profile", "m7i.xlarge", 0.2016, 400_000, min_instances=2),
-    ServiceSpec("cdn-origin", "team-cdn", "c7i.2xlarge", 0.357, 800_000, min_instances=2),
-    ServiceSpec("legacy-ratings", "team-legacy", "t3.large", 0.0832, 40_000, deprecated=True),
-    ServiceSpec("search-svc", "team-search", "c7i.xlarge", 0.1785, 200_000, min_instances=2),
+    ServiceSpec("api-gateway", "team-api", "m7i.2xlarge", 0.4032, 500_000, min_instances=4,
+                cpu_seconds_per_request=0.005),
+    ServiceSpec("metadata-svc", "team-metadata", "r7i.2xlarge", 0.5292, 600_000, min_instances=3,
+                cpu_seconds_per_request=0.02),
+    ServiceSpec("images-svc", "team-images", "c7i.2xlarge", 0.357, 500_000, min_instances=2,
+                cpu_seconds_per_request=0.015),
+    ServiceSpec("recs-svc", "team-recs", "r6i.4xlarge", 1.008, 300_000, min_instances=4,
+                cpu_seconds_per_request=0.035),
+    ServiceSpec("auth-svc", "team-auth", "c7i.xlarge", 0.1785, 1_500_000, scaling="static",
+                cpu_seconds_per_request=0.006),
+    ServiceSpec("profile-svc", "team-profile", "m7i.xlarge", 0.2016, 400_000, min_instances=2,
+                cpu_seconds_per_request=0.008),
+    ServiceSpec("cdn-origin", "team-cdn", "c7i.2xlarge", 0.357, 800_000, min_instances=2,
+                cpu_seconds_per_request=0.003),
+    ServiceSpec("legacy-ratings", "team-legacy", "t3.large", 0.0832, 40_000, deprecated=True,
+                cpu_seconds_per_request=0.02),
+    ServiceSpec("search-svc", "team-search", "c7i.xlarge", 0.1785, 200_000, min_instances=2,
+                cpu_seconds_per_request=0.025),
 )
 
 DEFAULT_EDGES: tuple[EdgeSpec, ...] = (
@@ -155,6 +237,64 @@ DEFAULT_SAMPLING_DOMAINS: tuple[SamplingDomain, ...] = (
 DEFAULT_DRIFT = DriftSpec("recs-svc", 4, "r7i.4xlarge", 1.0584, 400_000)
 
 
+def live_experiments(trace_days: int, pre_period_days: int) -> tuple[ExperimentSpec, ...]:
+    """Experiments as production runs them (issue 15), for a live world whose trace window
+    is pre_period_days + trace_days days ending on end_date."""
+    first_trace_day = trace_days + pre_period_days - 1  # days before end_date
+    return (
+        # Started five weeks before the end on an uneven 40/60 split; the ramp went to 30%
+        # of the allocation on day 1, 75% on day 15 and is still climbing (partial ramp).
+        ExperimentSpec(
+            "smarter-prefetch", "Smarter Pre-fetch (ramped)",
+            edge_multipliers=(("api-gateway", "metadata-svc", 1.4), ("api-gateway", "recs-svc", 1.4)),
+            business_metrics=(("streaming_hours", 0.7, 0.5),),
+            weights=(0.4, 0.6), allocation_fraction=0.8, start_days_before_end=35,
+            ramp_steps=((1.0, 0.3), (14.0, 0.3), (15.0, 0.75), (60.0, 1.0)),
+        ),
+        ExperimentSpec("aa-calibration", "A/A", kind="aa", business_metrics=(("streaming_hours", 0.0, 0.5),),
+                       start_days_before_end=12, ramp_days=2.0),
+        # Static-only: auth-svc is provisioned for peak, so +50% auth checks cost $0.
+        ExperimentSpec(
+            "login-refresh", "Login token refresh",
+            edge_multipliers=(("api-gateway", "auth-svc", 1.5),),
+            business_metrics=(("retention_d30", 0.1, 0.3),),
+            start_days_before_end=20,
+        ),
+        # Three cells; both raise calls to a deprecated, tiny service. Started three days before
+        # the traces and ramping over five, so many members have pre-period traces.
+        ExperimentSpec(
+            "ratings-badge", "Ratings badge",
+            cells=(
+                CellSpec("badge", edge_multipliers=(("api-gateway", "legacy-ratings", 8.5),),
+                         business_metrics=(("streaming_hours", 0.2, 0.5),)),
+                CellSpec("badge-large", edge_multipliers=(("api-gateway", "legacy-ratings", 16.0),),
+                         business_metrics=(("streaming_hours", 0.3, 0.5),)),
+            ),
+            allocation_fraction=0.6, start_days_before_end=first_trace_day + 3, ramp_days=5.0,
+        ),
+        # Heavier requests: same number of thumbnails, 60% more work each.
+        ExperimentSpec(
+            "hd-images", "HD images",
+            cells=(CellSpec("hd", work_multipliers=(("images-svc", 1.6),),
+                            business_metrics=(("streaming_hours", 0.4, 0.5),)),),
+            start_days_before_end=trace_days - 1, ramp_days=0.5,
+        ),
+        # Savings: 30% fewer recommendation calls; metadata-svc, downstream of recs, moves about -5%.
+        ExperimentSpec(
+            "lean-recs", "Leaner recommendations",
+            edge_multipliers=(("api-gateway", "recs-svc", 0.7),),
+            business_metrics=(("streaming_hours", -0.1, 0.5),),
+            start_days_before_end=18, ramp_days=3.0,
+        ),
+        ExperimentSpec(
+            "search-personalization", "Personalized search",
+            new_edges=(("search-svc", "profile-svc", 1.0),),
+            business_metrics=(("search_success_rate", 1.1, 0.6),),
+            start_days_before_end=9,
+        ),
+    )
+
+
 @dataclass
 class WorldConfig:
     seed: int = 7
@@ -178,6 +318,14 @@ class WorldConfig:
     # The callee of a broken edge head-samples its (new, anonymous) traces itself.
     broken_callee_sampling_probability: float = 0.02
     drift: DriftSpec | None = DEFAULT_DRIFT
+
+    # Production as it really is (issue 15): experiments start on their own day and ramp,
+    # a member is treated from its allocated_at, usage metrics and the bill carry each
+    # hour's treated share, requests have work (SERVER self time, usage cpu_seconds) and
+    # autoscaling follows CPU. False keeps the original world, byte for byte.
+    live: bool = False
+    work_noise_sigma: float = 0.35  # lognormal sigma of one request's self time (live)
+    network_ms: float = 0.4  # a CLIENT span's time outside its callee's SERVER span (live)
 
     # Member activity: root requests/day ~ Poisson(activity x daily_noise x day_factor).
     mean_root_requests_per_member_day: float = 47.0
@@ -217,6 +365,12 @@ class WorldConfig:
     def trace_dates(self) -> list[datetime.date]:
         n = self.pre_period_days + self.trace_days
         return [self.first_trace_day + datetime.timedelta(days=i) for i in range(n)]
+
+    def start_of(self, experiment: ExperimentSpec) -> datetime.date:
+        """The experiment's first day (00:00 UTC)."""
+        if experiment.start_days_before_end is None:
+            return self.experiment_start
+        return self.end_date - datetime.timedelta(days=experiment.start_days_before_end)
 
     @property
     def history_dates(self) -> list[datetime.date]:

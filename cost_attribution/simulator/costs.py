@@ -40,15 +40,17 @@ class InstanceModel:
     capacity_per_instance_hour: float
     min_instances: int
     static_instances: int  # fleet size for static services, 0 for autoscale
+    # The usage_metrics column the fleet follows; capacity_per_instance_hour is in its unit.
+    driver: str = "requests"
 
-    def instances(self, hourly_requests: np.ndarray) -> np.ndarray:
+    def instances(self, hourly_load: np.ndarray) -> np.ndarray:
         if self.scaling == "static":
-            return np.full(hourly_requests.shape, self.static_instances, dtype=np.int64)
-        needed = np.ceil(hourly_requests / self.capacity_per_instance_hour).astype(np.int64)
+            return np.full(hourly_load.shape, self.static_instances, dtype=np.int64)
+        needed = np.ceil(hourly_load / self.capacity_per_instance_hour).astype(np.int64)
         return np.maximum(self.min_instances, needed)
 
-    def cost(self, hourly_requests: np.ndarray) -> float:
-        return float(self.instances(hourly_requests).sum() * self.effective_price_per_hour)
+    def cost(self, hourly_load: np.ndarray) -> float:
+        return float(self.instances(hourly_load).sum() * self.effective_price_per_hour)
 
 
 ModelHistory = tuple[InstanceModel, InstanceModel, "datetime.date | None"]
@@ -73,9 +75,14 @@ def instance_models(config: WorldConfig, usage: pl.DataFrame) -> dict[str, Model
 
 def _model(spec: ServiceSpec, config: WorldConfig, sku: str, price: float, capacity: float,
            peak_requests: float) -> InstanceModel:
-    static = math.ceil(peak_requests * spec.static_headroom / capacity) if spec.scaling == "static" else 0
-    return InstanceModel(spec.scaling, sku, price, price * (1 - config.discount), capacity,
-                         spec.min_instances, static)
+    if spec.scaling == "static":
+        static = math.ceil(peak_requests * spec.static_headroom / capacity)
+        return InstanceModel(spec.scaling, sku, price, price * (1 - config.discount), capacity,
+                             spec.min_instances, static)
+    if config.live:  # autoscaling on CPU: an instance serves `capacity` requests of base work
+        return InstanceModel(spec.scaling, sku, price, price * (1 - config.discount),
+                             capacity * spec.cpu_seconds_per_request, spec.min_instances, 0, "cpu_seconds")
+    return InstanceModel(spec.scaling, sku, price, price * (1 - config.discount), capacity, spec.min_instances, 0)
 
 
 def focus_rows(config: WorldConfig, usage: pl.DataFrame, models: dict) -> pl.DataFrame:
@@ -84,14 +91,14 @@ def focus_rows(config: WorldConfig, usage: pl.DataFrame, models: dict) -> pl.Dat
     for service, (before, current, switch_day) in models.items():
         hourly = usage.filter(pl.col("service") == service).sort("hour")
         hours = hourly["hour"].to_numpy()
-        requests = hourly["requests"].to_numpy()
+        load = hourly[current.driver].to_numpy()
         switch = switch_day.isoformat() if switch_day else "9999-12-31"
         is_current = np.array([h >= switch for h in hours]) if switch_day else np.zeros(len(hours), bool)
         for model, mask in ((before, ~is_current), (current, is_current)):
             if mask.any():
                 instance_hours.append(pl.DataFrame({
                     "service": service, "hour": hours[mask], "sku": model.sku,
-                    "price": model.list_price_per_hour, "n": model.instances(requests[mask]),
+                    "price": model.list_price_per_hour, "n": model.instances(load[mask]),
                 }))
     fleet = pl.concat(instance_hours).with_columns(j=pl.int_ranges(0, pl.col("n"))).explode("j")
     pools = _resource_pools(config, fleet)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cost_attribution.simulator.call_graph import CONTROL, NOT_ALLOCATED, TREATMENT, CallGraph
-from cost_attribution.simulator.config import WorldConfig
+from cost_attribution.simulator.call_graph import CONTROL, NOT_ALLOCATED, CallGraph
+from cost_attribution.simulator.config import ExperimentSpec, WorldConfig
 from cost_attribution.simulator.sampling import Samplers
 from cost_attribution.simulator.seasonality import day_factor, rng_for
 
@@ -20,8 +20,12 @@ class Population:
     member_ids: np.ndarray  # [n] str
     sampler: np.ndarray  # [n] index into Samplers (the member's client domain)
     activity: np.ndarray  # [n] expected root requests/day at day_factor 1
-    cells: np.ndarray  # [n, n_experiments] NOT_ALLOCATED / CONTROL / TREATMENT
+    cells: np.ndarray  # [n, n_experiments] NOT_ALLOCATED / CONTROL / treatment cells 1, 2, ...
     allocated_at: np.ndarray  # [n, n_experiments] datetime64[s]
+    # [n, n_experiments] datetime64[s]: when the member's cell starts to act. In the original
+    # world every allocated member is treated from the experiment's start (the first trace
+    # day after the pre-period); an experiment in production treats from allocated_at.
+    treated_from: np.ndarray
 
     @property
     def size(self) -> int:
@@ -39,8 +43,8 @@ def build_population(config: WorldConfig, samplers: Samplers) -> Population:
     sampler = rng.permutation(_domain_assignment(config, n))
     shape = config.activity_shape
     activity = rng.gamma(shape, config.mean_root_requests_per_member_day / shape, size=n)
-    cells, allocated_at = _allocate(config, rng, n)
-    return Population(member_ids, sampler, activity, cells, allocated_at)
+    cells, allocated_at, treated_from = _allocate(config, rng, n)
+    return Population(member_ids, sampler, activity, cells, allocated_at, treated_from)
 
 
 def scale_to_target_spans(config: WorldConfig, population: Population, graph: CallGraph,
@@ -82,17 +86,60 @@ def _domain_assignment(config: WorldConfig, n: int) -> np.ndarray:
     return np.repeat(np.arange(len(counts)), counts)
 
 
-def _allocate(config: WorldConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _allocate(config: WorldConfig, rng: np.random.Generator,
+              n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cells drawn with the experiment's weights (multinomial), allocation times along its ramp."""
     n_exp = len(config.experiments)
     cells = np.full((n, n_exp), NOT_ALLOCATED, dtype=np.int8)
     first_day = config.first_trace_day
-    window_end = np.datetime64(datetime.datetime(first_day.year, first_day.month, first_day.day), "s")
+    window_end = _midnight(first_day)
+    data_end = _midnight(config.end_date) + np.timedelta64(86_400, "s")
     lead_seconds = config.allocation_lead_days * 86_400
     allocated_at = np.full((n, n_exp), np.datetime64("NaT"), dtype="datetime64[s]")
+    treated_from = allocated_at.copy()
     for x, exp in enumerate(config.experiments):
-        allocated = rng.random(n) < exp.allocation_fraction
-        treated = rng.random(n) < exp.treatment_share
-        cells[allocated, x] = np.where(treated[allocated], TREATMENT, CONTROL)
-        offsets = rng.integers(1, lead_seconds, size=int(allocated.sum()))
-        allocated_at[allocated, x] = window_end - offsets.astype("timedelta64[s]")
-    return cells, allocated_at
+        if exp.start_days_before_end is None:  # the original world's shared stream
+            allocated = rng.random(n) < exp.allocation_fraction
+            cells[allocated, x] = _draw_cells(exp.cell_weights, rng.random(n))[allocated]
+            offsets = rng.integers(1, lead_seconds, size=int(allocated.sum()))
+            allocated_at[allocated, x] = window_end - offsets.astype("timedelta64[s]")
+            treated_from[allocated, x] = _midnight(config.experiment_start)
+            continue
+        # Its own stream: adding or changing one experiment leaves the others' members alone.
+        own = rng_for(config.seed, f"allocation-{exp.id}")
+        allocated = own.random(n) < exp.allocation_fraction
+        cells[allocated, x] = _draw_cells(exp.cell_weights, own.random(n))[allocated]
+        start = _midnight(config.start_of(exp))
+        days = _ramp_days(exp, own.random(int(allocated.sum())))
+        at = start + np.round(days * 86_400).astype("timedelta64[s]")
+        rows = np.flatnonzero(allocated)
+        late = at >= data_end  # the ramp has not reached them yet
+        cells[rows[late], x] = NOT_ALLOCATED
+        allocated_at[rows[~late], x] = at[~late]
+        treated_from[rows[~late], x] = at[~late]
+    return cells, allocated_at, treated_from
+
+
+def _draw_cells(weights: tuple[float, ...], u: np.ndarray) -> np.ndarray:
+    """u ~ U(0, 1) -> cell code. Treatment cells take [0, w1), [w1, w1 + w2), ...; control the rest."""
+    bounds = np.cumsum(weights[1:])
+    index = np.searchsorted(bounds, u, side="right")
+    return np.where(index < len(bounds), index + 1, CONTROL).astype(np.int8)
+
+
+def _ramp_days(exp: ExperimentSpec, u: np.ndarray) -> np.ndarray:
+    """Days after the start at which the allocated members enter: the inverse of the ramp
+    (fraction of the final allocation reached by then), piecewise linear from (0, 0)."""
+    if exp.ramp_steps:
+        days = np.array([0.0] + [d for d, _ in exp.ramp_steps])
+        reached = np.array([0.0] + [f for _, f in exp.ramp_steps])
+        if np.any(np.diff(days) <= 0) or np.any(np.diff(reached) < 0) or reached[-1] != 1.0:
+            raise ValueError(f"{exp.id}: ramp_steps must have increasing days and reach 1.0, got {exp.ramp_steps}")
+        return np.interp(u, reached, days)
+    if exp.ramp_days <= 0:
+        raise ValueError(f"{exp.id}: ramp_days must be > 0, got {exp.ramp_days}")
+    return u * exp.ramp_days
+
+
+def _midnight(day: datetime.date) -> np.datetime64:
+    return np.datetime64(datetime.datetime(day.year, day.month, day.day), "s")

@@ -7,6 +7,14 @@ service at a time in topological order; each caller SERVER span draws its calls 
 edge, giving a CLIENT span and (unless the caller drops context) the callee's SERVER
 span. Callees of broken edges instead receive anonymous root traces sampled by their
 own sampler, in proportion to the true number of calls from the traced members.
+
+Live worlds (config.live) differ in two ways. A member's cells act only from its
+treated_from time, so a trace is treated or not by its start time (traces before the
+member's allocation are pre-period data). And span times come from work: a SERVER
+span lasts its own work (the request's CPU seconds x lognormal noise), as the contract
+defines work per request; its CLIENT calls run side by side inside it, from a lead on
+to its end, and the callee's SERVER span starts inside the call with a duration of its
+own work. So SERVER duration is exactly the work, however many calls a span makes.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cost_attribution.simulator.call_graph import CallGraph
+from cost_attribution.simulator.call_graph import NOT_ALLOCATED, CallGraph
 from cost_attribution.simulator.config import WorldConfig
 from cost_attribution.simulator.population import Population
 from cost_attribution.simulator.sampling import Samplers
@@ -71,7 +79,11 @@ class _SpanColumns:
 def generate_day_spans(config: WorldConfig, day: datetime.date, population: Population,
                        graph: CallGraph, samplers: Samplers) -> DaySpans:
     rng = rng_for(config.seed, f"spans-{day.isoformat()}")
-    rates = graph.edge_rates(population.cells, experiments_active(config, day))
+    if config.live:  # expected calls (anonymous traces) with the cells acting at noon
+        noon = np.datetime64(day.isoformat(), "s") + np.timedelta64(12 * 3_600, "s")
+        rates = graph.edge_rates(_cells_acting(population, np.arange(population.size), noon), True)
+    else:
+        rates = graph.edge_rates(population.cells, experiments_active(config, day))
     shape = config.daily_activity_shape
     member_roots = population.activity * rng.gamma(shape, 1 / shape, population.size) * day_factor(config, day)
 
@@ -104,32 +116,41 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
         pending[int(service)].append((positions, traces, trace_start[traces], root_dur[traces]))
 
     # Anonymous traces follow the callee's defaults: behaviour of a member in no experiment.
-    rates_with_anonymous = np.vstack([rates, graph.base_rates])
+    # rate_table[trace_row[t]] holds trace t's calls per caller span (and work per request).
+    if config.live:
+        rate_table, work_table, trace_row = _trace_behaviour(population, graph, members, trace_start)
+    else:
+        rate_table, work_table = np.vstack([rates, graph.base_rates]), None
+        trace_row = np.where(members >= 0, members, population.size)
+    timed = not config.live  # live worlds lay out times from work once the trees exist
     for service in graph.topo_order:
         if not pending[service]:
             continue
         positions, traces, starts, durs = (np.concatenate(c) for c in zip(*pending[service]))
-        member_row = members[traces]
-        member_row = np.where(member_row >= 0, member_row, population.size)
+        row = trace_row[traces]
         for e in np.flatnonzero(graph.callers == service):
-            rate = rates_with_anonymous[member_row, e]
+            rate = rate_table[row, e]
             n_calls = _draw_calls(rng, rate, graph.regular[e])
             caller = np.repeat(np.arange(len(positions)), n_calls)
             if len(caller) == 0:
                 continue
             callee = int(graph.callees[e])
-            client_start = starts[caller] + (durs[caller] * rng.uniform(0.05, 0.45, len(caller))).astype(np.int64)
-            client_dur = (durs[caller] * rng.uniform(0.2, 0.5, len(caller))).astype(np.int64)
+            client_start, client_dur = np.zeros(len(caller), np.int64), np.zeros(len(caller), np.int64)
+            if timed:
+                client_start = starts[caller] + (durs[caller] * rng.uniform(0.05, 0.45, len(caller))).astype(np.int64)
+                client_dur = (durs[caller] * rng.uniform(0.2, 0.5, len(caller))).astype(np.int64)
             client_pos = spans.append(traces[caller], positions[caller], service, CLIENT, callee,
                                       client_start, client_dur)
             if graph.broken[e]:
                 continue
-            server_start = client_start + client_dur // 20
-            server_dur = client_dur * 9 // 10
+            server_start, server_dur = client_start + client_dur // 20, client_dur * 9 // 10
             server_pos = spans.append(traces[caller], client_pos, callee, SERVER, -1, server_start, server_dur)
             pending[callee].append((server_pos, traces[caller], server_start, server_dur))
 
     trace, parent, service_col, kind, peer, start, end = spans.columns()
+    if config.live:
+        start, end = _work_timing(config, graph, rng, trace, parent, service_col, kind, peer,
+                                  work_table, trace_row[trace], trace_start)
     return DaySpans(
         trace_ids=np.frombuffer(rng.bytes(16 * n_traces), dtype=np.uint8).reshape(n_traces, 16),
         trace_member=members,
@@ -145,6 +166,67 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
         start=start,
         end=end,
     )
+
+
+def _cells_acting(population: Population, members: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Cell codes acting on each member at time(s) `at` (datetime64[s]): [len(members), n_exp]."""
+    acting = population.treated_from[members] <= np.asarray(at).reshape(-1, 1)
+    return np.where(acting, population.cells[members], NOT_ALLOCATED).astype(np.int8)
+
+
+def _trace_behaviour(population: Population, graph: CallGraph, members: np.ndarray,
+                     trace_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct combination of acting cells: call rates and work per request; and each
+    trace's row. A trace is treated by an experiment when it starts at or after the member's
+    treated_from; anonymous traces (member -1) act as no experiment."""
+    n_exp = population.cells.shape[1]
+    cells = np.full((len(members), n_exp), NOT_ALLOCATED, dtype=np.int8)
+    known = members >= 0
+    started = (trace_start[known] // 10**9).astype("datetime64[s]")
+    cells[known] = _cells_acting(population, members[known], started)
+    combos, trace_row = np.unique(cells, axis=0, return_inverse=True)
+    return graph.edge_rates(combos, True), graph.work_per_request(combos), trace_row.ravel()
+
+
+def _work_timing(config: WorldConfig, graph: CallGraph, rng: np.random.Generator, trace: np.ndarray,
+                 parent: np.ndarray, service: np.ndarray, kind: np.ndarray, peer: np.ndarray,
+                 work_table: np.ndarray, work_row: np.ndarray,
+                 trace_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end ns of every span from its work (see the module docstring).
+
+    work_table[work_row[i]]: CPU seconds per request of each service for span i's trace.
+    """
+    n = len(trace)
+    sigma = config.work_noise_sigma
+    noise = rng.lognormal(-sigma**2 / 2, sigma, n)  # mean 1
+    server = kind == SERVER
+    callee_of_client = np.full(n, -1, np.int64)  # the SERVER span a CLIENT span wraps, if traced
+    child = np.flatnonzero(server & (parent >= 0))
+    callee_of_client[parent[child]] = child
+    # SERVER: own self time. CLIENT of a broken edge: its (untraced) callee's self time.
+    worker = np.where(server, service, peer).astype(np.int64)
+    self_ns = np.round(work_table[work_row, worker] * noise * 1e9).astype(np.int64)
+    self_ns[callee_of_client >= 0] = 0
+    network = np.where(server, 0, np.round(config.network_ms * 1e6 * rng.uniform(0.5, 1.5, n))).astype(np.int64)
+    # A SERVER span lasts its own work (the contract: SERVER duration measures work per
+    # request), whatever calls it makes; its calls run side by side inside it, from a
+    # lead on to its end.
+    dur = np.where(server, self_ns, 0).astype(np.int64)
+    lead = np.round(dur * rng.uniform(0.05, 0.5, n)).astype(np.int64)
+    clients_of = {s: np.flatnonzero(~server & (service == s)) for s in range(len(graph.services))}
+    start = np.zeros(n, np.int64)
+    roots = parent < 0
+    start[roots] = trace_start[trace[roots]]
+    for s in graph.topo_order:
+        clients = clients_of[s]
+        if len(clients) == 0:
+            continue
+        caller = parent[clients]
+        start[clients] = start[caller] + lead[caller]
+        dur[clients] = np.maximum(start[caller] + dur[caller] - start[clients], 1)
+        linked = clients[callee_of_client[clients] >= 0]
+        start[callee_of_client[linked]] = start[linked] + network[linked] // 2
+    return start, start + dur
 
 
 def _draw_calls(rng: np.random.Generator, rate: np.ndarray, regular: bool) -> np.ndarray:

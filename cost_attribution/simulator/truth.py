@@ -5,6 +5,18 @@ rolled out to 100% (every other experiment in control), from the true call graph
 incremental_cost_usd_30d: the current (post-drift) instance model applied to the
 history's usage_metrics volume x (1 + delta) minus applied to the volume itself,
 scaled by 30 / history_days. baseline_cost_usd_30d: the latter, per service.
+
+Live worlds (production as it really is) key one entry per non-control cell
+"experiment:cell" with kind, start, weights, its treated share and, per service, delta,
+work_delta (total work = cpu), new_dependency and two prices on the service's driver
+(cpu_seconds for autoscaled services, requests for static ones), both at the current
+cost structure and scaled by 30 / history_days:
+- incremental_cost_usd_30d = f(B (1 + d)) - f(B), B the load with every experiment's
+  treated share taken out (everyone in control);
+- bill_change_usd_30d = f(L (1 + d) / (1 + sum_c s_c(h) d_c)) - f(L), L the load as it
+  was (this experiment's share replaced by 100% of the cell, the others as they are).
+treated_share[experiment][cell]: the cell's share of each hour's load (hourly, daily,
+means over the history, the trace window and the last day).
 """
 
 from __future__ import annotations
@@ -14,55 +26,35 @@ import datetime
 import numpy as np
 import polars as pl
 
-from cost_attribution.simulator.call_graph import TREATMENT, CallGraph
+from cost_attribution.simulator.call_graph import CallGraph
 from cost_attribution.simulator.config import WorldConfig
 from cost_attribution.simulator.costs import InstanceModel
 from cost_attribution.simulator.population import Population
+from cost_attribution.simulator.production import Production, arm_effect
 from cost_attribution.simulator.sampling import Samplers
 from cost_attribution.simulator.trace_files import DayFileStats
 
 
-def true_deltas(graph: CallGraph, experiment: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per service: (delta at 100% rollout, reached through an edge control never uses)."""
-    n_exp = graph.multipliers.shape[0]
-    control = np.zeros((1, n_exp), dtype=np.int8)
-    treatment = control.copy()
-    treatment[0, experiment] = TREATMENT
-    v_control = graph.server_volume_per_root(graph.edge_rates(control, True))[0]
-    v_treatment = graph.server_volume_per_root(graph.edge_rates(treatment, True))[0]
-    if np.any((v_control == 0) & (v_treatment > 0)):
-        raise ValueError("a treatment may not call a service that control never calls (delta undefined)")
-    delta = np.divide(v_treatment, v_control, out=np.ones_like(v_control), where=v_control > 0) - 1.0
-    new_edges = (graph.base_rates == 0) & (graph.additions[experiment] > 0)
-    new_dependency = np.zeros(len(graph.services), dtype=bool)
-    new_dependency[graph.callees[new_edges]] = True
-    return delta, new_dependency
+def true_deltas(graph: CallGraph, arm: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per service: (delta at 100% rollout, reached through an edge control never uses).
+
+    arm: a non-control cell (in a world of two-cell experiments, the experiment's index)."""
+    effect = arm_effect(graph, arm)
+    return effect.delta, effect.new_dependency
 
 
 def build_truth(config: WorldConfig, graph: CallGraph, usage: pl.DataFrame, models: dict,
                 day_stats: dict[datetime.date, DayFileStats], scale: float, samplers: Samplers,
-                population: Population, unattributable_cost: float) -> dict:
+                population: Population, unattributable_cost: float, live: Production | None = None) -> dict:
     to_30d = 30.0 / config.history_days
-    hourly = {svc: usage.filter(pl.col("service") == svc).sort("hour")["requests"].to_numpy().astype(float)
-              for svc in graph.services}
     current: dict[str, InstanceModel] = {svc: models[svc][1] for svc in graph.services}
+    hourly = {svc: usage.filter(pl.col("service") == svc).sort("hour")[current[svc].driver].to_numpy().astype(float)
+              for svc in graph.services}
     baseline = {svc: current[svc].cost(hourly[svc]) for svc in graph.services}
-
-    experiments, new_dependency_edges = {}, {}
-    for x, exp in enumerate(config.experiments):
-        delta, new_dep = true_deltas(graph, x)
-        services = {}
-        for s, svc in enumerate(graph.services):
-            extra = current[svc].cost(hourly[svc] * (1 + delta[s])) - baseline[svc] if delta[s] != 0 else 0.0
-            services[svc] = {"delta": float(delta[s]), "incremental_cost_usd_30d": round(extra * to_30d, 2),
-                             "new_dependency": bool(new_dep[s])}
-        key = f"{exp.id}:treatment"
-        experiments[key] = {
-            "incremental_cost_usd_30d": round(sum(v["incremental_cost_usd_30d"] for v in services.values()), 2),
-            "services": services,
-        }
-        new = (graph.base_rates == 0) & (graph.additions[x] > 0)
-        new_dependency_edges[key] = [graph.edge_label(e) for e in np.flatnonzero(new)]
+    if live is None:
+        experiments, new_dependency_edges = _trace_window_experiments(config, graph, hourly, current, to_30d)
+    else:
+        experiments, new_dependency_edges = _live_experiments(config, graph, hourly, current, live, to_30d)
 
     days = sorted(day_stats)
     bad = {
@@ -72,7 +64,7 @@ def build_truth(config: WorldConfig, graph: CallGraph, usage: pl.DataFrame, mode
         "missing_service_name_spans": sum(s.missing_service_name_spans for s in day_stats.values()),
     }
     by_name = {s.name: s for s in config.services}
-    return {
+    truth = {
         "n_spans": sum(s.valid_spans for s in day_stats.values()),
         "bad_input": bad,
         "trace_start": days[0].isoformat(),
@@ -117,3 +109,104 @@ def build_truth(config: WorldConfig, graph: CallGraph, usage: pl.DataFrame, mode
             for svc, model in current.items()
         },
     }
+    if live is not None:
+        for svc, model in current.items():
+            truth["services"][svc]["driver"] = model.driver  # capacity_per_instance_hour is in its unit
+            truth["services"][svc]["cpu_seconds_per_request"] = by_name[svc].cpu_seconds_per_request
+        truth["treated_share"] = _treated_shares(config, graph, live)
+        truth["history_hours"] = len(live.hours)
+    return truth
+
+
+def _trace_window_experiments(config: WorldConfig, graph: CallGraph, hourly: dict[str, np.ndarray],
+                              current: dict[str, InstanceModel], to_30d: float) -> tuple[dict, dict]:
+    """The original world: the history's volume x (1 + delta) against the volume itself."""
+    experiments, new_dependency_edges = {}, {}
+    for x, exp in enumerate(config.experiments):
+        delta, new_dep = true_deltas(graph, x)
+        services = {}
+        for s, svc in enumerate(graph.services):
+            extra = current[svc].cost(hourly[svc] * (1 + delta[s])) - current[svc].cost(hourly[svc]) \
+                if delta[s] != 0 else 0.0
+            services[svc] = {"delta": float(delta[s]), "incremental_cost_usd_30d": round(extra * to_30d, 2),
+                             "new_dependency": bool(new_dep[s])}
+        key = f"{exp.id}:treatment"
+        experiments[key] = {
+            "incremental_cost_usd_30d": round(sum(v["incremental_cost_usd_30d"] for v in services.values()), 2),
+            "services": services,
+        }
+        new_dependency_edges[key] = _new_edges(graph, x)
+    return experiments, new_dependency_edges
+
+
+def _live_experiments(config: WorldConfig, graph: CallGraph, hourly: dict[str, np.ndarray],
+                      current: dict[str, InstanceModel], live: Production, to_30d: float) -> tuple[dict, dict]:
+    """One entry per non-control cell, priced on each service's driver (cpu for autoscaled):
+
+    incremental = f_now(B (1 + d)) - f_now(B), B = the load with every treated share taken out;
+    bill = f_now(L (1 + d) / (1 + sum_c s_c d_c)) - f_now(L), L = the load as it was.
+    """
+    on_cpu = np.array([current[svc].driver == "cpu_seconds" for svc in graph.services])
+    load = np.column_stack([hourly[svc] for svc in graph.services])  # [H, n_svc]
+    everyone_control = load / np.where(on_cpu, live.factor(work=True), live.factor(work=False))
+    experiments, new_dependency_edges = {}, {}
+    for a, effect in enumerate(live.effects):
+        x, code = int(graph.arm_experiment[a]), int(graph.arm_cell[a])
+        exp = config.experiments[x]
+        own_share = np.where(on_cpu, live.experiment_factor(x, work=True), live.experiment_factor(x, work=False))
+        d = np.where(on_cpu, effect.work_delta, effect.delta)
+        services = {}
+        for s, svc in enumerate(graph.services):
+            cost = current[svc].cost
+            incremental = cost(everyone_control[:, s] * (1 + d[s])) - cost(everyone_control[:, s])
+            bill = cost(load[:, s] * (1 + d[s]) / own_share[:, s]) - cost(load[:, s])
+            services[svc] = {
+                "delta": float(effect.delta[s]), "work_delta": float(effect.work_delta[s]),
+                "incremental_cost_usd_30d": round(incremental * to_30d, 2),
+                "bill_change_usd_30d": round(bill * to_30d, 2),
+                "new_dependency": bool(effect.new_dependency[s]),
+            }
+        key = f"{exp.id}:{exp.cell_names[code]}"
+        experiments[key] = {
+            "experiment_id": exp.id, "cell": exp.cell_names[code], "control_cell": exp.control_cell,
+            "kind": exp.kind, "start": config.start_of(exp).isoformat(),
+            "weights": [round(w, 6) for w in exp.cell_weights],
+            "incremental_cost_usd_30d": round(sum(v["incremental_cost_usd_30d"] for v in services.values()), 2),
+            "bill_change_usd_30d": round(sum(v["bill_change_usd_30d"] for v in services.values()), 2),
+            "treated_share": _share_summary(config, live.hours, live.shares[a], daily=False),
+            "services": services,
+        }
+        new_dependency_edges[key] = _new_edges(graph, a)
+    return experiments, new_dependency_edges
+
+
+def _new_edges(graph: CallGraph, arm: int) -> list[str]:
+    new = (graph.base_rates == 0) & (graph.additions[arm] > 0)
+    return [graph.edge_label(e) for e in np.flatnonzero(new)]
+
+
+def _treated_shares(config: WorldConfig, graph: CallGraph, live: Production) -> dict:
+    """experiment -> cell -> the cell's share of production load over the history."""
+    out = {exp.id: {exp.control_cell: _share_summary(config, live.hours, live.control_shares[x], daily=True)}
+           for x, exp in enumerate(config.experiments)}
+    for a, (x, code) in enumerate(zip(graph.arm_experiment, graph.arm_cell)):
+        exp = config.experiments[x]
+        out[exp.id][exp.cell_names[code]] = _share_summary(config, live.hours, live.shares[a], daily=True)
+    return out
+
+
+def _share_summary(config: WorldConfig, hours: np.ndarray, share: np.ndarray, daily: bool) -> dict:
+    """Mean treated share over the history, the trace window and the last day (hourly means);
+    with daily=True also every day's mean and every hour's share (history_hours long)."""
+    first_trace = np.datetime64(config.first_trace_day.isoformat(), "s")
+    in_traces = hours >= first_trace
+    summary = {
+        "mean_history": round(float(share.mean()), 6),
+        "mean_trace_window": round(float(share[in_traces].mean()), 6) if in_traces.any() else None,
+        "last_day": round(float(share[-24:].mean()), 6),
+    }
+    if daily:
+        days = share.reshape(-1, 24).mean(axis=1)
+        summary["daily"] = {d.isoformat(): round(float(v), 6) for d, v in zip(config.history_dates, days)}
+        summary["hourly"] = [round(float(v), 6) for v in share]
+    return summary

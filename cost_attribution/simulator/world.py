@@ -12,9 +12,10 @@ import polars as pl
 from cost_attribution.simulator.call_graph import build_call_graph
 from cost_attribution.simulator.catalogs import (
     allocations_frame, business_metrics_frame, write_experiments_yaml, write_services_yaml)
-from cost_attribution.simulator.config import WorldConfig
+from cost_attribution.simulator.config import WorldConfig, live_experiments
 from cost_attribution.simulator.costs import focus_rows, instance_models
 from cost_attribution.simulator.population import build_population, scale_to_target_spans
+from cost_attribution.simulator.production import production
 from cost_attribution.simulator.sampling import build_samplers
 from cost_attribution.simulator.spans import generate_day_spans
 from cost_attribution.simulator.trace_files import write_trace_day
@@ -47,14 +48,15 @@ def generate_world(out_dir: Path, config: WorldConfig | None = None) -> dict:
         day_stats[day] = write_trace_day(out_dir, day, spans, config, graph.services, samplers, population)
         del spans  # a benchmark day holds several GB of columns; free before the next
 
-    usage = usage_metrics(config, population, graph, scale)
+    live = production(config, population, graph) if config.live else None
+    usage = usage_metrics(config, population, graph, scale, live)
     usage.write_csv(out_dir / "usage_metrics" / "requests_hourly.csv")
     models = instance_models(config, usage)
     focus = focus_rows(config, usage, models)
     (out_dir / "costs" / "focus_hourly.csv.gz").write_bytes(gzip.compress(focus.write_csv().encode(), 1, mtime=0))
     unattributable = focus.filter(~pl.col("Tags").str.contains('"app"'))["EffectiveCost"].sum()
 
-    truth = build_truth(config, graph, usage, models, day_stats, scale, samplers, population, unattributable)
+    truth = build_truth(config, graph, usage, models, day_stats, scale, samplers, population, unattributable, live)
     (out_dir / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
     return truth
 
@@ -67,6 +69,18 @@ def _validate(config: WorldConfig) -> None:
         raise ValueError("trace_days and history_days must be >= 1")
     if config.drift is not None and config.drift.days_before_end > config.history_days:
         raise ValueError("drift must happen inside the cost history")
+    for exp in config.experiments:
+        names = exp.cell_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"{exp.id}: cell names must be distinct, got {names}")
+        _ = exp.cell_weights  # raises on weights that do not fit the cells
+        if exp.kind not in ("ab", "aa"):
+            raise ValueError(f"{exp.id}: kind must be ab or aa, got {exp.kind!r}")
+        changes = any(c.edge_multipliers or c.new_edges or c.work_multipliers for c in exp.treatment_cells)
+        if exp.kind == "aa" and changes:
+            raise ValueError(f"{exp.id}: an A/A experiment (kind aa) cannot change anything")
+        if exp.start_days_before_end is not None and (not config.live or exp.start_days_before_end < 0):
+            raise ValueError(f"{exp.id}: start_days_before_end needs a live world and a value >= 0")
 
 
 def small_world_config(seed: int = 3) -> WorldConfig:
@@ -78,6 +92,30 @@ def small_world_config(seed: int = 3) -> WorldConfig:
         n_members=800,
         trace_days=2,
         pre_period_days=1,
+        target_spans_per_day=5_000,
+        spans_per_line=200,
+    )
+
+
+def live_world_config(seed: int = 7) -> WorldConfig:
+    """Production as it really is (issue 15), demo-sized like WorldConfig(): experiments
+    started weeks before the traces on uneven, partial ramps; an A/A; a static-only, a
+    three-cell, a heavier-requests, a savings and a new-dependency experiment; cpu_seconds;
+    pre-period traces; plus the blind callee, drift and dirty records of every world."""
+    trace_days, pre_period_days = 4, 1
+    return WorldConfig(seed=seed, live=True, trace_days=trace_days, pre_period_days=pre_period_days,
+                       experiments=live_experiments(trace_days, pre_period_days))
+
+
+def small_live_world_config(seed: int = 3) -> WorldConfig:
+    """live_world_config's features in a world of seconds, for tests."""
+    trace_days, pre_period_days = 2, 1
+    return dataclasses.replace(
+        live_world_config(seed),
+        n_members=800,
+        trace_days=trace_days,
+        pre_period_days=pre_period_days,
+        experiments=live_experiments(trace_days, pre_period_days),
         target_spans_per_day=5_000,
         spans_per_line=200,
     )

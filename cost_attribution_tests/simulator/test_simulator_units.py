@@ -99,3 +99,61 @@ def test_treatment_effect_appears_only_after_the_pre_period():
     pre, during = ratios
     assert pre == pytest.approx(1.0, abs=0.05)
     assert during == pytest.approx(1.4, abs=0.05)
+
+
+def test_cells_are_drawn_from_the_weights_and_members_enter_along_the_ramp():
+    from cost_attribution.simulator.population import _draw_cells, _ramp_days
+    u = np.array([0.0, 0.29, 0.3, 0.69, 0.7, 0.99])
+    # Treatment cells take [0, 0.3) and [0.3, 0.7); control (0) the rest.
+    assert _draw_cells((0.3, 0.3, 0.4), u).tolist() == [1, 1, 2, 2, 0, 0]
+    stepped = ExperimentSpec("x", "X", start_days_before_end=10, ramp_steps=((1.0, 0.3), (14.0, 0.3), (15.0, 1.0)))
+    days = _ramp_days(stepped, np.array([0.15, 0.3 - 1e-9, 0.65, 1.0]))
+    assert days == pytest.approx([0.5, 1.0, 14.5, 15.0], abs=1e-6)
+    assert _ramp_days(ExperimentSpec("y", "Y", ramp_days=4.0), np.array([0.25])) == pytest.approx([1.0])
+    with pytest.raises(ValueError, match="ramp_steps"):
+        _ramp_days(ExperimentSpec("z", "Z", ramp_steps=((2.0, 0.5), (1.0, 1.0))), np.array([0.5]))
+
+
+def test_every_cell_is_an_arm_with_its_own_volume_and_work_effect():
+    from cost_attribution.simulator import small_live_world_config
+    from cost_attribution.simulator.production import arm_effect
+    config = small_live_world_config()
+    graph = build_call_graph(config)
+    labels = [f"{config.experiments[x].id}:{config.experiments[x].cell_names[c]}"
+              for x, c in zip(graph.arm_experiment, graph.arm_cell)]
+    legacy, images = graph.index("legacy-ratings"), graph.index("images-svc")
+    badge, large, hd = (arm_effect(graph, labels.index(k))
+                        for k in ("ratings-badge:badge", "ratings-badge:badge-large", "hd-images:hd"))
+    assert badge.delta[legacy] == pytest.approx(7.5) and large.delta[legacy] == pytest.approx(15.0)
+    assert badge.work_delta[legacy] == pytest.approx(7.5)  # more requests of the same weight
+    assert hd.delta[images] == 0 and hd.work_delta[images] == pytest.approx(0.6)
+    assert np.count_nonzero(hd.work_delta) == 1
+
+
+def test_live_span_times_come_from_work():
+    """A SERVER span lasts the work of its request (the contract: SERVER duration measures
+    work per request), however many calls it makes; calls lie inside it and a callee's
+    SERVER span starts inside the call."""
+    from cost_attribution.simulator import small_live_world_config
+    config = dataclasses.replace(small_live_world_config(), trace_days=1, pre_period_days=0,
+                                 target_spans_per_day=20_000)
+    graph = build_call_graph(config)
+    samplers = build_samplers(config)
+    population = build_population(config, samplers)
+    scale_to_target_spans(config, population, graph, samplers)
+    spans = generate_day_spans(config, config.end_date, population, graph, samplers)
+    child = spans.parent >= 0
+    assert (spans.start[child] >= spans.start[spans.parent[child]]).all()
+    assert (spans.start[child] <= spans.end[spans.parent[child]]).all()
+    clients = np.flatnonzero(spans.kind == CLIENT)
+    assert (spans.end[clients] <= spans.end[spans.parent[clients]]).all()
+    duration = spans.end - spans.start
+    servers = spans.kind == SERVER
+    calls = np.bincount(spans.parent[clients], minlength=spans.n_spans)[servers]
+    for s, service in enumerate(graph.services):
+        mine = spans.service[servers] == s
+        if service != "images-svc":  # hd-images makes some of its requests heavier
+            assert duration[servers][mine].mean() / 1e9 == pytest.approx(graph.base_work[s], rel=0.1), service
+    gateway = spans.service[servers] == graph.index("api-gateway")
+    few, many = gateway & (calls <= 2), gateway & (calls >= 6)
+    assert duration[servers][many].mean() == pytest.approx(duration[servers][few].mean(), rel=0.1)

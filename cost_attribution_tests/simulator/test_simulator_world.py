@@ -7,16 +7,15 @@ import gzip
 import hashlib
 import json
 import math
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import orjson
 import polars as pl
 import pytest
 import yaml
 
 from cost_attribution.simulator import WorldConfig, generate_world, small_world_config
+from cost_attribution_tests.simulator.world_files import generate_timed, read_otlp_day, trace_files, valid_spans
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FLAT_COLUMNS = ["trace_id", "span_id", "parent_span_id", "service", "kind", "start_unix_nano",
@@ -29,72 +28,6 @@ SAMPLE_FOCUS_HEADER = (
 )
 
 
-# --- an independent, minimal OTLP JSON reader (the contract's rules, nothing shared) ---
-
-def _attribute(attributes: list[dict], key: str):
-    for attr in attributes:
-        if attr["key"] == key:
-            return next(iter(attr["value"].values()))
-    return None
-
-
-def _probability(span: dict) -> float:
-    p = _attribute(span["attributes"], "sampling.probability")
-    if p is not None:
-        return float(p)
-    for entry in span.get("traceState", "").split(","):
-        if entry.startswith("ot="):
-            for field in entry[3:].split(";"):
-                if field.startswith("th:"):
-                    return 1.0 - int(field[3:].ljust(14, "0"), 16) / 2**56
-    return 1.0
-
-
-def read_otlp_day(path: Path) -> tuple[list[dict], int]:
-    """All span records of a file (duplicates and bad ones included) and unparsable lines."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    records, malformed = [], 0
-    with opener(path, "rb") as fh:
-        for line in fh:
-            try:
-                request = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                malformed += 1
-                continue
-            for resource_spans in request["resourceSpans"]:
-                service = _attribute(resource_spans["resource"]["attributes"], "service.name")
-                for scope in resource_spans["scopeSpans"]:
-                    for span in scope["spans"]:
-                        records.append({
-                            "raw": span, "service": service, "kind": span["kind"],
-                            "trace": span["traceId"], "span": span["spanId"], "parent": span["parentSpanId"],
-                            "start": int(span["startTimeUnixNano"]), "end": int(span["endTimeUnixNano"]),
-                            "p": _probability(span), "member": _attribute(span["attributes"], "enduser.id"),
-                            "peer": _attribute(span["attributes"], "peer.service"),
-                            "has_p_attr": _attribute(span["attributes"], "sampling.probability") is not None,
-                            "tracestate": span.get("traceState", ""),
-                        })
-    return records, malformed
-
-
-def valid_spans(records: list[dict]) -> list[dict]:
-    seen, out = set(), []
-    for r in records:
-        key = (r["trace"], r["span"])
-        if key in seen or r["service"] is None or r["end"] < r["start"]:
-            continue
-        seen.add(key)
-        out.append(r)
-    return out
-
-
-def trace_files(world: Path) -> dict[str, list[Path]]:
-    days = defaultdict(list)
-    for path in sorted(world.glob("traces/dt=*/*")):
-        days[path.parent.name.removeprefix("dt=")].append(path)
-    return days
-
-
 def _digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -104,10 +37,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> tuple[Path, dict, float]:
-    out = tmp_path_factory.mktemp("small")
-    started = time.perf_counter()
-    truth = generate_world(out, small_world_config())
-    return out, truth, time.perf_counter() - started
+    return generate_timed(tmp_path_factory, "small", small_world_config())
 
 
 @pytest.fixture(scope="module")
@@ -364,3 +294,15 @@ def test_target_spans_per_day_scales_activity_not_production(tmp_path):
     reference = generate_world(tmp_path / "reference", dataclasses.replace(config, target_spans_per_day=5_000))
     assert truth["population_scale"] == pytest.approx(reference["population_scale"] / 4, rel=0.01)
     assert truth["baseline_cost_usd_30d"] == reference["baseline_cost_usd_30d"]
+
+
+def test_original_world_is_unchanged_by_the_live_features(small_world):
+    """small_world_config() (live=False) keeps the numbers it had before live worlds existed:
+    the demo, benchmarks and every pinned expectation downstream depend on them."""
+    _, truth, _ = small_world
+    assert truth["n_spans"] == 14427
+    assert {k: v["incremental_cost_usd_30d"] for k, v in truth["experiments"].items()} == {
+        "smarter-prefetch:treatment": 5112.52, "aa-calibration:treatment": 0.0, "login-refresh:treatment": 0.0,
+        "ratings-badge:treatment": 2046.79, "search-personalization:treatment": 396.75}
+    assert truth["baseline_cost_usd_30d"]["legacy-ratings"] == 294.17
+    assert "treated_share" not in truth and "bill_change_usd_30d" not in truth["experiments"]["ratings-badge:treatment"]

@@ -1,25 +1,39 @@
 {#
-  Joins per-member rows of the span models with the members' experiment allocations,
-  counting only what happened after the allocation.
+  Joins per-member rows of the span models with the members' experiment allocations.
 
-  `per_member_day` is aggregated per (dt, member_id, <keys>) already: members allocated
-  before that day count all of it. Members allocated during the day itself are
-  compared span by span (`per_span`: rows with dt, member_id, <keys>, adjusted_count,
-  start_unix_nano). Aggregating before the join keeps a 10M-span day cheap: a member
-  sits in several experiments, so a span-level join would multiply the spans.
+  `per_member_day` is aggregated per (dt, member_id, <keys>) already, with the columns
+  named in `measures`; `per_span` has rows with dt, member_id, <keys>, start_unix_nano
+  and the span-level expressions `measures` sums (measure name -> expression).
+  Members allocated before that day count all of the day; members allocated during
+  the day itself are compared span by span. Aggregating before the join keeps a
+  10M-span day cheap: a member sits in several experiments, so a span-level join
+  would multiply the spans.
+
+  With pre_period=true the member's traffic before its allocation is kept as well,
+  marked period = 'pre' (the same member not yet treated: a covariate for variance
+  reduction, never counted as treated); traffic after it is period = 'post'.
 #}
-{% macro exposed_member_rows(per_member_day, per_span, keys) -%}
-    select m.dt, a.experiment_id, a.cell, m.member_id{% for key in keys %}, m.{{ key }}{% endfor %},
-           m.requests, m.sampled_spans
+{% macro exposed_member_rows(per_member_day, per_span, keys, measures=none, pre_period=false) -%}
+    {%- set measures = measures or {'requests': 'adjusted_count', 'sampled_spans': '1'} -%}
+    {%- set periods = [('post', '<', '>=')] + ([('pre', '>', '<')] if pre_period else []) -%}
+    {%- for period, day_cmp, time_cmp in periods %}
+    {%- if not loop.first %}
+    union all
+    {%- endif %}
+    select m.dt, a.experiment_id, a.cell, m.member_id{% for key in keys %}, m.{{ key }}{% endfor %}
+           {%- for name in measures %}, m.{{ name }}{% endfor %}
+           {%- if pre_period %}, '{{ period }}' as period{% endif %}
     from {{ per_member_day }} as m
     inner join {{ ref('member_exposure') }} as a
-        on a.member_id = m.member_id and a.allocated_date < m.dt
+        on a.member_id = m.member_id and a.allocated_date {{ day_cmp }} m.dt
     union all
-    select s.dt, a.experiment_id, a.cell, s.member_id{% for key in keys %}, s.{{ key }}{% endfor %},
-           sum(s.adjusted_count) as requests, count(*) as sampled_spans
+    select s.dt, a.experiment_id, a.cell, s.member_id{% for key in keys %}, s.{{ key }}{% endfor %}
+           {%- for name, expression in measures.items() %}, sum({{ expression }}) as {{ name }}{% endfor %}
+           {%- if pre_period %}, '{{ period }}' as period{% endif %}
     from {{ per_span }} as s
     inner join {{ ref('member_exposure') }} as a
         on a.member_id = s.member_id and a.allocated_date = s.dt
-    where s.start_unix_nano >= a.allocated_at_unix_nano
+    where s.start_unix_nano {{ time_cmp }} a.allocated_at_unix_nano
     group by s.dt, a.experiment_id, a.cell, s.member_id{% for key in keys %}, s.{{ key }}{% endfor %}
+    {%- endfor %}
 {%- endmacro %}

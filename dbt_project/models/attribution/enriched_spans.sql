@@ -1,6 +1,67 @@
 {{ config(incremental_strategy=daily_incremental_strategy(), unique_key='dt') }}
 -- Every span with its trace's member (null for a trace that never reached one:
--- a blind spot) and its adjusted count.
+-- a blind spot), its adjusted count and its busy time.
+--
+-- busy_nano: for a SERVER span, the span's duration minus the time its own child
+-- CLIENT calls were in flight (the union of their intervals, clipped to the span): the
+-- time the service itself worked rather than waited. Work per request is measured as
+-- the SERVER span's duration (the contract's definition, AnalysisSettings.work_measure
+-- = "duration"); busy time is the alternative ("busy"). It is not the default because
+-- a span whose calls run inside a fixed amount of work (as in the live sample world)
+-- would look lighter whenever a treatment adds a call. For a CLIENT span: its duration.
+with spans as (
+    select *
+    from {{ ref('stg_spans') }}
+    where {{ in_partition_window('dt') }}
+),
+servers as (
+    select dt, trace_id, span_id, service, start_unix_nano, end_unix_nano
+    from spans
+    where kind = 'SERVER'
+),
+child_calls as (
+    select
+        c.dt,
+        c.trace_id,
+        s.span_id,
+        s.service,
+        greatest(c.start_unix_nano, s.start_unix_nano) as call_start,
+        least(c.end_unix_nano, s.end_unix_nano) as call_end
+    from spans as c
+    inner join servers as s
+        on s.dt = c.dt and s.trace_id = c.trace_id and s.span_id = c.parent_span_id and s.service = c.service
+    where c.kind = 'CLIENT'
+),
+ordered_calls as (
+    -- Overlapping calls (fan-out) are merged into islands: a call opens a new island
+    -- when it starts after every earlier call of the same span has ended.
+    select
+        dt, trace_id, span_id, service, call_start, call_end,
+        max(call_end) over (
+            partition by dt, trace_id, span_id, service order by call_start, call_end
+            rows between unbounded preceding and 1 preceding
+        ) as earlier_end
+    from child_calls
+    where call_end > call_start
+),
+islands as (
+    select
+        dt, trace_id, span_id, service, call_start, call_end,
+        sum(case when earlier_end is null or call_start > earlier_end then 1 else 0 end) over (
+            partition by dt, trace_id, span_id, service order by call_start, call_end
+            rows between unbounded preceding and current row
+        ) as island
+    from ordered_calls
+),
+waiting as (
+    select dt, trace_id, span_id, service, sum(island_end - island_start) as waiting_nano
+    from (
+        select dt, trace_id, span_id, service, island, min(call_start) as island_start, max(call_end) as island_end
+        from islands
+        group by dt, trace_id, span_id, service, island
+    ) as merged
+    group by dt, trace_id, span_id, service
+)
 select
     s.dt,
     s.trace_id,
@@ -11,10 +72,15 @@ select
     s.peer_service,
     s.start_unix_nano,
     s.duration_nano,
+    case
+        when s.kind = 'SERVER' then greatest(s.duration_nano - coalesce(w.waiting_nano, 0), 0)
+        else s.duration_nano
+    end as busy_nano,
     s.sampling_probability,
     s.adjusted_count,
     case when tm.distinct_members = 1 then tm.member_id end as member_id
-from {{ ref('stg_spans') }} as s
+from spans as s
 left join {{ ref('trace_members') }} as tm
     on tm.dt = s.dt and tm.trace_id = s.trace_id
-where {{ in_partition_window('s.dt') }}
+left join waiting as w
+    on s.kind = 'SERVER' and w.dt = s.dt and w.trace_id = s.trace_id and w.span_id = s.span_id and w.service = s.service

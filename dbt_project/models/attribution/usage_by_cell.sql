@@ -12,4 +12,5 @@ select
     cast(sum(sampled_spans) as bigint) as sampled_spans
 from {{ ref('member_service_usage') }}
 where {{ in_partition_window('dt') }}
+  and period = 'post'
 group by dt, experiment_id, cell, service, source

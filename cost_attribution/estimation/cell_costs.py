@@ -1,0 +1,320 @@
+"""The cost of shipping every experiment cell, as frames: the pure core of `cost_projections`.
+
+For each (cell, service) the effect on the service's cost driver is chosen first
+(`driver_effect`): work (busy time) when the cost model is driven by CPU seconds or
+when only the work moved, request volume otherwise. Every running experiment's
+treated share is taken out of the observed load with those effects, and each cell is
+priced against both baselines (`projection.cell_curves`): everyone in control
+(incremental cost) and the days as they were (bill change).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from cost_attribution.estimation import projection
+from cost_attribution.estimation.models import FittedCostModel
+from cost_attribution.estimation.production_calibration import combine, production_scale, reconcile
+
+# (experiment_id, cell, control_cell, services, metrics) -> correlation matrix of the deltas, or None
+Correlation = Callable[[str, str, str, list[str], list[str]], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One cell's estimated relative effect on one service's cost driver."""
+
+    experiment_id: str
+    cell: str
+    service: str
+    metric: str  # "work" | "requests"
+    delta: float
+    ci_low: float
+    ci_high: float
+    significant: bool
+    source: str = "traces"  # "traces" | "traces+production"
+
+    @property
+    def centre(self) -> float:
+        """What the point estimate uses: the delta where significant, else no effect."""
+        return self.delta if self.significant else 0.0
+
+    @property
+    def half_width(self) -> float:
+        return max(self.ci_high - self.delta, self.delta - self.ci_low, 1e-6)
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def driver_effect(row: dict, model: FittedCostModel, fdr_q: float) -> Effect | None:
+    """The effect that moves this service's cost: work where the model is driven by CPU
+    seconds (or where requests got heavier without getting more numerous), request
+    volume otherwise. None when neither has a finite interval (no control traffic)."""
+    requests_ok = _finite(row["delta"], row["ci_low"], row["ci_high"])
+    work_ok = _finite(row.get("work_delta"), row.get("work_ci_low"), row.get("work_ci_high"))
+    requests_moved = row["q_value"] is not None and row["q_value"] < fdr_q
+    work_moved = row.get("work_q_value") is not None and row["work_q_value"] < fdr_q
+    cpu_driven = (model.features or ["requests"])[0] == "cpu_seconds"
+    if work_ok and (cpu_driven or (work_moved and not requests_moved) or not requests_ok):
+        metric, prefix = "work", "work_"
+    elif requests_ok:
+        metric, prefix = "requests", ""
+    else:
+        return None
+    return Effect(
+        row["experiment_id"], row["cell"], row["service"], metric,
+        float(row[f"{prefix}delta"]), float(row[f"{prefix}ci_low"]), float(row[f"{prefix}ci_high"]),
+        bool(row["significant"]),
+    )
+
+
+def _share_arrays(shares: pl.DataFrame, hours: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+    """(experiment_id, cell) -> share per hour of `hours` (0 where nothing was treated)."""
+    out = {}
+    index = {h: i for i, h in enumerate(hours.astype("datetime64[us]").tolist())}
+    for (experiment_id, cell), group in shares.group_by("experiment_id", "cell", maintain_order=True):
+        values = np.zeros(len(hours))
+        for hour, share in zip(group["hour"].dt.replace_time_zone(None).to_list(), group["share"].to_list()):
+            i = index.get(hour)
+            if i is not None:
+                values[i] = share
+        out[(experiment_id, cell)] = values
+    return out
+
+
+def calibrate_with_production(
+    effects: dict[tuple[str, str, str], Effect],
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    share_of: dict[str, dict],
+) -> tuple[dict[tuple[str, str, str], Effect], set[tuple[str, str]]]:
+    """Each (experiment, service) whose treated share started inside the load history:
+    its cells' deltas combined with what production load says (production_calibration),
+    where the two agree. Returns the effects and the (experiment, service) pairs whose
+    load does not carry the test at all (nothing to take out of it).
+    series: service -> (hour starts, hourly load); share_of: service -> {(experiment,
+    cell): share at those hours}."""
+    groups: dict[tuple[str, str], list[Effect]] = {}
+    for effect in effects.values():
+        groups.setdefault((effect.experiment_id, effect.service), []).append(effect)
+    out, not_in_load = dict(effects), set()
+    for (experiment_id, service), cells in groups.items():
+        service_hours, values = series[service]
+        shares = share_of[service]
+        implied = np.zeros(len(service_hours))
+        for effect in cells:
+            if (experiment_id, effect.cell) in shares:
+                implied += shares[(experiment_id, effect.cell)] * effect.centre
+        moved = [e for e in cells if e.significant and e.delta != 0]
+        if not implied.any() or not moved:
+            continue
+        scale = production_scale(service_hours, values, implied)
+        trace_relative_se = min(e.half_width / projection.Z95 / abs(e.delta) for e in moved)
+        verdict = reconcile(scale, trace_relative_se)
+        if verdict == "absent":
+            not_in_load.add((experiment_id, service))
+        for effect in moved:
+            if verdict == "agrees":
+                delta, half, source = combine(effect.delta, effect.half_width, scale)
+                effect = Effect(experiment_id, effect.cell, service, effect.metric, delta, delta - half, delta + half,
+                                True, source)
+            elif verdict in ("absent", "disagrees"):
+                effect = dataclasses.replace(effect, source=f"traces (production {verdict})")
+            out[(experiment_id, effect.cell, service)] = effect
+    return out, not_in_load
+
+
+def _load_factors(effects: list[Effect], share_of: dict, n_hours: int, not_in_load: set) -> dict[str, np.ndarray]:
+    """experiment_id -> 1 + sum_c share_c(h) x centre_c for one service's effects (1 where
+    the service's load does not carry the experiment)."""
+    factors: dict[str, np.ndarray] = {}
+    for effect in effects:
+        share = share_of.get((effect.experiment_id, effect.cell))
+        factor = factors.setdefault(effect.experiment_id, np.ones(n_hours))
+        if (effect.experiment_id, effect.service) in not_in_load:
+            continue
+        if share is not None and effect.centre != 0.0:
+            factor += share * max(effect.centre, -0.999)
+    return factors
+
+
+def project_cells(
+    as_of: dt.date,
+    deltas: pl.DataFrame,
+    models: dict[str, FittedCostModel],
+    load: dict[str, tuple[np.ndarray, np.ndarray]],
+    hours: np.ndarray,
+    shares: pl.DataFrame,
+    scale: float,
+    fdr_q: float,
+    correlation: Correlation,
+    projection_hours: int | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(per service, per experiment cell, hourly universes) frames for one as-of day.
+
+    deltas: usage_deltas rows (request and work columns); hours: hour starts
+    (datetime64) of the load history; load: service -> (positions in `hours`, hourly
+    cost-driver load at those hours); shares: experiment_id, cell, hour, share over the
+    same hours. The last `projection_hours` (default: all) are priced; the history
+    before them lets production metrics calibrate the deltas."""
+    all_shares = _share_arrays(shares, hours)
+    history_shares = {
+        service: {key: values[positions] for key, values in all_shares.items()}
+        for service, (positions, _) in load.items()
+    }
+    first = len(hours) - (projection_hours or len(hours))
+    in_window = {service: positions >= first for service, (positions, _) in load.items()}
+    history = {service: (hours[positions], values) for service, (positions, values) in load.items()}
+    service_shares = {
+        service: {key: values[in_window[service]] for key, values in by_key.items()}
+        for service, by_key in history_shares.items()
+    }
+    load = {service: (positions[in_window[service]], values[in_window[service]])
+            for service, (positions, values) in load.items()}
+    effects: dict[tuple[str, str, str], Effect] = {}
+    for row in deltas.iter_rows(named=True):
+        model = models.get(row["service"])
+        if model is None or row["service"] not in load:
+            continue
+        effect = driver_effect(row, model, fdr_q)
+        if effect is not None:
+            effects[(row["experiment_id"], row["cell"], row["service"])] = effect
+    effects, not_in_load = calibrate_with_production(effects, history, history_shares)
+    by_service: dict[str, list[Effect]] = {}
+    for effect in effects.values():
+        by_service.setdefault(effect.service, []).append(effect)
+    factors = {
+        service: _load_factors(found, service_shares[service], len(load[service][0]), not_in_load)
+        for service, found in by_service.items()
+    }
+
+    service_rows, experiment_rows, universe_frames = [], [], []
+    for (experiment_id, cell), group in deltas.group_by("experiment_id", "cell", maintain_order=True):
+        control_cell = group["control_cell"][0]
+        priced = [effects[(experiment_id, cell, s)] for s in group["service"] if (experiment_id, cell, s) in effects]
+        increments, bills = [], []
+        for effect in priced:
+            positions, service_load = load[effect.service]
+            n_hours = len(positions)
+            factor = factors[effect.service]
+            own_share = service_shares[effect.service].get((experiment_id, cell), np.zeros(n_hours))
+            if (experiment_id, effect.service) in not_in_load:
+                own_share = np.zeros(n_hours)
+            shares_here = projection.LoadShares(
+                own=factor[experiment_id] - own_share * max(effect.centre, -0.999),
+                share=own_share,
+                others=np.prod([f for e, f in factor.items() if e != experiment_id], axis=0)
+                if len(factor) > 1 else np.ones(n_hours),
+            )
+            spread = effect.half_width
+            lo = min(effect.delta, 0.0) - 4 * spread
+            hi = max(effect.delta, 0.0) + 4 * spread
+            model = models[effect.service]
+            incremental, bill = projection.cell_curves(
+                model, service_load, shares_here, scale, lo, hi, exact=(effect.delta, effect.ci_low, effect.ci_high)
+            )
+            increments.append(incremental)
+            bills.append(bill)
+            centre = effect.centre
+            own_now = shares_here.own + shares_here.share * centre
+            baseline_load = service_load / (own_now * shares_here.others)
+            counterfactual_load = baseline_load * (1.0 + centre)
+            capacity = model.capacity_requests_per_hour
+            service_rows.append({
+                "as_of": as_of, "experiment_id": experiment_id, "cell": cell, "service": effect.service,
+                "cost_model": model.cost_model, "metric": effect.metric, "delta_used": effect.delta,
+                "delta_ci_low_used": effect.ci_low, "delta_ci_high_used": effect.ci_high, "delta_source": effect.source,
+                "incremental_cost_usd_30d": float(incremental(centre)),
+                "ci_low_usd_30d": float(incremental(effect.ci_low)),
+                "ci_high_usd_30d": float(incremental(effect.ci_high)),
+                "bill_change_usd_30d": float(bill(centre)),
+                "bill_ci_low_usd_30d": float(bill(effect.ci_low)),
+                "bill_ci_high_usd_30d": float(bill(effect.ci_high)),
+                "baseline_cost_usd_30d": float(model.predict(baseline_load).sum() * scale),
+                "observed_cost_usd_30d": float(model.predict(service_load).sum() * scale),
+                "peak_requests_per_hour": float(max(counterfactual_load.max(), service_load.max())),
+                "exceeds_capacity": bool(capacity is not None and counterfactual_load.max() > capacity),
+            })
+            if effect.significant:
+                universe_frames.append(pl.DataFrame({
+                    "as_of": as_of, "experiment_id": experiment_id, "cell": cell, "service": effect.service,
+                    "hour": hours[positions], "baseline_cost": model.predict(baseline_load),
+                    "counterfactual_cost": model.predict(counterfactual_load),
+                    "observed_cost": model.predict(service_load),
+                }))
+        services = [e.service for e in priced]
+        corr = correlation(experiment_id, cell, control_cell, services, [e.metric for e in priced])
+        (point, low, high), (bill_point, bill_low, bill_high) = projection.joint_intervals(
+            [increments, bills],
+            np.array([e.delta for e in priced]),
+            np.array([e.half_width for e in priced]),
+            np.array([e.significant for e in priced], dtype=bool),
+            corr,
+        )
+        experiment_rows.append({
+            "as_of": as_of, "experiment_id": experiment_id, "cell": cell, "control_cell": control_cell,
+            "incremental_cost_usd_30d": point, "ci_low_usd_30d": low, "ci_high_usd_30d": high,
+            "bill_change_usd_30d": bill_point, "bill_ci_low_usd_30d": bill_low, "bill_ci_high_usd_30d": bill_high,
+            "services_priced": len(priced), "services_unpriced": group.height - len(priced),
+        })
+    universes = (
+        pl.concat(universe_frames).with_columns(pl.col("hour").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+        if universe_frames else pl.DataFrame(schema=UNIVERSE_SCHEMA)
+    )
+    return (
+        pl.DataFrame(service_rows, schema=PROJECTION_SCHEMA),
+        pl.DataFrame(experiment_rows, schema=EXPERIMENT_COST_SCHEMA),
+        universes.cast(UNIVERSE_SCHEMA).select(list(UNIVERSE_SCHEMA)),
+    )
+
+
+# Both baselines' point and 95% interval, per service and per cell.
+DOLLARS = {
+    name: pl.Float64
+    for name in ("incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d",
+                 "bill_change_usd_30d", "bill_ci_low_usd_30d", "bill_ci_high_usd_30d")
+}
+PROJECTION_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "service": pl.Utf8,
+    "cost_model": pl.Utf8,
+    "metric": pl.Utf8,
+    "delta_used": pl.Float64,
+    "delta_ci_low_used": pl.Float64,
+    "delta_ci_high_used": pl.Float64,
+    "delta_source": pl.Utf8,
+    **DOLLARS,
+    "baseline_cost_usd_30d": pl.Float64,
+    "observed_cost_usd_30d": pl.Float64,
+    "peak_requests_per_hour": pl.Float64,
+    "exceeds_capacity": pl.Boolean,
+}
+EXPERIMENT_COST_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "control_cell": pl.Utf8,
+    **DOLLARS,
+    "services_priced": pl.Int64,
+    "services_unpriced": pl.Int64,
+}
+UNIVERSE_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "service": pl.Utf8,
+    "hour": pl.Datetime("us", "UTC"),
+    "baseline_cost": pl.Float64,
+    "counterfactual_cost": pl.Float64,
+    "observed_cost": pl.Float64,
+}

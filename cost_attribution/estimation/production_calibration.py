@@ -1,0 +1,138 @@
+"""What production metrics say about an experiment's effect, combined with the traces.
+
+Traces are sampled (1% of requests, a few days): a small service that a treatment
+calls ten times as often is measured from a few dozen sampled spans per cell. Usage
+metrics count every request, every hour: when an experiment's treated share started
+inside the metrics' history, the service's load jumped by sum_c share_c(h) x d_c. That
+jump, against the same service's load at the same hour of the day and kind of day
+before anyone was treated, measures the effect on all of production.
+
+Per (experiment, service): the trace deltas fix how the cells compare; production
+fixes the scale lambda of sum_c share_c(h) x d_c (least squares over the treated
+hours). Its uncertainty is measured, not assumed: the same estimator run on the
+untreated hours themselves (a placebo: the last days before the start predicted from
+the earlier ones) must find no jump, and how far it misses is the error. The
+production delta lambda x d_c and the trace delta are combined by inverse variance.
+Nothing changes where the share never moved inside the history (no untreated or no
+treated hours), or where production is too noisy to add information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cost_attribution.estimation.projection import Z95
+
+# Untreated and treated hours a production estimate needs (3 days before, 1 day after).
+MIN_UNTREATED_HOURS = 72
+MIN_TREATED_HOURS = 24
+# A share below this counts as untreated (a handful of early allocations).
+UNTREATED_SHARE = 1e-3
+
+
+@dataclass(frozen=True)
+class ProductionScale:
+    """sum_c share_c d_c in production = scale x the traces' own sum_c share_c d_c."""
+
+    scale: float
+    se: float
+    treated_hours: int
+
+
+def _day_type(hours: np.ndarray) -> np.ndarray:
+    """0 weekday, 1 weekend (1970-01-01 was a Thursday)."""
+    days = hours.astype("datetime64[D]").astype(np.int64)
+    return ((days + 3) % 7 >= 5).astype(np.int64)
+
+
+def _slot(hours: np.ndarray) -> np.ndarray:
+    """Hour of the day x kind of day: the seasonality a baseline must match."""
+    hour_of_day = (hours.astype("datetime64[h]").astype(np.int64)) % 24
+    return hour_of_day + 24 * _day_type(hours)
+
+
+def _relative_jump(hours: np.ndarray, load: np.ndarray, baseline_mask: np.ndarray, target_mask: np.ndarray) -> np.ndarray:
+    """load / (mean load of the baseline hours in the same slot) - 1 on the target hours
+    (NaN where the slot has no baseline hour)."""
+    slots = _slot(hours)
+    sums = np.bincount(slots[baseline_mask], weights=load[baseline_mask], minlength=48)
+    counts = np.bincount(slots[baseline_mask], minlength=48)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.where(counts > 0, sums / counts, np.nan)
+        return load[target_mask] / expected[slots[target_mask]] - 1.0
+
+
+def production_scale(hours: np.ndarray, load: np.ndarray, traced_jump: np.ndarray) -> ProductionScale | None:
+    """Scale of the traces' implied jump (sum_c share_c(h) d_c per hour, over `hours`)
+    that production load shows, with its standard error; None without enough untreated
+    and treated hours, or when the traces imply no jump."""
+    hours = np.asarray(hours).astype("datetime64[us]")
+    load = np.asarray(load, dtype=float)
+    treated = np.abs(traced_jump) > 0
+    untreated = ~treated & np.isfinite(load) & (load > 0)
+    # Only untreated hours before the first treated one: a baseline from after it would
+    # mix in whatever else changed since.
+    first_treated = np.argmax(treated) if treated.any() else len(hours)
+    untreated &= np.arange(len(hours)) < first_treated
+    if untreated.sum() < MIN_UNTREATED_HOURS or treated.sum() < MIN_TREATED_HOURS:
+        return None
+    jump = _relative_jump(hours, load, untreated, treated)
+    implied = traced_jump[treated]
+    ok = np.isfinite(jump)
+    if ok.sum() < MIN_TREATED_HOURS or not np.any(implied[ok]):
+        return None
+    scale = float(np.sum(jump[ok] * implied[ok]) / np.sum(implied[ok] ** 2))
+    # Placebo: the last untreated days (as many hours as were treated, at most half of
+    # the untreated ones) predicted from the earlier untreated hours.
+    untreated_idx = np.flatnonzero(untreated)
+    n_placebo = min(int(ok.sum()), len(untreated_idx) // 2)
+    placebo_mask = np.zeros(len(hours), dtype=bool)
+    placebo_mask[untreated_idx[-n_placebo:]] = True
+    baseline_mask = untreated & ~placebo_mask
+    placebo = _relative_jump(hours, load, baseline_mask, placebo_mask)
+    placebo = placebo[np.isfinite(placebo)]
+    if len(placebo) < MIN_TREATED_HOURS // 2:
+        return None
+    # The placebo's mean miss is the level error a baseline makes (trend, drift); its
+    # spread over the hours shrinks with their number.
+    error = float(np.sqrt(np.mean(placebo) ** 2 + np.var(placebo) / max(int(ok.sum()), 1)))
+    mean_implied = float(np.mean(np.abs(implied[ok])))
+    return ProductionScale(scale, error / mean_implied, int(ok.sum()))
+
+
+# Production and traces agree when their scales differ by at most this many standard errors.
+AGREEMENT_SE = 3.0
+# Below this share of the traces' implied jump (at 2 standard errors), production load
+# does not carry the test at all.
+ABSENT_SCALE = 0.25
+
+
+def reconcile(scale: ProductionScale | None, trace_relative_se: float) -> str:
+    """How production relates to the traces for one (experiment, service):
+    'none' (no production evidence), 'agrees' (combine them), 'absent' (the load shows
+    no jump: the metrics do not carry the test's traffic), 'disagrees' (both show a
+    jump, of clearly different sizes: keep the traces)."""
+    if scale is None or not np.isfinite(scale.scale):
+        return "none"
+    if abs(scale.scale - 1.0) <= AGREEMENT_SE * float(np.hypot(scale.se, trace_relative_se)):
+        return "agrees"
+    if scale.scale + 2 * scale.se < ABSENT_SCALE:
+        return "absent"
+    return "disagrees"
+
+
+def combine(trace_delta: float, trace_half_width: float, scale: ProductionScale | None) -> tuple[float, float, str]:
+    """(delta, interval half-width, source): the trace delta alone, or combined by inverse
+    variance with production's scale x trace delta."""
+    if scale is None or not np.isfinite(scale.scale) or scale.se <= 0 or trace_half_width <= 0:
+        return trace_delta, trace_half_width, "traces"
+    production_delta = scale.scale * trace_delta
+    production_se = scale.se * abs(trace_delta)
+    trace_se = trace_half_width / Z95
+    if production_se <= 0 or not np.isfinite(production_se):
+        return trace_delta, trace_half_width, "traces"
+    w_trace, w_production = 1.0 / trace_se**2, 1.0 / production_se**2
+    delta = (w_trace * trace_delta + w_production * production_delta) / (w_trace + w_production)
+    return float(delta), float(Z95 / np.sqrt(w_trace + w_production)), "traces+production"

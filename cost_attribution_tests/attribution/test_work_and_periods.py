@@ -1,0 +1,102 @@
+"""The span models on hand-built traces with known answers: a SERVER span's busy time
+(duration minus the union of its own child calls), pre-/post-allocation periods, and
+root activity per member. Runs the real dbt models on a throwaway DuckDB file."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import polars as pl
+import pytest
+
+from cost_attribution_tests.shift_left.synthetic_world import run_dbt
+
+DAY = dt.date(2026, 3, 2)
+T0 = int(dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+MS = 1_000_000
+ALLOCATED_AT = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc)
+
+
+def _span(trace, span, parent, service, kind, start_ms, end_ms, peer=None, member=None, p=0.5):
+    return {"dt": DAY, "trace_id": trace, "span_id": span, "parent_span_id": parent, "service": service,
+            "kind": kind, "name": "op", "start_unix_nano": T0 + start_ms * MS, "end_unix_nano": T0 + end_ms * MS,
+            "peer_service": peer, "member_id": member, "sampling_probability": p}
+
+
+def _spans() -> pl.DataFrame:
+    hour = 3_600_000
+    rows = [
+        # Trace t1 at 01:00 (before m1's allocation at 12:00): api works 100 ms, of which
+        # its calls cover [10,50] (two overlapping calls) + [60,70] + [95,100] (clipped): 55 ms.
+        _span("t1", "a", None, "api", "SERVER", hour, hour + 100, member="m1"),
+        _span("t1", "b", "a", "api", "CLIENT", hour + 10, hour + 30, peer="svc"),
+        _span("t1", "c", "a", "api", "CLIENT", hour + 20, hour + 50, peer="svc"),
+        _span("t1", "d", "a", "api", "CLIENT", hour + 60, hour + 70, peer="svc"),
+        _span("t1", "e", "a", "api", "CLIENT", hour + 95, hour + 120, peer="svc"),
+        _span("t1", "f", "b", "svc", "SERVER", hour + 11, hour + 29),  # a leaf: busy its whole 18 ms
+        # Trace t2 at 13:00 (after the allocation): api 40 ms with one 10 ms call.
+        _span("t2", "g", None, "api", "SERVER", 13 * hour, 13 * hour + 40, member="m1"),
+        _span("t2", "h", "g", "api", "CLIENT", 13 * hour + 5, 13 * hour + 15, peer="svc"),
+        _span("t2", "i", "h", "svc", "SERVER", 13 * hour + 6, 13 * hour + 14),
+        # m2, never allocated: counts for root activity only.
+        _span("t3", "j", None, "api", "SERVER", 14 * hour, 14 * hour + 30, member="m2", p=0.25),
+    ]
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    work = tmp_path_factory.mktemp("work-periods")
+    path = work / "w.duckdb"
+    allocations = pl.DataFrame({
+        "experiment_id": ["x"], "member_id": ["m1"], "cell": ["treatment"], "allocated_at": [ALLOCATED_AT],
+        "allocated_at_unix_nano": [int(ALLOCATED_AT.timestamp() * 1e9)], "allocated_date": [DAY],
+    })
+    experiments = pl.DataFrame({"experiment_id": ["x"], "name": ["x"], "control_cell": ["control"],
+                                "cells": ["control,treatment"], "start_date": [dt.date(2026, 3, 1)], "owner": ["o"]})
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("CREATE SCHEMA raw")
+        for name, frame in (("spans", _spans()), ("allocations", allocations), ("experiments", experiments)):
+            conn.register("_f", frame.to_arrow())
+            conn.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _f')
+            conn.unregister("_f")
+    run_dbt(path, work, "+usage_by_cell +member_activity")
+    return path
+
+
+def _frame(warehouse, sql) -> pl.DataFrame:
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        return pl.from_arrow(conn.sql(sql).to_arrow_table())
+
+
+def test_busy_time_is_duration_minus_the_union_of_own_calls(warehouse):
+    work = dict(_frame(warehouse, "SELECT span_id, busy_nano / 1e6 AS ms FROM main.enriched_spans").iter_rows())
+    assert work["a"] == pytest.approx(100 - 55)
+    assert work["f"] == pytest.approx(18)  # leaf SERVER: all of it
+    assert work["g"] == pytest.approx(30)
+    assert work["b"] == pytest.approx(20)  # CLIENT: the call's duration as the caller saw it
+
+
+def test_usage_before_the_allocation_is_pre_period_never_treated(warehouse):
+    usage = _frame(
+        warehouse,
+        "SELECT period, service, source, requests, work, busy FROM main.member_service_usage "
+        "ORDER BY period, service, source",
+    )
+    rows = {(r["period"], r["service"], r["source"]): r for r in usage.iter_rows(named=True)}
+    # Adjusted count 2 (p = 0.5): work = 2 x duration seconds, busy = 2 x busy seconds.
+    assert rows[("pre", "api", "server")]["requests"] == 2
+    assert rows[("pre", "api", "server")]["work"] == pytest.approx(2 * 0.100)
+    assert rows[("pre", "api", "server")]["busy"] == pytest.approx(2 * 0.045)
+    assert rows[("pre", "svc", "client")]["requests"] == 8  # four calls
+    assert rows[("pre", "svc", "client")]["work"] is None  # a caller's view is not the callee's work
+    assert rows[("post", "api", "server")]["busy"] == pytest.approx(2 * 0.030)
+    assert rows[("post", "svc", "server")]["work"] == pytest.approx(2 * 0.008)
+    cells = _frame(warehouse, "SELECT sum(requests) AS r FROM main.usage_by_cell WHERE service = 'api' AND source = 'server'")
+    assert cells["r"][0] == 2  # usage_by_cell counts only treated (post) traffic
+
+
+def test_root_activity_counts_every_member(warehouse):
+    activity = dict(_frame(warehouse, "SELECT member_id, root_requests FROM main.member_activity").iter_rows())
+    assert activity == {"m1": 4.0, "m2": 4.0}

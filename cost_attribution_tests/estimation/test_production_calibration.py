@@ -1,0 +1,83 @@
+"""Production metrics calibrate the trace deltas where an experiment started inside the
+load history: a known jump is recovered, its error is measured by a placebo, and a
+world without the jump is not given one."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from cost_attribution.attribution.treated_share import hourly_grid
+from cost_attribution.estimation.production_calibration import combine, production_scale
+
+UTC = dt.timezone.utc
+
+
+def _series(jump: float, start_day: int = 40, days: int = 56, seed: int = 0):
+    hours = hourly_grid(dt.datetime(2026, 5, 1, tzinfo=UTC), dt.datetime(2026, 5, 1, tzinfo=UTC) + dt.timedelta(days=days))
+    rng = np.random.default_rng(seed)
+    hour_of_day = np.arange(len(hours)) % 24
+    weekend = ((hours.astype("datetime64[D]").astype(np.int64) + 3) % 7) >= 5
+    baseline = 1e5 * (1 + 0.45 * np.sin(2 * np.pi * (hour_of_day - 14) / 24)) * np.where(weekend, 1.12, 1.0)
+    share = np.where(np.arange(len(hours)) >= 24 * start_day, 0.2, 0.0)
+    load = baseline * (1 + share * jump) * rng.lognormal(0, 0.01, len(hours))
+    return hours, load, share
+
+
+def test_recovers_a_tiny_services_jump_that_traces_overestimate():
+    hours, load, share = _series(jump=7.5)
+    scale = production_scale(hours, load, share * 9.6)  # traces said +960%
+    assert scale.scale == pytest.approx(7.5 / 9.6, rel=0.02)
+    delta, half, source = combine(9.6, 3.2, scale)
+    assert source == "traces+production"
+    assert delta == pytest.approx(7.5, rel=0.03) and half < 0.5
+
+
+def test_no_jump_in_production_is_not_invented_and_small_effects_keep_the_traces():
+    hours, load, share = _series(jump=0.0)
+    scale = production_scale(hours, load, share * 0.4)
+    assert abs(scale.scale) < 0.15  # production shows no jump ...
+    assert scale.se > 0.01  # ... and says how sure it is, from the placebo
+    delta, half, _ = combine(0.4, 0.1, scale)
+    assert delta < 0.4 and half < 0.1
+
+
+def test_no_calibration_without_untreated_history():
+    hours, load, share = _series(jump=1.0, start_day=1)
+    assert production_scale(hours, load, share * 1.0) is None
+    assert combine(1.0, 0.2, None) == (1.0, 0.2, "traces")
+
+
+def test_reconcile_names_agreement_absence_and_disagreement():
+    from cost_attribution.estimation.production_calibration import reconcile
+
+    hours, load, share = _series(jump=0.4)
+    assert reconcile(production_scale(hours, load, share * 0.42), 0.1) == "agrees"
+    assert reconcile(production_scale(hours, load, share * 1.2), 0.05) == "disagrees"
+    hours, load, share = _series(jump=0.0)
+    assert reconcile(production_scale(hours, load, share * 9.4), 0.15) == "absent"
+    assert reconcile(None, 0.1) == "none"
+
+
+def test_metrics_that_do_not_carry_the_test_are_not_deflated():
+    """A tidy world: traces show +40% for the 25% of members treated in the last days,
+    the usage metrics never saw it. Nothing is taken out of the load; both baselines agree."""
+    import polars as pl
+
+    from cost_attribution.estimation.cell_costs import project_cells
+    from cost_attribution_tests.estimation.test_production_share import AS_OF, _deltas, _linear_model
+
+    hours, load, share = _series(jump=0.0, start_day=52, days=56)
+    shares = pl.DataFrame({"experiment_id": "x", "cell": "treatment", "hour": hours, "share": share * 1.25}).with_columns(
+        pl.col("hour").dt.replace_time_zone("UTC"))
+    deltas = _deltas([{"experiment_id": "x", "cell": "treatment", "service": "svc", "delta": 0.4,
+                       "ci_low": 0.32, "ci_high": 0.48}])
+    services, cells, _ = project_cells(AS_OF, deltas, {"svc": _linear_model("svc", 0.01)},
+                                       {"svc": (np.arange(len(hours)), load)}, hours, shares, 30 / 28, 0.05,
+                                       lambda *_: None, projection_hours=24 * 28)
+    row = services.row(0, named=True)
+    assert row["delta_source"] == "traces (production absent)" and row["delta_used"] == 0.4
+    cell = cells.row(0, named=True)
+    assert cell["bill_change_usd_30d"] == pytest.approx(cell["incremental_cost_usd_30d"])
