@@ -173,7 +173,7 @@ def _split_job(job) -> tuple:
     import dagster as dg
 
     graph = job.asset_layer.asset_graph
-    keys = list(graph.get_all_asset_keys())
+    keys = [k for k in graph.get_all_asset_keys() if graph.get(k).is_executable]
     bulk = {k for k in keys if not graph.get(k).is_partitioned or graph.get(k).backfill_policy == dg.BackfillPolicy.single_run()}
     daily = set(keys) - bulk
 
