@@ -2,7 +2,9 @@
 
 import dagster as dg
 
-from cost_attribution.definitions import defs
+from cost_attribution.definitions import defs as load_defs
+
+defs = load_defs()
 
 
 def test_definitions_load():
