@@ -65,6 +65,12 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             blind_spot_coverage=settings.blind_spot_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
             value_per_point_usd=settings.value_per_point_usd,
+            intervals={
+                "deltas": "always-valid 95% (mixture sequential test)" if settings.sequential else "fixed-horizon 95%",
+                "dollars": "fixed-horizon 95% from the deltas' standard errors"
+                if settings.dollar_interval == "fixed" else "from the always-valid delta intervals",
+                "point_estimate": "services whose change is not significant (BH q >= fdr_q) add $0",
+            },
         )
         text = json.dumps(report, indent=2)
         newest = None

@@ -216,7 +216,7 @@ def owner_view(experiments: list[dict], owners: dict[str, str | None]) -> list[d
 
 def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
                  blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0,
-                 value_per_point_usd: dict[str, float] | None = None) -> dict:
+                 value_per_point_usd: dict[str, float] | None = None, intervals: dict | None = None) -> dict:
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
     projections = _frame(conn, "main.cost_projections", "SELECT * FROM main.cost_projections WHERE as_of = ?", [as_of])
     experiment_costs = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of = ? ORDER BY experiment_id, cell", [as_of])
@@ -358,6 +358,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     ]
     report = {
         "as_of": as_of.isoformat(),
+        "intervals": intervals or {},
         "experiments": experiments,
         "services": service_models,
         "owners": owner_view(experiments, owners),
