@@ -437,7 +437,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from cost_attribution.reporting.text import render_text
+    from cost_attribution.reporting.text import render_summary
     from cost_attribution.simulator import generate_world, live_world_config
 
     root = Path(args.dir).resolve()
@@ -456,8 +456,9 @@ def _cmd_demo(args) -> int:
     if report is None:
         print("the pipeline produced no report", file=sys.stderr)
         return 1
-    print(render_text(report, truth=truth))
-    print(f"\nreport: {summary['report_path']}")
+    print(render_summary(report, truth=truth))
+    print(f"\nthe whole report: cost-attribution report --warehouse {warehouse}  (or --format json|html|csv)")
+    print(f"report: {summary['report_path']}")
     html_report = Path(summary["report_path"]).with_name("report.html")
     if html_report.exists():
         print(f"html report: {html_report}")
