@@ -110,3 +110,33 @@ def markdown_table(frame: pl.DataFrame, max_rows: int = 50, float_digits: int = 
     if frame.height > max_rows:
         lines.append(f"\n_{frame.height - max_rows} more rows_")
     return "\n".join(lines)
+
+
+def append_new_rows(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: list[str]) -> int:
+    """Append-only write: insert the rows of `frame` whose `key` columns are not in `table`
+    yet; rows already there are never rewritten (a log of decisions). Returns the number
+    inserted. Idempotent, so a re-run or a backfill adds nothing it already holds."""
+    target = qualified(table)
+    ensure_schema(conn, table)
+    conn.register("_incoming", frame.to_arrow())
+    try:
+        if not table_exists(conn, table):
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM _incoming LIMIT 0")
+        else:
+            _add_new_columns(conn, target)
+        columns = ", ".join(quote_ident(c) for c in frame.columns)
+        match = " AND ".join(f"t.{quote_ident(c)} IS NOT DISTINCT FROM i.{quote_ident(c)}" for c in key)
+        conn.execute("BEGIN TRANSACTION")
+        before = conn.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]
+        conn.execute(
+            f"INSERT INTO {target} ({columns}) SELECT {columns} FROM _incoming i "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {match})"
+        )
+        inserted = conn.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0] - before
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.unregister("_incoming")
+    return int(inserted)

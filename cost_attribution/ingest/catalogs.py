@@ -203,6 +203,8 @@ EXPERIMENT_SCHEMA = {
     "owner": pl.Utf8,
     "weights": pl.Utf8,  # JSON list aligned with cells: the intended split (NULL = even)
     "kind": pl.Utf8,  # ab | aa (calibration: no effect expected)
+    "shipped_cell": pl.Utf8,  # optional shipped: {cell, date}: the cell that went to 100% ...
+    "shipped_date": pl.Date,  # ... from 00:00 UTC that day (NULL: not shipped)
 }
 
 
@@ -225,6 +227,7 @@ def parse_experiments(catalog: dict) -> pl.DataFrame:
             if any(not (w >= 0) for w in weights) or sum(weights) <= 0:
                 raise ValueError(f"experiment {entry['id']}: weights {weights!r} must be non-negative with a positive sum")
             weights = [w / sum(weights) for w in weights]
+        shipped_cell, shipped_date = _parse_shipped(entry, cells or [control, "treatment"], control)
         start = entry.get("start")
         if isinstance(start, str):
             start = dt.date.fromisoformat(start[:10])
@@ -240,6 +243,8 @@ def parse_experiments(catalog: dict) -> pl.DataFrame:
                 "owner": None if entry.get("owner") is None else str(entry["owner"]),
                 "weights": None if weights is None else json.dumps(weights),
                 "kind": str(entry.get("kind") or "ab"),
+                "shipped_cell": shipped_cell,
+                "shipped_date": shipped_date,
             }
         )
     frame = pl.DataFrame(rows, schema=EXPERIMENT_SCHEMA)
@@ -247,6 +252,25 @@ def parse_experiments(catalog: dict) -> pl.DataFrame:
     if duplicated:
         raise ValueError(f"experiments.yaml lists these ids more than once: {duplicated}")
     return frame
+
+
+def _parse_shipped(entry: dict, cells: list[str], control: str) -> tuple[str | None, dt.date | None]:
+    """`shipped: {cell, date}` -> (cell, date); absent -> (None, None)."""
+    shipped = entry.get("shipped")
+    if shipped is None:
+        return None, None
+    fix = "write shipped: {cell: <a treatment cell>, date: YYYY-MM-DD}"
+    if not isinstance(shipped, dict) or shipped.get("cell") is None or shipped.get("date") is None:
+        raise ValueError(f"experiments.yaml: experiment {entry['id']}: shipped {shipped!r} needs a cell and a date; {fix}")
+    cell, day = str(shipped["cell"]), shipped["date"]
+    if cell not in cells or cell == control:
+        raise ValueError(f"experiments.yaml: experiment {entry['id']}: shipped cell {cell!r} is not one of its "
+                         f"treatment cells {[c for c in cells if c != control]}; {fix}")
+    try:
+        day = day.date() if isinstance(day, dt.datetime) else day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
+    except ValueError:
+        raise ValueError(f"experiments.yaml: experiment {entry['id']}: shipped date {day!r} is not a date; {fix}") from None
+    return cell, day
 
 
 SERVICE_SCHEMA = {"service": pl.Utf8, "owner": pl.Utf8, "deprecated": pl.Boolean, "tier": pl.Int64}

@@ -375,6 +375,37 @@ def capacity_section(capacity: pl.DataFrame, window: str) -> str:
     )
 
 
+def calibration_section(report: dict) -> str:
+    """Did the projections come true? One row per shipped cell (report["calibration"])."""
+    cal = report.get("calibration")
+    if not cal:
+        return ""
+    rows = []
+    for c in cal["cells"]:
+        verdict = c["verdict"].replace("_", " ")
+        mark = f'<span class="flag">{_e(verdict)}</span>' if c["verdict"] != "on_target" else _e(verdict)
+        rows.append(
+            f"<tr><td>{_e(c['experiment_id'])}:{_e(c['cell'])}</td><td>{_e(c['ship_date'])}</td>"
+            f"<td>{_e(c['decision_as_of'])}</td>"
+            f"<td class=\"num\">{_usd(c['projected_usd_30d'])} [{_usd(c['projected_ci_low_usd_30d'])}, "
+            f"{_usd(c['projected_ci_high_usd_30d'])}]</td>"
+            f"<td class=\"num\">{_usd(c['realized_usd_30d'])} [{_usd(c['realized_ci_low_usd_30d'])}, "
+            f"{_usd(c['realized_ci_high_usd_30d'])}]</td>"
+            f"<td class=\"num\">{_pct(c.get('error_pct'), 0)}</td><td>{mark}</td></tr>"
+        )
+    coverage = "n/a" if cal.get("coverage") is None else f"{cal['coverage']:.0%}"
+    bias = ('<span class="flag">systematic bias</span>' if cal.get("systematic_bias") else "no systematic bias")
+    return (
+        "<h2>Calibration &middot; did the projections come true?</h2>"
+        '<p class="sub">Per shipped cell: the projection logged on the last day before shipping (vs not shipping) '
+        "beside the realized change (actual cost after shipping vs the pre-ship cost model on a synthetic control "
+        f"of the load), both per 30 days. Coverage of the projected intervals: {coverage}; mean signed error "
+        f"{_pct(cal.get('mean_signed_error_pct'), 0)} of the realized change; {bias}.</p>"
+        "<table><tr><th>Cell</th><th>Shipped</th><th>Decision as of</th><th>Projected [95%]</th>"
+        "<th>Realized [95%]</th><th>Error</th><th>Verdict</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def footer_sections(report: dict) -> str:
     rows = []
     for s in report.get("services", []):
@@ -423,6 +454,7 @@ def render_html(report: dict, *, universes: pl.DataFrame, history: pl.DataFrame,
     for exp in experiments:
         body.append(experiment_section(exp, universes=universes, history=history, models=models, capacity=capacity,
                                        window=window, fit_cache=fit_cache))
+    body.append(calibration_section(report))
     body.append(capacity_section(capacity, window))
     body.append(footer_sections(report))
     embedded = html.escape(json.dumps(report, separators=(",", ":")), quote=False)

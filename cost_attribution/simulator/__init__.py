@@ -11,11 +11,13 @@ cpu_seconds, and a truth with both incremental cost and bill change per cell.
 """
 
 from cost_attribution.simulator.config import (
-    CellSpec, DirtyRecordCounts, DriftSpec, EdgeSpec, ExperimentSpec, SamplingDomain, ServiceSpec, WorldConfig)
+    CellSpec, DirtyRecordCounts, DriftSpec, EdgeSpec, ExperimentSpec, SamplingDomain, ServiceSpec, ShipSpec,
+    WorldConfig)
 from cost_attribution.simulator.world import (
-    generate_world, live_world_config, small_live_world_config, small_world_config)
+    generate_world, live_world_config, shipped_world_config, small_live_world_config, small_world_config)
 
 __all__ = [
     "CellSpec", "DirtyRecordCounts", "DriftSpec", "EdgeSpec", "ExperimentSpec", "SamplingDomain", "ServiceSpec",
-    "WorldConfig", "generate_world", "live_world_config", "small_live_world_config", "small_world_config",
+    "ShipSpec", "WorldConfig", "generate_world", "live_world_config", "shipped_world_config",
+    "small_live_world_config", "small_world_config",
 ]

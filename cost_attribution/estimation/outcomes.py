@@ -1,0 +1,368 @@
+"""Did the projection come true? The realized cost change of every shipped cell.
+
+After a cell ships (experiments.yaml `shipped: {cell, date}`), each service the decision
+saw move is measured against a synthetic control built only from data before the ship
+date, priced by the cost model of the decision day (the last day before shipping):
+
+* load: the service's hourly load (in its cost model's driver) is tied to a reference
+  load, the requests of the services no experiment cell moved that day, by a ratio
+  fitted on the pre-ship hours after every running experiment's treated share is taken
+  out. For the shipped experiment itself the ratio is fitted jointly with its effect
+  where its treated share varied enough (ramps: the data says what the cell does),
+  otherwise the decision's delta takes the share out. After the ship date the
+  counterfactual load is reference x ratio x the other experiments' factors: the world
+  in which the cell did not ship;
+* cost: realized change = actual hourly cost - model(counterfactual load), less the
+  model's mean error over the last pre-ship days, summed over the post-ship hours and
+  scaled to 30 days, so it compares with `incremental_cost_usd_30d`;
+* interval: the day-to-day spread of the same prediction's error over the pre-ship days
+  (out of sample for the synthetic control, which never saw those days' costs),
+  through the post-ship sum and the bias correction.
+
+`calibration` then sets projected beside realized for every shipped cell: signed error,
+whether the realized change fell inside the projected interval, coverage, and whether
+the projections are systematically biased.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from cost_attribution.estimation.models import FittedCostModel
+
+HOURS_30D = 720.0
+Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class OutcomeSettings:
+    pre_days: int = 28  # pre-ship hours the synthetic control is fitted on
+    bias_days: int = 7  # the model's recent error, taken out and giving the interval
+    min_share_range: float = 0.1  # the own share must vary this much to fit its effect from production
+    bias_alpha: float = 0.05  # systematic bias: mean relative error's interval excludes 0 at this level ...
+    min_bias_pct: float = 10.0  # ... and the mean is at least this large (a few % is the model's own error)
+
+
+@dataclass(frozen=True)
+class ServiceOutcome:
+    service: str
+    realized: float  # USD per 30 days
+    se: float
+    post_hours: int
+    own_delta: float  # the shipped cell's effect on the driver used to take its share out
+    own_delta_source: str  # "production" | "decision"
+    reference: str  # the reference load's services, comma-separated ("" = level only)
+
+
+def moved(rows: pl.DataFrame) -> pl.DataFrame:
+    """Decision rows whose effect interval excludes 0 (the cell moved the service)."""
+    return rows.filter((pl.col("delta_ci_low_used") > 0) | (pl.col("delta_ci_high_used") < 0))
+
+
+def reference_services(decision_services: pl.DataFrame, all_services: list[str], roots: list[str]) -> list[str]:
+    """The synthetic control's donors: the entry services (called by no other service in
+    the traces) that no cell moved on the decision day; without any, every service no
+    cell moved."""
+    touched = set(moved(decision_services)["service"].to_list())
+    donors = [s for s in roots if s not in touched]
+    return sorted(donors or [s for s in all_services if s not in touched])
+
+
+def _series(history: pl.DataFrame, service: str, column: str, hours: np.ndarray) -> np.ndarray:
+    """One service's hourly column aligned to `hours` (NaN where missing)."""
+    rows = history.filter(pl.col("service") == service).drop_nulls(column)
+    out = np.full(len(hours), np.nan)
+    if rows.is_empty():
+        return out
+    stamps = rows["hour"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+    positions = np.searchsorted(hours, stamps)
+    ok = (positions < len(hours)) & (hours[np.minimum(positions, len(hours) - 1)] == stamps)
+    out[positions[ok]] = rows[column].to_numpy().astype(float)[ok]
+    return out
+
+
+def _share(shares: pl.DataFrame, experiment_id: str, cell: str, hours: np.ndarray) -> np.ndarray:
+    rows = shares.filter((pl.col("experiment_id") == experiment_id) & (pl.col("cell") == cell))
+    out = np.zeros(len(hours))
+    if rows.is_empty():
+        return out
+    stamps = rows["hour"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+    positions = np.searchsorted(hours, stamps)
+    ok = (positions < len(hours)) & (hours[np.minimum(positions, len(hours) - 1)] == stamps)
+    out[positions[ok]] = rows["share"].to_numpy()[ok]
+    return out
+
+
+def experiment_factors(
+    service: str,
+    decision_services: pl.DataFrame,
+    shares: pl.DataFrame,
+    ships: dict[str, tuple[str, dt.date]],
+    hours: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """experiment -> its load factor on `service` per hour: 1 + sum_c share_c x delta_c while
+    it runs as a test, 1 + the shipped cell's delta from its ship date on. Deltas are the
+    decision day's (0 where the interval covers 0)."""
+    rows = decision_services.filter(pl.col("service") == service).with_columns(
+        centre=pl.when((pl.col("delta_ci_low_used") > 0) | (pl.col("delta_ci_high_used") < 0))
+        .then(pl.col("delta_used")).otherwise(0.0)
+    )
+    factors: dict[str, np.ndarray] = {}
+    for (experiment_id,), group in rows.group_by("experiment_id", maintain_order=True):
+        factor = np.ones(len(hours))
+        ship = ships.get(experiment_id)
+        after = hours >= np.datetime64(ship[1].isoformat(), "us") if ship else np.zeros(len(hours), bool)
+        for cell, centre in zip(group["cell"].to_list(), group["centre"].to_list()):
+            centre = max(float(centre), -0.999)
+            factor[~after] += _share(shares, experiment_id, cell, hours)[~after] * centre
+            if ship and ship[0] == cell:
+                factor[after] = 1.0 + centre
+        factors[experiment_id] = factor
+    return factors
+
+
+def _own_effect(y: np.ndarray, share: np.ndarray, decision_delta: float, settings: OutcomeSettings
+                ) -> tuple[float, float, str]:
+    """(ratio, delta, source) from y = ratio x (1 + share x delta) over the pre-ship hours:
+    fitted from production where the share varied enough, else the decision's delta."""
+    if np.ptp(share) >= settings.min_share_range:
+        slope, intercept = np.polyfit(share, y, 1)
+        if intercept > 0:
+            return float(intercept), float(slope / intercept), "production"
+    deflated = y / (1.0 + share * decision_delta)
+    return float(deflated.mean()), decision_delta, "decision"
+
+
+def service_outcome(
+    service: str,
+    experiment_id: str,
+    cell: str,
+    ship_date: dt.date,
+    model: FittedCostModel,
+    history: pl.DataFrame,
+    reference: list[str],
+    decision_services: pl.DataFrame,
+    shares: pl.DataFrame,
+    ships: dict[str, tuple[str, dt.date]],
+    end: dt.datetime,
+    settings: OutcomeSettings = OutcomeSettings(),
+) -> ServiceOutcome | None:
+    """The realized change of one service after shipping (module docstring), or None when
+    there is no post-ship hour or too little pre-ship history."""
+    ship = dt.datetime.combine(ship_date, dt.time())
+    start = ship - dt.timedelta(days=settings.pre_days)
+    n = int((end.replace(tzinfo=None) - start).total_seconds() // 3600)
+    hours = (np.datetime64(start, "h") + np.arange(n)).astype("datetime64[us]")
+    post = hours >= np.datetime64(ship, "us")
+    driver = (model.features or ["requests"])[0]
+    load = _series(history, service, driver, hours)
+    cost = _series(history, service, "cost", hours)
+    ref = np.nansum([_series(history, s, "requests", hours) for s in reference], axis=0) if reference else np.ones(n)
+    if reference:
+        ref[ref <= 0] = np.nan
+    factors = experiment_factors(service, decision_services, shares, ships, hours)
+    own = factors.pop(experiment_id, np.ones(n))
+    others = np.prod(list(factors.values()), axis=0) if factors else np.ones(n)
+    own_share = _share(shares, experiment_id, cell, hours)
+    decision = decision_services.filter((pl.col("experiment_id") == experiment_id) & (pl.col("cell") == cell)
+                                        & (pl.col("service") == service))
+    decision_delta = float(decision["delta_used"][0]) if decision.height else 0.0
+    pre = ~post & np.isfinite(load) & np.isfinite(ref) & np.isfinite(cost)
+    done = post & np.isfinite(cost) & np.isfinite(ref)
+    if done.sum() == 0 or pre.sum() < 48:
+        return None
+    # Other cells of the shipped experiment act before the ship: take their shares out too.
+    other_cells = np.where(post, 1.0, own - own_share * _centre(decision))
+    y = load / (ref * others * other_cells)
+    ratio, delta, source = _own_effect(y[pre], own_share[pre], decision_delta, settings)
+    fitted = ref * ratio * others * other_cells * (1.0 + own_share * delta)  # pre-ship: the load as it was
+    counterfactual = ref * ratio * others  # post-ship: the cell not shipped, everything else as it is
+    recent = pre & (hours >= np.datetime64(ship - dt.timedelta(days=settings.bias_days), "us"))
+    error = cost[recent] - model.predict(fitted[recent])
+    bias = float(error.mean())
+    change = cost[done] - model.predict(counterfactual[done]) - bias
+    n_post = int(done.sum())
+    daily = _daily_sums(error - bias)
+    sd_day = float(np.std(daily, ddof=1)) if len(daily) > 1 else float(np.abs(error).sum())
+    post_days, bias_days = n_post / 24.0, max(len(daily), 1)
+    se_sum = sd_day * math.sqrt(post_days + post_days ** 2 / bias_days)
+    scale = HOURS_30D / n_post
+    return ServiceOutcome(service, float(change.sum() * scale), se_sum * scale, n_post, delta, source,
+                          ",".join(reference))
+
+
+def _centre(decision: pl.DataFrame) -> float:
+    if decision.is_empty():
+        return 0.0
+    row = decision.row(0, named=True)
+    significant = row["delta_ci_low_used"] > 0 or row["delta_ci_high_used"] < 0
+    return max(float(row["delta_used"]), -0.999) if significant else 0.0
+
+
+def _daily_sums(values: np.ndarray) -> np.ndarray:
+    whole = len(values) // 24 * 24
+    return values[len(values) - whole:].reshape(-1, 24).sum(axis=1)
+
+
+def measure_outcomes(
+    as_of: dt.date,
+    decisions: pl.DataFrame,
+    decision_services: pl.DataFrame,
+    models: dict[dt.date, dict[str, FittedCostModel]],
+    history: pl.DataFrame,
+    shares: pl.DataFrame,
+    roots: list[str],
+    settings: OutcomeSettings = OutcomeSettings(),
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(per shipped cell, per service) outcome frames as of `as_of`.
+
+    decisions: one decision-log row per shipped cell (the last before its ship date, with
+    ship_date); decision_services: the decision log's service rows of those decision days
+    (every cell, for the reference and the other experiments' shares); models: decision
+    day -> the registry's models; history: service_hourly_history; shares: treated_share;
+    roots: services no other service calls (trace edges). The services the decision saw
+    move are measured; where it saw none, every service it priced (a move the traces
+    missed is a miss too, though other experiments' unseen moves then blur it)."""
+    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    ships = {r["experiment_id"]: (r["cell"], r["ship_date"]) for r in decisions.iter_rows(named=True)}
+    all_services = sorted(history["service"].unique().to_list())
+    cells, services = [], []
+    for decision in decisions.iter_rows(named=True):
+        day_rows = decision_services.filter(pl.col("as_of") == decision["as_of"])
+        reference = reference_services(day_rows, all_services, roots)
+        priced = day_rows.filter((pl.col("experiment_id") == decision["experiment_id"])
+                                 & (pl.col("cell") == decision["cell"]) & ~pl.col("service").is_in(reference))
+        own = moved(priced) if moved(priced).height else priced
+        measured = []
+        for row in own.iter_rows(named=True):
+            model = models.get(decision["as_of"], {}).get(row["service"])
+            if model is None:
+                continue
+            outcome = service_outcome(row["service"], decision["experiment_id"], decision["cell"],
+                                      decision["ship_date"], model, history, reference, day_rows, shares, ships,
+                                      end, settings)
+            if outcome is None:
+                continue
+            measured.append(outcome)
+            services.append({
+                "as_of": as_of, "experiment_id": decision["experiment_id"], "cell": decision["cell"],
+                "service": row["service"], "model_version": row["model_version"],
+                "projected_usd_30d": row["incremental_cost_usd_30d"], "realized_usd_30d": outcome.realized,
+                "realized_se_usd_30d": outcome.se, "own_delta": outcome.own_delta,
+                "own_delta_source": outcome.own_delta_source, "reference_services": outcome.reference,
+                "post_ship_hours": outcome.post_hours,
+            })
+        if measured:
+            cells.append(cell_outcome(as_of, decision, measured))
+    return pl.DataFrame(cells, schema=OUTCOME_SCHEMA), pl.DataFrame(services, schema=OUTCOME_SERVICE_SCHEMA)
+
+
+OUTCOME_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "ship_date": pl.Date,
+    "decision_as_of": pl.Date,
+    "post_ship_hours": pl.Int64,
+    "projected_usd_30d": pl.Float64,
+    "projected_ci_low_usd_30d": pl.Float64,
+    "projected_ci_high_usd_30d": pl.Float64,
+    "realized_usd_30d": pl.Float64,
+    "realized_ci_low_usd_30d": pl.Float64,
+    "realized_ci_high_usd_30d": pl.Float64,
+    "error_usd_30d": pl.Float64,  # projected - realized: > 0 over-projected
+    "error_pct": pl.Float64,  # of the realized change
+    "realized_in_projected_interval": pl.Boolean,
+    "verdict": pl.Utf8,  # on_target | over_projected | under_projected
+    "services_measured": pl.Utf8,
+}
+OUTCOME_SERVICE_SCHEMA = {
+    "as_of": pl.Date,
+    "experiment_id": pl.Utf8,
+    "cell": pl.Utf8,
+    "service": pl.Utf8,
+    "model_version": pl.Utf8,
+    "projected_usd_30d": pl.Float64,
+    "realized_usd_30d": pl.Float64,
+    "realized_se_usd_30d": pl.Float64,
+    "own_delta": pl.Float64,
+    "own_delta_source": pl.Utf8,
+    "reference_services": pl.Utf8,
+    "post_ship_hours": pl.Int64,
+}
+
+
+def cell_outcome(as_of: dt.date, decision: dict, services: list[ServiceOutcome]) -> dict:
+    """One shipped cell: projected (the decision) beside realized (the sum over services,
+    errors added in quadrature). verdict: realized outside both the projected interval and
+    its own interval on the same side."""
+    realized = float(sum(s.realized for s in services))
+    se = math.sqrt(sum(s.se ** 2 for s in services))
+    low, high = realized - Z95 * se, realized + Z95 * se
+    projected = float(decision["incremental_cost_usd_30d"])
+    p_low, p_high = float(decision["ci_low_usd_30d"]), float(decision["ci_high_usd_30d"])
+    verdict = "on_target"
+    if low > p_high:
+        verdict = "under_projected"
+    elif high < p_low:
+        verdict = "over_projected"
+    return {
+        "as_of": as_of, "experiment_id": decision["experiment_id"], "cell": decision["cell"],
+        "ship_date": decision["ship_date"], "decision_as_of": decision["as_of"],
+        "post_ship_hours": max((s.post_hours for s in services), default=0),
+        "projected_usd_30d": projected, "projected_ci_low_usd_30d": p_low, "projected_ci_high_usd_30d": p_high,
+        "realized_usd_30d": realized, "realized_ci_low_usd_30d": low, "realized_ci_high_usd_30d": high,
+        "error_usd_30d": projected - realized,
+        "error_pct": 100.0 * (projected - realized) / abs(realized) if realized else None,
+        "realized_in_projected_interval": bool(p_low <= realized <= p_high),
+        "verdict": verdict,
+        "services_measured": ",".join(s.service for s in services),
+    }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    n: int
+    coverage: float | None  # share of realized changes inside the projected interval
+    mean_signed_error_usd_30d: float | None
+    mean_signed_error_pct: float | None  # of the realized change, averaged over cells
+    mean_error_ci_pct: tuple[float, float] | None
+    systematic_bias: bool
+    missed: list[str]  # experiment:cell whose realized change is clear of the projected interval
+
+    def to_dict(self) -> dict:
+        return {
+            "shipped_cells": self.n, "coverage": self.coverage,
+            "mean_signed_error_usd_30d": self.mean_signed_error_usd_30d,
+            "mean_signed_error_pct": self.mean_signed_error_pct,
+            "mean_signed_error_ci_pct": list(self.mean_error_ci_pct) if self.mean_error_ci_pct else None,
+            "systematic_bias": self.systematic_bias, "missed": self.missed,
+        }
+
+
+def calibration(outcomes: pl.DataFrame, settings: OutcomeSettings = OutcomeSettings()) -> Calibration:
+    """Projected vs realized over every shipped cell. Systematic bias: the mean relative
+    error's t interval excludes 0 and it is at least min_bias_pct (needs three cells or
+    more); a miss: a cell whose
+    realized change is clear of its projected interval (verdict over/under)."""
+    if outcomes.is_empty():
+        return Calibration(0, None, None, None, None, False, [])
+    from scipy import stats
+
+    n = outcomes.height
+    missed = [f"{e}:{c}" for e, c, v in outcomes.select("experiment_id", "cell", "verdict").iter_rows()
+              if v != "on_target"]
+    pct = outcomes["error_pct"].drop_nulls().to_numpy()
+    mean_pct = float(pct.mean()) if len(pct) else None
+    interval, biased = None, False
+    if len(pct) >= 3:
+        half = stats.t.ppf(1 - settings.bias_alpha / 2, len(pct) - 1) * pct.std(ddof=1) / math.sqrt(len(pct))
+        interval = (float(mean_pct - half), float(mean_pct + half))
+        biased = bool((interval[0] > 0 or interval[1] < 0) and abs(mean_pct) >= settings.min_bias_pct)
+    coverage = float(outcomes["realized_in_projected_interval"].mean())
+    return Calibration(n, coverage, float(outcomes["error_usd_30d"].mean()), mean_pct, interval, biased, missed)
