@@ -27,7 +27,7 @@ DECISION_SERVICE_TABLE = "main.decision_log_services"
 
 @dg.asset(
     key="decision_log",
-    deps=["cost_projections", "cost_models", "experiments"],
+    deps=["cost_projections", "cost_models", "usage_deltas", "experiments"],
     description="Append-only log of every day's projection of every cell not shipped yet: as-of, estimate and "
     "interval (vs not shipping and on the bill), and per service the delta used and the cost-model version "
     "(main.decision_log, main.decision_log_services). Rows are never rewritten: the projection made on the last day "
@@ -80,9 +80,12 @@ ORDER BY c.experiment_id, c.cell
 DECISION_SERVICES_SQL = f"""
 SELECT p.as_of, p.experiment_id, p.cell, p.service, p.metric, p.cost_model,
        p.delta_used, p.delta_ci_low_used, p.delta_ci_high_used,
+       coalesce(u.significant, false) AS significant,
        p.incremental_cost_usd_30d, p.ci_low_usd_30d, p.ci_high_usd_30d, r.version AS model_version
 FROM main.cost_projections p JOIN raw.experiments e USING (experiment_id)
 LEFT JOIN main.cost_model_registry r ON r.as_of = ? AND r.service = p.service
+LEFT JOIN main.usage_deltas u ON u.as_of = p.as_of AND u.experiment_id = p.experiment_id AND u.cell = p.cell
+     AND u.service = p.service
 WHERE p.as_of = ? AND {NOT_SHIPPED}
 ORDER BY p.experiment_id, p.cell, p.service
 """
@@ -116,7 +119,8 @@ ORDER BY d.experiment_id
             BIAS_CHECK,
             asset="projection_outcomes",
             description="WARN when projections are systematically biased (the mean relative error's interval "
-            "excludes 0) or a shipped cell's realized change is clear of its projected interval.",
+            "excludes 0 and is at least 10%) or a shipped cell's projection missed its realized change by more than 20% "
+            "and its 95% interval.",
         )
     ],
     kinds={"python", "duckdb"},
@@ -172,7 +176,7 @@ def _bias_text(summary) -> str:
         parts.append(f"projections are systematically off by {summary.mean_signed_error_pct:+.0f}% of the realized "
                      f"change (over {summary.n} shipped cells)")
     if summary.missed:
-        parts.append("realized change clear of the projected interval: " + ", ".join(summary.missed))
+        parts.append("projection missed the realized change: " + ", ".join(summary.missed))
     return "; ".join(parts)
 
 

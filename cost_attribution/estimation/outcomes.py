@@ -43,9 +43,11 @@ Z95 = 1.959964
 class OutcomeSettings:
     pre_days: int = 28  # pre-ship hours the synthetic control is fitted on
     bias_days: int = 7  # the model's recent error, taken out and giving the interval
-    min_share_range: float = 0.1  # the own share must vary this much to fit its effect from production
+    draws: int = 200  # posterior draws of the synthetic control's parameters
+    seed: int = 12
     bias_alpha: float = 0.05  # systematic bias: mean relative error's interval excludes 0 at this level ...
     min_bias_pct: float = 10.0  # ... and the mean is at least this large (a few % is the model's own error)
+    miss_pct: float = 20.0  # a cell's projection misses when off by more than this share of the realized change
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,13 @@ class ServiceOutcome:
     se: float
     post_hours: int
     own_delta: float  # the shipped cell's effect on the driver used to take its share out
-    own_delta_source: str  # "production" | "decision"
+    own_delta_source: str  # what the effect was fitted from
     reference: str  # the reference load's services, comma-separated ("" = level only)
 
 
 def moved(rows: pl.DataFrame) -> pl.DataFrame:
-    """Decision rows whose effect interval excludes 0 (the cell moved the service)."""
-    return rows.filter((pl.col("delta_ci_low_used") > 0) | (pl.col("delta_ci_high_used") < 0))
+    """Decision rows where the cell moved the service (significant after Benjamini-Hochberg)."""
+    return rows.filter(pl.col("significant"))
 
 
 def reference_services(decision_services: pl.DataFrame, all_services: list[str], roots: list[str]) -> list[str]:
@@ -98,44 +100,79 @@ def _share(shares: pl.DataFrame, experiment_id: str, cell: str, hours: np.ndarra
     return out
 
 
-def experiment_factors(
-    service: str,
-    decision_services: pl.DataFrame,
-    shares: pl.DataFrame,
-    ships: dict[str, tuple[str, dt.date]],
-    hours: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """experiment -> its load factor on `service` per hour: 1 + sum_c share_c x delta_c while
-    it runs as a test, 1 + the shipped cell's delta from its ship date on. Deltas are the
-    decision day's (0 where the interval covers 0)."""
-    rows = decision_services.filter(pl.col("service") == service).with_columns(
-        centre=pl.when((pl.col("delta_ci_low_used") > 0) | (pl.col("delta_ci_high_used") < 0))
-        .then(pl.col("delta_used")).otherwise(0.0)
-    )
-    factors: dict[str, np.ndarray] = {}
-    for (experiment_id,), group in rows.group_by("experiment_id", maintain_order=True):
-        factor = np.ones(len(hours))
-        ship = ships.get(experiment_id)
-        after = hours >= np.datetime64(ship[1].isoformat(), "us") if ship else np.zeros(len(hours), bool)
-        for cell, centre in zip(group["cell"].to_list(), group["centre"].to_list()):
-            centre = max(float(centre), -0.999)
-            factor[~after] += _share(shares, experiment_id, cell, hours)[~after] * centre
-            if ship and ship[0] == cell:
-                factor[after] = 1.0 + centre
-        factors[experiment_id] = factor
-    return factors
+@dataclass(frozen=True)
+class Arm:
+    """One experiment cell acting on the service: its hourly share and the trace prior."""
+
+    experiment_id: str
+    cell: str
+    share: np.ndarray  # per hour; for a shipped experiment 1 / 0 from its ship date on
+    prior: float  # the decision's delta
+    prior_sd: float
 
 
-def _own_effect(y: np.ndarray, share: np.ndarray, decision_delta: float, settings: OutcomeSettings
-                ) -> tuple[float, float, str]:
-    """(ratio, delta, source) from y = ratio x (1 + share x delta) over the pre-ship hours:
-    fitted from production where the share varied enough, else the decision's delta."""
-    if np.ptp(share) >= settings.min_share_range:
-        slope, intercept = np.polyfit(share, y, 1)
-        if intercept > 0:
-            return float(intercept), float(slope / intercept), "production"
-    deflated = y / (1.0 + share * decision_delta)
-    return float(deflated.mean()), decision_delta, "decision"
+def arms_on(service: str, decision_services: pl.DataFrame, shares: pl.DataFrame,
+            ships: dict[str, tuple[str, dt.date]], hours: np.ndarray) -> list[Arm]:
+    """Every experiment cell the decision priced on `service`, with its treated share per
+    hour (after an experiment's ship date: 1 for the shipped cell, 0 for the others)."""
+    arms = []
+    for row in decision_services.filter(pl.col("service") == service).iter_rows(named=True):
+        if not all(_finite(row[k]) for k in ("delta_used", "delta_ci_low_used", "delta_ci_high_used")):
+            continue
+        share = _share(shares, row["experiment_id"], row["cell"], hours)
+        ship = ships.get(row["experiment_id"])
+        if ship:
+            after = hours >= np.datetime64(ship[1].isoformat(), "us")
+            share[after] = 1.0 if ship[0] == row["cell"] else 0.0
+        sd = max((row["delta_ci_high_used"] - row["delta_ci_low_used"]) / (2 * Z95), 1e-4)
+        arms.append(Arm(row["experiment_id"], row["cell"], share, float(row["delta_used"]), sd))
+    return arms
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _factors(arms: list[Arm], deltas: np.ndarray, n: int, skip: str | None = None) -> np.ndarray:
+    """prod over experiments of (1 + sum over its cells of share x delta), per hour."""
+    by_experiment: dict[str, np.ndarray] = {}
+    for arm, delta in zip(arms, deltas):
+        if arm.experiment_id != skip:
+            by_experiment.setdefault(arm.experiment_id, np.ones(n))
+            by_experiment[arm.experiment_id] += arm.share * delta
+    return np.prod(list(by_experiment.values()), axis=0) if by_experiment else np.ones(n)
+
+
+def fit_everyone_control(y: np.ndarray, arms: list[Arm], iterations: int = 8
+                         ) -> tuple[float, np.ndarray, np.ndarray]:
+    """(ratio, deltas, their covariance) of y = ratio x prod_e (1 + sum_c share_c x delta_c) over pre-ship hours:
+    Gauss-Newton, every delta pulled towards the decision's (its prior from the traces) by
+    the decision's own uncertainty, so production decides where the shares moved and the
+    traces where they did not."""
+    n = len(y)
+    deltas = np.array([a.prior for a in arms], dtype=float)
+    ratio = float(np.median(y / _factors(arms, deltas, n)))
+    prior = np.array([a.prior for a in arms], dtype=float)
+    prior_sd = np.array([a.prior_sd for a in arms], dtype=float)
+    shares = np.array([a.share for a in arms]).reshape(len(arms), n)
+    sigma = float(np.std(y / _factors(arms, deltas, n) / ratio)) or 0.01
+    for _ in range(iterations):
+        total = _factors(arms, deltas, n)
+        own = np.array([1.0 + sum(b.share * d for b, d in zip(arms, deltas) if b.experiment_id == a.experiment_id)
+                        for a in arms]).reshape(len(arms), n)
+        fitted = ratio * total
+        residual = y - fitted
+        sigma = max(float(np.std(residual / fitted)), 1e-4)
+        jacobian = np.column_stack([total, (ratio * total * shares / own).T]) / (sigma * fitted)[:, None]
+        rows = np.vstack([jacobian, np.column_stack([np.zeros(len(arms)), np.diag(1.0 / prior_sd)])])
+        target = np.concatenate([residual / (sigma * fitted), (prior - deltas) / prior_sd])
+        step = np.linalg.lstsq(rows, target, rcond=None)[0]
+        ratio, deltas = ratio + step[0], deltas + step[1:]
+        deltas = np.maximum(deltas, -0.999)
+        if np.abs(step[1:]).max(initial=0.0) < 1e-6 and abs(step[0]) < 1e-9 * abs(ratio):
+            break
+    covariance = np.linalg.pinv(rows.T @ rows)
+    return float(ratio), deltas, covariance
 
 
 def service_outcome(
@@ -165,43 +202,38 @@ def service_outcome(
     ref = np.nansum([_series(history, s, "requests", hours) for s in reference], axis=0) if reference else np.ones(n)
     if reference:
         ref[ref <= 0] = np.nan
-    factors = experiment_factors(service, decision_services, shares, ships, hours)
-    own = factors.pop(experiment_id, np.ones(n))
-    others = np.prod(list(factors.values()), axis=0) if factors else np.ones(n)
-    own_share = _share(shares, experiment_id, cell, hours)
-    decision = decision_services.filter((pl.col("experiment_id") == experiment_id) & (pl.col("cell") == cell)
-                                        & (pl.col("service") == service))
-    decision_delta = float(decision["delta_used"][0]) if decision.height else 0.0
     pre = ~post & np.isfinite(load) & np.isfinite(ref) & np.isfinite(cost)
     done = post & np.isfinite(cost) & np.isfinite(ref)
     if done.sum() == 0 or pre.sum() < 48:
         return None
-    # Other cells of the shipped experiment act before the ship: take their shares out too.
-    other_cells = np.where(post, 1.0, own - own_share * _centre(decision))
-    y = load / (ref * others * other_cells)
-    ratio, delta, source = _own_effect(y[pre], own_share[pre], decision_delta, settings)
-    fitted = ref * ratio * others * other_cells * (1.0 + own_share * delta)  # pre-ship: the load as it was
-    counterfactual = ref * ratio * others  # post-ship: the cell not shipped, everything else as it is
+    arms = arms_on(service, decision_services, shares, {**ships, experiment_id: (cell, ship_date)}, hours)
+    pre_arms = [Arm(a.experiment_id, a.cell, a.share[pre], a.prior, a.prior_sd) for a in arms]
+    ratio, deltas, covariance = fit_everyone_control(load[pre] / ref[pre], pre_arms)
     recent = pre & (hours >= np.datetime64(ship - dt.timedelta(days=settings.bias_days), "us"))
-    error = cost[recent] - model.predict(fitted[recent])
-    bias = float(error.mean())
-    change = cost[done] - model.predict(counterfactual[done]) - bias
+
+    def realized_sum(ratio: float, deltas: np.ndarray) -> tuple[float, np.ndarray]:
+        fitted = ref * ratio * _factors(arms, deltas, n)  # the load as it was
+        counterfactual = ref * ratio * _factors(arms, deltas, n, skip=experiment_id)  # the cell never shipped
+        error = cost[recent] - model.predict(fitted[recent])
+        return float((cost[done] - model.predict(counterfactual[done]) - error.mean()).sum()), error
+
+    total, error = realized_sum(ratio, deltas)
     n_post = int(done.sum())
-    daily = _daily_sums(error - bias)
+    daily = _daily_sums(error - error.mean())
     sd_day = float(np.std(daily, ddof=1)) if len(daily) > 1 else float(np.abs(error).sum())
     post_days, bias_days = n_post / 24.0, max(len(daily), 1)
-    se_sum = sd_day * math.sqrt(post_days + post_days ** 2 / bias_days)
+    # The model's own error through the post-ship sum and the bias taken out, plus the
+    # synthetic control's: its parameters drawn from their posterior.
+    rng = np.random.default_rng(settings.seed)
+    draws = rng.multivariate_normal(np.concatenate([[ratio], deltas]), covariance, size=settings.draws,
+                                    check_valid="ignore")
+    spread = np.std([realized_sum(d[0], np.maximum(d[1:], -0.999))[0] for d in draws]) if len(arms) else 0.0
+    se_sum = math.sqrt(sd_day ** 2 * (post_days + post_days ** 2 / bias_days) + spread ** 2)
     scale = HOURS_30D / n_post
-    return ServiceOutcome(service, float(change.sum() * scale), se_sum * scale, n_post, delta, source,
-                          ",".join(reference))
-
-
-def _centre(decision: pl.DataFrame) -> float:
-    if decision.is_empty():
-        return 0.0
-    row = decision.row(0, named=True)
-    significant = row["delta_ci_low_used"] > 0 or row["delta_ci_high_used"] < 0
-    return max(float(row["delta_used"]), -0.999) if significant else 0.0
+    change = np.array([total])
+    own = next((d for a, d in zip(arms, deltas) if (a.experiment_id, a.cell) == (experiment_id, cell)), 0.0)
+    return ServiceOutcome(service, float(change.sum() * scale), se_sum * scale, n_post, float(own),
+                          "traces+production", ",".join(reference))
 
 
 def _daily_sums(values: np.ndarray) -> np.ndarray:
@@ -234,6 +266,10 @@ def measure_outcomes(
     cells, services = [], []
     for decision in decisions.iter_rows(named=True):
         day_rows = decision_services.filter(pl.col("as_of") == decision["as_of"])
+        for other in decisions.iter_rows(named=True):  # a cell shipped earlier: its own pre-ship effect
+            if other["experiment_id"] not in day_rows["experiment_id"].to_list():
+                day_rows = pl.concat([day_rows, decision_services.filter(
+                    (pl.col("as_of") == other["as_of"]) & (pl.col("experiment_id") == other["experiment_id"]))])
         reference = reference_services(day_rows, all_services, roots)
         priced = day_rows.filter((pl.col("experiment_id") == decision["experiment_id"])
                                  & (pl.col("cell") == decision["cell"]) & ~pl.col("service").is_in(reference))
@@ -258,7 +294,7 @@ def measure_outcomes(
                 "post_ship_hours": outcome.post_hours,
             })
         if measured:
-            cells.append(cell_outcome(as_of, decision, measured))
+            cells.append(cell_outcome(as_of, decision, measured, settings))
     return pl.DataFrame(cells, schema=OUTCOME_SCHEMA), pl.DataFrame(services, schema=OUTCOME_SERVICE_SCHEMA)
 
 
@@ -297,19 +333,21 @@ OUTCOME_SERVICE_SCHEMA = {
 }
 
 
-def cell_outcome(as_of: dt.date, decision: dict, services: list[ServiceOutcome]) -> dict:
+def cell_outcome(as_of: dt.date, decision: dict, services: list[ServiceOutcome],
+                 settings: OutcomeSettings = OutcomeSettings()) -> dict:
     """One shipped cell: projected (the decision) beside realized (the sum over services,
-    errors added in quadrature). verdict: realized outside both the projected interval and
-    its own interval on the same side."""
+    errors added in quadrature). verdict: the projected point estimate lies outside the
+    realized change's 95% interval and misses it by more than miss_pct of it."""
     realized = float(sum(s.realized for s in services))
     se = math.sqrt(sum(s.se ** 2 for s in services))
     low, high = realized - Z95 * se, realized + Z95 * se
     projected = float(decision["incremental_cost_usd_30d"])
     p_low, p_high = float(decision["ci_low_usd_30d"]), float(decision["ci_high_usd_30d"])
     verdict = "on_target"
-    if low > p_high:
+    material = abs(projected - realized) > settings.miss_pct / 100.0 * abs(realized)
+    if projected < low and material:
         verdict = "under_projected"
-    elif high < p_low:
+    elif projected > high and material:
         verdict = "over_projected"
     return {
         "as_of": as_of, "experiment_id": decision["experiment_id"], "cell": decision["cell"],
@@ -333,7 +371,7 @@ class Calibration:
     mean_signed_error_pct: float | None  # of the realized change, averaged over cells
     mean_error_ci_pct: tuple[float, float] | None
     systematic_bias: bool
-    missed: list[str]  # experiment:cell whose realized change is clear of the projected interval
+    missed: list[str]  # experiment:cell whose projection missed the realized change (verdict over/under)
 
     def to_dict(self) -> dict:
         return {
@@ -348,8 +386,7 @@ class Calibration:
 def calibration(outcomes: pl.DataFrame, settings: OutcomeSettings = OutcomeSettings()) -> Calibration:
     """Projected vs realized over every shipped cell. Systematic bias: the mean relative
     error's t interval excludes 0 and it is at least min_bias_pct (needs three cells or
-    more); a miss: a cell whose
-    realized change is clear of its projected interval (verdict over/under)."""
+    more); a miss: verdict over/under (cell_outcome)."""
     if outcomes.is_empty():
         return Calibration(0, None, None, None, None, False, [])
     from scipy import stats

@@ -61,7 +61,7 @@ def _world(delta: float, capacity_after: float, seed: int = 0):
 def _decision(delta: float, low: float, high: float) -> pl.DataFrame:
     return pl.DataFrame({"as_of": [SHIP - dt.timedelta(days=1)], "experiment_id": ["exp"], "cell": ["t"],
                          "service": ["svc"], "delta_used": [delta], "delta_ci_low_used": [low],
-                         "delta_ci_high_used": [high]})
+                         "delta_ci_high_used": [high], "significant": [low > 0 or high < 0]})
 
 
 @pytest.mark.parametrize("capacity_after", [1_000.0, 700.0, 1_250.0])
@@ -69,19 +69,41 @@ def test_realized_change_recovers_the_truth_with_or_without_a_cost_structure_cha
     history, shares, truth, model = _world(0.5, capacity_after)
     outcome = service_outcome("svc", "exp", "t", SHIP, model, history, ["gateway"], _decision(0.3, 0.1, 0.5),
                               shares, {"exp": ("t", SHIP)}, END)
-    assert outcome.own_delta_source == "production"  # the ramp identifies the effect, not the decision's 0.3
-    assert outcome.own_delta == pytest.approx(0.5, abs=0.03)
+    assert outcome.own_delta == pytest.approx(0.5, abs=0.03)  # the ramp corrects the traces' 0.3
     assert outcome.realized == pytest.approx(truth, rel=0.1)
     assert abs(outcome.realized - truth) < 3 * outcome.se + 0.02 * abs(truth)
 
 
-def test_without_a_ramp_the_decision_delta_takes_the_share_out():
+def test_without_a_ramp_the_traces_prior_takes_the_share_out():
     history, shares, truth, model = _world(0.5, 700.0)
     flat = shares.with_columns(share=pl.when(pl.col("share") < 1).then(0.4).otherwise(1.0))
-    outcome = service_outcome("svc", "exp", "t", SHIP, model, history, ["gateway"], _decision(0.5, 0.3, 0.7),
+    outcome = service_outcome("svc", "exp", "t", SHIP, model, history, ["gateway"], _decision(0.45, 0.35, 0.55),
                               flat, {"exp": ("t", SHIP)}, END)
-    assert outcome.own_delta_source == "decision"
-    assert outcome.own_delta == 0.5
+    assert outcome.own_delta == pytest.approx(0.45, abs=0.01)  # a constant share carries no information
+
+
+def test_another_experiments_ramp_on_the_same_service_is_taken_out():
+    """A second test ramps on the service while the shipped one ramps too: without its share
+    the ratio would absorb it; with it (and a vague prior) both effects are fitted."""
+    history, shares, truth, model = _world(0.5, 1_000.0, seed=1)
+    hours = shares["hour"]
+    t = np.arange(len(hours))
+    other = np.clip((t - 12 * 24) / 48, 0, 1) * 0.5
+    history = history.with_columns(
+        cpu_seconds=pl.when(pl.col("service") == "svc").then(pl.col("cpu_seconds") * pl.Series(np.tile(1 - 0.3 * other, 2)))
+        .otherwise(pl.col("cpu_seconds")))
+    svc = history.filter(pl.col("service") == "svc")
+    svc = svc.with_columns(cost=pl.Series(model.predict(svc["cpu_seconds"].to_numpy())))  # no structure change
+    history = pl.concat([history.filter(pl.col("service") != "svc"), svc])
+    shares = pl.concat([shares, pl.DataFrame({"experiment_id": "other", "cell": "t", "hour": hours, "share": other})])
+    decisions = pl.concat([_decision(0.3, 0.0, 0.6), _decision(-0.1, -0.4, 0.2).with_columns(experiment_id=pl.lit("other"))])
+    outcome = service_outcome("svc", "exp", "t", SHIP, model, history, ["gateway"], decisions,
+                              shares, {"exp": ("t", SHIP)}, END)
+    base = svc["cpu_seconds"].to_numpy() / (1 + shares.filter(pl.col("experiment_id") == "exp")["share"].to_numpy() * 0.5)
+    post = (svc["hour"].dt.replace_time_zone(None) >= dt.datetime.combine(SHIP, dt.time())).to_numpy()
+    truth = (model.predict(svc["cpu_seconds"].to_numpy()[post]) - model.predict(base[post])).sum() * 720 / post.sum()
+    assert outcome.own_delta == pytest.approx(0.5, abs=0.03)
+    assert outcome.realized == pytest.approx(truth, rel=0.1)
 
 
 def _cell(projected, low, high, realized, se):
