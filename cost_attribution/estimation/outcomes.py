@@ -43,6 +43,8 @@ Z95 = 1.959964
 class OutcomeSettings:
     pre_days: int = 28  # pre-ship hours the synthetic control is fitted on
     bias_days: int = 7  # the model's recent error, taken out and giving the interval
+    production_z: float = 3.0  # a service the traces did not see move is measured when production ...
+    min_production_delta: float = 0.02  # ... shows the cell's effect this many sd and this far from 0
     draws: int = 200  # posterior draws of the synthetic control's parameters
     seed: int = 12
     bias_alpha: float = 0.05  # systematic bias: mean relative error's interval excludes 0 at this level ...
@@ -56,8 +58,8 @@ class ServiceOutcome:
     realized: float  # USD per 30 days
     se: float
     post_hours: int
-    own_delta: float  # the shipped cell's effect on the driver used to take its share out
-    own_delta_source: str  # what the effect was fitted from
+    own_delta: float  # the shipped cell's effect on the driver, fitted from production with the traces' prior
+    own_delta_sd: float
     reference: str  # the reference load's services, comma-separated ("" = level only)
 
 
@@ -231,9 +233,17 @@ def service_outcome(
     se_sum = math.sqrt(sd_day ** 2 * (post_days + post_days ** 2 / bias_days) + spread ** 2)
     scale = HOURS_30D / n_post
     change = np.array([total])
-    own = next((d for a, d in zip(arms, deltas) if (a.experiment_id, a.cell) == (experiment_id, cell)), 0.0)
-    return ServiceOutcome(service, float(change.sum() * scale), se_sum * scale, n_post, float(own),
-                          "traces+production", ",".join(reference))
+    index = next((i for i, a in enumerate(arms) if (a.experiment_id, a.cell) == (experiment_id, cell)), None)
+    own = float(deltas[index]) if index is not None else 0.0
+    own_sd = float(math.sqrt(max(covariance[index + 1, index + 1], 0.0))) if index is not None else math.inf
+    return ServiceOutcome(service, float(change.sum() * scale), se_sum * scale, n_post, own, own_sd,
+                          ",".join(reference))
+
+
+def _moves(outcome: ServiceOutcome | None, settings: OutcomeSettings) -> bool:
+    """Production shows the cell moving the service: the fitted effect is clear of 0."""
+    return outcome is not None and abs(outcome.own_delta) > max(settings.production_z * outcome.own_delta_sd,
+                                                                settings.min_production_delta)
 
 
 def _daily_sums(values: np.ndarray) -> np.ndarray:
@@ -257,9 +267,9 @@ def measure_outcomes(
     ship_date); decision_services: the decision log's service rows of those decision days
     (every cell, for the reference and the other experiments' shares); models: decision
     day -> the registry's models; history: service_hourly_history; shares: treated_share;
-    roots: services no other service calls (trace edges). The services the decision saw
-    move are measured; where it saw none, every service it priced (a move the traces
-    missed is a miss too, though other experiments' unseen moves then blur it)."""
+    roots: services no other service calls (trace edges). A service is measured when the
+    decision saw the cell move it (significant) or production does (the fitted effect is
+    clear of 0: a move the traces missed is a miss too)."""
     end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
     ships = {r["experiment_id"]: (r["cell"], r["ship_date"]) for r in decisions.iter_rows(named=True)}
     all_services = sorted(history["service"].unique().to_list())
@@ -273,16 +283,16 @@ def measure_outcomes(
         reference = reference_services(day_rows, all_services, roots)
         priced = day_rows.filter((pl.col("experiment_id") == decision["experiment_id"])
                                  & (pl.col("cell") == decision["cell"]) & ~pl.col("service").is_in(reference))
-        own = moved(priced) if moved(priced).height else priced
         measured = []
-        for row in own.iter_rows(named=True):
+        for row in priced.iter_rows(named=True):
             model = models.get(decision["as_of"], {}).get(row["service"])
             if model is None:
                 continue
             outcome = service_outcome(row["service"], decision["experiment_id"], decision["cell"],
                                       decision["ship_date"], model, history, reference, day_rows, shares, ships,
                                       end, settings)
-            if outcome is None:
+            seen_by = "traces" if row["significant"] else "production" if _moves(outcome, settings) else None
+            if outcome is None or seen_by is None:
                 continue
             measured.append(outcome)
             services.append({
@@ -290,7 +300,7 @@ def measure_outcomes(
                 "service": row["service"], "model_version": row["model_version"],
                 "projected_usd_30d": row["incremental_cost_usd_30d"], "realized_usd_30d": outcome.realized,
                 "realized_se_usd_30d": outcome.se, "own_delta": outcome.own_delta,
-                "own_delta_source": outcome.own_delta_source, "reference_services": outcome.reference,
+                "own_delta_sd": outcome.own_delta_sd, "moved_in": seen_by, "reference_services": outcome.reference,
                 "post_ship_hours": outcome.post_hours,
             })
         if measured:
@@ -327,7 +337,8 @@ OUTCOME_SERVICE_SCHEMA = {
     "realized_usd_30d": pl.Float64,
     "realized_se_usd_30d": pl.Float64,
     "own_delta": pl.Float64,
-    "own_delta_source": pl.Utf8,
+    "own_delta_sd": pl.Float64,
+    "moved_in": pl.Utf8,  # traces (significant on the decision day) | production (the fitted effect)
     "reference_services": pl.Utf8,
     "post_ship_hours": pl.Int64,
 }

@@ -111,7 +111,7 @@ def _cell(projected, low, high, realized, se):
                 "incremental_cost_usd_30d": projected, "ci_low_usd_30d": low, "ci_high_usd_30d": high}
     from cost_attribution.estimation.outcomes import ServiceOutcome
 
-    return cell_outcome(SHIP, decision, [ServiceOutcome("svc", realized, se, 96, 0.1, "production", "gw")])
+    return cell_outcome(SHIP, decision, [ServiceOutcome("svc", realized, se, 96, 0.1, 0.01, "gw")])
 
 
 def test_verdicts_and_calibration_flag_misses_and_systematic_bias():
