@@ -1,27 +1,32 @@
 """Did the projection come true? The realized cost change of every shipped cell.
 
-After a cell ships (experiments.yaml `shipped: {cell, date}`), each service the decision
-saw move is measured against a synthetic control built only from data before the ship
-date, priced by the cost model of the decision day (the last day before shipping):
+After a cell ships (experiments.yaml `shipped: {cell, date}`), each service it moved is
+measured against a synthetic control built only from data before the ship date and
+priced by the cost model of the decision day (the last day before shipping):
 
-* load: the service's hourly load (in its cost model's driver) is tied to a reference
-  load, the requests of the services no experiment cell moved that day, by a ratio
-  fitted on the pre-ship hours after every running experiment's treated share is taken
-  out. For the shipped experiment itself the ratio is fitted jointly with its effect
-  where its treated share varied enough (ramps: the data says what the cell does),
-  otherwise the decision's delta takes the share out. After the ship date the
-  counterfactual load is reference x ratio x the other experiments' factors: the world
-  in which the cell did not ship;
+* load: the service's hourly load (in its cost model's driver) divided by a reference
+  load, the requests of the entry services no cell moved, is fitted over the pre-ship
+  weeks as ratio x prod_e (1 + sum_c share_c(h) x delta_c) over every experiment cell
+  priced on the service (treated shares from `treated_share`). Each delta starts from
+  the decision's (the traces) and is pulled by production wherever the shares moved
+  (ramps), so the shipped cell's own effect comes mostly from production. After the ship
+  date the counterfactual is reference x ratio x the other experiments' factors: the
+  world in which the cell did not ship, every other test as it runs (or as shipped);
 * cost: realized change = actual hourly cost - model(counterfactual load), less the
-  model's mean error over the last pre-ship days, summed over the post-ship hours and
-  scaled to 30 days, so it compares with `incremental_cost_usd_30d`;
-* interval: the day-to-day spread of the same prediction's error over the pre-ship days
-  (out of sample for the synthetic control, which never saw those days' costs),
-  through the post-ship sum and the bias correction.
+  model's mean error on the fitted load over the last pre-ship week, summed over the
+  post-ship hours and scaled to 30 days, comparable with `incremental_cost_usd_30d`;
+* interval: the day-to-day spread of that pre-ship error through the post-ship sum and
+  the bias taken out, plus the synthetic control's own uncertainty (posterior draws of
+  ratio and deltas).
 
-`calibration` then sets projected beside realized for every shipped cell: signed error,
-whether the realized change fell inside the projected interval, coverage, and whether
-the projections are systematically biased.
+A service is measured when the decision saw the cell move it (significant after BH) or
+the production fit does. `calibration` then sets projected beside realized for every
+shipped cell: signed error, whether the realized change fell inside the projected
+interval, coverage, and whether the projections are systematically biased.
+
+Known limit: a cost-structure change on a measured service counts as part of shipping
+the cell (it is in the actual cost, not in the pre-ship model); two cells shipped the
+same day onto the same service would share it.
 """
 
 from __future__ import annotations
