@@ -147,12 +147,12 @@ def shipped_world_config(seed: int = 7, small: bool = False) -> WorldConfig:
     instances with 25% more capacity (over-projected); HD images ships and images-svc then
     needs 30% more instances per unit of work (under-projected); Personalized search
     ships a day later with no surprise (profile-svc +33%). The drift moves out of the post-ship days."""
-    trace_days, pre_period_days = 4, 1
+    trace_days, pre_period_days = 5, 1  # decisions on the 3rd and 4th trace day, 3 and 2 days after
     base = small_live_world_config(seed) if small else live_world_config(seed)
     ships = {
-        "smarter-prefetch": ShipSpec("treatment", 3, capacity_factors=(("metadata-svc", 1.25),)),
-        "hd-images": ShipSpec("hd", 3, capacity_factors=(("images-svc", 0.7),)),
-        "search-personalization": ShipSpec("treatment", 2),
+        "smarter-prefetch": ShipSpec("treatment", 2, capacity_factors=(("metadata-svc", 1.25),)),
+        "hd-images": ShipSpec("hd", 2, capacity_factors=(("images-svc", 0.7),)),
+        "search-personalization": ShipSpec("treatment", 1),
     }
     experiments = tuple(
         dataclasses.replace(exp, shipped=ships[exp.id],

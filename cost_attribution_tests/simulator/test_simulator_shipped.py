@@ -26,9 +26,9 @@ def test_experiments_yaml_names_the_shipped_cells(shipped):
     catalog = yaml.safe_load((root / "experiments.yaml").read_text())
     ships = {e["id"]: e["shipped"] for e in catalog["experiments"] if "shipped" in e}
     assert ships == {
-        "smarter-prefetch": {"cell": "treatment", "date": datetime.date(2026, 10, 28)},
-        "hd-images": {"cell": "hd", "date": datetime.date(2026, 10, 28)},
-        "search-personalization": {"cell": "treatment", "date": datetime.date(2026, 10, 29)},
+        "smarter-prefetch": {"cell": "treatment", "date": datetime.date(2026, 10, 29)},
+        "hd-images": {"cell": "hd", "date": datetime.date(2026, 10, 29)},
+        "search-personalization": {"cell": "treatment", "date": datetime.date(2026, 10, 30)},
     }
     assert set(truth["shipped"]) == {f"{e}:{s['cell']}" for e, s in ships.items()}
 
@@ -36,8 +36,8 @@ def test_experiments_yaml_names_the_shipped_cells(shipped):
 def test_after_shipping_the_cell_serves_everyone(shipped):
     _, truth, _ = shipped
     shares = truth["treated_share"]["hd-images"]
-    assert shares["hd"]["daily"]["2026-10-28"] == 1.0 and shares["control"]["daily"]["2026-10-28"] == 0.0
-    assert shares["hd"]["daily"]["2026-10-26"] < 0.7
+    assert shares["hd"]["daily"]["2026-10-29"] == 1.0 and shares["control"]["daily"]["2026-10-29"] == 0.0
+    assert shares["hd"]["daily"]["2026-10-28"] < 0.7
 
 
 def test_after_shipping_traces_of_control_members_take_the_shipped_path(shipped):
@@ -60,8 +60,8 @@ def test_after_shipping_traces_of_control_members_take_the_shipped_path(shipped)
                 hits += 1
         return hits
 
-    assert control_members_calling_profile_from_search("2026-10-28") == 0
-    assert control_members_calling_profile_from_search("2026-10-30") > 0
+    assert control_members_calling_profile_from_search("2026-10-29") == 0
+    assert control_members_calling_profile_from_search("2026-10-31") > 0
 
 
 def test_truth_realized_change_reflects_the_cost_structure_change(shipped):
@@ -75,7 +75,7 @@ def test_truth_realized_change_reflects_the_cost_structure_change(shipped):
     assert 0 < prefetch["realized_change_usd_30d"] < 0.8 * prefetch["incremental_cost_usd_30d_pre_ship"]
     # No structure change: close to the pre-ship truth (load growth and weekday mix aside).
     assert search["realized_change_usd_30d"] == pytest.approx(search["incremental_cost_usd_30d_pre_ship"], rel=0.25)
-    assert search["post_ship_hours"] == 72 and hd["post_ship_hours"] == 96
+    assert search["post_ship_hours"] == 48 and hd["post_ship_hours"] == 72
 
 
 def test_a_shipped_cell_must_be_a_treatment_cell_after_the_start():
