@@ -49,7 +49,7 @@ class OutcomeSettings:
     pre_days: int = 28  # pre-ship hours the synthetic control is fitted on
     bias_days: int = 7  # the model's recent error, taken out and giving the interval
     production_z: float = 3.0  # a service the traces did not see move is measured when production ...
-    min_production_delta: float = 0.02  # ... shows the cell's effect this many sd and this far from 0
+    min_production_delta: float = 0.05  # ... shows the cell's effect this many sd and this far from 0
     draws: int = 200  # posterior draws of the synthetic control's parameters
     seed: int = 12
     bias_alpha: float = 0.05  # systematic bias: mean relative error's interval excludes 0 at this level ...
@@ -116,6 +116,7 @@ class Arm:
     share: np.ndarray  # per hour; for a shipped experiment 1 / 0 from its ship date on
     prior: float  # the decision's delta
     prior_sd: float
+    significant: bool = False  # the traces saw it move the service
 
 
 def arms_on(service: str, decision_services: pl.DataFrame, shares: pl.DataFrame,
@@ -132,7 +133,8 @@ def arms_on(service: str, decision_services: pl.DataFrame, shares: pl.DataFrame,
             after = hours >= np.datetime64(ship[1].isoformat(), "us")
             share[after] = 1.0 if ship[0] == row["cell"] else 0.0
         sd = max((row["delta_ci_high_used"] - row["delta_ci_low_used"]) / (2 * Z95), 1e-4)
-        arms.append(Arm(row["experiment_id"], row["cell"], share, float(row["delta_used"]), sd))
+        arms.append(Arm(row["experiment_id"], row["cell"], share, float(row["delta_used"]), sd,
+                        bool(row.get("significant"))))
     return arms
 
 
@@ -214,8 +216,16 @@ def service_outcome(
     if done.sum() == 0 or pre.sum() < 48:
         return None
     arms = arms_on(service, decision_services, shares, {**ships, experiment_id: (cell, ship_date)}, hours)
-    pre_arms = [Arm(a.experiment_id, a.cell, a.share[pre], a.prior, a.prior_sd) for a in arms]
-    ratio, deltas, covariance = fit_everyone_control(load[pre] / ref[pre], pre_arms)
+    ratio, deltas, covariance = fit_everyone_control(load[pre] / ref[pre], [_during(a, pre) for a in arms])
+    # Other experiments that neither the traces nor production see moving the service are
+    # left out (a spurious small effect would be multiplied up when one of them ships), then refit.
+    sd = np.sqrt(np.clip(np.diag(covariance)[1:], 0.0, None))
+    keep = [a.experiment_id == experiment_id or a.significant or abs(d) > max(settings.production_z * e,
+                                                                            settings.min_production_delta)
+            for a, d, e in zip(arms, deltas, sd)]
+    if not all(keep):
+        arms = [a for a, k in zip(arms, keep) if k]
+        ratio, deltas, covariance = fit_everyone_control(load[pre] / ref[pre], [_during(a, pre) for a in arms])
     recent = pre & (hours >= np.datetime64(ship - dt.timedelta(days=settings.bias_days), "us"))
 
     def realized_sum(ratio: float, deltas: np.ndarray) -> tuple[float, np.ndarray]:
@@ -243,6 +253,10 @@ def service_outcome(
     own_sd = float(math.sqrt(max(covariance[index + 1, index + 1], 0.0))) if index is not None else math.inf
     return ServiceOutcome(service, float(change.sum() * scale), se_sum * scale, n_post, own, own_sd,
                           ",".join(reference))
+
+
+def _during(arm: Arm, mask: np.ndarray) -> Arm:
+    return Arm(arm.experiment_id, arm.cell, arm.share[mask], arm.prior, arm.prior_sd, arm.significant)
 
 
 def _moves(outcome: ServiceOutcome | None, settings: OutcomeSettings) -> bool:

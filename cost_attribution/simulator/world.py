@@ -154,9 +154,10 @@ def shipped_world_config(seed: int = 7, small: bool = False) -> WorldConfig:
         "hd-images": ShipSpec("hd", 2, capacity_factors=(("images-svc", 0.7),)),
         "search-personalization": ShipSpec("treatment", 1),
     }
+    starts = {"hd-images": 14}  # weeks of ramp before shipping (the live world starts it with the traces)
     experiments = tuple(
         dataclasses.replace(exp, shipped=ships[exp.id],
-                            start_days_before_end=max(exp.start_days_before_end or 0, 12))
+                            start_days_before_end=starts.get(exp.id, exp.start_days_before_end))
         if exp.id in ships else exp
         for exp in live_experiments(trace_days, pre_period_days)
     )
