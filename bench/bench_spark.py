@@ -111,7 +111,7 @@ def ingest(landing: Path, warehouse: Path, day: dt.date) -> int:
     batch = read_span_files(zone.trace_files(day), day)
     with duckdb.connect(str(warehouse)) as conn:
         replace_rows(conn, "raw.spans", batch.spans)
-        experiments = catalogs.parse_experiments(zone.catalog("experiments.yaml"))
+        experiments = catalogs.parse_experiments(zone.catalog_text("experiments.yaml"))
         replace_rows(conn, "raw.experiments", experiments)
         allocations, _ = catalogs.load_allocations(conn, zone.table_files("allocations"), experiments)
         replace_rows(conn, "raw.allocations", allocations)

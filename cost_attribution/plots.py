@@ -8,6 +8,9 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the plots are rendered into metadata, never shown
+# Titles and labels carry names from the landing zone: `$HOST_$PORT` is a service name,
+# not mathtext (parsing it raises and would fail the report).
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 
 

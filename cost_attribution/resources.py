@@ -6,25 +6,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
-_DAY_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
-TRACE_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".pb", ".pb.gz", ".parquet")
-TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+from cost_attribution import formats
 
 
-def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(suffixes))
+class MissingInput(ValueError):
+    """A required landing-zone input is absent: the message names it and the fix."""
 
 
 class LandingZone(dg.ConfigurableResource):
-    """The directory the platform team drops its inputs into (see docs/contract.md)."""
+    """The directory the platform team drops its inputs into (see docs/contract.md).
+    Only files inside it are read: a symlink pointing outside is listed as unread."""
 
     root: str
 
@@ -32,33 +27,67 @@ class LandingZone(dg.ConfigurableResource):
     def path(self) -> Path:
         return Path(self.root)
 
-    def trace_days(self) -> list[dt.date]:
+    def _day_dirs(self) -> list[tuple[Path, dt.date | None]]:
         traces = self.path / "traces"
         if not traces.is_dir():
             return []
-        days = []
-        for child in traces.iterdir():
-            match = _DAY_DIR.match(child.name)
-            if child.is_dir() and match:
-                days.append(dt.date.fromisoformat(match.group(1)))
-        return sorted(days)
+        return [(child, formats.parse_day_dir(child.name)) for child in sorted(traces.iterdir())
+                if not child.name.startswith(".")]
+
+    def trace_days(self) -> list[dt.date]:
+        return sorted(day for child, day in self._day_dirs()
+                      if day is not None and child.is_dir() and formats.inside(self.path, child))
+
+    def trace_listing(self, day: dt.date) -> tuple[list[Path], list[formats.Unread]]:
+        folder = self.path / "traces" / f"dt={day.isoformat()}"
+        return formats.list_folder(self.path, folder, formats.trace_reader_refusal, folder.name)
 
     def trace_files(self, day: dt.date) -> list[Path]:
-        return _files(self.path / "traces" / f"dt={day.isoformat()}", TRACE_SUFFIXES)
+        return self.trace_listing(day)[0]
+
+    def table_listing(self, folder: str) -> tuple[list[Path], list[formats.Unread]]:
+        return formats.list_folder(self.path, self.path / folder, formats.table_reader_refusal, folder)
 
     def table_files(self, folder: str) -> list[Path]:
-        return _files(self.path / folder, TABLE_SUFFIXES)
+        return self.table_listing(folder)[0]
 
-    def catalog(self, name: str) -> dict:
-        """experiments.yaml / services.yaml; a missing catalog is an empty one."""
+    def unread_files(self) -> list[formats.Unread]:
+        """Everything in the landing zone that no reader takes, with the reason."""
+        root = self.path
+        unread: list[formats.Unread] = []
+        if not root.is_dir():
+            return unread
+        for child in sorted(root.iterdir()):
+            name = child.name
+            if name.startswith(".") or formats.NOT_INPUTS.match(name) or name in ("traces", *formats.TABLE_FOLDERS):
+                continue
+            if name in formats.CATALOG_FILES and formats.inside(root, child) and child.is_file():
+                continue
+            if not formats.inside(root, child):
+                unread.append(formats.Unread(child, "symlink pointing outside the landing zone: not followed"))
+            else:
+                unread.append(formats.Unread(child, "not part of the landing-zone contract (docs/contract.md)"))
+        for folder in formats.TABLE_FOLDERS:
+            unread += self.table_listing(folder)[1]
+        for child, day in self._day_dirs():
+            if not formats.inside(root, child):
+                unread.append(formats.Unread(child, "symlink pointing outside the landing zone: not followed"))
+            elif day is None or not child.is_dir():
+                unread.append(formats.Unread(child, "not a traces/dt=YYYY-MM-DD folder with a valid date"))
+            else:
+                unread += self.trace_listing(day)[1]
+        return unread
+
+    def catalog_text(self, name: str) -> str:
+        """experiments.yaml / services.yaml as text; a missing catalog is an error (an
+        absent catalog would silently publish a report without experiments)."""
         path = self.path / name
-        if not path.exists():
-            return {}
-        with path.open() as handle:
-            loaded = yaml.safe_load(handle)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        return loaded or {}
+        if not path.is_file() or not formats.inside(self.path, path):
+            raise MissingInput(
+                f"{path}: missing. Fix: add {name} to the landing zone (docs/contract.md); "
+                f"if there are none, write `{name.split('.')[0]}: []`."
+            )
+        return path.read_text(encoding="utf-8")
 
 
 class AnalysisSettings(dg.ConfigurableResource):
@@ -77,9 +106,19 @@ class AnalysisSettings(dg.ConfigurableResource):
     cost_alert_threshold_usd: float = 10_000.0
     app_tag: str = "app"
     static_headroom: float | None = None
+    # FOCUS rows billed in another currency are quarantined (non_usd_currency) unless
+    # converted here: currency code -> USD per unit, e.g. {"EUR": 1.08}.
+    usd_rates: dict[str, float] = {}
+    # A trace day with no spans, or fewer than this share of the median of the previous
+    # days, fails the blocking trace_volume check: its report is not published.
+    min_day_span_ratio: float = 0.25
     # Work per request: "duration" (SERVER span duration, the contract's definition) or
     # "busy" (duration minus the time the span's own calls were in flight).
     work_measure: str = "duration"
+    # What +1% of a business metric is worth, in USD per 30 days, by metric name (e.g.
+    # {"streaming_hours": 2000}). Where set, the report weighs it against the cost: net
+    # value and the probability that it is positive. Unset metrics get cost per point only.
+    value_per_point_usd: dict[str, float] = {}
 
 
 LANDING_ENV = "COST_ATTRIBUTION_LANDING"

@@ -8,8 +8,14 @@ Identifiers are always quoted; values are always bound parameters.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -62,7 +68,7 @@ def replace_rows(
     return frame.height
 
 
-@contextmanager
+@contextlib.contextmanager
 def _staged(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> Iterator[str]:
     """`frame` registered as _incoming and `table` existing with its columns; yields the
     quoted table name."""
@@ -82,14 +88,14 @@ def _staged(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) ->
         conn.unregister("_incoming")
 
 
-@contextmanager
+@contextlib.contextmanager
 def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     conn.execute("BEGIN TRANSACTION")
     try:
         yield
         conn.execute("COMMIT")
     except Exception:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
 
 
@@ -100,6 +106,75 @@ def _add_new_columns(conn: duckdb.DuckDBPyConnection, target: str) -> None:
     for name, column_type, *_ in conn.execute("DESCRIBE SELECT * FROM _incoming").fetchall():
         if name not in existing:
             conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {column_type}")
+
+
+def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
+    """Roll back after a failed write without hiding why it failed: when the rollback
+    fails too (disk full, no transaction left), the original error is the one raised."""
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
+
+
+class WarehouseBusy(RuntimeError):
+    """Another run holds the warehouse's writer lock; the message says who."""
+
+
+def _lock_holder(lock: Path) -> dict | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None  # gone, or being written this instant
+
+
+def _holder_is_gone(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False  # cannot tell from here: only its owner or a person may clear it
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def writer_lock(warehouse: Path, landing: Path, wait_seconds: float = 0.0, poll_seconds: float = 0.5) -> Iterator[Path]:
+    """One warehouse, one writer: hold `<warehouse>.lock` (pid, host, landing zone, start
+    time) while the block runs. A second writer waits up to `wait_seconds`, then raises
+    WarehouseBusy naming the holder. A lock left by a process that died on this host is
+    taken over."""
+    lock = warehouse.with_name(warehouse.name + ".lock")
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "landing": str(landing),
+            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and _holder_is_gone(holder):
+                lock.unlink(missing_ok=True)
+                continue
+            if time.monotonic() >= deadline:
+                who = ("pid {pid} on {host}, landing zone {landing}, since {started_at}".format_map(
+                    {k: holder.get(k, "?") for k in ("pid", "host", "landing", "started_at")}) if holder else "another run")
+                raise WarehouseBusy(
+                    f"{warehouse} is being written by {who}. Fix: wait for that run to finish (or pass a longer "
+                    f"wait); if that process is gone, delete {lock}."
+                ) from None
+            time.sleep(poll_seconds)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            json.dump(mine, handle)
+        break
+    try:
+        yield lock
+    finally:
+        if _lock_holder(lock) == mine:
+            lock.unlink(missing_ok=True)
 
 
 def read_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:

@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution.attribution.member_usage import load_experiment_usage
 from cost_attribution.attribution.deltas import requests_and_work_deltas
 from cost_attribution.attribution.stats import StatsConfig, intended_splits, sample_ratio_mismatch
-from cost_attribution.attribution.treated_share import hourly_grid
+from cost_attribution.attribution.treated_share import hourly_grid, share_plot
 from cost_attribution.attribution.treated_share import treated_share as share_by_hour
 from cost_attribution.checks import trace_completeness as completeness
 from cost_attribution.partitions import daily_partitions, trailing_window
@@ -49,6 +49,10 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
         )
         summary = completeness.summarize(coverage, edges)
         reconciliation = completeness.volume_reconciliation(coverage, metrics)
+        span_counts = dict(conn.execute(
+            "SELECT dt, sum(server_spans) FROM main.service_coverage WHERE dt BETWEEN ? AND ? GROUP BY dt",
+            [day - dt.timedelta(days=completeness.TRACE_VOLUME_LOOKBACK_DAYS), day],
+        ).fetchall())
         replace_rows(
             conn,
             "main.trace_completeness",
@@ -71,6 +75,7 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
             "volume_reconciliation": dg.MetadataValue.md(markdown_table(reconciliation)),
         }
     )
+    yield completeness.trace_volume_result(day, span_counts, settings.min_day_span_ratio, "trace_completeness")
     yield from completeness.check_results(summary, settings.min_trace_coverage, "trace_completeness", reconciliation)
 
 
@@ -163,7 +168,8 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
     with warehouse.get_connection() as conn:
         activity = read_frame(
             conn,
-            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? GROUP BY ALL",
+            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? "
+            "GROUP BY ALL ORDER BY member_id",
             [as_of],
         )
         allocations = read_frame(
@@ -181,13 +187,15 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
         .agg(pl.col("share").mean().alias("mean_share_window"), pl.col("share").last().alias("share_last_hour"))
         .sort("experiment_id", "cell")
     )
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": shares.height,
-            "dagster/table_name": "main.treated_share",
-            "share_by_cell": dg.MetadataValue.md(markdown_table(summary)),
-        }
-    )
+    metadata = {
+        "dagster/row_count": shares.height,
+        "dagster/table_name": "main.treated_share",
+        "share_by_cell": dg.MetadataValue.md(markdown_table(summary)),
+    }
+    plot = share_plot(shares)
+    if plot:
+        metadata["share_over_time"] = dg.MetadataValue.md(f"![treated share](data:image/png;base64,{plot})")
+    return dg.MaterializeResult(metadata=metadata)
 
 
 attribution_assets = [trace_completeness, usage_deltas, treated_share]

@@ -63,6 +63,7 @@ def root_covariate(roots: pl.DataFrame, member_usage: pl.DataFrame) -> pl.DataFr
             (pl.col("all_roots") - pl.col("own").fill_null(0.0)).alias("pre_requests"),
         )
         .with_columns(pl.col("pre_requests").alias("pre_work"))
+        .sort("experiment_id", "member_id", "service")  # reruns sum in the same order
     )
 
 

@@ -54,7 +54,7 @@ def treated_share(
     hours:       datetime64 hour starts; a member treated within an hour counts from
                  the hour's middle.
     """
-    total = float(activity["root_requests"].sum()) if activity.height else 0.0
+    total = float(activity.sort("member_id")["root_requests"].sum()) if activity.height else 0.0
     if total <= 0 or allocations.height == 0 or len(hours) == 0:
         return pl.DataFrame(schema=SHARE_SCHEMA)
     starts = experiments.select("experiment_id", pl.col("start_date").cast(pl.Datetime("us")).alias("start_at"))
@@ -67,7 +67,9 @@ def treated_share(
             .alias("treated_from"),
             pl.col("root_requests").fill_null(0.0),
         )
-        .sort("experiment_id", "cell", "treated_from")
+        # A total order (ties broken by member): the cumulative sums, and so the shares,
+        # are then identical to the last bit on every rerun.
+        .sort("experiment_id", "cell", "treated_from", "member_id")
     )
     middles = hours.astype("datetime64[us]") + np.timedelta64(30, "m")
     frames = []
@@ -80,4 +82,23 @@ def treated_share(
                 {"experiment_id": experiment_id, "cell": cell, "hour": hours.astype("datetime64[us]"), "share": share}
             )
         )
+    if not frames:  # no experiment has started by then
+        return pl.DataFrame(schema=SHARE_SCHEMA)
     return pl.concat(frames).with_columns(pl.col("hour").dt.replace_time_zone("UTC")).cast(SHARE_SCHEMA)
+
+
+def share_plot(shares: pl.DataFrame) -> str | None:
+    """Base64 PNG: each non-empty cell's share of production load over the window."""
+    from cost_attribution.plots import figure_to_base64, plt
+
+    moving = shares.filter(pl.col("share").max().over("experiment_id", "cell") > 0)
+    if moving.height == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    for (experiment_id, cell), group in moving.sort("hour").group_by("experiment_id", "cell", maintain_order=True):
+        ax.step(group["hour"].to_list(), (group["share"] * 100).to_list(), where="post", label=f"{experiment_id}: {cell}")
+    ax.set_ylabel("share of production load, %")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return figure_to_base64(fig)

@@ -8,6 +8,8 @@ do not run on it.
 
 from __future__ import annotations
 
+import datetime as dt
+import statistics
 from dataclasses import dataclass
 
 import dagster as dg
@@ -18,6 +20,9 @@ BROKEN_EDGES = "broken_trace_edges"
 ORPHAN_PARENTS = "orphan_parent_rate"
 MEMBER_TAGS = "member_tag_coverage"
 VOLUME_RECONCILIATION = "sampling_volume_reconciliation"
+TRACE_VOLUME = "trace_volume"
+# The day's span count is compared with the median of up to this many previous days.
+TRACE_VOLUME_LOOKBACK_DAYS = 7
 
 # A caller->callee edge is broken when most of the caller's calls find no callee
 # SERVER span in the trace while most of the callee's work arrives as anonymous roots.
@@ -32,6 +37,14 @@ MAX_VOLUME_DEVIATION = 0.25
 
 def completeness_check_specs(asset_key: str) -> list[dg.AssetCheckSpec]:
     return [
+        dg.AssetCheckSpec(
+            TRACE_VOLUME,
+            asset=asset_key,
+            blocking=True,
+            description="ERROR (blocks the day's deltas, projections and report) when the day has no SERVER spans, or fewer "
+            "than AnalysisSettings.min_day_span_ratio of the median of the previous days: an incomplete delivery must "
+            "not replace the last good report (report.json stays at its as-of day).",
+        ),
         dg.AssetCheckSpec(
             COVERAGE_GATE,
             asset=asset_key,
@@ -220,4 +233,30 @@ def _reconciliation_result(reconciliation: pl.DataFrame | None, asset_key: str) 
             "services_compared": reconciliation.height,
             "median_metrics_per_traced_request": float(reconciliation["metrics_per_traced"].median()),
         },
+    )
+
+
+def trace_volume_result(day: dt.date, counts: dict[dt.date, int], min_ratio: float, asset_key: str) -> dg.AssetCheckResult:
+    """Blocking check: is the day's SERVER span count (counts[day], 0 if absent) plausible
+    next to the median of the previous TRACE_VOLUME_LOOKBACK_DAYS days in `counts`?"""
+    spans = counts.get(day, 0)
+    previous = [n for d, n in sorted(counts.items()) if d < day][-TRACE_VOLUME_LOOKBACK_DAYS:]
+    median = statistics.median(previous) if previous else None
+    if spans == 0:
+        problem = f"{day}: the day has no SERVER spans"
+    elif median and spans < min_ratio * median:
+        problem = (f"{day}: only {spans:,} SERVER spans, {spans / median:.0%} of the median {median:,.0f} of the "
+                   f"previous {len(previous)} days (threshold {min_ratio:.0%})")
+    else:
+        problem = None
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=TRACE_VOLUME,
+        passed=problem is None,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=None if problem is None else f"{problem}: the day looks incompletely delivered, so its report is "
+        "not published and the last good report stays. Fix: deliver the day's missing trace files (see "
+        "span_quarantine for files that were not read) and rerun.",
+        metadata={"spans": spans, "median_previous_days": float("nan") if median is None else float(median),
+                  "previous_days": len(previous), "min_ratio": min_ratio},
     )

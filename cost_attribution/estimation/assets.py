@@ -198,10 +198,8 @@ def load_projection_load(
     volume = read_frame(
         conn,
         """
-        SELECT service, date_trunc('hour', hour) AS hour, sum(requests) AS requests,
-               CASE WHEN count(cpu_seconds) = count(*) THEN sum(cpu_seconds) END AS cpu_seconds
-        FROM raw.usage_metrics
-        WHERE hour >= ? AND hour < ? GROUP BY ALL ORDER BY service, hour
+        SELECT service, hour, requests, cpu_seconds FROM main.service_hourly_history
+        WHERE hour >= ? AND hour < ? AND requests IS NOT NULL ORDER BY service, hour
         """,
         [start, end],
     )
@@ -217,7 +215,7 @@ def load_projection_load(
 
 @dg.asset(
     key="cost_projections",
-    deps=["usage_deltas", "cost_models", "usage_metrics", "treated_share"],
+    deps=["usage_deltas", "cost_models", "service_hourly_history", "treated_share"],
     description="For every experiment cell, what shipping it would add over 30 days. Each service's cost model "
     "prices the last 28 days of hourly load (CPU seconds or requests) with every running experiment's treated "
     "share taken out (everyone in control) and changed by the cell's effect: incremental cost vs not shipping. "
@@ -253,11 +251,20 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": services_frame.height,
+            "dagster/table_name": "main.experiment_costs",
+            "what_the_numbers_mean": dg.MetadataValue.md(BASELINES_IN_WORDS),
             "experiments": dg.MetadataValue.md(
                 markdown_table(experiments_frame.drop("as_of").sort("incremental_cost_usd_30d", descending=True), float_digits=0)
             ),
         }
     )
+
+
+BASELINES_IN_WORDS = (
+    "**incremental_cost_usd_30d**: what shipping the cell to everyone adds over 30 days compared with not "
+    "shipping it (everyone in control). **bill_change_usd_30d**: how much the cloud bill will move compared "
+    "with the last 28 days as they were, which already carried the running test's treated share."
+)
 
 
 def delta_correlation(usage, experiment_id, cell, control_cell, services, metrics) -> np.ndarray | None:

@@ -10,6 +10,7 @@ priced against both baselines (`projection.cell_curves`): everyone in control
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import polars as pl
 
 from cost_attribution.estimation import projection
 from cost_attribution.estimation.models import FittedCostModel
-from cost_attribution.estimation.production_calibration import combine, production_scale
+from cost_attribution.estimation.production_calibration import combine, production_scale, reconcile
 
 # (experiment_id, cell, control_cell, services, metrics) -> correlation matrix of the deltas, or None
 Correlation = Callable[[str, str, str, list[str], list[str]], "np.ndarray | None"]
@@ -94,15 +95,17 @@ def calibrate_with_production(
     effects: dict[tuple[str, str, str], Effect],
     series: dict[str, tuple[np.ndarray, np.ndarray]],
     share_of: dict[str, dict],
-) -> dict[tuple[str, str, str], Effect]:
+) -> tuple[dict[tuple[str, str, str], Effect], set[tuple[str, str]]]:
     """Each (experiment, service) whose treated share started inside the load history:
-    its cells' deltas combined with what production load says (production_calibration).
+    its cells' deltas combined with what production load says (production_calibration),
+    where the two agree. Returns the effects and the (experiment, service) pairs whose
+    load does not carry the test at all (nothing to take out of it).
     series: service -> (hour starts, hourly load); share_of: service -> {(experiment,
     cell): share at those hours}."""
     groups: dict[tuple[str, str], list[Effect]] = {}
     for effect in effects.values():
         groups.setdefault((effect.experiment_id, effect.service), []).append(effect)
-    out = dict(effects)
+    out, not_in_load = dict(effects), set()
     for (experiment_id, service), cells in groups.items():
         service_hours, values = series[service]
         shares = share_of[service]
@@ -110,25 +113,34 @@ def calibrate_with_production(
         for effect in cells:
             if (experiment_id, effect.cell) in shares:
                 implied += shares[(experiment_id, effect.cell)] * effect.centre
-        if not implied.any():
+        moved = [e for e in cells if e.significant and e.delta != 0]
+        if not implied.any() or not moved:
             continue
         scale = production_scale(service_hours, values, implied)
-        for effect in cells:
-            if not effect.significant:
-                continue
-            delta, half, source = combine(effect.delta, effect.half_width, scale)
-            out[(experiment_id, effect.cell, service)] = Effect(
-                experiment_id, effect.cell, service, effect.metric, delta, delta - half, delta + half, True, source
-            )
-    return out
+        trace_relative_se = min(e.half_width / projection.Z95 / abs(e.delta) for e in moved)
+        verdict = reconcile(scale, trace_relative_se)
+        if verdict == "absent":
+            not_in_load.add((experiment_id, service))
+        for effect in moved:
+            if verdict == "agrees":
+                delta, half, source = combine(effect.delta, effect.half_width, scale)
+                effect = Effect(experiment_id, effect.cell, service, effect.metric, delta, delta - half, delta + half,
+                                True, source)
+            elif verdict in ("absent", "disagrees"):
+                effect = dataclasses.replace(effect, source=f"traces (production {verdict})")
+            out[(experiment_id, effect.cell, service)] = effect
+    return out, not_in_load
 
 
-def _load_factors(effects: list[Effect], share_of: dict, n_hours: int) -> dict[str, np.ndarray]:
-    """experiment_id -> 1 + sum_c share_c(h) x centre_c for one service's effects."""
+def _load_factors(effects: list[Effect], share_of: dict, n_hours: int, not_in_load: set) -> dict[str, np.ndarray]:
+    """experiment_id -> 1 + sum_c share_c(h) x centre_c for one service's effects (1 where
+    the service's load does not carry the experiment)."""
     factors: dict[str, np.ndarray] = {}
     for effect in effects:
         share = share_of.get((effect.experiment_id, effect.cell))
         factor = factors.setdefault(effect.experiment_id, np.ones(n_hours))
+        if (effect.experiment_id, effect.service) in not_in_load:
+            continue
         if share is not None and effect.centre != 0.0:
             factor += share * max(effect.centre, -0.999)
     return factors
@@ -175,12 +187,12 @@ def project_cells(
         effect = driver_effect(row, model, fdr_q)
         if effect is not None:
             effects[(row["experiment_id"], row["cell"], row["service"])] = effect
-    effects = calibrate_with_production(effects, history, history_shares)
+    effects, not_in_load = calibrate_with_production(effects, history, history_shares)
     by_service: dict[str, list[Effect]] = {}
     for effect in effects.values():
         by_service.setdefault(effect.service, []).append(effect)
     factors = {
-        service: _load_factors(found, service_shares[service], len(load[service][0]))
+        service: _load_factors(found, service_shares[service], len(load[service][0]), not_in_load)
         for service, found in by_service.items()
     }
 
@@ -194,6 +206,8 @@ def project_cells(
             n_hours = len(positions)
             factor = factors[effect.service]
             own_share = service_shares[effect.service].get((experiment_id, cell), np.zeros(n_hours))
+            if (experiment_id, effect.service) in not_in_load:
+                own_share = np.zeros(n_hours)
             shares_here = projection.LoadShares(
                 own=factor[experiment_id] - own_share * max(effect.centre, -0.999),
                 share=own_share,
@@ -262,6 +276,12 @@ def project_cells(
     )
 
 
+# Both baselines' point and 95% interval, per service and per cell.
+DOLLARS = {
+    name: pl.Float64
+    for name in ("incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d",
+                 "bill_change_usd_30d", "bill_ci_low_usd_30d", "bill_ci_high_usd_30d")
+}
 PROJECTION_SCHEMA = {
     "as_of": pl.Date,
     "experiment_id": pl.Utf8,
@@ -273,12 +293,7 @@ PROJECTION_SCHEMA = {
     "delta_ci_low_used": pl.Float64,
     "delta_ci_high_used": pl.Float64,
     "delta_source": pl.Utf8,
-    "incremental_cost_usd_30d": pl.Float64,
-    "ci_low_usd_30d": pl.Float64,
-    "ci_high_usd_30d": pl.Float64,
-    "bill_change_usd_30d": pl.Float64,
-    "bill_ci_low_usd_30d": pl.Float64,
-    "bill_ci_high_usd_30d": pl.Float64,
+    **DOLLARS,
     "baseline_cost_usd_30d": pl.Float64,
     "observed_cost_usd_30d": pl.Float64,
     "peak_requests_per_hour": pl.Float64,
@@ -289,12 +304,7 @@ EXPERIMENT_COST_SCHEMA = {
     "experiment_id": pl.Utf8,
     "cell": pl.Utf8,
     "control_cell": pl.Utf8,
-    "incremental_cost_usd_30d": pl.Float64,
-    "ci_low_usd_30d": pl.Float64,
-    "ci_high_usd_30d": pl.Float64,
-    "bill_change_usd_30d": pl.Float64,
-    "bill_ci_low_usd_30d": pl.Float64,
-    "bill_ci_high_usd_30d": pl.Float64,
+    **DOLLARS,
     "services_priced": pl.Int64,
     "services_unpriced": pl.Int64,
 }

@@ -102,6 +102,27 @@ def production_scale(hours: np.ndarray, load: np.ndarray, traced_jump: np.ndarra
     return ProductionScale(scale, error / mean_implied, int(ok.sum()))
 
 
+# Production and traces agree when their scales differ by at most this many standard errors.
+AGREEMENT_SE = 3.0
+# Below this share of the traces' implied jump (at 2 standard errors), production load
+# does not carry the test at all.
+ABSENT_SCALE = 0.25
+
+
+def reconcile(scale: ProductionScale | None, trace_relative_se: float) -> str:
+    """How production relates to the traces for one (experiment, service):
+    'none' (no production evidence), 'agrees' (combine them), 'absent' (the load shows
+    no jump: the metrics do not carry the test's traffic), 'disagrees' (both show a
+    jump, of clearly different sizes: keep the traces)."""
+    if scale is None or not np.isfinite(scale.scale):
+        return "none"
+    if abs(scale.scale - 1.0) <= AGREEMENT_SE * float(np.hypot(scale.se, trace_relative_se)):
+        return "agrees"
+    if scale.scale + 2 * scale.se < ABSENT_SCALE:
+        return "absent"
+    return "disagrees"
+
+
 def combine(trace_delta: float, trace_half_width: float, scale: ProductionScale | None) -> tuple[float, float, str]:
     """(delta, interval half-width, source): the trace delta alone, or combined by inverse
     variance with production's scale x trace delta."""

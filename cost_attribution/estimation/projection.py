@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cost_attribution.estimation.models import FittedCostModel, project_incremental_cost
+from cost_attribution.estimation.models import FittedCostModel
 
 Z95 = 1.959963984540054
 
@@ -43,40 +43,6 @@ class ServiceCostCurve:
 
     def __call__(self, delta: np.ndarray | float) -> np.ndarray:
         return np.interp(delta, self.grid, self.cost)
-
-
-def cost_curve(
-    model: FittedCostModel, volume: np.ndarray, scale: float, lo: float, hi: float, points: int = 161
-) -> ServiceCostCurve:
-    lo = max(lo, -0.999)  # a cell cannot remove more than all of a service's volume
-    hi = max(hi, lo + 1e-9)
-    grid = np.linspace(lo, hi, points)
-    if lo < 0.0 < hi:  # zero exactly on the grid, so a null delta prices to exactly $0
-        grid = np.unique(np.append(grid, 0.0))
-    cost = np.array([project_incremental_cost(model, volume, float(d))[0] * scale for d in grid])
-    # Guard the interpolation against tiny non-monotone wiggles of a fitted model.
-    return ServiceCostCurve(model.service, grid, np.maximum.accumulate(cost))
-
-
-def service_dollars(
-    curve: ServiceCostCurve, delta: float, ci_low: float, ci_high: float, significant: bool
-) -> tuple[float, float, float]:
-    point = float(curve(delta)) if significant else 0.0
-    return point, float(curve(ci_low)), float(curve(ci_high))
-
-
-def experiment_interval(
-    curves: list[ServiceCostCurve],
-    deltas: np.ndarray,
-    half_widths: np.ndarray,
-    significant: np.ndarray,
-    correlation: np.ndarray | None,
-    draws: int = 4000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float, float]:
-    """(point, low, high) of one family of curves (see joint_intervals)."""
-    return joint_intervals([curves], deltas, half_widths, significant, correlation, draws, seed, level)[0]
 
 
 def joint_intervals(

@@ -5,13 +5,18 @@ cost and usage history are small and refreshed whole on every run.
 """
 
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from cost_attribution import formats
+from cost_attribution.formats import trace_format
 from cost_attribution.ingest import catalogs
 from cost_attribution.ingest.parquet_sql import ingest_parquet_day
 from cost_attribution.ingest.readers import read_span_files
+from cost_attribution.ingest.spans import QUARANTINE_SCHEMA
 from cost_attribution.partitions import daily_partitions, partition_days
 from cost_attribution.resources import AnalysisSettings, LandingZone
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
@@ -50,14 +55,22 @@ def _counts_by(frame: pl.DataFrame, column: str) -> dict[str, int]:
     pool="warehouse",
 )
 def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse: DuckDBResource):
-    spans_total, files_read, per_service, quarantined = 0, [], [], {}
+    spans_total, files_read, per_service, quarantined, unread = 0, [], [], {}, []
     for day in partition_days(context):
-        files = landing.trace_files(day)
-        if files and all(f.name.lower().endswith(".parquet") for f in files):
+        files, skipped = _trace_inputs(landing, day)
+        unread += skipped["source_file"].to_list()
+        if files and all(trace_format(f).name == "parquet" for f in files):
             # Flat Parquet only: validated and written inside DuckDB, never a polars frame
             # (10M spans: 11.6 s and 1.0 GB peak instead of 23.5 s and 8.0 GB); same rows.
             with warehouse.get_connection() as conn:
                 counts = ingest_parquet_day(conn, files, day)
+                if skipped.height:
+                    conn.register("_skipped", skipped.to_arrow())
+                    conn.execute(f"INSERT INTO raw.span_quarantine ({', '.join(skipped.columns)}) "
+                                 f"SELECT {', '.join(skipped.columns)} FROM _skipped")
+                    conn.unregister("_skipped")
+                    for reason, n in _counts_by(skipped, "reason").items():
+                        counts[reason] = counts.get(reason, 0) + n
                 day_services = read_frame(
                     conn,
                     "SELECT service, kind, CAST(count(*) AS UINTEGER) AS len FROM raw.spans WHERE dt = ? GROUP BY ALL",
@@ -66,7 +79,8 @@ def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse
             day_spans = counts.pop("spans")
             day_quarantine = dict(sorted(counts.items()))
         else:
-            batch = read_span_files(files, day)
+            batch = read_span_files(files, day, partition=True)
+            batch = batch._replace(quarantine=pl.concat([batch.quarantine, skipped]))
             with warehouse.get_connection() as conn:
                 replace_rows(conn, "raw.spans", batch.spans, where={"dt": day})
                 replace_rows(conn, "raw.span_quarantine", batch.quarantine, where={"dt": day})
@@ -86,11 +100,14 @@ def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse
         if per_service
         else pl.DataFrame()
     )
+    if unread:
+        context.log.warning(f"{len(unread)} trace files not read (see span_quarantine): {unread[:20]}")
     yield dg.MaterializeResult(
         asset_key="raw_spans",
         metadata={
             "dagster/row_count": spans_total,
             "files": dg.MetadataValue.json(files_read),
+            "files_not_read": dg.MetadataValue.json(unread),
             "spans_by_service": dg.MetadataValue.md(markdown_table(services)),
         },
     )
@@ -103,11 +120,49 @@ def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse
     )
 
 
-def _ingest_table(warehouse: DuckDBResource, table: str, source: str, load) -> tuple[pl.DataFrame, dict[str, int]]:
+def _skipped_files(unread: list[formats.Unread], duplicates: list[tuple[Path, Path]]) -> list[dict]:
+    """Files of a folder that are not ingested: unread (no reader takes them) and whole-file
+    duplicates (the same bytes under another name, which would double every row)."""
+    return [{"source_file": str(u.path), "reason": "unread_files", "detail": u.why} for u in unread] + [
+        {"source_file": str(dup), "reason": "duplicate_files", "detail": f"same content (sha256) as {first}: skipped"}
+        for dup, first in duplicates
+    ]
+
+
+def _trace_inputs(landing: LandingZone, day) -> tuple[list[Path], pl.DataFrame]:
+    """(trace files to read, span_quarantine rows for the day's files that are skipped).
+    A file with the same bytes as one of an earlier day (or earlier in this day) is a
+    duplicate delivery: its spans would count twice."""
+    files, unread = landing.trace_listing(day)
+    earlier = [f for d in landing.trace_days() if d < day for f in landing.trace_files(d)]
+    _, duplicates = formats.split_duplicate_files(earlier + files)
+    duplicates = [(dup, first) for dup, first in duplicates if dup in files]
+    files = [f for f in files if f not in {dup for dup, _ in duplicates}]
+    skipped = pl.DataFrame(_skipped_files(unread, duplicates), schema={"source_file": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8})
+    return files, skipped.select(
+        pl.lit(day, dtype=pl.Date).alias("dt"), "source_file", pl.lit(None, dtype=pl.Int64).alias("line_no"), "reason", "detail",
+        pl.lit(None, dtype=pl.Utf8).alias("trace_id"), pl.lit(None, dtype=pl.Utf8).alias("span_id"), pl.lit("", dtype=pl.Utf8).alias("raw"),
+    ).cast(QUARANTINE_SCHEMA)
+
+
+def _table_inputs(landing: LandingZone, folder: str, source: str) -> tuple[list[Path], pl.DataFrame]:
+    """(table files to read, input_quarantine rows for the folder's files that are skipped)."""
+    files, unread = landing.table_listing(folder)
+    files, duplicates = formats.split_duplicate_files(files)
+    rows = [{"source": source, **row, "raw": ""} for row in _skipped_files(unread, duplicates)]
+    return files, pl.DataFrame(rows, schema=catalogs.INPUT_QUARANTINE_SCHEMA)
+
+
+def _ingest_table(
+    warehouse: DuckDBResource, table: str, source: str, load, skipped: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """Load one landing-zone table with `load(conn) -> (rows, quarantined rows)`, replace
-    the warehouse table and this source's quarantine rows, return rows and counts."""
+    the warehouse table and this source's quarantine rows (plus `skipped` files), return
+    rows and counts."""
     with warehouse.get_connection() as conn:
         frame, quarantine = load(conn)
+        if skipped is not None:
+            quarantine = pl.concat([quarantine, skipped])
         replace_rows(conn, table, frame)
         replace_rows(conn, "raw.input_quarantine", quarantine, where={"source": source})
     return frame, _counts_by(quarantine, "reason")
@@ -133,7 +188,7 @@ def _table_result(frame: pl.DataFrame, quarantined: dict[str, int], **tables: pl
 )
 def experiments(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
     # A malformed catalog entry raises (a silently skipped experiment is a missing cost).
-    frame = catalogs.parse_experiments(landing.catalog("experiments.yaml"))
+    frame = catalogs.parse_experiments(landing.catalog_text("experiments.yaml"), str(landing.path / "experiments.yaml"))
     _, quarantined = _ingest_table(warehouse, "raw.experiments", "experiments", lambda _: (frame, catalogs.empty_quarantine()))
     return _table_result(frame, quarantined, experiments=frame)
 
@@ -147,7 +202,7 @@ def experiments(landing: LandingZone, warehouse: DuckDBResource) -> dg.Materiali
     pool="warehouse",
 )
 def services(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    frame = catalogs.parse_services(landing.catalog("services.yaml"))
+    frame = catalogs.parse_services(landing.catalog_text("services.yaml"), str(landing.path / "services.yaml"))
     _, quarantined = _ingest_table(warehouse, "raw.services", "services", lambda _: (frame, catalogs.empty_quarantine()))
     return _table_result(frame, quarantined, services=frame)
 
@@ -161,14 +216,23 @@ def services(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeR
     group_name=INGEST,
     pool="warehouse",
 )
-def allocations(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    def load(conn):
-        known = read_frame(conn, "SELECT * FROM raw.experiments")
-        return catalogs.load_allocations(conn, landing.table_files("allocations"), known)
+def allocations(context: dg.AssetExecutionContext, landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    files, skipped = _table_inputs(landing, "allocations", "allocations")
+    known = pl.DataFrame()
 
-    frame, quarantined = _ingest_table(warehouse, "raw.allocations", "allocations", load)
+    def load(conn):
+        nonlocal known
+        known = read_frame(conn, "SELECT * FROM raw.experiments")
+        return catalogs.load_allocations(conn, files, known)
+
+    frame, quarantined = _ingest_table(warehouse, "raw.allocations", "allocations", load, skipped)
     per_cell = frame.group_by("experiment_id", "cell").len().sort("experiment_id", "cell")
-    return _table_result(frame, quarantined, members_per_cell=per_cell)
+    empty = catalogs.cells_without_members(known, frame)
+    if empty:
+        # Its statistics cannot run: say so here rather than let the experiment vanish downstream.
+        context.log.warning(f"experiment cells without allocated members (no deltas for them): {empty}")
+    return _table_result(frame, quarantined, members_per_cell=per_cell,
+                         cells_without_members=pl.DataFrame(empty, schema={"experiment_id": pl.Utf8, "cell": pl.Utf8}))
 
 
 @dg.asset(
@@ -181,11 +245,13 @@ def allocations(landing: LandingZone, warehouse: DuckDBResource) -> dg.Materiali
     pool="warehouse",
 )
 def focus_costs(landing: LandingZone, settings: AnalysisSettings, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    files, skipped = _table_inputs(landing, "costs", "costs")
     frame, quarantined = _ingest_table(
         warehouse,
         "raw.focus_costs",
         "costs",
-        lambda conn: catalogs.load_focus_costs(conn, landing.table_files("costs"), settings.app_tag),
+        lambda conn: catalogs.load_focus_costs(conn, files, settings.app_tag, settings.usd_rates),
+        skipped,
     )
     by_app = (
         frame.group_by(pl.col("app").fill_null("(unattributed)"))
@@ -204,12 +270,10 @@ def focus_costs(landing: LandingZone, settings: AnalysisSettings, warehouse: Duc
     pool="warehouse",
 )
 def usage_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    files, skipped = _table_inputs(landing, "usage_metrics", "usage_metrics")
     return _table_result(
         *_ingest_table(
-            warehouse,
-            "raw.usage_metrics",
-            "usage_metrics",
-            lambda conn: catalogs.load_usage_metrics(conn, landing.table_files("usage_metrics")),
+            warehouse, "raw.usage_metrics", "usage_metrics", lambda conn: catalogs.load_usage_metrics(conn, files), skipped
         )
     )
 
@@ -223,12 +287,10 @@ def usage_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.Materia
     pool="warehouse",
 )
 def business_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    files, skipped = _table_inputs(landing, "business_metrics", "business_metrics")
     return _table_result(
         *_ingest_table(
-            warehouse,
-            "raw.business_metrics",
-            "business_metrics",
-            lambda conn: catalogs.load_business_metrics(conn, landing.table_files("business_metrics")),
+            warehouse, "raw.business_metrics", "business_metrics", lambda conn: catalogs.load_business_metrics(conn, files), skipped
         )
     )
 

@@ -14,6 +14,14 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from cost_attribution import formats
+from cost_attribution.ingest.catalog_schema import (  # noqa: F401  (the catalog half of this module's API)
+    EXPERIMENT_SCHEMA,
+    SERVICE_SCHEMA,
+    CatalogError,
+    parse_experiments,
+    parse_services,
+)
 from cost_attribution.warehouse import read_frame
 
 INPUT_QUARANTINE_SCHEMA = {
@@ -29,20 +37,76 @@ def empty_quarantine() -> pl.DataFrame:
     return pl.DataFrame(schema=INPUT_QUARANTINE_SCHEMA)
 
 
-def _scan_sql(files: list[Path]) -> tuple[str, list]:
-    """A UNION of all csv/parquet files as all-VARCHAR columns with a source_file column."""
-    csvs = [str(f) for f in files if ".csv" in f.name]
-    parquets = [str(f) for f in files if f.name.endswith(".parquet")]
-    parts, params = [], []
-    if csvs:
-        parts.append(
-            "SELECT * FROM read_csv(?, all_varchar = true, header = true, union_by_name = true, filename = 'source_file')"
+class InputFileError(ValueError):
+    """A landing-zone table file that cannot be read as a table; names file, problem, fix."""
+
+
+_REJECTS = ("_csv_rejects", "_csv_reject_scans")
+
+
+def _csv_options(path: Path) -> str:
+    # Compression by magic bytes, not by name (`.CSV.GZ`, or gzip named .csv); ragged
+    # rows go to the rejects tables (one quarantine row each) instead of failing the file.
+    compression = "gzip" if formats.is_gzip(path) else "none"
+    return (f"all_varchar = true, header = true, filename = 'source_file', compression = '{compression}', "
+            f"store_rejects = true, rejects_table = '{_REJECTS[0]}', rejects_scan = '{_REJECTS[1]}'")
+
+
+def _check_columns(conn: duckdb.DuckDBPyConnection, relation: str, path: Path, required: list[str]) -> None:
+    present = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM {relation}", [str(path)]).fetchall()]
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise InputFileError(
+            f"{path}: lacks the columns {missing} (its header reads {[c for c in present if c != 'source_file'][:12]}). "
+            f"Fix: the first line must be a header naming {', '.join(required)} (docs/contract.md)."
         )
-        params.append(csvs)
-    if parquets:
-        parts.append("SELECT * FROM read_parquet(?, union_by_name = true, filename = 'source_file')")
-        params.append(parquets)
+
+
+def _scan_sql(conn: duckdb.DuckDBPyConnection, files: list[Path], required: list[str]) -> tuple[str, list]:
+    """A UNION of all csv/parquet files as all-VARCHAR columns with a source_file column.
+    Every file must carry the `required` columns (a clear error names the file if not)."""
+    for name in _REJECTS:
+        conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    parts, params = [], []
+    for path in files:
+        if formats.read_magic(path) == formats.PARQUET_MAGIC:
+            relation = "read_parquet(?, filename = 'source_file')"
+        else:
+            relation = f"read_csv(?, {_csv_options(path)})"
+        try:
+            _check_columns(conn, relation, path, required)
+        except duckdb.Error as error:
+            raise InputFileError(f"{path}: cannot be read as a table: {error}. Fix: deliver it as CSV with a header "
+                                 "line, or Parquet (docs/contract.md).") from None
+        parts.append(f"SELECT * FROM {relation}")
+        params.append(str(path))
     return " UNION ALL BY NAME ".join(parts), params
+
+
+def _columns(conn: duckdb.DuckDBPyConnection, scan: str, params: list) -> set[str]:
+    return {r[0] for r in conn.execute(f"DESCRIBE {scan}", params).fetchall()}
+
+
+def _ragged_rows(conn: duckdb.DuckDBPyConnection, source: str) -> pl.DataFrame:
+    """CSV lines with too many or too few fields (DuckDB's rejects tables), one
+    quarantine row per line; read after the scan ran."""
+    try:
+        rows = read_frame(
+            conn,
+            f"""SELECT s.file_path AS source_file, e.line, min(e.error_message) AS message,
+                       any_value(e.csv_line) AS csv_line
+                FROM temp.{_REJECTS[0]} e JOIN temp.{_REJECTS[1]} s USING (scan_id, file_id)
+                GROUP BY ALL ORDER BY ALL""",
+        )
+    except duckdb.CatalogException:  # no CSV scanned, or none rejected a line
+        return empty_quarantine()
+    return rows.select(
+        pl.lit(source).alias("source"),
+        pl.col("source_file"),
+        pl.lit("ragged_rows").alias("reason"),
+        pl.format("line {}: {}", pl.col("line"), pl.col("message")).alias("detail"),
+        pl.col("csv_line").str.slice(0, 2000).alias("raw"),
+    ).cast(INPUT_QUARANTINE_SCHEMA)
 
 
 def _quarantine_from(frame: pl.DataFrame, source: str, reason_col: str = "reason") -> pl.DataFrame:
@@ -58,14 +122,57 @@ def _quarantine_from(frame: pl.DataFrame, source: str, reason_col: str = "reason
     )
 
 
-def _split(typed: pl.DataFrame, schema: dict, source: str, payload: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+# What each input quarantine reason means and how to fix it (the row's `raw` holds the values).
+REASON_DETAIL = {
+    "bad_charge_period": "ChargePeriodStart is not a timestamp: write ISO 8601, e.g. 2026-10-04T00:00:00Z",
+    "bad_effective_cost": "EffectiveCost is not a number",
+    "non_finite_cost": "EffectiveCost or BilledCost is NaN or infinite: export the real amount",
+    "non_usd_currency": "BillingCurrency is not USD: convert upstream or set AnalysisSettings.usd_rates, e.g. {'EUR': 1.08}",
+    "bad_tags": "Tags is not a JSON object",
+    "timestamp_out_of_range": "the timestamp is before 2000 or more than two days in the future: a parse accident",
+    "bad_hour": "hour is not a timestamp: write ISO 8601, e.g. 2026-10-04T00:00:00Z",
+    "missing_service_name": "service is empty",
+    "bad_request_count": "requests is missing, negative, NaN or infinite",
+    "bad_cpu_seconds": "cpu_seconds is present but not a finite non-negative number (leave it empty when unknown)",
+    "duplicate_metric_rows": "a second row for the same (hour, service): the first is kept",
+    "missing_allocation_fields": "member_id, experiment_id or cell is empty",
+    "bad_allocated_at": "allocated_at is not a timestamp: write ISO 8601, e.g. 2026-10-04T00:00:00Z",
+    "unknown_experiment": "experiment_id is not in experiments.yaml",
+    "unknown_cell": "cell is not one of the experiment's cells in experiments.yaml",
+    "conflicting_allocations": "the member is allocated to two cells of this experiment: all its rows are set aside",
+    "duplicate_allocations": "the same allocation again: the earliest is kept",
+    "missing_metric_fields": "experiment_id or metric is empty",
+    "bad_metric_value": "delta_pct is not a finite number",
+}
+
+
+def _split(
+    conn: duckdb.DuckDBPyConnection, typed: pl.DataFrame, schema: dict, source: str, payload: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Rows with a null `reason` are clean (cast to `schema`); the rest become quarantine
-    rows of `source` carrying the `payload` columns as their raw record."""
+    rows of `source` carrying the `payload` columns as their raw record, followed by the
+    scan's ragged CSV lines."""
     bad = typed.filter(pl.col("reason").is_not_null()).select(
-        "source_file", "reason", pl.lit(None, pl.Utf8).alias("detail"), *payload
+        "source_file", "reason", pl.col("reason").replace_strict(REASON_DETAIL, default=None, return_dtype=pl.Utf8).alias("detail"),
+        *payload,
     )
     good = typed.filter(pl.col("reason").is_null()).select(list(schema)).cast(schema)
-    return good, _quarantine_from(bad, source)
+    return good, pl.concat([_quarantine_from(bad, source), _ragged_rows(conn, source)])
+
+
+# Timestamps outside this range are parse accidents (epoch 0, two-digit years, 2100),
+# not history: quarantined as timestamp_out_of_range.
+EARLIEST_SENSIBLE = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _out_of_range(column: str) -> pl.Expr:
+    latest = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    seconds = pl.col(column).dt.epoch("s")
+    return (seconds < int(EARLIEST_SENSIBLE.timestamp())) | (seconds > int(latest.timestamp()))
+
+
+def _not_finite(column: str) -> pl.Expr:
+    return pl.col(column).is_nan() | pl.col(column).is_infinite()
 
 
 FOCUS_COLUMNS = [
@@ -83,20 +190,18 @@ FOCUS_COLUMNS = [
 
 
 def load_focus_costs(
-    conn: duckdb.DuckDBPyConnection, files: list[Path], app_tag: str
+    conn: duckdb.DuckDBPyConnection, files: list[Path], app_tag: str, usd_rates: dict[str, float] | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """FOCUS 1.x rows -> typed rows with the application tag pulled out of Tags.
 
     Rows without the tag stay (app = NULL): they are unattributable but counted.
-    Rows whose period or EffectiveCost cannot be read are quarantined.
+    Rows whose period or cost cannot be read, or is not finite, are quarantined; so are
+    rows billed in another currency than USD unless `usd_rates` (currency -> USD per
+    unit) converts them (their costs are then in USD and billing_currency reads USD).
     """
     if not files:
         return pl.DataFrame(schema=FOCUS_SCHEMA), empty_quarantine()
-    scan, params = _scan_sql(files)
-    present = {r[0] for r in conn.execute(f"DESCRIBE {scan}", params).fetchall()}
-    missing = [c for c in FOCUS_COLUMNS if c not in present]
-    if missing:
-        raise ValueError(f"FOCUS cost files lack required columns {missing}: {[str(f) for f in files]}")
+    scan, params = _scan_sql(conn, files, FOCUS_COLUMNS)
     tag_path = "$." + json.dumps(app_tag)
     typed = read_frame(
         conn,
@@ -121,16 +226,30 @@ def load_focus_costs(
         """,
         [*params, tag_path],
     )
+    rates = {"USD": 1.0, **{k.upper(): float(v) for k, v in (usd_rates or {}).items()}}
+    currency = pl.col("billing_currency").str.strip_chars().str.to_uppercase()
+    rate = currency.replace_strict(rates, default=None, return_dtype=pl.Float64)
     reason = (
         pl.when(pl.col("charge_period_start").is_null())
         .then(pl.lit("bad_charge_period"))
+        .when(_out_of_range("charge_period_start"))
+        .then(pl.lit("timestamp_out_of_range"))
         .when(pl.col("effective_cost").is_null())
         .then(pl.lit("bad_effective_cost"))
+        .when(_not_finite("effective_cost") | _not_finite("billed_cost").fill_null(False))
+        .then(pl.lit("non_finite_cost"))
+        .when(rate.is_null())
+        .then(pl.lit("non_usd_currency"))
         .when(pl.col("bad_tags"))
         .then(pl.lit("bad_tags"))
     )
-    typed = typed.with_columns(reason.alias("reason"))
-    return _split(typed, FOCUS_SCHEMA, "costs", ["raw_start", "raw_cost", "resource_id"])
+    typed = typed.with_columns(reason.alias("reason"), rate.alias("_rate"), pl.col("billing_currency").alias("raw_currency"))
+    typed = typed.with_columns(
+        pl.col("effective_cost") * pl.col("_rate"),
+        pl.col("billed_cost") * pl.col("_rate"),
+        pl.when(pl.col("_rate").is_not_null()).then(pl.lit("USD")).otherwise(pl.col("billing_currency")).alias("billing_currency"),
+    )
+    return _split(conn, typed, FOCUS_SCHEMA, "costs", ["raw_start", "raw_cost", "raw_currency", "resource_id"])
 
 
 FOCUS_SCHEMA = {
@@ -151,35 +270,39 @@ USAGE_SCHEMA = {"hour": pl.Datetime("us", "UTC"), "service": pl.Utf8, "requests"
 
 
 def load_usage_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """hour, service, requests: full production request counts from metrics.
+    """hour, service, requests[, cpu_seconds]: full production request counts (and the
+    CPU time they used) from metrics. cpu_seconds is NULL when the files lack it.
 
     A repeated (hour, service) keeps the first row and quarantines the rest, because
     summing two deliveries of the same counter would double the hour's volume."""
     if not files:
         return pl.DataFrame(schema=USAGE_SCHEMA), empty_quarantine()
-    scan, params = _scan_sql(files)
-    present = {r[0] for r in conn.execute(f"DESCRIBE {scan}", params).fetchall()}
-    # cpu_seconds is optional: the CPU time the hour's requests used (load driver of the cost models).
-    cpu = "try_cast(cpu_seconds AS DOUBLE)" if "cpu_seconds" in present else "CAST(NULL AS DOUBLE)"
+    scan, params = _scan_sql(conn, files, ["hour", "service", "requests"])
+    cpu = "cpu_seconds" if "cpu_seconds" in _columns(conn, scan, params) else "CAST(NULL AS VARCHAR)"
     typed = read_frame(
         conn,
         f"""
         WITH src AS ({scan})
         SELECT source_file, try_cast(hour AS TIMESTAMPTZ) AS hour, service,
-               try_cast(requests AS DOUBLE) AS requests, {cpu} AS cpu_seconds,
-               hour AS raw_hour, requests AS raw_requests
+               try_cast(requests AS DOUBLE) AS requests, try_cast({cpu} AS DOUBLE) AS cpu_seconds,
+               hour AS raw_hour, requests AS raw_requests, CAST({cpu} AS VARCHAR) AS raw_cpu_seconds
         FROM src
         """,
         params,
     )
+    bad_cpu = pl.col("raw_cpu_seconds").is_not_null() & (
+        pl.col("cpu_seconds").is_null() | (pl.col("cpu_seconds") < 0) | _not_finite("cpu_seconds")
+    )
     typed = typed.with_columns(
         pl.when(pl.col("hour").is_null())
         .then(pl.lit("bad_hour"))
+        .when(_out_of_range("hour"))
+        .then(pl.lit("timestamp_out_of_range"))
         .when(pl.col("service").is_null() | (pl.col("service").str.strip_chars() == ""))
         .then(pl.lit("missing_service_name"))
-        .when(pl.col("requests").is_null() | (pl.col("requests") < 0) | pl.col("requests").is_nan())
+        .when(pl.col("requests").is_null() | (pl.col("requests") < 0) | _not_finite("requests"))
         .then(pl.lit("bad_request_count"))
-        .when(pl.col("cpu_seconds").is_not_null() & ((pl.col("cpu_seconds") < 0) | ~pl.col("cpu_seconds").is_finite()))
+        .when(bad_cpu.fill_null(False))
         .then(pl.lit("bad_cpu_seconds"))
         .alias("reason")
     )
@@ -191,106 +314,7 @@ def load_usage_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tu
         .otherwise(pl.col("reason"))
         .alias("reason")
     )
-    return _split(typed, USAGE_SCHEMA, "usage_metrics", ["raw_hour", "service", "raw_requests"])
-
-
-EXPERIMENT_SCHEMA = {
-    "experiment_id": pl.Utf8,
-    "name": pl.Utf8,
-    "control_cell": pl.Utf8,
-    "cells": pl.Utf8,  # comma-separated: portable to every SQL engine the dbt models target
-    "start_date": pl.Date,
-    "owner": pl.Utf8,
-    "weights": pl.Utf8,  # JSON list aligned with cells: the intended split (NULL = even)
-    "kind": pl.Utf8,  # ab | aa (calibration: no effect expected)
-    "shipped_cell": pl.Utf8,  # optional shipped: {cell, date}: the cell that went to 100% ...
-    "shipped_date": pl.Date,  # ... from 00:00 UTC that day (NULL: not shipped)
-}
-
-
-def parse_experiments(catalog: dict) -> pl.DataFrame:
-    """experiments.yaml -> one row per experiment; a malformed entry is a clear error,
-    because a silently skipped experiment would be a silently missing cost."""
-    rows = []
-    for index, entry in enumerate(catalog.get("experiments") or []):
-        if not isinstance(entry, dict) or not entry.get("id"):
-            raise ValueError(f"experiments.yaml entry {index} has no id: {entry!r}")
-        cells = [str(c) for c in entry.get("cells") or []]
-        control = str(entry.get("control_cell") or "control")
-        if cells and control not in cells:
-            raise ValueError(f"experiment {entry['id']}: control_cell {control!r} is not one of its cells {cells}")
-        weights = entry.get("weights")
-        if weights is not None:
-            if not isinstance(weights, list) or len(weights) != len(cells or [control, "treatment"]):
-                raise ValueError(f"experiment {entry['id']}: weights {weights!r} must list one number per cell")
-            weights = [float(w) for w in weights]
-            if any(not (w >= 0) for w in weights) or sum(weights) <= 0:
-                raise ValueError(f"experiment {entry['id']}: weights {weights!r} must be non-negative with a positive sum")
-            weights = [w / sum(weights) for w in weights]
-        shipped_cell, shipped_date = _parse_shipped(entry, cells or [control, "treatment"], control)
-        start = entry.get("start")
-        if isinstance(start, str):
-            start = dt.date.fromisoformat(start[:10])
-        elif isinstance(start, dt.datetime):
-            start = start.date()
-        rows.append(
-            {
-                "experiment_id": str(entry["id"]),
-                "name": str(entry.get("name") or entry["id"]),
-                "control_cell": control,
-                "cells": ",".join(cells or [control, "treatment"]),
-                "start_date": start,
-                "owner": None if entry.get("owner") is None else str(entry["owner"]),
-                "weights": None if weights is None else json.dumps(weights),
-                "kind": str(entry.get("kind") or "ab"),
-                "shipped_cell": shipped_cell,
-                "shipped_date": shipped_date,
-            }
-        )
-    frame = pl.DataFrame(rows, schema=EXPERIMENT_SCHEMA)
-    duplicated = frame.filter(pl.col("experiment_id").is_duplicated())["experiment_id"].unique().to_list()
-    if duplicated:
-        raise ValueError(f"experiments.yaml lists these ids more than once: {duplicated}")
-    return frame
-
-
-def _parse_shipped(entry: dict, cells: list[str], control: str) -> tuple[str | None, dt.date | None]:
-    """`shipped: {cell, date}` -> (cell, date); absent -> (None, None)."""
-    shipped = entry.get("shipped")
-    if shipped is None:
-        return None, None
-    fix = "write shipped: {cell: <a treatment cell>, date: YYYY-MM-DD}"
-    if not isinstance(shipped, dict) or shipped.get("cell") is None or shipped.get("date") is None:
-        raise ValueError(f"experiments.yaml: experiment {entry['id']}: shipped {shipped!r} needs a cell and a date; {fix}")
-    cell, day = str(shipped["cell"]), shipped["date"]
-    if cell not in cells or cell == control:
-        raise ValueError(f"experiments.yaml: experiment {entry['id']}: shipped cell {cell!r} is not one of its "
-                         f"treatment cells {[c for c in cells if c != control]}; {fix}")
-    try:
-        day = day.date() if isinstance(day, dt.datetime) else day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
-    except ValueError:
-        raise ValueError(f"experiments.yaml: experiment {entry['id']}: shipped date {day!r} is not a date; {fix}") from None
-    return cell, day
-
-
-SERVICE_SCHEMA = {"service": pl.Utf8, "owner": pl.Utf8, "deprecated": pl.Boolean, "tier": pl.Int64}
-
-
-def parse_services(catalog: dict) -> pl.DataFrame:
-    rows = []
-    for index, entry in enumerate(catalog.get("services") or []):
-        if not isinstance(entry, dict) or not entry.get("name"):
-            raise ValueError(f"services.yaml entry {index} has no name: {entry!r}")
-        tier = entry.get("tier")
-        rows.append(
-            {
-                "service": str(entry["name"]),
-                "owner": None if entry.get("owner") is None else str(entry["owner"]),
-                "deprecated": bool(entry.get("deprecated", False)),
-                "tier": None if tier is None else int(tier),
-            }
-        )
-    return pl.DataFrame(rows, schema=SERVICE_SCHEMA)
+    return _split(conn, typed, USAGE_SCHEMA, "usage_metrics", ["raw_hour", "service", "raw_requests", "raw_cpu_seconds"])
 
 
 ALLOCATION_SCHEMA = {
@@ -314,7 +338,7 @@ def load_allocations(
     (their exposure is ambiguous, so all their rows for that experiment go)."""
     if not files:
         return pl.DataFrame(schema=ALLOCATION_SCHEMA), empty_quarantine()
-    scan, params = _scan_sql(files)
+    scan, params = _scan_sql(conn, files, ["member_id", "experiment_id", "cell", "allocated_at"])
     typed = read_frame(
         conn,
         f"""
@@ -337,6 +361,8 @@ def load_allocations(
         .then(pl.lit("missing_allocation_fields"))
         .when(pl.col("allocated_at").is_null())
         .then(pl.lit("bad_allocated_at"))
+        .when(_out_of_range("allocated_at"))
+        .then(pl.lit("timestamp_out_of_range"))
         .when(~pl.col("experiment_id").is_in(list(known_cells)))
         .then(pl.lit("unknown_experiment"))
         .when(~cell_ok)
@@ -371,7 +397,7 @@ def load_allocations(
         (pl.col("allocated_at").dt.epoch("us") * 1000).alias("allocated_at_unix_nano"),
         pl.col("allocated_at").dt.date().alias("allocated_date"),
     )
-    return _split(typed, ALLOCATION_SCHEMA, "allocations", ["member_id", "experiment_id", "cell", "raw_allocated_at"])
+    return _split(conn, typed, ALLOCATION_SCHEMA, "allocations", ["member_id", "experiment_id", "cell", "raw_allocated_at"])
 
 
 BUSINESS_SCHEMA = {
@@ -387,7 +413,7 @@ BUSINESS_SCHEMA = {
 def load_business_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
     if not files:
         return pl.DataFrame(schema=BUSINESS_SCHEMA), empty_quarantine()
-    scan, params = _scan_sql(files)
+    scan, params = _scan_sql(conn, files, list(BUSINESS_SCHEMA))
     typed = read_frame(
         conn,
         f"""
@@ -402,8 +428,22 @@ def load_business_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) ->
     typed = typed.with_columns(
         pl.when(pl.col("experiment_id").is_null() | pl.col("metric").is_null())
         .then(pl.lit("missing_metric_fields"))
-        .when(pl.col("delta_pct").is_null())
+        .when(pl.col("delta_pct").is_null() | _not_finite("delta_pct"))
         .then(pl.lit("bad_metric_value"))
         .alias("reason")
     )
-    return _split(typed, BUSINESS_SCHEMA, "business_metrics", ["experiment_id", "metric", "raw_delta"])
+    return _split(conn, typed, BUSINESS_SCHEMA, "business_metrics", ["experiment_id", "metric", "raw_delta"])
+
+
+def cells_without_members(experiments: pl.DataFrame, allocations: pl.DataFrame) -> list[dict]:
+    """[{experiment_id, cell}] for every catalog cell no allocated member is in (an
+    experiment with an empty control cannot be compared, and must not vanish unsaid)."""
+    if experiments.is_empty():
+        return []
+    present = set(allocations.select("experiment_id", "cell").unique().iter_rows())
+    return [
+        {"experiment_id": row["experiment_id"], "cell": cell}
+        for row in experiments.iter_rows(named=True)
+        for cell in row["cells"].split(",")
+        if (row["experiment_id"], cell) not in present
+    ]

@@ -35,11 +35,17 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from cost_attribution.ingest.readers import _read_one
+from cost_attribution.ingest.readers import read_partition_file
 from cost_attribution.ingest.readers.flat_parquet import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from cost_attribution.ingest.readers.raw_spans import _KIND_BY_SPELLING
-from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, RAW_TEXT_LIMIT, SPAN_SCHEMA
-from cost_attribution.warehouse import quote_ident
+from cost_attribution.ingest.spans import (
+    QUARANTINE_SCHEMA,
+    RAW_TEXT_LIMIT,
+    SAMPLING_PROBABILITY_FLOOR,
+    SPAN_SCHEMA,
+    partition_bounds_nanos,
+)
+from cost_attribution.warehouse import quote_ident, rollback_quietly
 
 _log = logging.getLogger(__name__)
 
@@ -77,6 +83,8 @@ _RULE_REASONS = (
     "negative_duration_spans",
     "missing_service_name",
     "bad_sampling_probability",
+    "sampling_probability_below_floor",
+    "timestamp_outside_partition",
 )
 
 
@@ -211,6 +219,8 @@ def _group_relation(group: int, schema: tuple[tuple[str, str], ...], rows_of_int
                 WHEN en < st THEN 5
                 WHEN svc_missing THEN 6
                 WHEN attr IS NOT NULL AND NOT (attr > 0 AND attr <= 1) THEN 7
+                WHEN COALESCE(attr, 1.0) < {SAMPLING_PROBABILITY_FLOOR!r} THEN 8
+                WHEN st < $low OR st >= $high THEN 9
             END AS _rule
         FROM ({l2}) AS l2
     """
@@ -228,6 +238,8 @@ def _detail_cases() -> tuple[str, str]:
         "'end ' || CAST(en AS VARCHAR) || ' is before start ' || CAST(st AS VARCHAR)",
         "'no service.name for the emitting service'",
         "'sampling.probability ' || CAST(attr AS VARCHAR) || ' is not in (0, 1]'",
+        f"'sampling probability ' || CAST(attr AS VARCHAR) || ' is below the floor {SAMPLING_PROBABILITY_FLOOR:g}'",
+        "'start ' || CAST(st AS VARCHAR) || ' is not within a day of the partition ' || CAST(CAST($dt AS DATE) AS VARCHAR)",
     ]
     reason = "CASE _rule " + " ".join(f"WHEN {i} THEN '{r}'" for i, r in enumerate(_RULE_REASONS)) + " END"
     detail = "CASE _rule " + " ".join(f"WHEN {i} THEN {d}" for i, d in enumerate(details)) + " END"
@@ -299,7 +311,7 @@ def _duplicates_sql() -> str:
 def _fallback_frames(files: Sequence[tuple[int, Path]], dt: datetime.date) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
     span_frames, quarantine_frames = [], []
     for order, path in files:
-        spans, quarantine = _read_one(path, dt)
+        spans, quarantine = read_partition_file(path, dt)
         span_frames.append(
             spans.select(
                 pl.lit(order, dtype=pl.Int64).alias("_file_idx"),
@@ -346,7 +358,8 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
     groups: dict[tuple, list[tuple[int, Path]]] = {}
     for order, path, schema in fast:
         groups.setdefault(schema, []).append((order, path))
-    params: dict[str, object] = {"dt": dt, "ws": UNICODE_WHITESPACE}
+    low, high = partition_bounds_nanos(dt)
+    params: dict[str, object] = {"dt": dt, "ws": UNICODE_WHITESPACE, "low": low, "high": high}
     pass_one: list[str] = []
     interesting: list[str] = []
     raw_kinds: list[str | None] = []
@@ -460,7 +473,7 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
             ).fetchall()
             run("commit", "COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
     finally:
         for name in ("_pq_prepass", "_pq_dupkeys", "_pq_rejects", "_pq_special", "_pq_dups", "_pq_losers", "_pq_excluded"):

@@ -7,6 +7,7 @@ trust becomes one ``QUARANTINE_SCHEMA`` row whose ``reason`` is in ``QUARANTINE_
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import NamedTuple
 
@@ -47,8 +48,28 @@ QUARANTINE_REASONS = (
     "bad_kinds",
     "bad_timestamps",
     "bad_sampling_probability",
+    "sampling_probability_below_floor",
+    "timestamp_outside_partition",
     "unreadable_files",
+    "unread_files",
+    "duplicate_files",
 )
+
+# A span sampled with probability p stands for 1/p requests. Below this floor one span
+# would outweigh millions of real ones (1e-300 -> an adjusted count of 1e300), so such a
+# span is quarantined as sampling_probability_below_floor rather than trusted.
+SAMPLING_PROBABILITY_FLOOR = 1e-6
+# A span belongs to its dt= folder's UTC day; collectors flush late and spans straddle
+# midnight, so a start up to this long before or after the day is still accepted. Any
+# other start (1970, 2100, another day's file) is timestamp_outside_partition.
+PARTITION_SLACK_NANOS = 24 * 3600 * 10**9
+
+
+def partition_bounds_nanos(dt: datetime.date) -> tuple[int, int]:
+    """[low, high) unix nanoseconds a span start of day `dt` must fall in."""
+    start = datetime.datetime.combine(dt, datetime.time(), tzinfo=datetime.timezone.utc)
+    day_start = int(start.timestamp()) * 10**9
+    return day_start - PARTITION_SLACK_NANOS, day_start + 24 * 3600 * 10**9 + PARTITION_SLACK_NANOS
 
 SPAN_KINDS = ("SERVER", "CLIENT", "INTERNAL", "PRODUCER", "CONSUMER", "UNSPECIFIED")
 

@@ -39,7 +39,9 @@ def report_path(warehouse: DuckDBResource) -> Path:
     ],
     description="The contract's report for the as-of day: per experiment cell the projected 30-day cost with its "
     "interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and cost "
-    "model; trace completeness; data quality. Stored in main.reports and written to report.json beside the "
+    "model; trace completeness; data quality; and (extra key `decision`) what a PM or finance partner decides from: "
+    "annualized costs, readings, minimum detectable effect, share of the bill, cost per business point, net value, "
+    "plain flags with owners, the estimate's history. Stored in main.reports and written to report.json beside the "
     "warehouse (for the newest as-of day).",
     partitions_def=daily_partitions,
     check_specs=[
@@ -63,6 +65,7 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             projection_days=settings.projection_days,
             blind_spot_coverage=settings.blind_spot_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
+            value_per_point_usd=settings.value_per_point_usd,
         )
         text = json.dumps(report, indent=2)
         newest = None

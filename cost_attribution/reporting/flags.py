@@ -40,6 +40,11 @@ def experiment_flags(
     deprecated = set(catalog.filter(pl.col("deprecated"))["service"].to_list()) if catalog.height else set()
     moved = services.filter(pl.col("significant")) if services.height else services
     moved_names = set(moved["service"].to_list()) if moved.height else set()
+    # A caller changes how often it calls a blind callee only if its own request volume
+    # moved (heavier requests alone do not make more calls).
+    volume_moved = (
+        set(moved.filter((pl.col("ci_low") > 0) | (pl.col("ci_high") < 0))["service"].to_list()) if moved.height else set()
+    )
 
     for r in moved.iter_rows(named=True) if moved.height else []:
         if r["service"] in deprecated and (r["delta"] or 0) > 0:
@@ -83,7 +88,7 @@ def experiment_flags(
             )
             row = services.filter(pl.col("service") == callee) if services.height else services
             measured_from = row["measured_from"][0] if row.height and "measured_from" in row.columns else None
-            moved_callers = [c for c in callers if c in moved_names]
+            moved_callers = [c for c in callers if c in volume_moved]
             if callee in moved_names or moved_callers or measured_from != "client":
                 reason = (
                     f"{callee}: only {b['coverage']:.0%} of its requests reach a member"

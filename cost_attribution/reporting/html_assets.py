@@ -26,6 +26,8 @@ def html_paths(warehouse: DuckDBResource, as_of: dt.date) -> tuple[Path, Path]:
     key="cost_report_html",
     deps=["cost_report", "capacity_plan", "latency_impact", "cost_projections", "cost_models", "service_hourly_history"],
     description="The as-of day's report as one self-contained HTML page (inline charts, no scripts, no network): "
+    "a decision card per experiment cell (both costs, annualized, readings, share of the bill, cost per business "
+    "point, flags with owners, history), the A/A calibration section, a view by owner, a glossary; "
     "per experiment cell the projected 30-day cost with its interval beside the business metrics, per moved "
     "service the two-universe hourly cost and the cost-vs-volume fit with its model kind, flags, capacity and "
     "latency. Written as report-<as_of>.html and, for the newest day, report.html beside report.json.",

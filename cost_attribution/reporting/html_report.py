@@ -1,32 +1,40 @@
 """The daily report as one self-contained HTML page (no JS, no external CSS, no network).
 
-Layout follows dashboard practice: the number people come for first (what each
-experiment cell would add to the bill over 30 days, with its interval, beside the
-business metrics it buys); then, per experiment, why (the services it moves, their
-two-universe cost and their cost-vs-volume fit), flags, capacity and latency; then
-the data the numbers stand on (trace completeness, data quality). Every chart title
-names its filter (service, window, scenario). Colours mean the same thing everywhere:
-grey = observed / baseline, blue = model / counterfactual (100% rollout), red =
-reference lines (historical peak, zero), orange = a shift (drift change point).
-Charts are matplotlib PNGs inlined as base64, tables plain HTML.
+Written for the people who decide: first a decision card per experiment cell (cost
+versus not shipping and the change on the bill, 30 days and per year, each with its
+interval and a one-line reading; the share of the bill; the cost per point of each
+business metric and, where a point has a value, the net value and the chance it is
+positive; the flags in plain words with the owner to talk to; the estimate's history).
+Then every cell on one interval scale, the A/A calibration experiments, once cells
+have shipped the projected-vs-realized calibration (report["calibration"]), a view by
+owner, per experiment the services it touches (with the smallest change the traffic
+detects), the two-universe and cost-vs-volume charts, capacity, the data the numbers
+stand on, and a glossary. Colours mean the same everywhere: grey = observed / today,
+blue = estimate / 100% rollout, red = reference lines ($0, historical peak), orange =
+a cost-structure change. Charts are matplotlib PNGs inlined as base64; the HTML comes
+from the Jinja2 templates beside this module (autoescaped).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
-import io
 import json
 import math
 import re
 
 import duckdb
+import jinja2
 import numpy as np
 import polars as pl
+from markupsafe import Markup
+from matplotlib.dates import DateFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from cost_attribution.estimation.models import FittedCostModel
-from cost_attribution.plots import plt
+from cost_attribution.partitions import trailing_window
+from cost_attribution.plots import figure_to_base64, plt
+from cost_attribution.reporting import decision
+from cost_attribution.reporting.report import decision_entry
 from cost_attribution.warehouse import read_frame, table_exists
 
 GREY = "#6b7280"
@@ -42,15 +50,13 @@ body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; co
        max-width: 1180px; padding: 0 16px; line-height: 1.4; }}
 h1 {{ font-size: 22px; margin-bottom: 2px; }} h2 {{ font-size: 18px; margin-top: 32px; border-bottom: 1px solid #e5e7eb; }}
 h3 {{ font-size: 15px; margin: 18px 0 6px; }}
-.sub {{ color: {GREY}; font-size: 13px; }}
-.kpi {{ display: flex; gap: 16px; margin: 16px 0; flex-wrap: wrap; }}
-.kpi div {{ border: 1px solid #e5e7eb; border-radius: 6px; padding: 10px 14px; min-width: 200px; }}
-.kpi b {{ display: block; font-size: 24px; }}
+nav a {{ color: {BLUE}; }}
+.sub {{ color: #4b5563; font-size: 13px; }}
 table {{ border-collapse: collapse; font-size: 13px; margin: 6px 0 12px; }}
 th, td {{ text-align: left; padding: 4px 10px 4px 0; border-bottom: 1px solid #f3f4f6; vertical-align: middle; }}
-th {{ color: {GREY}; font-weight: 600; }}
+th {{ color: #4b5563; font-weight: 600; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
-.up {{ color: {RED}; }} .ci {{ color: {GREY}; font-size: 12px; }}
+.up {{ color: {RED}; }} .down {{ color: #047857; }} .ci {{ color: #4b5563; font-size: 12px; }}
 .flag {{ display: inline-block; font-size: 11px; padding: 1px 6px; border-radius: 3px; background: #fee2e2; color: #991b1b;
         margin-right: 4px; }}
 .flag.info {{ background: #fef3c7; color: #92400e; }}
@@ -58,15 +64,75 @@ ul.flags {{ margin: 4px 0 8px; padding-left: 18px; font-size: 13px; }}
 .charts {{ display: flex; gap: 12px; flex-wrap: wrap; }}
 .charts img {{ border: 1px solid #f3f4f6; max-width: 100%; }}
 .legend span {{ display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; vertical-align: middle; }}
+.card {{ border: 1px solid #d1d5db; border-radius: 8px; padding: 12px 16px; margin: 14px 0; }}
+.card header h3 {{ margin: 0; font-size: 17px; }}
+.card-body {{ display: flex; gap: 18px; flex-wrap: wrap; align-items: flex-start; margin-top: 8px; }}
+.money {{ flex: 1 1 280px; max-width: 360px; }}
+.money .label {{ display: block; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #4b5563; }}
+.money b {{ font-size: 26px; font-variant-numeric: tabular-nums; }}
+.money .unit {{ font-size: 13px; color: #4b5563; }}
+.money .ci, .money .year {{ display: block; font-size: 12px; }}
+.money .year {{ color: {INK}; font-size: 13px; }}
+.reading {{ margin: 6px 0 0; font-size: 13px; padding-left: 8px; border-left: 3px solid #9ca3af; }}
+.verdict-adds {{ border-color: {RED}; }} .verdict-saves {{ border-color: #047857; }}
+.verdict-unclear {{ border-color: #9ca3af; }}
+.history {{ margin: 0; flex: 0 0 auto; }} .history figcaption {{ max-width: 300px; }}
+.share {{ font-size: 13px; margin: 8px 0; }}
+.overview {{ font-size: 15px; }}
+.verdict {{ font-size: 12px; font-weight: 600; padding: 2px 8px; border-radius: 10px; margin-left: 8px;
+           vertical-align: middle; border: 1px solid; }}
+.verdict.verdict-adds {{ color: #991b1b; background: #fee2e2; }}
+.verdict.verdict-saves {{ color: #065f46; background: #d1fae5; }}
+.verdict.verdict-unclear, .verdict.verdict-unknown {{ color: #374151; background: #f3f4f6; }}
+ul.plain-flags {{ font-size: 13px; padding-left: 18px; margin: 6px 0 0; }}
+ul.plain-flags li.severe::marker {{ color: {RED}; }} ul.plain-flags li.info::marker {{ color: {ORANGE}; }}
+.owner {{ color: #4b5563; }}
+td.ok {{ color: #047857; font-weight: 600; }} td.bad {{ color: {RED}; font-weight: 600; }}
+.headroom {{ font-size: 13px; background: #f9fafb; padding: 6px 10px; border-radius: 4px; }}
+dl dt {{ font-weight: 600; margin-top: 8px; }} dl dd {{ margin-left: 16px; font-size: 13px; }}
 """
+
+VERDICT_WORDS = {"adds": "Adds cost", "saves": "Saves money", "unclear": "Cannot tell from $0 yet",
+                 "unknown": "Not priced"}
 
 SEVERE_FLAGS = {"cost_over_threshold", "deprecated_dependency", "new_dependency", "capacity_tipping_point",
                 "sample_ratio_mismatch"}
 
-
-def _e(value) -> str:
-    return html.escape("" if value is None else str(value))
-
+GLOSSARY = [
+    ("Cost versus not shipping", "What the cloud bill would be with the cell shipped to all traffic, minus what it would "
+     "be if nobody ever got it, over 30 days. The number to decide on."),
+    ("Change on the bill", "The same, compared with the bill as it was (it already carried the test's own traffic): "
+     "the change finance will see after shipping."),
+    ("Per year", "The 30-day figure x 365/30, at today's traffic and prices."),
+    ("95% interval", "The range the true value lies in with 95% confidence. The point is the best single guess."),
+    ("Indistinguishable from $0", "The interval contains $0: at this traffic the cell's cost cannot be told apart from "
+     "noise. It is not proof of no cost; the smallest detectable size says how large a cost could hide."),
+    ("Smallest detectable (MDE)", "The change the experiment's current traffic would detect 80% of the time. Smaller "
+     "real changes may be missed; it shrinks as more members are allocated."),
+    ("Significant, q-value", "A service counts as moved when its q-value (the p-value corrected for testing many "
+     "services at once) is below 0.05."),
+    ("Treated share", "The share of production traffic that already gets the treatment today."),
+    ("Share of the bill", "The cost as a percentage of what the services it moves, and the whole platform, cost per "
+     "30 days."),
+    ("Cost per +1%", "The 30-day cost divided by the business metric's change: what each point of the gain costs."),
+    ("Net value, chance it pays for itself", "Where a value per metric point is configured: value of the gain minus "
+     "the cost, and the probability that this is above $0 given both intervals."),
+    ("A/A calibration", "An experiment whose cells are identical. Its cost must come out indistinguishable from $0; if "
+     "it does not, the method or the data is biased."),
+    ("Blind spot", "A service whose requests lose the trace context, so they cannot be tied to members and cells."),
+    ("Sample ratio mismatch (SRM)", "The cells did not receive the planned share of members: the split is broken and "
+     "the comparison is suspect."),
+    ("CUPED", "A variance reduction: each member's behaviour before the experiment is used to take out noise, so "
+     "smaller effects become visible."),
+    ("Static fleet, tipping point", "A fleet of fixed size costs the same until traffic passes its capacity (the "
+     "tipping point); only then must it grow, and only then does shipping cost money."),
+    ("Beyond the historical peak", "The cell would push a service above the busiest hour ever seen; its cost there is "
+     "extrapolated from the curve, not observed."),
+    ("Cost model ml / heuristic / static", "How a service's cost follows its load: a fitted monotone curve (ml), the "
+     "latest cost per request after a price change (heuristic), or a fixed fleet (static)."),
+    ("MAPE", "Mean absolute percentage error of the cost model on recent hours it was not fitted on."),
+    ("Drift", "The service's cost per unit of load changed recently (new instance type, new price)."),
+]
 
 def _usd(value, signed: bool = True) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -78,19 +144,52 @@ def _pct(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:+.{digits}f}%"
 
 
+def _plain_pct(value, digits: int | None = None) -> str:
+    """A share in percent (already x100): as many digits as make it readable."""
+    if value is None:
+        return "n/a"
+    if digits is None:
+        digits = 0 if abs(value) >= 10 else (1 if abs(value) >= 1 else 2)
+    return f"{value:.{digits}f}%"
+
+
+def _of_bill(value) -> str:
+    """A share of a bill ("41% of"), or a multiple ("14.3×") once it passes twice the bill."""
+    return "n/a" if value is None else (f"{value / 100:.1f}×" if abs(value) >= 200 else f"{_plain_pct(value)} of")
+
+
+def _mde(value) -> str:
+    return "n/a" if value is None else f"±{value:.1f}%" if abs(value) < 100 else f"±{value:,.0f}%"
+
+
 def _share(value) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def _sig(value) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
 
 
-def _img(b64: str, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+def human_units(value: float, _pos=None) -> str:
+    """12_500_000 -> 12.5M: an axis label a person reads without an offset."""
+    size = abs(value)
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if size >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def usd_ticks(value: float, _pos=None) -> str:
+    return ("-" if value < 0 else "") + "$" + human_units(abs(value))
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("cost_attribution.reporting", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=False,
+)
+_ENV.filters.update(usd=_usd, pct=_pct, plain_pct=_plain_pct, mde=_mde, of_bill=_of_bill, share=_share, sig=_sig)
 
 
 def change_point(model: FittedCostModel | None) -> dt.datetime | None:
@@ -107,22 +206,51 @@ def change_point(model: FittedCostModel | None) -> dt.datetime | None:
 # ---------------------------------------------------------------------------- charts
 
 
-def interval_svg(point: float, low: float, high: float, lo: float, hi: float, width: int = 260, height: int = 22) -> str:
-    """A one-row forest plot (inline SVG, shared scale across rows): interval whisker,
-    point, and the $0 line."""
-    span = (hi - lo) or 1.0
+def interval_scale(values: list[float], width: int = 260) -> dict:
+    """One shared dollar scale for the interval strips, with readable ticks."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    lo, hi = min([0.0, *finite]), max([0.0, *finite])
+    pad = 0.05 * ((hi - lo) or 1.0)
+    lo, hi = lo - pad, hi + pad
+    ticks = [t for t in MaxNLocator(nbins=4).tick_values(lo, hi) if lo <= t <= hi]
+    scale = {"lo": lo, "hi": hi, "width": width}
+    return {**scale, "ticks": [{"x": round(_x(scale, t), 1), "label": usd_ticks(t)} for t in ticks],
+            "x0": 6, "x1": width - 6}
 
-    def x(v: float) -> float:
-        return 6 + (width - 12) * (min(max(v, lo), hi) - lo) / span
 
-    zero = x(0.0)
-    mid = height / 2
-    return (
-        f'<svg width="{width}" height="{height}" role="img" aria-label="interval">'
-        f'<line x1="{zero:.1f}" y1="2" x2="{zero:.1f}" y2="{height - 2}" stroke="{RED}" stroke-dasharray="2,2"/>'
-        f'<line x1="{x(low):.1f}" y1="{mid}" x2="{x(high):.1f}" y2="{mid}" stroke="{BLUE}" stroke-width="2"/>'
-        f'<circle cx="{x(point):.1f}" cy="{mid}" r="4" fill="{BLUE}"/></svg>'
-    )
+def _x(scale: dict, value: float) -> float:
+    span = (scale["hi"] - scale["lo"]) or 1.0
+    return 6 + (scale["width"] - 12) * (min(max(value, scale["lo"]), scale["hi"]) - scale["lo"]) / span
+
+
+def interval_strip(point: float, low: float, high: float, scale: dict, label: str) -> dict:
+    """A one-row forest plot on the shared scale: interval whisker, point, the $0 line."""
+    return {"width": scale["width"], "height": 22, "mid": 11, "label": label, "red": RED, "blue": BLUE,
+            "zero": round(_x(scale, 0.0), 1), "low": round(_x(scale, low), 1), "high": round(_x(scale, high), 1),
+            "point": round(_x(scale, point), 1)}
+
+
+def history_chart(points: list[dict], title: str) -> str | None:
+    """The cell's estimate by as-of day: point and 95% band, with $0 dashed."""
+    points = [p for p in points if p["incremental_cost_usd_30d"] is not None]
+    if len(points) < 2:
+        return None
+    days = [dt.date.fromisoformat(p["as_of"]) for p in points]
+    mid = [p["incremental_cost_usd_30d"] for p in points]
+    low = [p["ci_low_usd_30d"] if p["ci_low_usd_30d"] is not None else m for p, m in zip(points, mid)]
+    high = [p["ci_high_usd_30d"] if p["ci_high_usd_30d"] is not None else m for p, m in zip(points, mid)]
+    fig, ax = plt.subplots(figsize=(3.6, 1.9))
+    ax.fill_between(days, low, high, color=BLUE, alpha=0.18, linewidth=0, label="95% interval")
+    ax.plot(days, mid, color=BLUE, marker="o", markersize=3, linewidth=1.2, label="estimate")
+    ax.axhline(0.0, color=RED, linestyle="--", linewidth=0.8)
+    ax.set_title(title, fontsize=8, loc="left")
+    ax.set_xlabel("as-of day", fontsize=7)
+    ax.set_ylabel("USD per 30 days", fontsize=7)
+    ax.yaxis.set_major_formatter(FuncFormatter(usd_ticks))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.xaxis.set_major_formatter(DateFormatter("%m-%d"))
+    ax.tick_params(labelsize=6)
+    return figure_to_base64(fig)
 
 
 def universe_chart(frame: pl.DataFrame, title: str, model: FittedCostModel | None) -> str:
@@ -132,8 +260,8 @@ def universe_chart(frame: pl.DataFrame, title: str, model: FittedCostModel | Non
     hours = frame["hour"].to_list()
     base, cf = frame["baseline_cost"].to_numpy(), frame["counterfactual_cost"].to_numpy()
     fig, ax = plt.subplots(figsize=(6.2, 2.7))
-    ax.plot(hours, base, color=GREY, linewidth=1, label="baseline (observed volume)")
-    ax.plot(hours, cf, color=BLUE, linewidth=1, label="counterfactual (100% rollout)")
+    ax.plot(hours, base, color=GREY, linewidth=1, label="not shipped (everyone in control)")
+    ax.plot(hours, cf, color=BLUE, linewidth=1, label="shipped to 100%")
     ax.fill_between(hours, base, cf, color=BLUE, alpha=0.12, linewidth=0)
     if len(base):
         i = int(np.argmax(cf))
@@ -147,19 +275,29 @@ def universe_chart(frame: pl.DataFrame, title: str, model: FittedCostModel | Non
                     textcoords="offset points", xytext=(-4, 4), ha="right", fontsize=7, color=ORANGE,
                     backgroundcolor="white")
     ax.set_title(title, fontsize=9, loc="left", pad=16)
+    ax.set_xlabel("hour (UTC)", fontsize=8)
     ax.set_ylabel("USD / hour", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False, borderaxespad=0.1)
     ax.set_ylim(bottom=0)
     fig.autofmt_xdate()
-    return _png(fig)
+    return figure_to_base64(fig)
+
+
+def model_driver(model: FittedCostModel, history: pl.DataFrame) -> str:
+    """The history column the model is priced on (its first feature), requests if absent."""
+    driver = (model.features or ["requests"])[0]
+    return driver if driver in history.columns else "requests"
 
 
 def fit_chart(history: pl.DataFrame, model: FittedCostModel, title: str, rollout_peak: float | None) -> str:
-    """Cost vs volume: the hourly history, the fitted model (its kind), the historical
-    peak volume and the peak at 100% rollout; hours after a drift change point in orange."""
-    history = history.filter(pl.col("requests").is_not_null() & pl.col("cost").is_not_null())
-    volume, cost = history["requests"].to_numpy(), history["cost"].to_numpy()
+    """Cost vs load in the unit the model is driven by (requests or CPU-seconds): the hourly
+    history, the fitted model (its kind), the historical peak load and the peak at 100%
+    rollout; hours after a drift change point in orange. Load ticks in readable units
+    (12.5M), never a 1e7 offset."""
+    driver = model_driver(model, history)
+    history = history.filter(pl.col(driver).is_not_null() & pl.col("cost").is_not_null())
+    volume, cost = history[driver].to_numpy(), history["cost"].to_numpy()
     fig, ax = plt.subplots(figsize=(5.2, 2.7))
     point = change_point(model)
     if point is not None:
@@ -176,302 +314,225 @@ def fit_chart(history: pl.DataFrame, model: FittedCostModel, title: str, rollout
     if rollout_peak:
         ax.axvline(rollout_peak, color=BLUE, linestyle="--", linewidth=1, label="peak at 100% rollout")
     ax.set_title(title, fontsize=9, loc="left")
-    ax.set_xlabel("requests / hour", fontsize=8)
+    ax.set_xlabel(f"{decision.driver_unit(driver)} per hour", fontsize=8)
     ax.set_ylabel("USD / hour", fontsize=8)
+    ax.xaxis.set_major_formatter(FuncFormatter(human_units))
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6, loc="upper left", frameon=False)
-    return _png(fig)
+    return figure_to_base64(fig)
 
 
-# ---------------------------------------------------------------------------- sections
+# ---------------------------------------------------------------------------- page data
 
 
-def _flag_items(flags: list[dict]) -> str:
-    if not flags:
-        return '<p class="sub">No flags.</p>'
-    items = []
-    for f in flags:
-        css = "flag" if f["kind"] in SEVERE_FLAGS else "flag info"
-        items.append(f'<li><span class="{css}">{_e(f["kind"])}</span>{_e(f.get("service") or "")} '
-                     f'&mdash; {_e(f["detail"])}</li>')
-    return '<ul class="flags">' + "".join(items) + "</ul>"
+def _anchor(exp: dict) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{exp['experiment_id']}-{exp['cell']}")
 
 
-def _business(metrics: list[dict]) -> str:
-    if not metrics:
-        return '<span class="sub">none reported</span>'
-    return "<br>".join(
-        f"{_e(m['metric'])} <b>{_pct(m['delta_pct'], 2)}</b> "
-        f"<span class=\"ci\">[{_pct(m['ci_low_pct'], 2)}, {_pct(m['ci_high_pct'], 2)}]</span>"
-        for m in metrics
-    )
+def _name(exp: dict) -> str:
+    return f"{exp['experiment_id']}:{exp['cell']}"
 
 
-def headline_section(report: dict) -> str:
-    experiments = sorted(report["experiments"], key=lambda e: -(e["incremental_cost_usd_30d"] or 0.0))
-    as_of = report["as_of"]
-    if not experiments:
-        return f"<h2>Projected 30-day cost of 100% rollout &middot; as of {_e(as_of)}</h2><p>No running experiments.</p>"
-    values = [v for e in experiments for v in (e["ci_low_usd_30d"], e["ci_high_usd_30d"], e["incremental_cost_usd_30d"]) if v is not None]
-    lo, hi = min([0.0, *values]), max([0.0, *values])
-    pad = 0.05 * ((hi - lo) or 1.0)
-    lo, hi = lo - pad, hi + pad
-    top = experiments[0]
-    flagged = sum(1 for e in experiments if any(f["kind"] in SEVERE_FLAGS for f in e["flags"]))
-    kpis = (
-        '<div class="kpi">'
-        f'<div>Costliest rollout<b id="top-cost">{_usd(top["incremental_cost_usd_30d"])}</b>'
-        f'<span class="sub">{_e(top["experiment_id"])}:{_e(top["cell"])} &middot; 30 days &middot; '
-        f'95% [{_usd(top["ci_low_usd_30d"])}, {_usd(top["ci_high_usd_30d"])}]</span></div>'
-        f'<div>Experiment cells<b>{len(experiments)}</b><span class="sub">running as of {_e(as_of)}</span></div>'
-        f'<div>Cells with severe flags<b>{flagged}</b><span class="sub">see each experiment below</span></div>'
-        "</div>"
-    )
+def _decision(exp: dict) -> dict:
+    """The report's decision entry; reports stored before it existed get one from their own numbers."""
+    if exp.get("decision"):
+        return exp["decision"]
+    empty = pl.DataFrame()
+    return decision_entry(exp, projections=empty, registry_peaks=empty, capacity=empty, total_bill=None, owners={},
+                          meta={}, history=empty, values_per_point={})
+
+
+def _card(exp: dict) -> dict:
+    d = _decision(exp)
+    share = exp.get("treated_share") or {}
+    return {
+        "name": _name(exp), "anchor": _anchor(exp), "control": exp["control_cell"], "owner": d.get("owner"),
+        "treated_now": share.get("now_pct"), "d": d,
+        "cost": exp["incremental_cost_usd_30d"], "low": exp["ci_low_usd_30d"], "high": exp["ci_high_usd_30d"],
+        "bill": exp.get("bill_change_usd_30d"), "bill_low": exp.get("bill_ci_low_usd_30d"),
+        "bill_high": exp.get("bill_ci_high_usd_30d"),
+        "history_png": history_chart(d.get("history", []), f"{_name(exp)} · cost vs not shipping by day"),
+    }
+
+
+def _summary(experiments: list[dict]) -> dict:
+    scale = interval_scale([v for e in experiments
+                            for v in (e["ci_low_usd_30d"], e["ci_high_usd_30d"], e["incremental_cost_usd_30d"])])
     rows = []
     for e in experiments:
-        kinds = sorted({f["kind"] for f in e["flags"]})
-        badges = "".join(f'<span class="{"flag" if k in SEVERE_FLAGS else "flag info"}">{_e(k)}</span>' for k in kinds)
         cost = e["incremental_cost_usd_30d"]
-        rows.append(
-            "<tr>"
-            f'<td><a href="#exp-{_e(e["experiment_id"])}-{_e(e["cell"])}">{_e(e["experiment_id"])}:{_e(e["cell"])}</a>'
-            f'<br><span class="ci">vs {_e(e["control_cell"])}</span></td>'
-            f'<td class="num{" up" if (cost or 0) > 0 else ""}"><b>{_usd(cost)}</b><br>'
-            f'<span class="ci">[{_usd(e["ci_low_usd_30d"])}, {_usd(e["ci_high_usd_30d"])}]</span></td>'
-            f'<td>{interval_svg(cost or 0.0, e["ci_low_usd_30d"] or 0.0, e["ci_high_usd_30d"] or 0.0, lo, hi)}</td>'
-            f"<td>{_business(e.get('business_metrics', []))}</td>"
-            f"<td>{badges}</td></tr>"
-        )
-    return (
-        f"<h2>Projected 30-day cost of 100% rollout &middot; all experiment cells &middot; as of {_e(as_of)}</h2>"
-        + kpis
-        + '<p class="sub">What rolling each cell out to all traffic would add to the bill over 30 days (two-universe '
-        "projection, 95% interval; the dashed red line is $0), beside the business metrics the cell moves.</p>"
-        + '<table id="headline"><tr><th>Experiment cell</th><th>30-day cost</th>'
-        f'<th>Interval (scale {_usd(lo)} .. {_usd(hi)})</th><th>Business metrics (95% CI)</th><th>Flags</th></tr>'
-        + "".join(rows)
-        + "</table>"
-    )
+        rows.append({
+            "name": _name(e), "anchor": _anchor(e), "control": e["control_cell"], "cost": cost,
+            "low": e["ci_low_usd_30d"], "high": e["ci_high_usd_30d"], "bill": e.get("bill_change_usd_30d"),
+            "bill_low": e.get("bill_ci_low_usd_30d"), "bill_high": e.get("bill_ci_high_usd_30d"),
+            "strip": interval_strip(cost or 0.0, e["ci_low_usd_30d"] or 0.0, e["ci_high_usd_30d"] or 0.0, scale,
+                                    _name(e)),
+            "business": e.get("business_metrics", []),
+            "flag_kinds": sorted({f["kind"] for f in e["flags"]}),
+        })
+    return {"axis": scale, "rows": rows}
 
 
-def _latency_cell(svc: dict) -> str:
+def _calibration(exp: dict) -> dict:
+    moved = sum(1 for s in exp["services"] if s["significant"])
+    low, high = exp["ci_low_usd_30d"], exp["ci_high_usd_30d"]
+    contains_zero = low is not None and high is not None and low <= 0 <= high
+    clean = contains_zero and moved == 0
+    verdict = ("Clean: indistinguishable from $0 and no service moved." if clean else
+               f"Not clean: {'the interval excludes $0' if not contains_zero else f'{moved} service(s) moved'}; "
+               "check the allocation split and the tracing before trusting the other experiments.")
+    return {"name": _name(exp), "cost": exp["incremental_cost_usd_30d"], "low": low, "high": high,
+            "moved": moved, "tested": len(exp["services"]), "clean": clean, "verdict": verdict}
+
+
+def _latency_text(svc: dict) -> str:
     lat = svc.get("latency")
     if not lat:
-        return '<span class="ci">n/a</span>'
-    parts = []
-    for q in ("p50", "p95"):
-        delta = lat.get(f"{q}_delta_pct")
-        parts.append(f"{q} {_pct(delta)} <span class=\"ci\">[{_pct(lat.get(f'{q}_ci_low_pct'))}, "
-                     f"{_pct(lat.get(f'{q}_ci_high_pct'))}]</span>")
-    return "<br>".join(parts)
+        return "n/a"
+    return "; ".join(f"{q} {_pct(lat.get(f'{q}_delta_pct'))} [{_pct(lat.get(f'{q}_ci_low_pct'))}, "
+                     f"{_pct(lat.get(f'{q}_ci_high_pct'))}]" for q in ("p50", "p95"))
 
 
-def _capacity_cell(cap_rows: pl.DataFrame, service: str, experiment_id: str, cell: str) -> str:
+def _capacity_text(cap_rows: pl.DataFrame, service: str, experiment_id: str, cell: str) -> str:
     if not cap_rows.height:
-        return '<span class="ci">n/a</span>'
+        return "n/a"
     base = cap_rows.filter((pl.col("service") == service) & (pl.col("scenario") == "baseline"))
     roll = cap_rows.filter((pl.col("service") == service) & (pl.col("scenario") == "rollout")
                            & (pl.col("experiment_id") == experiment_id) & (pl.col("cell") == cell))
     if not base.height or not roll.height or base["instances_needed"][0] is None:
-        return '<span class="ci">n/a</span>'
-    return (f"{base['instances_needed'][0]} &rarr; <b>{roll['instances_needed'][0]}</b> "
-            f"<span class=\"ci\">[{roll['instances_needed_low'][0]}, {roll['instances_needed_high'][0]}] "
-            f"at {roll['peak_requests_per_s'][0]:,.0f} req/s</span>")
+        return "n/a"
+    return (f"{base['instances_needed'][0]} → {roll['instances_needed'][0]} "
+            f"[{roll['instances_needed_low'][0]}, {roll['instances_needed_high'][0]}] "
+            f"at {roll['peak_requests_per_s'][0]:,.0f} req/s")
 
 
-def experiment_section(exp: dict, *, universes: pl.DataFrame, history: pl.DataFrame,
-                       models: dict[str, FittedCostModel], capacity: pl.DataFrame, window: str,
-                       fit_cache: dict) -> str:
-    name = f"{exp['experiment_id']}:{exp['cell']}"
-    moved = [s for s in exp["services"] if s["significant"]]
-    quiet = [s["service"] for s in exp["services"] if not s["significant"]]
-    parts = [
-        f'<h2 id="exp-{_e(exp["experiment_id"])}-{_e(exp["cell"])}">{_e(name)} vs {_e(exp["control_cell"])} &middot; '
-        f'{_usd(exp["incremental_cost_usd_30d"])} over 30 days '
-        f'<span class="ci">[{_usd(exp["ci_low_usd_30d"])}, {_usd(exp["ci_high_usd_30d"])}]</span></h2>',
-        f'<p class="sub">Business metrics: {_business(exp.get("business_metrics", []))}</p>',
-        "<h3>Flags</h3>" + _flag_items(exp["flags"]),
-    ]
-    if moved:
-        rows = []
-        for s in sorted(moved, key=lambda s: -(s["incremental_cost_usd_30d"] or 0.0)):
-            q_value = "n/a" if s.get("q_value") is None else f"{s['q_value']:.2g}"
-            rows.append(
-                "<tr>"
-                f"<td>{_e(s['service'])}</td>"
-                f"<td class=\"num\">{_pct(s['delta_pct'])} <span class=\"ci\">[{_pct(s['ci_low_pct'])}, {_pct(s['ci_high_pct'])}]</span></td>"
-                f"<td class=\"num\">{q_value}</td>"
+def _service_row(s: dict, exp: dict, capacity: pl.DataFrame) -> dict:
+    return {**{k: s.get(k) for k in (
+        "service", "owner", "delta_pct", "ci_low_pct", "ci_high_pct", "work_delta_pct", "work_ci_low_pct",
+        "work_ci_high_pct", "mde_pct", "work_mde_pct", "q_value", "cost_model", "priced_on",
+        "incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d")},
+        "latency_text": _latency_text(s),
+        "capacity_text": _capacity_text(capacity, s["service"], exp["experiment_id"], exp["cell"])}
 
-                f"<td>{_e(s.get('cost_model') or 'unpriced')}</td>"
-                f"<td class=\"num\"><b>{_usd(s['incremental_cost_usd_30d'])}</b> "
-                f"<span class=\"ci\">[{_usd(s['ci_low_usd_30d'])}, {_usd(s['ci_high_usd_30d'])}]</span></td>"
-                f"<td>{_latency_cell(s)}</td>"
-                f"<td>{_capacity_cell(capacity, s['service'], exp['experiment_id'], exp['cell'])}</td></tr>"
-            )
-        parts.append(
-            f"<h3>Services {_e(name)} moves (significant after FDR) &middot; as of window end</h3>"
-            '<table><tr><th>Service</th><th>Volume per member</th><th>q</th><th>Cost model</th><th>30-day cost</th>'
-            "<th>Latency vs control</th><th>Instances at peak (today &rarr; 100%)</th></tr>"
-            + "".join(rows) + "</table>"
-        )
-    else:
-        parts.append('<p class="sub">No service moves significantly.</p>')
-    if quiet:
-        parts.append(f'<p class="sub">Tested, not significant (contribute $0 to the point estimate, widen the '
-                     f'interval): {_e(", ".join(quiet))}</p>')
+
+def _detail(exp: dict, *, universes: pl.DataFrame, history: pl.DataFrame, models: dict[str, FittedCostModel],
+            capacity: pl.DataFrame, window: str, fit_cache: dict) -> dict:
+    name = _name(exp)
+    moved = sorted((s for s in exp["services"] if s["significant"]), key=lambda s: -(s["incremental_cost_usd_30d"] or 0.0))
+    quiet = [s for s in exp["services"] if not s["significant"]]
+    charts = []
     for s in moved:
-        service = s["service"]
-        model = models.get(service)
-        charts = []
+        service, model, images = s["service"], models.get(s["service"]), []
         frame = universes.filter(
             (pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"]) & (pl.col("service") == service)
         ) if universes.height else universes
         if frame.height:
-            charts.append(_img(
-                universe_chart(frame, f"{service} · hourly cost {window} · baseline vs {name} at 100%", model),
-                f"{service} baseline vs counterfactual hourly cost",
-            ))
-        if model is not None:
-            svc_history = history.filter(pl.col("service") == service) if history.height else history
-            if svc_history.height:
-                rollout_peak = None
-                if svc_history["requests"].drop_nulls().len() and s["delta_pct"] is not None:
-                    rollout_peak = float(svc_history["requests"].max()) * max(1.0 + s["delta_pct"] / 100.0, 0.0)
-                key = (service, round(rollout_peak or 0.0))
-                if key not in fit_cache:
-                    error = "" if model.model_error_pct is None or not math.isfinite(model.model_error_pct) \
-                        else f" · MAPE {model.model_error_pct:.1f}%"
-                    fit_cache[key] = fit_chart(
-                        svc_history, model,
-                        f"{service} · cost vs volume {window} · {model.cost_model} ({model.kind}){error}", rollout_peak,
-                    )
-                charts.append(_img(fit_cache[key], f"{service} cost vs volume with {model.kind} model"))
-        if charts:
-            parts.append(f"<h3>{_e(service)}: two universes and cost model</h3><div class=\"charts\">" + "".join(charts) + "</div>")
-    return "\n".join(parts)
+            images.append({"alt": f"{service}: hourly cost not shipped vs shipped",
+                           "png": universe_chart(frame, f"{service} · hourly cost {window} · {name} not shipped vs "
+                                                        "shipped to 100%", model)})
+        svc_history = history.filter(pl.col("service") == service) if history.height and model is not None else pl.DataFrame()
+        if svc_history.height:
+            rollout_peak, driver = None, model_driver(model, svc_history)
+            delta = s.get("work_delta_pct") if s.get("priced_on") == "work" else s["delta_pct"]
+            if svc_history[driver].drop_nulls().len() and delta is not None:
+                rollout_peak = float(svc_history[driver].max()) * max(1.0 + delta / 100.0, 0.0)
+            key = (service, round(rollout_peak or 0.0))
+            if key not in fit_cache:
+                error = "" if model.model_error_pct is None or not math.isfinite(model.model_error_pct) \
+                    else f" · MAPE {model.model_error_pct:.1f}%"
+                fit_cache[key] = fit_chart(svc_history, model, f"{service} · cost vs load {window} · "
+                                                               f"{model.cost_model} ({model.kind}){error}", rollout_peak)
+            images.append({"alt": f"{service}: cost vs load with the {model.kind} model", "png": fit_cache[key]})
+        if images:
+            charts.append({"service": service, "images": images})
+    return {
+        "name": name, "anchor": _anchor(exp), "control": exp["control_cell"], "kind": _decision(exp).get("kind"),
+        "cost": exp["incremental_cost_usd_30d"], "low": exp["ci_low_usd_30d"], "high": exp["ci_high_usd_30d"],
+        "flags": exp["flags"], "moved": [_service_row(s, exp, capacity) for s in moved],
+        "quiet": [_service_row(s, exp, capacity) for s in quiet],
+        "headroom": _decision(exp).get("static_headroom", []), "charts": charts,
+    }
 
 
-def capacity_section(capacity: pl.DataFrame, window: str) -> str:
-    if not capacity.height:
-        return ""
+def _capacity_rows(capacity: pl.DataFrame) -> list[dict]:
     rows = []
-    for r in capacity.sort("service", "scenario", "experiment_id", nulls_last=False).iter_rows(named=True):
-        scenario = "today" if r["scenario"] == "baseline" else f"100% {r['experiment_id']}:{r['cell']}"
+    for r in capacity.sort("service", "scenario", "experiment_id", nulls_last=False).iter_rows(named=True) \
+            if capacity.height else []:
         rpi = r["requests_per_instance_s"]
-        added = "" if r["scenario"] == "baseline" or r["additional_instances"] is None else f"{r['additional_instances']:+d}"
-        needed = "n/a" if r["instances_needed"] is None else str(r["instances_needed"])
-        per_instance = "n/a" if rpi is None else f"{rpi:,.1f}"
-        rows.append(
-            f"<tr><td>{_e(r['service'])}</td><td>{_e(scenario)}</td>"
-            f"<td class=\"num\">{r['peak_requests_per_s']:,.1f}</td>"
-            f"<td class=\"num\">{per_instance}</td><td class=\"num\">{needed}</td><td class=\"num\">{added}</td></tr>"
-        )
-    return (
-        f"<h2>Capacity plan &middot; all services &middot; peak hour {window}</h2>"
-        '<p class="sub">Peak requests/s and the instances that peak needs, from the requests per instance the fleet '
-        "served at its busiest hour on its current instance type (a floor of true capacity for static fleets).</p>"
-        "<table><tr><th>Service</th><th>Scenario</th><th>Peak req/s</th><th>Req/s per instance</th>"
-        "<th>Instances needed</th><th>Added</th></tr>" + "".join(rows) + "</table>"
-    )
+        rows.append({
+            "service": r["service"],
+            "scenario": "today" if r["scenario"] == "baseline" else f"100% {r['experiment_id']}:{r['cell']}",
+            "peak": f"{r['peak_requests_per_s']:,.1f}", "per_instance": "n/a" if rpi is None else f"{rpi:,.1f}",
+            "needed": "n/a" if r["instances_needed"] is None else str(r["instances_needed"]),
+            "added": "" if r["scenario"] == "baseline" or r["additional_instances"] is None
+            else f"{r['additional_instances']:+d}",
+        })
+    return rows
 
 
-def calibration_section(report: dict) -> str:
-    """Did the projections come true? One row per shipped cell (report["calibration"])."""
+OUTCOME_WORDS = {"on_target": "on target", "under_projected": "under-projected", "over_projected": "over-projected"}
+
+
+def _projection_calibration(report: dict) -> dict | None:
+    """Did the projections come true? One row per shipped cell (report["calibration"]);
+    None while nothing has shipped."""
     cal = report.get("calibration")
     if not cal:
-        return ""
-    rows = []
-    for c in cal["cells"]:
-        verdict = c["verdict"].replace("_", " ")
-        mark = f'<span class="flag">{_e(verdict)}</span>' if c["verdict"] != "on_target" else _e(verdict)
-        rows.append(
-            f"<tr><td>{_e(c['experiment_id'])}:{_e(c['cell'])}</td><td>{_e(c['ship_date'])}</td>"
-            f"<td>{_e(c['decision_as_of'])}</td>"
-            f"<td class=\"num\">{_usd(c['projected_usd_30d'])} [{_usd(c['projected_ci_low_usd_30d'])}, "
-            f"{_usd(c['projected_ci_high_usd_30d'])}]</td>"
-            f"<td class=\"num\">{_usd(c['realized_usd_30d'])} [{_usd(c['realized_ci_low_usd_30d'])}, "
-            f"{_usd(c['realized_ci_high_usd_30d'])}]</td>"
-            f"<td class=\"num\">{_pct(c.get('error_pct'), 0)}</td><td>{mark}</td></tr>"
-        )
-    coverage = "n/a" if cal.get("coverage") is None else f"{cal['coverage']:.0%}"
-    bias = ('<span class="flag">systematic bias</span>' if cal.get("systematic_bias") else "no systematic bias")
-    return (
-        "<h2>Calibration &middot; did the projections come true?</h2>"
-        '<p class="sub">Per shipped cell: the projection logged on the last day before shipping (vs not shipping) '
-        "beside the realized change (actual cost after shipping vs the pre-ship cost model on a synthetic control "
-        f"of the load), both per 30 days. Coverage of the projected intervals: {coverage}; mean signed error "
-        f"{_pct(cal.get('mean_signed_error_pct'), 0)} of the realized change; {bias}.</p>"
-        "<table><tr><th>Cell</th><th>Shipped</th><th>Decision as of</th><th>Projected [95%]</th>"
-        "<th>Realized [95%]</th><th>Error</th><th>Verdict</th></tr>" + "".join(rows) + "</table>"
-    )
+        return None
+    cells = [{
+        "name": f"{c['experiment_id']}:{c['cell']}", "ship_date": c["ship_date"], "decision_as_of": c["decision_as_of"],
+        "projected": c["projected_usd_30d"], "projected_low": c["projected_ci_low_usd_30d"],
+        "projected_high": c["projected_ci_high_usd_30d"], "realized": c["realized_usd_30d"],
+        "realized_low": c["realized_ci_low_usd_30d"], "realized_high": c["realized_ci_high_usd_30d"],
+        "error_pct": c.get("error_pct"), "verdict": OUTCOME_WORDS.get(c["verdict"], c["verdict"]),
+        "missed": c["verdict"] != "on_target",
+    } for c in cal["cells"]]
+    return {"cells": cells, "coverage": cal.get("coverage"), "mean_signed_error_pct": cal.get("mean_signed_error_pct"),
+            "systematic_bias": bool(cal.get("systematic_bias"))}
 
 
-def footer_sections(report: dict) -> str:
-    rows = []
-    for s in report.get("services", []):
-        error = "n/a" if s.get("model_error_pct") is None else f"{s['model_error_pct']:.1f}%"
-        drift = '<span class="flag">drift</span>' + _e(s.get("drift_reasons") or "") if s["drift_detected"] else ""
-        rows.append(
-            f"<tr><td>{_e(s['service'])}</td><td>{_e(s['scaling'])}</td><td>{_e(s['cost_model'])}</td>"
-            f"<td>{_e(s.get('kind'))}</td><td class=\"num\">{error}</td><td>{drift}</td></tr>"
-        )
-    rows = "".join(rows)
+def _footer(report: dict) -> dict:
     tc = report.get("trace_completeness", {})
-    overall = tc.get("overall")
-    broken = "".join(f"<li>{_e(b['caller'])} &rarr; {_e(b['callee'])}</li>" for b in tc.get("broken_edges", []))
-    coverage = "".join(
-        f"<tr><td>{_e(c['service'])}</td><td class=\"num\">{_share(c['coverage'])}</td></tr>"
-        for c in tc.get("services", [])
-    )
     dq = report.get("data_quality", {})
-    quarantined = ", ".join(f"{_e(k)}: {v}" for k, v in (dq.get("quarantined") or {}).items()) or "none"
-    return (
-        f"<h2>Cost models &middot; all services &middot; as of {_e(report['as_of'])}</h2>"
-        "<table><tr><th>Service</th><th>Scaling</th><th>Cost model</th><th>Kind</th><th>Holdout MAPE</th><th>Drift</th></tr>"
-        + rows + "</table>"
-        + f"<h2>Trace completeness &middot; experiment window to {_e(report['as_of'])}</h2>"
-        + f"<p>{_share(overall)} of adjusted work reaches a member.</p>"
-        + ("<p>Broken edges (trace context dropped: blind spots):</p><ul>" + broken + "</ul>" if broken else "")
-        + "<table><tr><th>Service</th><th>Coverage</th></tr>" + coverage + "</table>"
-        + f"<h2>Data quality</h2><p>Quarantined records: {quarantined}. Unattributed cost in the window: "
-        + f"{_usd(dq.get('unattributed_cost_usd'), signed=False)}.</p>"
-    )
+    return {
+        "services": [{**s, "kind": s.get("kind"), "drift_reasons": s.get("drift_reasons"),
+                      "error": "n/a" if s.get("model_error_pct") is None else f"{s['model_error_pct']:.1f}%"}
+                     for s in report.get("services", [])],
+        "overall": tc.get("overall"), "broken": tc.get("broken_edges", []), "coverage": tc.get("services", []),
+        "quarantined": ", ".join(f"{k}: {v}" for k, v in (dq.get("quarantined") or {}).items()),
+        "unattributed": dq.get("unattributed_cost_usd"),
+    }
+
+
+def _script_json(report: dict) -> Markup:
+    """report.json for the page's readers: valid JSON that cannot close the script element."""
+    text = json.dumps(report, separators=(",", ":"))
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 def render_html(report: dict, *, universes: pl.DataFrame, history: pl.DataFrame,
                 models: dict[str, FittedCostModel], capacity: pl.DataFrame, window: str) -> str:
-    as_of = report["as_of"]
     fit_cache: dict = {}
     experiments = sorted(report["experiments"], key=lambda e: -(e["incremental_cost_usd_30d"] or 0.0))
-    body = [
-        f"<h1>Cost impact of experiment winners &middot; as of {_e(as_of)}</h1>",
-        '<p class="sub legend">Colours: <span style="background:' + GREY + '"></span>observed / baseline'
-        '<span style="background:' + BLUE + '"></span>model / 100% rollout'
-        '<span style="background:' + RED + '"></span>peak, $0'
-        '<span style="background:' + ORANGE + '"></span>cost-structure change</p>',
-        headline_section(report),
-    ]
-    for exp in experiments:
-        body.append(experiment_section(exp, universes=universes, history=history, models=models, capacity=capacity,
-                                       window=window, fit_cache=fit_cache))
-    body.append(calibration_section(report))
-    body.append(capacity_section(capacity, window))
-    body.append(footer_sections(report))
-    embedded = html.escape(json.dumps(report, separators=(",", ":")), quote=False)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>Cost attribution report {_e(as_of)}</title><style>{CSS}</style></head><body>"
-        + "\n".join(body)
-        + f'<script type="application/json" id="report-json">{embedded}</script>'
-        + "</body></html>\n"
+    real = [e for e in experiments if _decision(e).get("kind") != "aa"]
+    calibration = [e for e in experiments if _decision(e).get("kind") == "aa"]
+    return _ENV.get_template("report.html.j2").render(
+        as_of=report["as_of"], css=CSS, colours={"grey": GREY, "blue": BLUE, "red": RED, "orange": ORANGE},
+        severe=SEVERE_FLAGS, verdict_words=VERDICT_WORDS, cards=[_card(e) for e in real],
+        overview=decision.overview([{**e, "decision": _decision(e)} for e in real]), summary=_summary(real),
+        calibration=[_calibration(e) for e in calibration], projection_calibration=_projection_calibration(report),
+        owners=report.get("owners", []),
+        details=[_detail(e, universes=universes, history=history, models=models, capacity=capacity, window=window,
+                         fit_cache=fit_cache) for e in real + calibration],
+        capacity={"rows": _capacity_rows(capacity)}, window=window, footer=_footer(report), glossary=GLOSSARY,
+        report_json=_script_json(report),
     )
 
 
 def build_html_report(conn: duckdb.DuckDBPyConnection, report: dict, projection_days: int = 28) -> str:
     """Everything the page needs for the report's as-of day, read from the warehouse."""
     as_of = dt.date.fromisoformat(report["as_of"])
-    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
-    start = end - dt.timedelta(days=projection_days)
+    start, end = trailing_window(as_of, projection_days)
     window = f"{start:%Y-%m-%d}..{as_of:%Y-%m-%d}"
 
     def frame(table: str, sql: str, params: list) -> pl.DataFrame:
@@ -480,7 +541,7 @@ def build_html_report(conn: duckdb.DuckDBPyConnection, report: dict, projection_
     universes = frame("main.projection_universes", "SELECT * FROM main.projection_universes WHERE as_of = ?", [as_of])
     history = frame(
         "main.service_hourly_history",
-        "SELECT service, hour, requests, cost FROM main.service_hourly_history WHERE hour >= ? AND hour < ? ORDER BY service, hour",
+        "SELECT * FROM main.service_hourly_history WHERE hour >= ? AND hour < ? ORDER BY service, hour",
         [start, end],
     )
     capacity = frame("main.capacity_plan", "SELECT * FROM main.capacity_plan WHERE as_of = ?", [as_of])

@@ -14,6 +14,7 @@ from cost_attribution.attribution.shift_left import load_edge_shifts
 from cost_attribution.checks.trace_completeness import summarize, volume_reconciliation
 from cost_attribution.estimation.outcomes import calibration
 from cost_attribution.partitions import trailing_window
+from cost_attribution.reporting import decision
 from cost_attribution.reporting.flags import experiment_flags
 from cost_attribution.warehouse import read_frame, table_exists
 
@@ -132,11 +133,96 @@ def _index(frame: pl.DataFrame, keys: tuple[str, ...]) -> dict:
     return {tuple(r[k] for k in keys): r for r in frame.iter_rows(named=True)} if frame.height else {}
 
 
+def total_bill_30d(conn, as_of: dt.date, days: int) -> float | None:
+    """The whole modelled bill over the projection window, scaled to 30 days."""
+    start, end = trailing_window(as_of, days)
+    frame = _frame(conn, "main.service_hourly_history",
+                   "SELECT sum(cost) AS usd, count(DISTINCT CAST(hour AS DATE)) AS days FROM main.service_hourly_history "
+                   "WHERE hour >= ? AND hour < ?", [start, end])
+    if not frame.height or frame["usd"][0] is None or not frame["days"][0]:
+        return None
+    return float(frame["usd"][0]) * decision.HORIZON_DAYS / float(frame["days"][0])
+
+
+def _registry_peaks(registry: pl.DataFrame) -> pl.DataFrame:
+    """service, scaling, capacity_requests_per_hour, observed_peak (the top of the model's
+    fitted range), driver (the load unit both are in: requests or cpu_seconds)."""
+    if not registry.height:
+        return registry
+    models = [json.loads(m) if m else {} for m in registry["model_json"].to_list()]
+    return registry.select("service", "scaling", "capacity_requests_per_hour").with_columns(
+        pl.Series("observed_peak", [m.get("params", {}).get("observed_peak_requests_per_hour") for m in models],
+                  dtype=pl.Float64),
+        pl.Series("driver", [(m.get("features") or ["requests"])[0] for m in models], dtype=pl.Utf8))
+
+
+def decision_entry(exp: dict, *, projections: pl.DataFrame, registry_peaks: pl.DataFrame, capacity: pl.DataFrame,
+                   total_bill: float | None, owners: dict, meta: dict, history: pl.DataFrame,
+                   values_per_point: dict[str, float]) -> dict:
+    """Extra key `decision` of a report experiment: what a PM or finance partner reads first."""
+    cost, low, high = exp["incremental_cost_usd_30d"], exp["ci_low_usd_30d"], exp["ci_high_usd_30d"]
+    services = exp["services"]
+    own = projections.filter((pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"])) \
+        if projections.height else projections
+    usd, pct, service = decision.detectable_size(services)
+    extra_flags = decision.peak_flags(services, registry_peaks, own)
+    headroom = decision.static_headroom(services, registry_peaks, own, capacity)
+    for h in headroom:
+        if not any(f["kind"] == "capacity_tipping_point" and f["service"] == h["service"] for f in exp["flags"]):
+            extra_flags.append({"kind": "static_headroom", "service": h["service"], "detail": h["explanation"]})
+    return {
+        "kind": meta.get("kind") or "ab",
+        "owner": meta.get("owner"),
+        "incremental_cost_usd_year": decision.annualize(cost),
+        "ci_low_usd_year": decision.annualize(low),
+        "ci_high_usd_year": decision.annualize(high),
+        "bill_change_usd_year": decision.annualize(exp.get("bill_change_usd_30d")),
+        "bill_ci_low_usd_year": decision.annualize(exp.get("bill_ci_low_usd_30d")),
+        "bill_ci_high_usd_year": decision.annualize(exp.get("bill_ci_high_usd_30d")),
+        "cost_reading": decision.reading(cost, low, high, what="Cost versus not shipping", detectable_usd=usd,
+                                         detectable_pct=pct, detectable_service=service),
+        "bill_reading": decision.reading(exp.get("bill_change_usd_30d"), exp.get("bill_ci_low_usd_30d"),
+                                         exp.get("bill_ci_high_usd_30d"), what="Change on the bill"),
+        "detectable_usd_30d": None if usd is None else round(usd, 2),
+        "detectable_pct": None if pct is None else round(pct, 2),
+        "detectable_service": service,
+        **decision.bill_shares(services, cost, own, total_bill),
+        "business": [decision.metric_economics(m, cost, low, high, values_per_point.get(m["metric"]))
+                     for m in exp.get("business_metrics", [])],
+        "static_headroom": headroom,
+        "flags": decision.plain_flags(exp["flags"] + extra_flags, owners, meta.get("owner")),
+        "history": decision.history_points(history.filter(
+            (pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"])
+        ) if history.height else history),
+    }
+
+
+def owner_view(experiments: list[dict], owners: dict[str, str | None]) -> list[dict]:
+    """Extra key `owners`: per team, the experiment cells that move its services and what they cost."""
+    teams: dict[str, list[dict]] = {}
+    for exp in experiments:
+        for s in exp["services"]:
+            if not s["significant"]:
+                continue
+            team = owners.get(s["service"]) or "(no owner in services.yaml)"
+            teams.setdefault(team, []).append({
+                "experiment_id": exp["experiment_id"], "cell": exp["cell"], "service": s["service"],
+                "kind": exp["decision"]["kind"], "delta_pct": s["delta_pct"],
+                "incremental_cost_usd_30d": s["incremental_cost_usd_30d"],
+                "ci_low_usd_30d": s["ci_low_usd_30d"], "ci_high_usd_30d": s["ci_high_usd_30d"],
+            })
+    return [{"owner": team, "cells": sorted(rows, key=lambda r: (r["experiment_id"], r["cell"], r["service"]))}
+            for team, rows in sorted(teams.items())]
+
+
 def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
-                 blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0) -> dict:
+                 blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0,
+                 value_per_point_usd: dict[str, float] | None = None) -> dict:
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
     projections = _frame(conn, "main.cost_projections", "SELECT * FROM main.cost_projections WHERE as_of = ?", [as_of])
     experiment_costs = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of = ? ORDER BY experiment_id, cell", [as_of])
+    cost_history = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of <= ?", [as_of])
+    experiment_meta = _frame(conn, "raw.experiments", "SELECT * FROM raw.experiments", [])
     registry = _frame(conn, "main.cost_model_registry", "SELECT * FROM main.cost_model_registry WHERE as_of = ? ORDER BY service", [as_of])
     catalog = _frame(conn, "raw.services", "SELECT * FROM raw.services", [])
     business = _frame(conn, "raw.business_metrics", "SELECT * FROM raw.business_metrics", [])
@@ -150,10 +236,17 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
         _frame(conn, "main.latency_impact", "SELECT * FROM main.latency_impact WHERE as_of = ?", [as_of]),
         ("experiment_id", "cell", "service"),
     )
+    capacity_rows = _frame(conn, "main.capacity_plan", "SELECT * FROM main.capacity_plan WHERE as_of = ?", [as_of])
     capacity = _index(
-        _frame(conn, "main.capacity_plan", "SELECT * FROM main.capacity_plan WHERE as_of = ? AND scenario = 'rollout'", [as_of]),
+        capacity_rows.filter(pl.col("scenario") == "rollout") if capacity_rows.height else capacity_rows,
         ("experiment_id", "cell", "service"),
     )
+    mdes = decision.service_mdes(deltas)
+    owners = {r["service"]: r["owner"] for r in catalog.iter_rows(named=True)} if catalog.height else {}
+    meta = {r["experiment_id"]: {"kind": r.get("kind"), "owner": r.get("owner")}
+            for r in experiment_meta.iter_rows(named=True)} if experiment_meta.height else {}
+    registry_peaks = _registry_peaks(registry)
+    total_bill = total_bill_30d(conn, as_of, projection_days)
 
     shares = _frame(
         conn, "main.treated_share",
@@ -205,6 +298,8 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
                 }
             )
             key = (exp["experiment_id"], exp["cell"], r["service"])
+            services[-1].update(mdes.get(key, {}))
+            services[-1]["owner"] = owners.get(r["service"])
             if key in latency:
                 services[-1]["latency"] = _latency_entry(latency[key])
             if key in capacity:
@@ -243,6 +338,11 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
                 ],
             }
         )
+        experiments[-1]["decision"] = decision_entry(
+            experiments[-1], projections=projections, registry_peaks=registry_peaks, capacity=capacity_rows,
+            total_bill=total_bill, owners=owners, meta=meta.get(exp["experiment_id"], {}), history=cost_history,
+            values_per_point=value_per_point_usd or {},
+        )
 
     service_models = [
         {
@@ -261,6 +361,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
         "as_of": as_of.isoformat(),
         "experiments": experiments,
         "services": service_models,
+        "owners": owner_view(experiments, owners),
         "trace_completeness": completeness,
         "data_quality": {
             "quarantined": quarantine_counts(conn, as_of),

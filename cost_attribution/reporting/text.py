@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import re
+
+# C0/C1 control characters (ANSI escapes start with one) and Unicode bidi/zero-width
+# controls: a name in the landing zone must not be able to drive the user's terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(text: str) -> str:
+    """Text for a terminal: control characters removed (newlines and tabs kept)."""
+    return _CONTROL.sub("", text)
+
+
+def _clean(value):
+    """Every string of the report on one line and without control characters."""
+    if isinstance(value, str):
+        return _CONTROL.sub("", value.replace("\n", " ").replace("\t", " "))
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
 
 def _usd(value) -> str:
     return "n/a" if value is None else f"${value:,.0f}"
 
 
+def _pct(value) -> str:
+    return "    n/a" if value is None else f"{value:+7.1f}%"
+
+
+def _q(value) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
+
+
 def render_text(report: dict, truth: dict | None = None) -> str:
+    report = _clean(report)
     lines = [f"Cost attribution report as of {report['as_of']}", ""]
-    lines.append("Projected 30-day cost of rolling each cell out to 100% (95% interval):")
+    lines.append("What shipping each cell to 100% adds over 30 days vs not shipping it (95% interval);")
+    lines.append("'bill' is the change the cloud bill will show vs the last 28 days, which already carried the test:")
     for exp in sorted(report["experiments"], key=lambda e: -(e["incremental_cost_usd_30d"] or 0)):
         name = f"{exp['experiment_id']}:{exp['cell']}"
         line = (
@@ -19,12 +51,25 @@ def render_text(report: dict, truth: dict | None = None) -> str:
         if truth and name in truth.get("experiments", {}):
             line += f"   (simulator truth {_usd(truth['experiments'][name]['incremental_cost_usd_30d'])})"
         lines.append(line)
+        if exp.get("bill_change_usd_30d") is not None:
+            bill = (
+                f"  {'':<32} {_usd(exp['bill_change_usd_30d']):>10}  "
+                f"[{_usd(exp['bill_ci_low_usd_30d'])} .. {_usd(exp['bill_ci_high_usd_30d'])}] bill"
+            )
+            if truth and "bill_change_usd_30d" in truth.get("experiments", {}).get(name, {}):
+                bill += f"   (simulator truth {_usd(truth['experiments'][name]['bill_change_usd_30d'])})"
+            lines.append(bill)
         for svc in exp["services"]:
             if svc["significant"]:
+                work = svc.get("work_delta_pct")
                 lines.append(
-                    f"      {svc['service']:<20} {svc['delta_pct']:+7.1f}% [{svc['ci_low_pct']:+.1f}, {svc['ci_high_pct']:+.1f}]"
-                    f"  q={svc['q_value']:.2g}  {svc['cost_model'] or 'unpriced':<9} {_usd(svc['incremental_cost_usd_30d'])}"
+                    f"      {svc['service']:<20} {_pct(svc['delta_pct'])} requests"
+                    f"{'' if work is None else f', {work:+.1f}% work'}"
+                    f"  q={_q(svc['q_value'])}  {svc['cost_model'] or 'unpriced':<9} {_usd(svc['incremental_cost_usd_30d'])}"
                 )
+        reading = (exp.get("decision") or {}).get("cost_reading")
+        if reading:
+            lines.append(f"      = {reading['text']}")
         for flag in exp["flags"]:
             lines.append(f"      ! {flag['kind']}: {flag['detail']}")
         for metric in exp.get("business_metrics", []):

@@ -148,9 +148,9 @@ def test_experiments_yaml_shipped_is_parsed_and_checked():
     ]})
     assert frame["shipped_cell"].to_list() == ["b", "treatment", None]
     assert frame["shipped_date"].to_list() == [dt.date(2026, 10, 20), dt.date(2026, 10, 21), None]
-    with pytest.raises(ValueError, match="shipped cell 'control' is not one of its treatment cells"):
+    with pytest.raises(ValueError, match="shipped.cell 'control' is the control cell, not one of its treatment cells"):
         catalogs.parse_experiments({"experiments": [{"id": "a", "shipped": {"cell": "control", "date": "2026-10-20"}}]})
-    with pytest.raises(ValueError, match="needs a cell and a date"):
+    with pytest.raises(ValueError, match="shipped.date: Field required"):
         catalogs.parse_experiments({"experiments": [{"id": "a", "shipped": {"cell": "treatment"}}]})
-    with pytest.raises(ValueError, match="is not a date"):
+    with pytest.raises(ValueError, match="shipped.date: Input should be a valid date"):
         catalogs.parse_experiments({"experiments": [{"id": "a", "shipped": {"cell": "treatment", "date": "soon"}}]})

@@ -48,3 +48,36 @@ def test_no_calibration_without_untreated_history():
     hours, load, share = _series(jump=1.0, start_day=1)
     assert production_scale(hours, load, share * 1.0) is None
     assert combine(1.0, 0.2, None) == (1.0, 0.2, "traces")
+
+
+def test_reconcile_names_agreement_absence_and_disagreement():
+    from cost_attribution.estimation.production_calibration import reconcile
+
+    hours, load, share = _series(jump=0.4)
+    assert reconcile(production_scale(hours, load, share * 0.42), 0.1) == "agrees"
+    assert reconcile(production_scale(hours, load, share * 1.2), 0.05) == "disagrees"
+    hours, load, share = _series(jump=0.0)
+    assert reconcile(production_scale(hours, load, share * 9.4), 0.15) == "absent"
+    assert reconcile(None, 0.1) == "none"
+
+
+def test_metrics_that_do_not_carry_the_test_are_not_deflated():
+    """A tidy world: traces show +40% for the 25% of members treated in the last days,
+    the usage metrics never saw it. Nothing is taken out of the load; both baselines agree."""
+    import polars as pl
+
+    from cost_attribution.estimation.cell_costs import project_cells
+    from cost_attribution_tests.estimation.test_production_share import AS_OF, _deltas, _linear_model
+
+    hours, load, share = _series(jump=0.0, start_day=52, days=56)
+    shares = pl.DataFrame({"experiment_id": "x", "cell": "treatment", "hour": hours, "share": share * 1.25}).with_columns(
+        pl.col("hour").dt.replace_time_zone("UTC"))
+    deltas = _deltas([{"experiment_id": "x", "cell": "treatment", "service": "svc", "delta": 0.4,
+                       "ci_low": 0.32, "ci_high": 0.48}])
+    services, cells, _ = project_cells(AS_OF, deltas, {"svc": _linear_model("svc", 0.01)},
+                                       {"svc": (np.arange(len(hours)), load)}, hours, shares, 30 / 28, 0.05,
+                                       lambda *_: None, projection_hours=24 * 28)
+    row = services.row(0, named=True)
+    assert row["delta_source"] == "traces (production absent)" and row["delta_used"] == 0.4
+    cell = cells.row(0, named=True)
+    assert cell["bill_change_usd_30d"] == pytest.approx(cell["incremental_cost_usd_30d"])

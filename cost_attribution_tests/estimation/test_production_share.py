@@ -50,6 +50,15 @@ def test_treated_share_is_activity_weighted_and_carried_back_by_allocation_time(
     assert control[30] == pytest.approx(0.1)
 
 
+def test_no_running_experiment_has_no_share():
+    hours = hourly_grid(dt.datetime(2026, 6, 1, tzinfo=UTC), dt.datetime(2026, 6, 2, tzinfo=UTC))
+    allocations = pl.DataFrame({"experiment_id": ["x"], "member_id": ["a"], "cell": ["treatment"],
+                                "allocated_at": [dt.datetime(2026, 6, 1, tzinfo=UTC)]})
+    later = pl.DataFrame({"experiment_id": ["y"], "start_date": [dt.date(2026, 6, 9)]})
+    activity = pl.DataFrame({"member_id": ["a"], "root_requests": [5.0]})
+    assert treated_share(activity, allocations, later, hours).height == 0
+
+
 def _deltas(rows: list[dict]) -> pl.DataFrame:
     base = {"control_cell": "control", "ci_low": None, "ci_high": None, "q_value": 0.001, "significant": True,
             "work_delta": None, "work_ci_low": None, "work_ci_high": None, "work_q_value": None}

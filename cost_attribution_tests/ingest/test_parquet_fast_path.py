@@ -38,7 +38,7 @@ def _polars_path(files):
     transaction) and filled with more than one row group, when read on the same database
     instance; the schema it created is still the reference."""
     conn = duckdb.connect()
-    batch = read_span_files(files, DT)
+    batch = read_span_files(files, DT, partition=True)
     replace_rows(conn, "raw.spans", batch.spans, where={"dt": DT})
     replace_rows(conn, "raw.span_quarantine", batch.quarantine, where={"dt": DT})
     return conn, batch
@@ -91,14 +91,16 @@ def test_one_row_per_quarantine_reason(tmp_path):
         {"start_unix_nano": None}, {"end_unix_nano": 0}, {"start_unix_nano": -5},
         {"end_unix_nano": START - 1}, {"service": None}, {"service": " \t"},
         {"sampling_probability": 0.0}, {"sampling_probability": 1.5}, {"sampling_probability": float("nan")},
-        {"sampling_probability": -0.2},
+        {"sampling_probability": -0.2}, {"sampling_probability": 1e-300},
+        {"start_unix_nano": 1000, "end_unix_nano": 2000}, {"start_unix_nano": 4_102_444_800 * 10**9, "end_unix_nano": 4_102_444_801 * 10**9},
     ]
     rows = [GOOD] + [GOOD | {"span_id": f"{i + 1:016x}"} | change for i, change in enumerate(bad)]
     rows.append(dict(GOOD))  # duplicate of the first span
     path = _write(tmp_path / "dirty.parquet", rows)
     _, quarantine = assert_same_as_polars([path])
     assert set(quarantine["reason"]) == {"bad_ids", "bad_kinds", "bad_timestamps", "negative_duration_spans",
-                                         "missing_service_name", "bad_sampling_probability", "duplicate_spans"}
+                                         "missing_service_name", "bad_sampling_probability", "duplicate_spans",
+                                         "sampling_probability_below_floor", "timestamp_outside_partition"}
     kind_row = quarantine.filter(pl.col("reason") == "bad_kinds").row(0, named=True)
     assert '"kind":"SERVERX"' in kind_row["raw"] and "SERVERX" in kind_row["detail"]
     assert quarantine["line_no"].null_count() == quarantine.height
@@ -202,7 +204,9 @@ def test_raw_spans_asset_takes_the_fast_path_for_parquet_only_days(tmp_path):
     for day in (parquet_day, mixed_day):
         folder = tmp_path / "landing" / "traces" / f"dt={day.isoformat()}"
         folder.mkdir(parents=True)
-        _write(folder / "part-0000.parquet", [GOOD, GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}, GOOD | {"kind": "x"}])
+        rows = [GOOD, GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}, GOOD | {"kind": "x"}]
+        # Each day its own file (the same bytes on two days would be a duplicate delivery).
+        _write(folder / "part-0000.parquet", [row | {"member_id": str(day)} for row in rows])
     write_lines(tmp_path / "landing" / "traces" / f"dt={mixed_day.isoformat()}" / "part-0001.json",
                 [request("api", span(T1, "c" * 16, kind=3))])
     warehouse = str(tmp_path / "w.duckdb")

@@ -80,7 +80,9 @@ def test_outcomes_recover_the_realized_change_and_flag_the_misses(shipped_run):
         assert row["verdict"] == "under_projected"  # the small world's projections saw no move
     calibration = report["calibration"]
     assert calibration["shipped_cells"] == 3 and sorted(calibration["missed"]) == sorted(truth["shipped"])
-    assert "Calibration" in (warehouse.parent / "report.html").read_text()
+    page = (warehouse.parent / "report.html").read_text()
+    section = page[page.index('id="projection-calibration"'):page.index('id="owners"')]
+    assert all(f'data-cell="{key}"' in section for key in truth["shipped"])
     result = dg.materialize([projection_outcomes], partition_key=as_of, resources={
         "warehouse": DuckDBResource(database=str(warehouse))}, selection=[projection_outcomes.key])
     check = result.get_asset_check_evaluations()[0]

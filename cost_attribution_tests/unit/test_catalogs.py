@@ -43,7 +43,7 @@ def test_focus_rows_keep_untagged_and_quarantine_unreadable(tmp_path):
 
 def test_focus_missing_columns_is_a_clear_error(tmp_path):
     path = _write(tmp_path / "costs" / "bad.csv", "a,b\n1,2\n")
-    with duckdb.connect() as conn, pytest.raises(ValueError, match="lack required columns"):
+    with duckdb.connect() as conn, pytest.raises(ValueError, match="lacks the columns"):
         catalogs.load_focus_costs(conn, [path], "app")
 
 
@@ -105,11 +105,56 @@ def test_allocations_conflicts_unknowns_and_duplicates(tmp_path):
 
 
 def test_catalog_errors_are_clear():
-    with pytest.raises(ValueError, match="no id"):
+    with pytest.raises(ValueError, match="line 2: experiment #1: id: Field required"):
         catalogs.parse_experiments({"experiments": [{"name": "x"}]})
     with pytest.raises(ValueError, match="control_cell"):
         catalogs.parse_experiments({"experiments": [{"id": "x", "control_cell": "c", "cells": ["a", "b"]}]})
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="line 3: experiment .x. is listed again .first at line 2."):
         catalogs.parse_experiments({"experiments": [{"id": "x"}, {"id": "x"}]})
     services = catalogs.parse_services({"services": [{"name": "a", "deprecated": True, "tier": 1}, {"name": "b"}]})
     assert services["deprecated"].to_list() == [True, False]
+
+
+def test_experiment_contract_fields_weights_kind_shipped():
+    text = """experiments:
+  - id: ramp
+    control_cell: control
+    cells: [control, treatment]
+    start: 2026-10-01T08:00:00Z
+    weights: [3, 7]
+    kind: ab
+    shipped: {cell: treatment, date: 2026-10-20}
+  - id: calibration
+    cells: [control, treatment]
+    kind: aa
+"""
+    frame = catalogs.parse_experiments(text)
+    ramp, calibration = frame.iter_rows(named=True)
+    assert ramp["weights"] == "[0.3, 0.7]" and ramp["kind"] == "ab"
+    assert str(ramp["start_date"]) == "2026-10-01"
+    assert (ramp["shipped_cell"], str(ramp["shipped_date"])) == ("treatment", "2026-10-20")
+    assert calibration["weights"] is None and calibration["kind"] == "aa" and calibration["shipped_cell"] is None
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("weights: [1]", "weights has 1 numbers for 2 cells"),
+    ("weights: [1, -1]", "weights.1: Input should be greater than or equal to 0"),
+    ("weights: [0, 0]", "weights [0.0, 0.0] must have a positive sum"),
+    ("kind: abc", "kind: Input should be 'ab' or 'aa'"),
+    ("shipped: {cell: other, date: 2026-10-20}", "shipped.cell 'other' is not one of its cells"),
+    ("shipped: {cell: control, date: 2026-10-20}", "shipped.cell 'control' is the control cell, not one of its treatment cells"),
+    ("cells: [control, control]", "cells listed more than once: ['control']"),
+])
+def test_experiment_entry_errors_name_the_line(entry, message):
+    text = f"experiments:\n  - id: x\n    cells: [control, treatment]\n    {entry}\n".replace(
+        "    cells: [control, treatment]\n    cells:", "    cells:")
+    with pytest.raises(catalogs.CatalogError, match=r"experiments.yaml line \d: experiment 'x': ") as error:
+        catalogs.parse_experiments(text)
+    assert message in str(error.value)
+
+
+def test_service_booleans_are_read_not_truthy():
+    text = 'services:\n  - name: a\n    deprecated: "false"\n  - name: b\n    deprecated: "yes"\n'
+    assert catalogs.parse_services(text)["deprecated"].to_list() == [False, True]
+    with pytest.raises(catalogs.CatalogError, match="line 3: service 'a': deprecated: Input should be a valid boolean"):
+        catalogs.parse_services('services:\n  - name: a\n    deprecated: "maybe"\n')

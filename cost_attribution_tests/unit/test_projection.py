@@ -5,7 +5,12 @@ add width but no point estimate."""
 import numpy as np
 import pytest
 
-from cost_attribution.estimation.projection import Z95, ServiceCostCurve, experiment_interval
+from cost_attribution.estimation.projection import Z95, ServiceCostCurve, joint_intervals
+
+
+def experiment_interval(curves, *args, **kwargs):
+    """One family of curves through joint_intervals."""
+    return joint_intervals([curves], *args, **kwargs)[0]
 
 
 def _linear(name, dollars_per_unit_delta):

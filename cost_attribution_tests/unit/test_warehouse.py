@@ -48,3 +48,34 @@ def test_a_large_first_write_is_readable_in_the_same_process():
         n = 300_000
         replace_rows(conn, "raw.big", pl.DataFrame({"dt": ["d"] * n, "v": list(range(n))}), where={"dt": "d"})
         assert len(conn.execute("SELECT * FROM raw.big").fetchall()) == n
+
+
+def test_a_failed_write_raises_its_own_error_even_when_the_rollback_fails():
+    """A disk-full error during the insert must not be hidden behind the rollback's error."""
+
+    class DiskFull:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, sql, *args):
+            if sql.startswith("INSERT"):
+                raise duckdb.IOException("could not write: No space left on device")
+            if sql == "ROLLBACK":
+                raise duckdb.TransactionException("cannot rollback - no transaction is active")
+            return self.conn.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+
+    with duckdb.connect() as conn, pytest.raises(duckdb.IOException, match="No space left on device"):
+        replace_rows(DiskFull(conn), "t", pl.DataFrame({"a": [1]}))
+
+
+def test_a_table_from_an_older_version_gains_the_new_columns():
+    with duckdb.connect() as conn:
+        replace_rows(conn, "raw.usage", pl.DataFrame({"service": ["a"], "requests": [1.0]}))
+        replace_rows(conn, "raw.usage", pl.DataFrame({"service": ["b"], "requests": [2.0], "cpu_seconds": [0.5]}))
+        assert conn.execute("SELECT * FROM raw.usage").fetchall() == [("b", 2.0, 0.5)]
+        replace_rows(conn, "raw.days", pl.DataFrame({"dt": ["d1"], "v": [1]}), where={"dt": "d1"})
+        replace_rows(conn, "raw.days", pl.DataFrame({"dt": ["d2"], "v": [2], "w": ["x"]}), where={"dt": "d2"})
+        assert conn.execute("SELECT * FROM raw.days ORDER BY dt").fetchall() == [("d1", 1, None), ("d2", 2, "x")]

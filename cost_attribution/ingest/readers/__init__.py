@@ -3,8 +3,9 @@
     read_span_files(paths, dt) -> SpanBatch   # many files, duplicates removed across them
     read_span_file(path, dt) -> SpanBatch     # one file, duplicates removed within it
 
-Formats are recognised by content (gzip magic, Parquet magic, JSON shape) with the
-extension only deciding OTLP protobuf, whose bytes carry no signature. Dirty records never
+Formats come from the one registry, ``cost_attribution.formats`` (Parquet by its magic
+bytes, OTLP protobuf by its suffix, case-insensitive; gzip by magic bytes); JSON files are
+told apart by content (OTLP lines, Zipkin, Jaeger). Dirty records never
 raise: each becomes a quarantine row whose reason is in QUARANTINE_REASONS.
 """
 
@@ -16,38 +17,32 @@ from pathlib import Path
 
 import polars as pl
 
+from cost_attribution.formats import trace_format
 from cost_attribution.ingest.readers.collector import SpanCollector
 from cost_attribution.ingest.readers.flat_parquet import read_flat_parquet_file
 from cost_attribution.ingest.readers.json_files import read_json_file
 from cost_attribution.ingest.readers.otlp_proto import read_otlp_proto_file
-from cost_attribution.ingest.readers.raw_spans import INTERNAL_COLUMNS, split_duplicates
+from cost_attribution.ingest.readers.raw_spans import INTERNAL_COLUMNS, split_duplicates, split_outside_partition
 from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA, SpanBatch
 
 __all__ = ["read_span_file", "read_span_files"]
 
-PARQUET_MAGIC = b"PAR1"
-
-
-def _is_protobuf_name(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(".pb") or name.endswith(".pb.gz") or name.endswith(".binpb") or name.endswith(".protobuf")
+_READERS = {"json": read_json_file, "otlp_proto": read_otlp_proto_file, "parquet": read_flat_parquet_file}
 
 
 def _read_one(path: Path, dt: datetime.date) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(spans with INTERNAL_COLUMNS, quarantine) for one file, not yet deduplicated."""
     source_file = str(path)
     try:
-        with open(path, "rb") as probe:
-            magic = probe.read(4)
+        with open(path, "rb"):
+            pass
     except OSError as error:
         collector = SpanCollector(dt, source_file)
         collector.reject("unreadable_files", f"cannot open file: {error}", None, "")
         return collector.finish()
-    if magic == PARQUET_MAGIC or path.suffix.lower() == ".parquet":
-        return read_flat_parquet_file(path, dt, source_file)
-    if _is_protobuf_name(path):
-        return read_otlp_proto_file(path, dt, source_file)
-    return read_json_file(path, dt, source_file)
+    fmt = trace_format(path)
+    # Files no reader takes are listed by the landing zone; one handed over anyway is JSON.
+    return _READERS[fmt.name if fmt else "json"](path, dt, source_file)
 
 
 def _deduplicated(spans: pl.DataFrame, quarantines: list[pl.DataFrame]) -> SpanBatch:
@@ -62,14 +57,23 @@ def read_span_file(path: Path, dt: datetime.date) -> SpanBatch:
     return _deduplicated(spans, [quarantine])
 
 
-def read_span_files(paths: Sequence[Path], dt: datetime.date) -> SpanBatch:
-    """Read a partition's trace files; a span seen again with the same (trace_id, span_id,
-    service, kind), in the same or another file, is quarantined as duplicate_spans and
-    the first one kept (files in the order given)."""
+def read_partition_file(path: Path, dt: datetime.date) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One file of the dt= partition: its spans (INTERNAL_COLUMNS kept) and quarantine,
+    spans starting outside the partition's day quarantined as timestamp_outside_partition."""
+    spans, quarantine = _read_one(Path(path), dt)
+    spans, outside = split_outside_partition(spans, dt)
+    return spans, pl.concat([quarantine, outside])
+
+
+def read_span_files(paths: Sequence[Path], dt: datetime.date, partition: bool = False) -> SpanBatch:
+    """Read trace files; a span seen again with the same (trace_id, span_id, service,
+    kind), in the same or another file, is quarantined as duplicate_spans and the first
+    one kept (files in the order given). partition=True: the files are the landing zone's
+    dt= folder, so spans must start within its day (see read_partition_file)."""
     span_frames: list[pl.DataFrame] = []
     quarantine_frames: list[pl.DataFrame] = []
     for path in paths:
-        spans, quarantine = _read_one(Path(path), dt)
+        spans, quarantine = read_partition_file(path, dt) if partition else _read_one(Path(path), dt)
         span_frames.append(spans)
         quarantine_frames.append(quarantine)
     if not span_frames:

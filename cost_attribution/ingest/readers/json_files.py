@@ -16,12 +16,12 @@ from typing import IO, Any
 import orjson
 import polars as pl
 
+from cost_attribution.formats import is_gzip
 from cost_attribution.ingest.readers.collector import SpanCollector, cyclic_gc_paused
 from cost_attribution.ingest.readers.jaeger import collect_jaeger_traces, jaeger_traces
 from cost_attribution.ingest.readers.otlp_json import collect_otlp_request, is_otlp_request
 from cost_attribution.ingest.readers.zipkin import collect_zipkin_spans, looks_like_zipkin_spans
 
-GZIP_MAGIC = b"\x1f\x8b"
 _UNKNOWN_SHAPE = "JSON is neither an OTLP ExportTraceServiceRequest, a Zipkin v2 span array nor Jaeger traces"
 _NOT_PARSED = object()
 
@@ -87,9 +87,7 @@ class GzipLines:
 
 
 def open_decompressed(path: Path) -> IO[bytes] | GzipLines:
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == GZIP_MAGIC:
+    if is_gzip(path):
         return GzipLines(path)
     return open(path, "rb", buffering=1 << 20)
 
@@ -173,9 +171,13 @@ def _read_stream(stream: IO[bytes] | GzipLines, collector: SpanCollector, reader
             collector.reject("unreadable_files", _UNKNOWN_SHAPE, None, _text(whole))
         collector.flush_if_full()
         return
-    if head[0][1].strip() in (b"{", b"["):
+    all_lines = whole.splitlines(keepends=True)
+    standalone = any(_parse(line) is not _NOT_PARSED for line in all_lines[len(consumed):] if line.strip())
+    if head[0][1].strip() in (b"{", b"[") and not standalone:
         # A pretty-printed document that does not parse (e.g. cut off): its lines mean
-        # nothing on their own, so report the file once instead of every line.
+        # nothing on their own, so report the file once instead of every line. (When
+        # later lines parse on their own, it is a JSON-lines file with broken lines
+        # such as a lone `{`: only those lines are lost.)
         try:
             orjson.loads(whole)
         except orjson.JSONDecodeError as error:

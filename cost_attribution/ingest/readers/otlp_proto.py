@@ -1,4 +1,4 @@
-"""OTLP protobuf files (.pb / .pb.gz): one serialized ExportTraceServiceRequest."""
+"""OTLP protobuf files (.pb, .binpb, .protobuf, gzip or not): one serialized ExportTraceServiceRequest."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from cost_attribution.formats import GZIP_MAGIC
 from cost_attribution.ingest.readers.collector import SourceFormat, SpanCollector, cyclic_gc_paused
-from cost_attribution.ingest.readers.json_files import GZIP_MAGIC
 from cost_attribution.ingest.readers.raw_spans import IdEncoding
 
 

@@ -19,10 +19,14 @@ import polars as pl
 from cost_attribution.ingest.spans import (
     QUARANTINE_SCHEMA,
     RAW_TEXT_LIMIT,
+    SAMPLING_PROBABILITY_FLOOR,
     SPAN_SCHEMA,
     empty_quarantine,
     parse_tracestate_threshold,
+    partition_bounds_nanos,
 )
+
+OUTSIDE_PARTITION = "timestamp_outside_partition"
 
 # One span as a format reader extracts it, before any validation. Values are whatever the
 # source held (ids as text, kind as int or text, times as int or text) so that nothing is
@@ -248,6 +252,7 @@ def finalize_frame(
     ts_status = pl.col("tracestate").replace_strict(threshold_status, default="absent", return_dtype=pl.Utf8)
     ts_p = pl.col("tracestate").replace_strict(threshold_p, default=None, return_dtype=pl.Float64)
     service_missing = pl.col("service").is_null() | (pl.col("service").str.strip_chars() == "")
+    probability = pl.when(attr_present).then(pl.col("sampling_attr")).otherwise(ts_p).fill_null(1.0)
 
     def shown(column: str) -> pl.Expr:
         return pl.col(column).fill_null("<missing>")
@@ -289,6 +294,11 @@ def finalize_frame(
             "bad_sampling_probability",
             pl.format("tracestate '{}' has a malformed ot th threshold", pl.col("tracestate")),
         ),
+        (
+            probability < SAMPLING_PROBABILITY_FLOOR,
+            "sampling_probability_below_floor",
+            pl.format(f"sampling probability {{}} is below the floor {SAMPLING_PROBABILITY_FLOOR:g}", probability),
+        ),
     ]
     # First matching rule wins: the rule index is computed for every row (cheap booleans);
     # the human-readable detail only for the few rejected rows.
@@ -297,7 +307,7 @@ def finalize_frame(
         rule = pl.when(reason_and_detail[index][0].fill_null(False)).then(pl.lit(index, dtype=pl.Int32)).otherwise(rule)
     spans = spans.with_columns(
         rule.alias("_rule"),
-        pl.when(attr_present).then(pl.col("sampling_attr")).otherwise(ts_p).fill_null(1.0).alias("p_norm"),
+        probability.alias("p_norm"),
     )
     # rechunk: polars 2.1 panics (`i < self.len()`) evaluating when/then chains over the
     # multi-chunk columns a large Parquet read leaves behind.
@@ -365,3 +375,26 @@ def split_duplicates(spans: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.struct(list(SPAN_SCHEMA)).struct.json_encode().str.slice(0, RAW_TEXT_LIMIT).alias("raw"),
     )
     return marked.filter(pl.col("_first")).drop("_first", "_first_at"), quarantine.cast(QUARANTINE_SCHEMA)
+
+
+def split_outside_partition(spans: pl.DataFrame, dt: datetime.date) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(spans of the dt= partition, quarantine rows for the others). A format reader does
+    not know which day a file was delivered for; the landing zone does, so this rule runs
+    when a partition's files are read (before cross-file dedupe, as in the SQL path).
+    `spans` must carry INTERNAL_COLUMNS."""
+    low, high = partition_bounds_nanos(dt)
+    outside = (pl.col("start_unix_nano") < low) | (pl.col("start_unix_nano") >= high)
+    rejected = spans.filter(outside)
+    if rejected.is_empty():
+        return spans, empty_quarantine()
+    quarantine = rejected.select(
+        pl.col("dt"),
+        pl.col("_source_file").alias("source_file"),
+        pl.col("_line_no").alias("line_no"),
+        pl.lit(OUTSIDE_PARTITION).alias("reason"),
+        pl.format(f"start {{}} is not within a day of the partition {dt.isoformat()}", pl.col("start_unix_nano")).alias("detail"),
+        pl.col("trace_id"),
+        pl.col("span_id"),
+        pl.struct(list(SPAN_SCHEMA)).struct.json_encode().str.slice(0, RAW_TEXT_LIMIT).alias("raw"),
+    )
+    return spans.filter(~outside), quarantine.cast(QUARANTINE_SCHEMA)

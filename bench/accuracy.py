@@ -1,0 +1,143 @@
+"""Accuracy of the headline numbers over many noise draws of the embedded simulator.
+
+    .venv/bin/python bench/accuracy.py --seeds 20            # demo-sized live worlds, ~2-3 min per seed here
+    .venv/bin/python bench/accuracy.py --seeds 3 --first 100 # a quick look
+    .venv/bin/python bench/accuracy.py --table results.jsonl # re-print a finished run
+
+Each seed generates `live_world_config(seed)` (same truth structure, different members,
+samples and noise), runs the whole pipeline (`cost-attribution run`, in-process) and
+compares every cell of the last day's report with truth.json, on both baselines (incremental cost
+vs not shipping, and bill change). One JSON line per cell is appended to --out as soon
+as its seed finishes, so an interrupted run keeps what it measured.
+
+Per kind of experiment it prints: cells, median and worst |error| (cells whose true cost
+is over $500), mean signed error (bias), 95% interval coverage, median interval width /
+|truth|, and for calibration (A/A) and zero-cost cells the share whose interval excludes
+$0 or that show a significant service (false positives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# What each experiment of the live world stands for (simulator/config.py live_experiments).
+KINDS = {
+    "smarter-prefetch": "production-share ramp",
+    "ratings-badge": "three cells, new calls to a tiny service",
+    "hd-images": "heavier requests",
+    "lean-recs": "savings",
+    "search-personalization": "new dependency",
+    "login-refresh": "static",
+    "aa-calibration": "A/A",
+}
+COSTED_USD = 500.0
+
+
+def run_seed(seed: int, workdir: Path) -> list[dict]:
+    from cost_attribution.simulator import generate_world, live_world_config
+    from cost_attribution_tests.worlds import run_world
+
+    root = workdir / f"seed-{seed}"
+    truth = generate_world(root / "landing", live_world_config(seed))
+    started = time.perf_counter()
+    summary, report = run_world(root / "landing", root / "warehouse.duckdb", latest_only=True)
+    seconds = time.perf_counter() - started
+    rows = []
+    for key, expected in truth["experiments"].items():
+        experiment_id, cell = key.split(":")
+        got = next((e for e in report["experiments"] if e["experiment_id"] == experiment_id and e["cell"] == cell), None)
+        row = {"seed": seed, "cell": key, "kind": KINDS.get(experiment_id, experiment_id), "seconds": seconds,
+               "failed_steps": summary["failed"], "found": got is not None}
+        if got is not None:
+            for name, point, low, high in (("incremental", "incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d"),
+                                           ("bill", "bill_change_usd_30d", "bill_ci_low_usd_30d", "bill_ci_high_usd_30d")):
+                row[name] = {"truth": expected[point], "estimate": got[point], "low": got[low], "high": got[high]}
+            row["significant_services"] = [s["service"] for s in got["services"] if s["significant"]]
+        rows.append(row)
+    shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def _pct(values: list[float]) -> str:
+    return "-" if not values else f"{100 * np.median(values):.1f}%"
+
+
+def table(rows: list[dict], baseline: str = "incremental") -> str:
+    lines = [f"### {baseline} ({len({r['seed'] for r in rows})} seeds)", "",
+             "| kind | cells | median abs error | worst abs error | mean signed error | coverage | median width / truth | false positives |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    kinds = sorted({r["kind"] for r in rows}, key=lambda k: list(KINDS.values()).index(k) if k in KINDS.values() else 99)
+    totals = {"abs": [], "cover": [], "width": []}
+    for kind in kinds:
+        found = [r for r in rows if r["kind"] == kind and r["found"]]
+        costed = [r[baseline] for r in found if abs(r[baseline]["truth"]) > COSTED_USD]
+        errors = [(c["estimate"] - c["truth"]) / abs(c["truth"]) for c in costed]
+        cover = [c["low"] <= c["truth"] <= c["high"] for c in (r[baseline] for r in found)]
+        widths = [(c["high"] - c["low"]) / abs(c["truth"]) for c in costed]
+        zero = [r for r in found if abs(r[baseline]["truth"]) <= COSTED_USD and r[baseline]["truth"] == 0]
+        false_pos = [not (r[baseline]["low"] <= 0 <= r[baseline]["high"]) or r[baseline]["estimate"] != 0 for r in zero]
+        if kind == "A/A":
+            false_pos = [bool(r["significant_services"]) or fp for r, fp in zip(zero, false_pos)]
+        totals["abs"] += [abs(e) for e in errors]
+        totals["cover"] += cover
+        totals["width"] += widths
+        lines.append(
+            f"| {kind} | {len(found)} | {_pct([abs(e) for e in errors])} | "
+            f"{'-' if not errors else f'{100 * max(abs(e) for e in errors):.1f}%'} | "
+            f"{'-' if not errors else f'{100 * np.mean(errors):+.1f}%'} | "
+            f"{'-' if not cover else f'{100 * np.mean(cover):.0f}%'} | "
+            f"{'-' if not widths else f'{np.median(widths):.2f}'} | "
+            f"{'-' if not zero else f'{sum(false_pos)}/{len(zero)}'} |"
+        )
+    errors, cover, widths = totals["abs"], totals["cover"], totals["width"]
+    lines.append(
+        f"| **all costed cells** | {len(errors)} | {_pct(errors)} | "
+        f"{'-' if not errors else f'{100 * max(errors):.1f}%'} | | "
+        f"{'-' if not cover else f'{100 * np.mean(cover):.0f}%'} | "
+        f"{'-' if not widths else f'{np.median(widths):.2f}'} | |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first", type=int, default=1, help="first seed (default 1)")
+    parser.add_argument("--out", default="accuracy_results.jsonl", help="JSON lines, appended per seed")
+    parser.add_argument("--table", help="only print the tables of an existing results file")
+    args = parser.parse_args(argv)
+    if args.table:
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        rows = []
+        workdir = Path(tempfile.mkdtemp(prefix="accuracy-"))
+        os.environ.setdefault("DAGSTER_HOME", str(workdir / "dagster_home"))
+        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        try:
+            for seed in range(args.first, args.first + args.seeds):
+                seed_rows = run_seed(seed, workdir)
+                rows += seed_rows
+                with open(args.out, "a") as out:
+                    for row in seed_rows:
+                        out.write(json.dumps(row) + "\n")
+                print(f"seed {seed}: {seed_rows[0]['seconds']:.0f} s", file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    for baseline in ("incremental", "bill"):
+        print(table(rows, baseline))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
