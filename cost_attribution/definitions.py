@@ -15,6 +15,7 @@ from cost_attribution.attribution.latency_assets import latency_assets
 from cost_attribution.checks.input_contracts import build_input_contract_checks
 from cost_attribution.estimation.assets import estimation_assets
 from cost_attribution.estimation.capacity_assets import capacity_assets
+from cost_attribution.estimation.outcome_assets import outcome_assets
 from cost_attribution.execution import step_executor
 from cost_attribution.freshness import apply_freshness_policies, freshness_checks, freshness_sensors
 from cost_attribution.ingest.assets import ingest_assets
@@ -39,6 +40,7 @@ def _base_defs() -> dg.Definitions:
             span_models,
             *attribution_assets,
             *estimation_assets,
+            *outcome_assets,
             *reporting_assets,
             *latency_assets,
             *capacity_assets,

@@ -35,6 +35,7 @@ def report_path(warehouse: DuckDBResource) -> Path:
         "latency_impact",
         "capacity_plan",
         "edge_usage_by_cell",
+        "projection_outcomes",
     ],
     description="The contract's report for the as-of day: per experiment cell the projected 30-day cost with its "
     "interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and cost "
