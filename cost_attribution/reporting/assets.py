@@ -23,6 +23,13 @@ def report_path(warehouse: DuckDBResource) -> Path:
     return Path(warehouse.database).resolve().parent / REPORT_FILE
 
 
+POINT_ESTIMATE_IN_WORDS = {
+    "shrinkage": "empirical-Bayes posterior mean: every service's measured change shrunk towards 0 by how likely "
+    "'no change' is, given all of the day's measured changes (adaptive shrinkage); intervals from the posteriors",
+    "gate": "services whose change is not significant (BH q >= fdr_q) add $0",
+}
+
+
 @dg.asset(
     key="cost_report",
     deps=[
@@ -64,13 +71,15 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             as_of,
             projection_days=settings.projection_days,
             blind_spot_coverage=settings.blind_spot_coverage,
+            min_trace_coverage=settings.min_trace_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
             value_per_point_usd=settings.value_per_point_usd,
             intervals={
                 "deltas": "always-valid 95% (mixture sequential test)" if settings.sequential else "fixed-horizon 95%",
                 "dollars": "fixed-horizon 95% from the deltas' standard errors"
                 if settings.dollar_interval == "fixed" else "from the always-valid delta intervals",
-                "point_estimate": "services whose change is not significant (BH q >= fdr_q) add $0",
+                "point_estimate": POINT_ESTIMATE_IN_WORDS[settings.point_estimate]
+                if settings.dollar_interval == "fixed" else POINT_ESTIMATE_IN_WORDS["gate"],
             },
         )
         text = json.dumps(report, indent=2)

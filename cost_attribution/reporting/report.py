@@ -64,7 +64,21 @@ def unattributed_cost(conn, as_of: dt.date, days: int) -> float:
     return float(frame["usd"][0]) if frame.height else 0.0
 
 
-def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+def low_coverage_days(coverage: pl.DataFrame, min_coverage: float) -> list[dict]:
+    """Trace days whose share of adjusted SERVER work reaching a member is under the gate."""
+    if not coverage.height:
+        return []
+    days = (
+        coverage.group_by("dt")
+        .agg((pl.col("attributed_requests").sum() / pl.col("adjusted_requests").sum()).alias("coverage"))
+        .filter(pl.col("coverage") < min_coverage)
+        .sort("dt")
+    )
+    return [{"day": r["dt"].isoformat(), "coverage": r["coverage"]} for r in days.iter_rows(named=True)]
+
+
+def completeness_section(conn, as_of: dt.date, window_start: dt.date | None,
+                         min_coverage: float = 0.5) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
     start = window_start or dt.date(1970, 1, 1)
     coverage = _frame(conn, "main.service_coverage", "SELECT * FROM main.service_coverage WHERE dt BETWEEN ? AND ?", [start, as_of])
     edges = _frame(conn, "main.trace_edges", "SELECT * FROM main.trace_edges WHERE dt BETWEEN ? AND ?", [start, as_of])
@@ -86,6 +100,9 @@ def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> 
         "broken_edges": [
             {"caller": r["caller"], "callee": r["callee"]} for r in summary.broken_edges.iter_rows(named=True)
         ],
+        # Extra: days under the coverage gate, whose estimates run on what was attributable.
+        "days_below_gate": low_coverage_days(coverage, min_coverage),
+        "gate": min_coverage,
         # Extra: sampling-corrected traced volume against the metrics' full counts.
         "volume_reconciliation": [
             {
@@ -217,7 +234,8 @@ def owner_view(experiments: list[dict], owners: dict[str, str | None]) -> list[d
 
 def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
                  blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0,
-                 value_per_point_usd: dict[str, float] | None = None, intervals: dict | None = None) -> dict:
+                 value_per_point_usd: dict[str, float] | None = None, intervals: dict | None = None,
+                 min_trace_coverage: float = 0.5) -> dict:
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
     projections = _frame(conn, "main.cost_projections", "SELECT * FROM main.cost_projections WHERE as_of = ?", [as_of])
     experiment_costs = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of = ? ORDER BY experiment_id, cell", [as_of])
@@ -229,7 +247,13 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     srm = _frame(conn, "main.sample_ratio", "SELECT * FROM main.sample_ratio WHERE as_of = ?", [as_of])
     window = _frame(conn, "raw.experiments", "SELECT min(start_date) AS d FROM raw.experiments", [])
     window_start = window["d"][0] if window.height else None
-    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, window_start)
+    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, window_start, min_trace_coverage)
+    thin_days = [
+        {"kind": "low_trace_coverage_day", "service": None,
+         "detail": f"On {d['day']} only {d['coverage']:.0%} of traced work reached a member "
+                   f"(gate {min_trace_coverage:.0%})"}
+        for d in completeness.get("days_below_gate", [])
+    ]
     # Extra (non-contract) inputs; absent tables simply add nothing.
     edge_shift_frame = load_edge_shifts(conn, as_of)
     latency = _index(
@@ -314,7 +338,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
             blind_spot_coverage=blind_spot_coverage,
             cost_alert_threshold_usd=cost_alert_threshold_usd,
             edge_shifts=edge_shift_frame,
-        )
+        ) + thin_days
         metrics = business.filter(
             (pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"])
         ) if business.height else business

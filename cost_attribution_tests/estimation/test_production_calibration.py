@@ -76,7 +76,7 @@ def test_metrics_that_do_not_carry_the_test_are_not_deflated():
                        "ci_low": 0.32, "ci_high": 0.48}])
     services, cells, _ = project_cells(AS_OF, deltas, {"svc": _linear_model("svc", 0.01)},
                                        {"svc": (np.arange(len(hours)), load)}, hours, shares, 30 / 28, 0.05,
-                                       lambda *_: None, projection_hours=24 * 28)
+                                       lambda *_: None, projection_hours=24 * 28, point_estimate="gate")
     row = services.row(0, named=True)
     assert row["delta_source"] == "traces (production absent)" and row["delta_used"] == 0.4
     cell = cells.row(0, named=True)
