@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from scipy import stats as sps
 
 from cost_attribution.estimation import projection, shrinkage
 from cost_attribution.estimation.models import FittedCostModel
-from cost_attribution.estimation.production_calibration import combine, production_scale, reconcile
+from cost_attribution.estimation.production_calibration import combine_cells, production_scale, reconcile
 
 # (experiment_id, cell, control_cell, services, metrics) -> correlation matrix of the deltas, or None
 Correlation = Callable[[str, str, str, list[str], list[str]], "np.ndarray | None"]
@@ -54,6 +55,9 @@ class Effect:
     significant: bool
     source: str = "traces"  # "traces" | "traces+production"
     shrunk: Shrunk | None = None
+    # Work effects: (requests delta, se) and (work per request delta, se), the two parts of
+    # 1 + work delta = (1 + requests delta) x (1 + work per request delta), shrunk apart.
+    parts: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     @property
     def centre(self) -> float:
@@ -73,6 +77,13 @@ class Effect:
     @property
     def half_width(self) -> float:
         return max(self.ci_high - self.delta, self.delta - self.ci_low, 1e-6)
+
+    @property
+    def best(self) -> tuple[float, float]:
+        """(estimate, 95% half width) the traces give: the posterior's under shrinkage."""
+        if self.shrunk is not None:
+            return self.shrunk.mean, max((self.shrunk.high - self.shrunk.low) / 2.0, 1e-6)
+        return self.delta, self.half_width
 
 
 def _finite(*values) -> bool:
@@ -103,7 +114,11 @@ def driver_effect(row: dict, model: FittedCostModel, fdr_q: float, interval: str
     se = row.get(f"{prefix}se")
     if interval == "fixed" and _finite(se):
         low, high = delta - projection.Z95 * se, delta + projection.Z95 * se
-    return Effect(row["experiment_id"], row["cell"], row["service"], metric, delta, low, high, bool(row["significant"]))
+    parts = None
+    if metric == "work" and _finite(row["delta"], row.get("se"), row.get("wpr_delta"), row.get("wpr_se")):
+        parts = ((float(row["delta"]), float(row["se"])), (float(row["wpr_delta"]), float(row["wpr_se"])))
+    return Effect(row["experiment_id"], row["cell"], row["service"], metric, delta, low, high, bool(row["significant"]),
+                  parts=parts)
 
 
 def _share_arrays(shares: pl.DataFrame, hours: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
@@ -146,37 +161,72 @@ def calibrate_with_production(
         if not implied.any() or not moved:
             continue
         scale = production_scale(service_hours, values, implied)
-        trace_relative_se = min(e.half_width / projection.Z95 / abs(e.delta) for e in moved)
+        trace_relative_se = min(e.best[1] / projection.Z95 / max(abs(e.best[0]), 1e-9) for e in moved)
         verdict = reconcile(scale, trace_relative_se)
         if verdict == "absent":
             not_in_load.add((experiment_id, service))
-        for effect in moved:
-            if verdict == "agrees":
-                delta, half, source = combine(effect.delta, effect.half_width, scale)
+        combined = None
+        if verdict == "agrees":
+            treated = implied != 0
+            weights = np.array([shares[(experiment_id, e.cell)][treated].mean() if (experiment_id, e.cell) in shares
+                                else 0.0 for e in moved])
+            combined = combine_cells([e.best for e in moved], weights, scale, float(implied[treated].mean()))
+        for i, effect in enumerate(moved):
+            if combined is not None:
+                delta, half = combined[i]
                 effect = Effect(experiment_id, effect.cell, service, effect.metric, delta, delta - half, delta + half,
-                                True, source)
+                                True, "traces+production",
+                                shrunk=None if effect.shrunk is None else _normal_shrunk(delta, half))
             elif verdict in ("absent", "disagrees"):
                 effect = dataclasses.replace(effect, source=f"traces (production {verdict})")
             out[(experiment_id, effect.cell, service)] = effect
     return out, not_in_load
 
 
+PRODUCT_DRAWS = 4000
+
+
+def _normal_shrunk(delta: float, half: float) -> Shrunk:
+    """A normal posterior (e.g. traces and production combined) in Shrunk's form."""
+    probabilities = np.linspace(0.0005, 0.9995, 801)
+    deltas = delta + half / projection.Z95 * sps.norm.ppf(probabilities)
+    return Shrunk(delta, delta - half, delta + half, 0.0, probabilities, deltas)
+
+
 def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> tuple[dict[tuple[str, str, str], Effect], float]:
-    """Every effect with its posterior under one prior fitted on all of them
-    (estimation.shrinkage). Returns the effects and the prior's weight on "no effect"."""
+    """Every effect with its posterior under one prior fitted on all of the day's measured
+    changes (estimation.shrinkage). A work effect with its two parts measured enters as
+    both parts (request count, work per request), each shrunk on its own evidence; its
+    posterior is that of their product, tabulated from draws. Returns the effects and the
+    prior's weight on "no effect"."""
     if not effects:
         return effects, 1.0
     keys = list(effects)
-    delta = np.array([effects[k].delta for k in keys])
-    se = np.array([effects[k].half_width / projection.Z95 for k in keys])
-    prior, post = shrinkage.shrink(delta, se)
-    means = post.mean()
+    entries: list[tuple[float, float]] = []  # (delta, se) of every change that enters the prior
+    slots: dict[tuple[str, str, str], list[int]] = {}
+    for key in keys:
+        effect = effects[key]
+        measured = effect.parts or ((effect.delta, effect.half_width / projection.Z95),)
+        slots[key] = list(range(len(entries), len(entries) + len(measured)))
+        entries += measured
+    prior, post = shrinkage.shrink(np.array([d for d, _ in entries]), np.array([se for _, se in entries]))
+    means, nulls = post.mean(), post.null_probability()
+    rng = np.random.default_rng(0)
     out = {}
-    for i, key in enumerate(keys):
-        cdf, deltas = post.quantile_table(i)
+    for key in keys:
+        first, *rest = slots[key]
+        if not rest:
+            cdf, deltas = post.quantile_table(first)
+            mean, null = float(means[first]), float(nulls[first])
+        else:  # 1 + work delta = product of the parts' posteriors (independent)
+            uniforms = rng.random((PRODUCT_DRAWS, len(slots[key])))
+            factor = np.prod([1.0 + post.quantiles(i, uniforms[:, j]) for j, i in enumerate(slots[key])], axis=0)
+            deltas = np.sort(factor - 1.0)
+            cdf = (np.arange(PRODUCT_DRAWS) + 0.5) / PRODUCT_DRAWS
+            mean = float(np.prod([1.0 + means[i] for i in slots[key]]) - 1.0)
+            null = float(np.prod([nulls[i] for i in slots[key]]))
         low, high = np.interp([0.025, 0.975], cdf, deltas)
-        out[key] = dataclasses.replace(effects[key], shrunk=Shrunk(
-            float(means[i]), float(low), float(high), float(post.null_probability()[i]), cdf, deltas))
+        out[key] = dataclasses.replace(effects[key], shrunk=Shrunk(mean, float(low), float(high), null, cdf, deltas))
     return out, prior.null_weight
 
 
@@ -240,10 +290,12 @@ def project_cells(
         effect = driver_effect(row, model, fdr_q, interval)
         if effect is not None:
             effects[(row["experiment_id"], row["cell"], row["service"])] = effect
-    effects, not_in_load = calibrate_with_production(effects, history, history_shares)
+    # Shrink first: production calibration then combines the traces' best estimate (for a
+    # work effect, its count and weight parts shrunk apart) with what the load says.
     shrinking = point_estimate == "shrinkage" and interval == "fixed"
     if shrinking:
         effects, _ = shrink_effects(effects)
+    effects, not_in_load = calibrate_with_production(effects, history, history_shares)
     by_service: dict[str, list[Effect]] = {}
     for effect in effects.values():
         by_service.setdefault(effect.service, []).append(effect)
