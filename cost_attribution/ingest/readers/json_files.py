@@ -210,18 +210,22 @@ def _open_raw_decompressed(path: Path) -> IO[bytes]:
     return open(path, "rb", buffering=1 << 20)
 
 
-def _streamed_otlp_key(path: Path, limit: int = WHOLE_DOCUMENT_LIMIT) -> str | None:
-    """The top-level key ("resourceSpans"/"resource_spans") when the file is one OTLP
-    document bigger than `limit` bytes decompressed (its first line longer than the limit,
-    or a pretty-printed document opening with a lone `{`); None otherwise (JSON lines,
+def _streamed_otlp_key(path: Path) -> tuple[str, int | None] | None:
+    """(top-level key "resourceSpans"/"resource_spans", line number) when the file is one OTLP
+    document bigger than WHOLE_DOCUMENT_LIMIT bytes decompressed (its first line longer,
+    or a pretty-printed document opening with a lone `{`); the line number is the one
+    line's (as the line reader numbers it), None for a pretty-printed document, as when
+    parsed whole. None otherwise (JSON lines,
     small or other files), and on any read error (the line reader then reports it)."""
+    limit = WHOLE_DOCUMENT_LIMIT
     try:
         with _open_raw_decompressed(path) as stream:
             head = stream.read(1 << 16)
             match = _OTLP_DOCUMENT_START.match(head)
             if match is None:
                 return None
-            newline = head.find(b"\n")
+            brace = head.index(b"{")
+            newline = head.find(b"\n", brace)  # the end of the document's first line
             read = len(head)
             while read <= limit:
                 block = stream.read(1 << 20)
@@ -232,29 +236,88 @@ def _streamed_otlp_key(path: Path, limit: int = WHOLE_DOCUMENT_LIMIT) -> str | N
                 read += len(block)
     except (OSError, EOFError, zlib.error):
         return None
-    if newline < 0 or newline > limit or head[:newline].strip() == b"{":
-        return match.group(1).decode()
+    key = match.group(1).decode()
+    if newline < 0 or newline - brace > limit:
+        return key, 1 + head.count(b"\n", 0, brace)  # one huge line
+    if head[brace:newline].strip() == b"{":
+        return key, None
     return None
 
 
-def _stream_otlp_document(path: Path, key: str, collector: SpanCollector) -> None:
+class _UntilNewline:
+    """The stream up to and including its next newline (what ijson reads for one huge
+    line); the bytes read past it are kept in `rest` for the line reader."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.rest = b""
+        self.done = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self.done or size == 0:  # ijson probes the type with read(0)
+            return b""
+        data = self.stream.read(size if size > 0 else 1 << 20)
+        end = data.find(b"\n")
+        if not data or end >= 0:
+            self.done = True
+            self.rest = data[end + 1 :] if end >= 0 else b""
+            return data[: end + 1] if end >= 0 else data
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _lines_after(rest: bytes, stream: IO[bytes]) -> Iterator[bytes]:
+    pending = rest
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            break
+        data = pending + block
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            yield data[start : end + 1]
+            start = end + 1
+        pending = data[start:]
+    while (end := pending.find(b"\n")) >= 0:
+        yield pending[: end + 1]
+        pending = pending[end + 1 :]
+    if pending:
+        yield pending
+
+
+def _stream_otlp_document(path: Path, key: str, line_no: int | None, collector: SpanCollector, reader: _LineReader) -> None:
     """Collect one big OTLP document entry by entry; the entries of the current chunk are
-    kept as JSON text (collector.documents[None]) to print rejected spans."""
+    kept as JSON text (collector.documents) to print rejected spans. A huge line (line_no
+    given) is followed by the file's other lines, read as JSON lines."""
     texts: list[bytes] = []
     offset = entries = 0
-    try:
-        with _open_raw_decompressed(path) as stream:
-            for resource_span in ijson.items(stream, f"{key}.item", use_float=True, buf_size=1 << 20):
-                if None not in collector.documents:  # a new chunk
+    with _open_raw_decompressed(path) as stream:
+        source = _UntilNewline(stream) if line_no is not None else stream
+        try:
+            for resource_span in ijson.items(source, f"{key}.item", use_float=True, buf_size=1 << 20):
+                if line_no not in collector.documents:  # a new chunk
                     texts, offset = [], 0
-                    collector.documents[None] = texts
+                    collector.documents[line_no] = texts
                 texts.append(json_record_text(resource_span).encode())
-                offset = collect_otlp_request({key: [resource_span]}, None, collector, offset)
+                offset = collect_otlp_request({key: [resource_span]}, line_no, collector, offset)
                 entries += 1
                 collector.flush_if_full()
-    except ijson.JSONError as error:
-        where = f" after {entries} resourceSpans entries; later content is lost" if entries else ""
-        collector.reject("unreadable_files", f"JSON document does not parse{where}: {error}", None, "")
+        except ijson.JSONError as error:
+            where = f" after {entries} resourceSpans entries; later content is lost" if entries else ""
+            if line_no is None:
+                collector.reject("unreadable_files", f"JSON document does not parse{where}: {error}", None, "")
+            else:
+                collector.reject("malformed_lines", f"invalid JSON{where}: {error}", line_no, "")
+                source.drain()
+        if line_no is None:
+            return
+        reader.last_line = line_no
+        collector.flush()  # the line's document texts are no longer needed
+        for number, line in enumerate(_lines_after(source.rest, stream), line_no + 1):
+            reader.take(number, line)
 
 
 def read_json_file(
@@ -264,9 +327,9 @@ def read_json_file(
     reader = _LineReader(collector)
     with cyclic_gc_paused():
         try:
-            key = _streamed_otlp_key(path)
-            if key is not None:
-                _stream_otlp_document(path, key, collector)
+            streamed = _streamed_otlp_key(path)
+            if streamed is not None:
+                _stream_otlp_document(path, *streamed, collector, reader)
             else:
                 with open_decompressed(path) as stream:
                     _read_stream(stream, collector, reader)
