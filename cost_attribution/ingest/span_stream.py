@@ -26,7 +26,14 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from cost_attribution.ingest.parquet_sql import QUARANTINE_TABLE, SPANS_TABLE, _create_table_sql, _qualified, _restore, _settings
+from cost_attribution.ingest.parquet_sql import (
+    QUARANTINE_TABLE,
+    SPANS_TABLE,
+    _qualified,
+    _restore,
+    _settings,
+    begin_day_replacement,
+)
 from cost_attribution.ingest.readers import stream_partition_file
 from cost_attribution.ingest.readers.collector import DEFAULT_CHUNK_SIZE
 from cost_attribution.ingest.readers.raw_spans import split_duplicates
@@ -95,13 +102,8 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
     conn.execute("SET preserve_insertion_order = false")  # file order is in (_file_idx, _row)
     registered = False
     try:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS " + quote_ident(SPANS_TABLE.split(".")[0]))
-        conn.execute("BEGIN TRANSACTION")
         try:
-            conn.execute(_create_table_sql(SPANS_TABLE, SPAN_SCHEMA))
-            conn.execute(_create_table_sql(QUARANTINE_TABLE, QUARANTINE_SCHEMA))
-            conn.execute(f"DELETE FROM {spans_table} WHERE dt = ?", [dt])
-            conn.execute(f"DELETE FROM {quarantine_table} WHERE dt = ?", [dt])
+            begin_day_replacement(conn, dt)
             inserted = 0
             if stager.span_files:
                 # Rows whose key hash repeats (8 bytes a span in DuckDB, spilled if need be),

@@ -3,6 +3,7 @@ big OTLP JSON document and the chunked OTLP protobuf read give the rows of the i
 
 from __future__ import annotations
 
+import base64
 import datetime
 
 import duckdb
@@ -12,6 +13,7 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from cost_attribution.ingest.readers import json_files, read_span_file, read_span_files
+from cost_attribution.ingest.readers.otlp_proto import read_otlp_proto_file
 from cost_attribution.ingest.span_stream import ingest_span_day
 from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA
 from ingest_span_builders import START, request, span, write_lines
@@ -92,7 +94,7 @@ def _proto_file(tmp_path, name: str, document: dict, keep_bytes: int | None = No
         for scope in entry["scopeSpans"]:
             for record in scope["spans"]:
                 for key in ("traceId", "spanId", "parentSpanId"):  # proto JSON bytes are base64
-                    record[key] = __import__("base64").b64encode(bytes.fromhex(record[key])).decode()
+                    record[key] = base64.b64encode(bytes.fromhex(record[key])).decode()
     payload = json_format.ParseDict(document, ExportTraceServiceRequest()).SerializeToString()
     path = tmp_path / name
     path.write_bytes(payload if keep_bytes is None else payload[:keep_bytes])
@@ -105,9 +107,8 @@ def test_protobuf_read_in_chunks_and_damage_keeps_earlier_entries(tmp_path):
     path, size = _proto_file(tmp_path, "batch.pb", _document(first, second))
     batch = read_span_file(path, DT)
     assert batch.spans.height == 6 and batch.quarantine.is_empty()
-    spans, quarantine = __import__("cost_attribution.ingest.readers.otlp_proto", fromlist=["x"]).read_otlp_proto_file(
-        path, DT, str(path), chunk_size=2)
-    assert _sorted(spans.drop("_source_file", "_line_no")).equals(_sorted(batch.spans))
+    spans, quarantine = read_otlp_proto_file(path, DT, str(path), chunk_size=2)
+    assert _sorted(spans.drop("_source_file", "_line_no")).equals(_sorted(batch.spans)) and quarantine.is_empty()
     cut, _ = _proto_file(tmp_path, "cut.pb", _document(request("api", *(span(T1, f"{i + 1:016x}") for i in range(5))),
                                                        request("db", span(T2, "d" * 16))), keep_bytes=size - 5)
     damaged = read_span_file(cut, DT)
