@@ -69,9 +69,11 @@ def _measure(mode: str, repo: Path, files: list[Path], tmp: Path) -> dict:
     wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall)))
     db.unlink(missing_ok=True)
-    return {"mode": mode, "spans": int(done.stdout.split()[-1]), "wall": seconds,
-            "cpu": float(field("User time (seconds)")) + float(field("System time (seconds)")),
-            "rss_gb": int(field("Maximum resident set size (kbytes)")) / 1024**2}
+    run = {"mode": mode, "spans": int(done.stdout.split()[-1]), "wall": seconds,
+           "cpu": float(field("User time (seconds)")) + float(field("System time (seconds)")),
+           "rss_gb": int(field("Maximum resident set size (kbytes)")) / 1024**2}
+    print(run, file=sys.stderr, flush=True)
+    return run
 
 
 def _single_line(lines_file: Path, out: Path) -> None:

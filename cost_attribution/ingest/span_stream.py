@@ -41,7 +41,7 @@ from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA
 from cost_attribution.warehouse import quote_ident, rollback_quietly
 
 _KEY = ("trace_id", "span_id", "service", "kind")
-_STAGED_SCHEMA = {"_file_idx": pl.Int64, "_row": pl.Int64, "_source_file": pl.Utf8, "_line_no": pl.Int64} | SPAN_SCHEMA
+_STAGED_SCHEMA = {"_file_idx": pl.Int64, "_row": pl.Int64, "_source_file": pl.Utf8, "_line_no": pl.Int64, "_key_hash": pl.UInt64} | SPAN_SCHEMA
 
 
 class _Stager:
@@ -65,9 +65,10 @@ class _Stager:
                 pl.int_range(self.row, self.row + spans.height, dtype=pl.Int64).alias("_row"),
                 pl.col("_source_file"),
                 pl.col("_line_no"),
+                pl.struct(_KEY).hash(seed=0).alias("_key_hash"),  # same seed in every chunk of the day
                 *SPAN_SCHEMA,
             ).cast(_STAGED_SCHEMA)
-            staged.write_parquet(self.folder / f"spans-{self.chunks:08d}.parquet", compression="lz4", statistics=False)
+            staged.write_parquet(self.folder / f"spans-{self.chunks:08d}.parquet", compression="uncompressed", statistics=False)
             self.row += spans.height
             self.span_files += 1
         if quarantine.height:
@@ -95,7 +96,6 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
     spans_table, quarantine_table = _qualified(SPANS_TABLE), _qualified(QUARANTINE_TABLE)
     span_columns = ", ".join(quote_ident(c) for c in SPAN_SCHEMA)
     quarantine_columns = ", ".join(quote_ident(c) for c in QUARANTINE_SCHEMA)
-    key = ", ".join(quote_ident(c) for c in _KEY)
     staged_spans = str(stager.folder / "spans-*.parquet")
     staged_quarantine = str(stager.folder / "quarantine-*.parquet")
     previous = _settings(conn, ["preserve_insertion_order"])
@@ -106,16 +106,16 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
             begin_day_replacement(conn, dt)
             inserted = 0
             if stager.span_files:
-                # Rows whose key hash repeats (8 bytes a span in DuckDB, spilled if need be),
+                # Rows whose key hash (hashed by polars when staged) repeats (8 bytes a span in DuckDB),
                 # then the exact ranking of just those rows by split_duplicates.
                 candidates = pl.from_arrow(conn.sql(
-                    f"""SELECT * FROM read_parquet($spans) WHERE hash({key}) IN (
-                            SELECT hash({key}) AS h FROM read_parquet($spans) GROUP BY h HAVING count(*) > 1)
+                    """SELECT * FROM read_parquet($spans) WHERE _key_hash IN (
+                            SELECT _key_hash FROM read_parquet($spans) GROUP BY _key_hash HAVING count(*) > 1)
                         ORDER BY _file_idx, _row""",
                     params={"spans": staged_spans},
                 ).to_arrow_table()).cast(_STAGED_SCHEMA)
                 if candidates.height:
-                    kept, duplicates = split_duplicates(candidates)
+                    kept, duplicates = split_duplicates(candidates.drop("_key_hash"))
                     losers = candidates.select("_file_idx", "_row").join(kept.select("_file_idx", "_row"), on=["_file_idx", "_row"], how="anti")
                 else:
                     duplicates = pl.DataFrame(schema=QUARANTINE_SCHEMA)
@@ -123,10 +123,10 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
                 conn.register("_ss_losers", losers.to_arrow())
                 conn.register("_ss_duplicates", duplicates.select(list(QUARANTINE_SCHEMA)).cast(QUARANTINE_SCHEMA).to_arrow())
                 registered = True
+                keep = ("true" if losers.is_empty() else
+                        "NOT EXISTS (SELECT 1 FROM _ss_losers AS l WHERE l._file_idx = s._file_idx AND l._row = s._row)")
                 inserted = conn.execute(
-                    f"""INSERT INTO {spans_table} ({span_columns})
-                        SELECT {span_columns} FROM read_parquet($spans) AS s
-                        WHERE NOT EXISTS (SELECT 1 FROM _ss_losers AS l WHERE l._file_idx = s._file_idx AND l._row = s._row)""",
+                    f"INSERT INTO {spans_table} ({span_columns}) SELECT {span_columns} FROM read_parquet($spans) AS s WHERE {keep}",
                     {"spans": staged_spans},
                 ).fetchall()[0][0]
                 conn.execute(f"INSERT INTO {quarantine_table} ({quarantine_columns}) SELECT {quarantine_columns} FROM _ss_duplicates")
