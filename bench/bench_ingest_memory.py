@@ -27,14 +27,17 @@ from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_ingest import DT, _duckdb_json, build_otlp_json  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+# A worker imports this module with the measured checkout first on sys.path: nothing here
+# may import cost_attribution before it (bench.bench_ingest does, so it is imported late).
 
 
 def _worker(mode: str, files: list[Path], db: Path) -> None:
     import duckdb
+
+    from bench.bench_ingest import DT, _duckdb_json
 
     if mode == "floor":
         print(sum(_duckdb_json(path) for path in files))
@@ -102,6 +105,8 @@ def _copies(path: Path, n_spans: int, copies: int) -> tuple[list[Path], int]:
 
 
 def main() -> None:
+    from bench.bench_ingest import build_otlp_json
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=1)

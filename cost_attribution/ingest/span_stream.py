@@ -5,7 +5,8 @@
 Same rows as ``read_span_files(files, dt, partition=True)`` + ``replace_rows`` (the
 in-memory path, kept for one-file reads and tests), but the day is never held whole:
 every file is read in chunks of about ``chunk_spans`` spans (readers.stream_partition_file),
-each validated chunk is written as one Parquet file to a staging directory, and DuckDB
+each validated chunk is written as one Parquet file to a staging directory (under
+TMPDIR, about 250 bytes of disk a span, removed afterwards), and DuckDB
 (under the connection's memory_limit) then finds the cross-file duplicates and appends
 the rest. Python memory is bounded by the chunk size (plus, for one huge OTLP document,
 its largest resourceSpans entry), not by the day or the file.
