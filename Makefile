@@ -31,7 +31,7 @@ install: $(STAMP) $(MANIFEST)
 ## Generate the embedded demo world, materialize everything through Dagster, print the report.
 demo: install
 	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/cost-attribution demo --dir demo
+	@$(BIN)/cost-attribution demo --dir demo
 
 ## The Dagster UI on http://127.0.0.1:3000 over the demo world (run `make demo` first for data).
 dev: install

@@ -1,43 +1,159 @@
-"""`cost-attribution`: demo | run | report.
+"""`cost-attribution`: demo | run | report | export.
 
 `run` materializes every partition the landing zone holds, in-process, through the
-same Dagster job the daily schedule launches; `report` reads the newest report out
-of the warehouse.
+same Dagster job the daily schedule launches; `report` reads a report out of the
+warehouse; `export` writes the marts for a BI tool.
+
+Output: the result on stdout, one progress line per step on stderr, and everything
+Dagster and dbt say in a log file beside the warehouse (`--verbose` shows it instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import dataclasses
+import datetime as dt
+import io
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from cost_attribution.partitions import PARTITION_START_ENV
 from cost_attribution.reporting.text import safe_text
 from cost_attribution.resources import LANDING_ENV, WAREHOUSE_ENV, LandingZone
 
+LOG_FILE = "cost-attribution.log"
+DAGSTER_URL_ENV = "COST_ATTRIBUTION_DAGSTER_URL"
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+# The marts a BI tool reads: file name -> warehouse table.
+EXPORT_TABLES = {
+    "experiment_costs": "experiment_costs",
+    "service_deltas": "usage_deltas",
+    "service_costs": "cost_projections",
+    "cost_models": "cost_model_registry",
+    "completeness": "service_coverage",
+    "capacity_plan": "capacity_plan",
+    "latency_impact": "latency_impact",
+}
+
+
+class Progress:
+    """One line per step on the terminal's stderr; a redrawn bar for long steps when that
+    is a terminal. Silent when quiet."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    def step(self, label: str, ok: bool, seconds: float, detail: str = "") -> None:
+        mark = "ok" if ok else "FAILED"
+        self.line(f"{label:<44} {mark:<6} {seconds:6.1f}s  {detail}".rstrip())
+
+    @contextlib.contextmanager
+    def running(self, label: str):
+        """On a terminal, a ticking elapsed time while one long step runs; cleared after."""
+        if self.quiet or not self.stream.isatty():
+            yield
+            return
+        import threading
+
+        stop, started = threading.Event(), time.perf_counter()
+
+        def tick():
+            while not stop.wait(1.0):
+                print(f"\r{label:<44} ...    {time.perf_counter() - started:6.0f}s", end="", file=self.stream, flush=True)
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            print("\r\033[2K", end="", file=self.stream, flush=True)
+
+    def bar(self, label: str, done: int, total: int, seconds: float) -> None:
+        if self.quiet or not self.stream.isatty():
+            return
+        filled = int(24 * done / max(total, 1))
+        end = "\n" if done == total else ""
+        print(f"\r{label:<44} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total} {seconds:5.0f}s",
+              end=end, file=self.stream, flush=True)
+        if done == total:  # the step line that follows replaces the bar
+            print("\033[1A\r\033[2K", end="", file=self.stream, flush=True)
+
+
+@contextlib.contextmanager
+def output_to_log(log_path: Path, enabled: bool = True):
+    """Sends everything written to file descriptors 1 and 2 (Dagster's console logger, dbt's
+    subprocess, warnings) to log_path; yields a stream on the real stderr for progress."""
+    if not enabled:
+        yield sys.stderr
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(os.dup(saved[2]), "w", buffering=1)
+    with open(log_path, "a", buffering=1) as log:
+        print(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}", file=log, flush=True)
+        try:
+            for fd in (1, 2):
+                os.dup2(log.fileno(), fd)
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            terminal.close()
+
+
+def warehouse_error(path: Path, error: Exception) -> str:
+    """The operator's reading of a DuckDB open error, with the fix."""
+    text = str(error)
+    if "lock" in text.lower():
+        holder = text.split("(PID", 1)[1].split(")", 1)[0].strip() if "(PID" in text else None
+        who = f"process {holder}" if holder else "another process"
+        return (f"{path}: the warehouse is in use by {who} (a run or the Dagster daemon writing to it). "
+                "Wait for it to finish, or stop it, and try again.")
+    if "not a valid DuckDB database" in text or "Invalid Input Error" in text or "not a DuckDB" in text.lower():
+        return (f"{path}: not a cost_attribution warehouse (DuckDB could not read it: {text.splitlines()[0]}). "
+                "Point --warehouse at the file `cost-attribution run` wrote (e.g. demo/warehouse.duckdb).")
+    return f"{path}: cannot open the warehouse: {type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+@contextlib.contextmanager
+def open_warehouse(path: Path, read_only: bool = True):
+    import duckdb
+
+    if not path.exists():
+        raise SystemExit(f"{path}: no such warehouse; run `cost-attribution run --landing ... --warehouse {path}` first")
+    try:
+        conn = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as error:
+        raise SystemExit(warehouse_error(path, error)) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
 
 def _configure_environment(landing: Path, warehouse: Path) -> list:
-    """Point the resources at these paths and start the partitions at the first trace
-    day. Must run before `cost_attribution.definitions` is imported."""
+    """Point the resources at these paths; returns the landing zone's trace days."""
     days = LandingZone(root=str(landing)).trace_days()
     if not days:
         raise SystemExit(f"{landing}: no traces/dt=YYYY-MM-DD folders: nothing to attribute")
     os.environ[LANDING_ENV] = str(landing)
     os.environ[WAREHOUSE_ENV] = str(warehouse)
-    if "cost_attribution.definitions" in sys.modules:
-        # Already loaded (a test, a notebook): the partitions are fixed; they must cover the days.
-        from cost_attribution.partitions import daily_partitions
-
-        first = daily_partitions.start.date()
-        if days[0] < first:
-            raise SystemExit(f"trace day {days[0]} precedes the partitions' start {first}: set {PARTITION_START_ENV}")
-        return days
-    configured = os.environ.get(PARTITION_START_ENV)
-    if not configured or configured > days[0].isoformat():
-        os.environ[PARTITION_START_ENV] = days[0].isoformat()
     return days
 
 
@@ -66,7 +182,101 @@ def _failure_reasons(result, label: str) -> list[str]:
     return reasons or [f"{label}: the run failed (see the Dagster logs)"]
 
 
-def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, latest_only: bool = False,
+def _check_warehouse_writable(warehouse: Path) -> None:
+    """Fail before any run starts, with the fix, when the warehouse cannot be opened for writing."""
+    import duckdb
+
+    try:
+        duckdb.connect(str(warehouse)).close()
+    except duckdb.Error as error:
+        raise SystemExit(warehouse_error(warehouse, error)) from None
+
+
+def _split_job(job) -> tuple:
+    """(the span-level part run once over the whole range, the as-of part run day by day),
+    each with the job's own checks on its assets (not the freshness checks, which the job
+    leaves to their sensor)."""
+    import dagster as dg
+
+    graph = job.asset_layer.asset_graph
+    keys = [k for k in graph.get_all_asset_keys() if graph.get(k).is_executable]
+    bulk = {k for k in keys if not graph.get(k).is_partitioned or graph.get(k).backfill_policy == dg.BackfillPolicy.single_run()}
+    daily = set(keys) - bulk
+
+    def subset(assets: set):
+        return job.get_subset(asset_selection=assets,
+                              asset_check_selection={c for c in graph.asset_check_keys if c.asset_key in assets})
+
+    return subset(bulk), subset(daily)
+
+
+def ui_link(run_id: str) -> str:
+    return f"{os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip('/')}/runs/{run_id}"
+
+
+def _execute(days: list, instance, progress: Progress, summary: dict, latest_only: bool = False) -> None:
+    """The span-level work (ingest + dbt) once over the whole range as a single-run
+    backfill, then the as-of analyses day by day (with latest_only for the last day only:
+    what a benchmark needs), so a day failing its coverage gate blocks only itself."""
+    from cost_attribution.definitions import build_defs
+
+    defs = build_defs(start_date=days[0])  # the partitions start at the first trace day
+    bulk, daily = _split_job(defs.resolve_job_def("daily_cost_attribution"))
+    t0, label = time.perf_counter(), f"ingest + span models {days[0]}..{days[-1]}"
+    with progress.running(label):
+        result = bulk.execute_in_process(
+            instance=instance, raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": days[0].isoformat(),
+                  "dagster/asset_partition_range_end": days[-1].isoformat()},
+        )
+    summary["ingest_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["run_ids"].append(result.run_id)
+    progress.step(label, result.success, summary["ingest_seconds"],
+                  f"run {result.run_id[:8]}")
+    if not result.success:
+        summary["failed"].append("ingest")
+        summary["reasons"] += _failure_reasons(result, "ingest")
+        return
+    t_days, as_of_days = time.perf_counter(), days[-1:] if latest_only else days
+    for i, day in enumerate(as_of_days, start=1):
+        t0 = time.perf_counter()
+        result = daily.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+        summary["run_ids"].append(result.run_id)
+        summary["days"].append({"day": day.isoformat(), "success": result.success,
+                                "seconds": round(time.perf_counter() - t0, 1), "run_id": result.run_id})
+        if not result.success:
+            summary["failed"].append(day.isoformat())
+            reasons = _failure_reasons(result, day.isoformat())
+            summary["reasons"] += reasons
+            progress.line(safe_text(f"  as of {day}: FAILED: {'; '.join(reasons)} (run {result.run_id[:8]})"))
+        progress.bar("as-of analyses (deltas, models, report)", i, len(as_of_days), time.perf_counter() - t_days)
+    ok_days = sum(d["success"] for d in summary["days"])
+    progress.step(f"as-of analyses {as_of_days[0]}..{as_of_days[-1]}", ok_days == len(as_of_days),
+                  time.perf_counter() - t_days, f"{ok_days}/{len(as_of_days)} days")
+    _evaluate_freshness(defs, instance, progress, summary)
+
+
+def _evaluate_freshness(defs, instance, progress: Progress, summary: dict) -> None:
+    """The freshness checks, evaluated now as their sensor would: green when yesterday's
+    partition is there by the deadline, red (and listed) when the data is stale."""
+    import dagster as dg
+
+    from cost_attribution.freshness import DAILY_ASSETS
+
+    keys = {dg.AssetCheckKey(dg.AssetKey(asset), "freshness_check") for asset in DAILY_ASSETS}
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(), asset_check_selection=keys)
+    t0 = time.perf_counter()
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    summary["run_ids"].append(result.run_id)
+    evaluations = result.get_asset_check_evaluations()
+    summary["stale"] = sorted(e.asset_key.to_user_string() for e in evaluations if not e.passed)
+    detail = (f"{len(evaluations)}/{len(keys)} fresh" if not summary["stale"]
+              else f"overdue: {', '.join(summary['stale'])} ({next(e.description for e in evaluations if not e.passed)})")
+    progress.step("freshness", result.success and not summary["stale"], time.perf_counter() - t0, detail)
+
+
+def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, verbose: bool = False,
+                 progress: Progress | None = None, latest_only: bool = False,
                  lock_wait_seconds: float = 10.0) -> dict:
     """Materialize everything for every trace day in the landing zone (with latest_only,
     the as-of analyses only for the last day: what a benchmark needs). Returns a summary.
@@ -76,82 +286,115 @@ def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, latest_onl
     landing, warehouse = landing.resolve(), warehouse.resolve()
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(warehouse, landing, lock_wait_seconds):
-        summary = _run_locked(landing, warehouse, quiet, latest_only)
+        summary = _run_locked(landing, warehouse, quiet, verbose, progress, latest_only)
     report = warehouse.parent / "report.json"
     summary["report_as_of"] = json.loads(report.read_text()).get("as_of") if report.exists() else None
     return summary
 
 
-def _run_locked(landing: Path, warehouse: Path, quiet: bool, latest_only: bool) -> dict:
+def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, progress: Progress | None,
+                latest_only: bool) -> dict:
     import dagster as dg
 
     days = _configure_environment(landing, warehouse)
+    _check_warehouse_writable(warehouse)
+    progress = progress or Progress(quiet=quiet)
     unread = [{"path": str(u.path), "why": u.why} for u in LandingZone(root=str(landing)).unread_files()]
-    if unread and not quiet:
-        for item in unread:
-            print(safe_text(f"  warning: not read: {item['path']}: {item['why']}"), file=sys.stderr)
-
-    from cost_attribution.definitions import defs
-
-    job = defs.resolve_job_def("daily_cost_attribution")
-    graph = defs.resolve_asset_graph()
-    keys = list(graph.get_all_asset_keys())
-    # Span-level work (ingest + dbt) runs once over the whole range: single-run backfill.
-    # The as-of analyses run day by day, so a day failing its coverage gate blocks only itself.
-    bulk = [k for k in keys if not graph.get(k).is_partitioned or graph.get(k).backfill_policy == dg.BackfillPolicy.single_run()]
-    daily = [k for k in keys if k not in bulk]
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    summary = {"days": [], "failed": [], "reasons": [], "unread_files": unread}
-    started = time.perf_counter()
-    with instance:
-        t0 = time.perf_counter()
-        result = job.execute_in_process(
-            asset_selection=bulk,
-            instance=instance,
-            raise_on_error=False,
-            tags={
-                "dagster/asset_partition_range_start": days[0].isoformat(),
-                "dagster/asset_partition_range_end": days[-1].isoformat(),
-            },
-        )
-        summary["ingest_seconds"] = round(time.perf_counter() - t0, 1)
-        if not quiet:
-            print(f"  ingest + span models {days[0]}..{days[-1]}: {'ok' if result.success else 'FAILED'} "
-                  f"in {summary['ingest_seconds']}s", file=sys.stderr)
-        if not result.success:
-            summary["failed"].append("ingest")
-            summary["reasons"] += _failure_reasons(result, "ingest")
-            return summary
-        for day in days[-1:] if latest_only else days:
-            t0 = time.perf_counter()
-            result = job.execute_in_process(
-                partition_key=day.isoformat(), asset_selection=daily, instance=instance, raise_on_error=False
-            )
-            summary["days"].append({"day": day.isoformat(), "success": result.success, "seconds": round(time.perf_counter() - t0, 1)})
-            if not result.success:
-                summary["failed"].append(day.isoformat())
-                summary["reasons"] += _failure_reasons(result, day.isoformat())
-            if not quiet:
-                state = "ok" if result.success else "FAILED: " + "; ".join(_failure_reasons(result, "day"))
-                print(safe_text(f"  as of {day}: {state} in {time.perf_counter() - t0:.1f}s"), file=sys.stderr)
+    for item in unread:
+        progress.line(safe_text(f"  warning: not read: {item['path']}: {item['why']}"))
+    log_path = warehouse.parent / LOG_FILE
+    persistent = bool(os.environ.get("DAGSTER_HOME"))
+    summary = {"days": [], "failed": [], "reasons": [], "unread_files": unread, "run_ids": [],
+               "log_path": str(log_path), "runs_kept": persistent}
+    started, previous_stream = time.perf_counter(), progress.stream
+    with output_to_log(log_path, enabled=not verbose) as terminal:
+        progress.stream = terminal
+        try:
+            with dg.DagsterInstance.get() if persistent else dg.DagsterInstance.ephemeral() as instance:
+                _execute(days, instance, progress, summary, latest_only=latest_only)
+        finally:
+            progress.stream = previous_stream
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["report_path"] = str(warehouse.parent / "report.json")
+    newest = summary["run_ids"][-1]
+    where = (f"newest {ui_link(newest)}" if persistent
+             else f"on an ephemeral instance (set DAGSTER_HOME to keep them for the UI), newest {newest}")
+    progress.line(f"runs: {len(summary['run_ids'])}, {where}; log: {log_path}")
     return summary
 
 
-def load_report(warehouse: Path) -> dict | None:
-    import duckdb
-
+def load_report(warehouse: Path, as_of: str | None = None) -> dict | None:
+    """The newest report, or the one as of a day."""
     from cost_attribution.reporting.report import latest_report
 
-    if not warehouse.exists():
-        raise SystemExit(f"{warehouse}: no such warehouse; run `cost-attribution run` first")
-    with duckdb.connect(str(warehouse), read_only=True) as conn:
-        return latest_report(conn)
+    with open_warehouse(warehouse) as conn:
+        if as_of is None:
+            return latest_report(conn)
+        try:
+            rows = conn.execute("SELECT report_json FROM main.reports WHERE as_of = CAST(? AS DATE)", [as_of]).fetchall()
+        except Exception as error:
+            raise SystemExit(f"{warehouse}: no reports table yet ({type(error).__name__}); run the pipeline first") from None
+        return json.loads(rows[0][0]) if rows else None
+
+
+def report_days(warehouse: Path) -> list[str]:
+    with open_warehouse(warehouse) as conn:
+        try:
+            return [str(r[0]) for r in conn.execute("SELECT as_of FROM main.reports ORDER BY as_of").fetchall()]
+        except Exception:
+            return []
+
+
+def report_csv(report: dict) -> str:
+    """One row per experiment cell and service: the figures a spreadsheet sorts and sums."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["as_of", "experiment_id", "cell", "experiment_cost_usd_30d", "experiment_ci_low_usd_30d",
+                     "experiment_ci_high_usd_30d", "service", "delta_pct", "ci_low_pct", "ci_high_pct", "q_value",
+                     "significant", "cost_model", "service_cost_usd_30d", "flags"])
+    for exp in report["experiments"]:
+        flags = ";".join(f["kind"] for f in exp["flags"])
+        head = [report["as_of"], exp["experiment_id"], exp["cell"], exp["incremental_cost_usd_30d"],
+                exp["ci_low_usd_30d"], exp["ci_high_usd_30d"]]
+        for svc in exp["services"] or [{}]:
+            writer.writerow([*head, svc.get("service"), svc.get("delta_pct"), svc.get("ci_low_pct"),
+                             svc.get("ci_high_pct"), svc.get("q_value"), svc.get("significant"),
+                             svc.get("cost_model"), svc.get("incremental_cost_usd_30d"), flags])
+    return out.getvalue()
+
+
+def report_html(warehouse: Path, report: dict) -> str:
+    """The HTML page the pipeline wrote for that day beside the warehouse."""
+    page = warehouse.resolve().parent / f"report-{report['as_of']}.html"
+    if not page.exists():
+        raise SystemExit(f"{page}: no HTML report for {report['as_of']}; materialize cost_report_html for that day")
+    return page.read_text(encoding="utf-8")
+
+
+def export_marts(warehouse: Path, out_dir: Path, fmt: str) -> list[tuple[str, int]]:
+    """Each mart as <name>.parquet / <name>.csv in out_dir. Returns (file, rows)."""
+    from cost_attribution.warehouse import read_frame
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with open_warehouse(warehouse) as conn:
+        present = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+        for name, table in EXPORT_TABLES.items():
+            if table not in present:
+                continue
+            frame = read_frame(conn, f'SELECT * FROM main."{table}"')  # table names are ours, quoted
+            target = out_dir / f"{name}.{fmt}"
+            frame.write_parquet(target) if fmt == "parquet" else frame.write_csv(target)
+            written.append((str(target), frame.height))
+    if not written:
+        raise SystemExit(f"{warehouse}: none of the marts exist yet; run the pipeline first")
+    return written
 
 
 def _cmd_run(args) -> int:
-    summary = run_pipeline(Path(args.landing), Path(args.warehouse), lock_wait_seconds=args.wait)
+    summary = run_pipeline(Path(args.landing), Path(args.warehouse), quiet=args.quiet, verbose=args.verbose,
+                           lock_wait_seconds=args.wait)
     print(json.dumps(summary, indent=2))
     if summary["failed"]:
         kept = f" (report.json stays as of {summary['report_as_of']})" if summary.get("report_as_of") else ""
@@ -168,36 +411,64 @@ def _say(message: str) -> None:
 def _cmd_report(args) -> int:
     from cost_attribution.reporting.text import render_text
 
-    report = load_report(Path(args.warehouse))
+    warehouse = Path(args.warehouse)
+    report = load_report(warehouse, args.as_of)
     if report is None:
-        print("no report in the warehouse yet", file=sys.stderr)
+        days = report_days(warehouse)
+        known = f"reports exist for {days[0]}..{days[-1]}" if days else "no report in the warehouse yet"
+        print(f"{warehouse}: no report{' as of ' + args.as_of if args.as_of else ''}: {known}", file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    fmt = "json" if args.json else args.format
+    render = {
+        "json": lambda: json.dumps(report, indent=2),
+        "text": lambda: render_text(report),
+        "csv": lambda: report_csv(report).rstrip("\n"),
+        "html": lambda: report_html(warehouse, report),
+    }[fmt]
+    print(render())
+    return 0
+
+
+def _cmd_export(args) -> int:
+    written = export_marts(Path(args.warehouse), Path(args.dir), args.format)
+    for path, rows in written:
+        print(f"{path}\t{rows} rows")
     return 0
 
 
 def _cmd_demo(args) -> int:
-    from cost_attribution.reporting.text import render_text
+    from cost_attribution.reporting.text import render_summary
     from cost_attribution.simulator import generate_world, live_world_config
 
     root = Path(args.dir).resolve()
     landing, warehouse = root / "landing", root / "warehouse.duckdb"
-    print(f"generating the demo world (seed {args.seed}) in {landing} ...", file=sys.stderr)
+    progress = Progress(quiet=args.quiet)
+    t0 = time.perf_counter()
     # Production as it really is: experiments already running on uneven ramps, three
-    # cells, heavier requests, a savings test, pre-period traces (simulator.world).
-    truth = generate_world(landing, live_world_config(args.seed))
-    print("materializing every partition through Dagster ...", file=sys.stderr)
-    summary = run_pipeline(landing, warehouse)
+    # cells, heavier requests, a savings test, pre-period traces (simulator.world). The
+    # world ends yesterday (UTC), as a deployment that ran its daily schedule does: the
+    # freshness checks judge it fresh today and stale from the day after tomorrow on.
+    config = dataclasses.replace(live_world_config(args.seed), end_date=dt.date.fromisoformat(args.end_date))
+    truth = generate_world(landing, config)
+    progress.step(f"demo world (seed {args.seed})", True, time.perf_counter() - t0, str(landing))
+    summary = run_pipeline(landing, warehouse, verbose=args.verbose, progress=progress)
     report = load_report(warehouse)
     if report is None:
         print("the pipeline produced no report", file=sys.stderr)
         return 1
-    print(render_text(report, truth=truth))
-    print(f"\nreport: {summary['report_path']}")
+    print(render_summary(report, truth=truth))
+    print(f"\nthe whole report: cost-attribution report --warehouse {warehouse}  (or --format json|html|csv)")
+    print(f"report: {summary['report_path']}")
     html_report = Path(summary["report_path"]).with_name("report.html")
     if html_report.exists():
         print(f"html report: {html_report}")
     return 1 if summary["failed"] else 0
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--verbose", action="store_true", help="show Dagster's and dbt's logs instead of writing them to the log file")
+    group.add_argument("--quiet", action="store_true", help="no progress lines, only the result")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,18 +477,36 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="generate the embedded demo world, run everything, print the report")
     demo.add_argument("--dir", default="demo", help="where the demo landing zone and warehouse go (default ./demo)")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--end-date", default=(dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat(),
+                      help="the demo world's last trace day (default: yesterday, UTC)")
+    _output_flags(demo)
     demo.set_defaults(func=_cmd_demo)
     run = sub.add_parser("run", help="materialize every partition found in a landing zone")
     run.add_argument("--landing", required=True)
     run.add_argument("--warehouse", required=True)
     run.add_argument("--wait", type=float, default=10.0,
                      help="seconds to wait for another run holding the warehouse (default 10), then refuse")
+    _output_flags(run)
     run.set_defaults(func=_cmd_run)
-    report = sub.add_parser("report", help="print the newest report")
+    report = sub.add_parser("report", help="print the newest report, or the one as of a day")
     report.add_argument("--warehouse", required=True)
-    report.add_argument("--json", action="store_true", help="the contract's JSON instead of the readable summary")
+    report.add_argument("--as-of", help="the report as of this day (YYYY-MM-DD) instead of the newest")
+    report.add_argument("--format", choices=["text", "json", "csv", "html"], default="text")
+    report.add_argument("--json", action="store_true", help="same as --format json (the contract's report.json)")
     report.set_defaults(func=_cmd_report)
+    export = sub.add_parser("export", help="write the marts (experiment costs, service deltas, models, completeness) "
+                            "as Parquet or CSV files for a BI tool")
+    export.add_argument("dir", help="folder to write <mart>.parquet / <mart>.csv into")
+    export.add_argument("--warehouse", required=True)
+    export.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    export.set_defaults(func=_cmd_export)
     args = parser.parse_args(argv)
+    for flag in ("as_of", "end_date"):
+        try:
+            if getattr(args, flag, None):
+                dt.date.fromisoformat(getattr(args, flag))
+        except ValueError:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)!r}: expected a day as YYYY-MM-DD")
     import duckdb
 
     try:

@@ -10,15 +10,38 @@ import os
 
 import dagster as dg
 
-# The first day the deployment cares about. Read once at import because partitions
-# must be static; `cost-attribution run` sets it to the landing zone's first day.
+# The first day the deployment cares about: COST_ATTRIBUTION_START_DATE, else the landing
+# zone's first trace day, read when the code location loads (definitions.defs), never at
+# import. Assets declare `daily_partitions`; rebase_partitions moves them to that day.
 PARTITION_START_ENV = "COST_ATTRIBUTION_START_DATE"
 DEFAULT_PARTITION_START = "2026-01-01"
 
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=os.getenv(PARTITION_START_ENV, DEFAULT_PARTITION_START),
-    timezone="UTC",
-)
+daily_partitions = dg.DailyPartitionsDefinition(start_date=DEFAULT_PARTITION_START, timezone="UTC")
+
+
+def daily_partitions_from(start: dt.date | str) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=str(start), timezone="UTC")
+
+
+def rebase_partitions(defs: dg.Definitions, start: dt.date | str) -> dg.Definitions:
+    """The same definitions with every daily asset's partitions starting at `start`, so the
+    UI lists no "missing" days before the data begins."""
+    rebased = daily_partitions_from(start)
+    return defs.map_resolved_asset_specs(
+        func=lambda spec: spec.replace_attributes(partitions_def=rebased) if spec.partitions_def == daily_partitions else spec
+    )
+
+
+def deployment_start_date(landing_env: str) -> str:
+    """The configured start date, else the first trace day of the landing zone named by
+    `landing_env`, else the default. Called when the code location loads."""
+    from cost_attribution.resources import LandingZone
+
+    if os.environ.get(PARTITION_START_ENV):
+        return os.environ[PARTITION_START_ENV]
+    landing = os.environ.get(landing_env)
+    days = LandingZone(root=landing).trace_days() if landing else []
+    return days[0].isoformat() if days else DEFAULT_PARTITION_START
 
 
 def partition_days(context: dg.AssetExecutionContext) -> list[dt.date]:

@@ -119,6 +119,10 @@ class AnalysisSettings(dg.ConfigurableResource):
     # Work per request: "duration" (SERVER span duration, the contract's definition) or
     # "busy" (duration minus the time the span's own calls were in flight).
     work_measure: str = "duration"
+    # The dollar intervals: "fixed" (95% fixed-horizon, from the deltas' standard errors;
+    # the accuracy bench checks their coverage) or "sequential" (from the always-valid
+    # delta intervals: valid however often the report is re-read, and wider).
+    dollar_interval: str = "fixed"
     # What +1% of a business metric is worth, in USD per 30 days, by metric name (e.g.
     # {"streaming_hours": 2000}). Where set, the report weighs it against the cost: net
     # value and the probability that it is positive. Unset metrics get cost per point only.

@@ -57,6 +57,21 @@ def replace_rows(
     `where=None` replaces the whole table. The table is created from the frame's
     schema the first time. Returns the number of rows inserted.
     """
+    with _staged(conn, table, frame) as target, _transaction(conn):
+        if where:
+            clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
+            conn.execute(f"DELETE FROM {target} WHERE {clause}", list(where.values()))
+        else:
+            conn.execute(f"DELETE FROM {target}")
+        columns = ", ".join(quote_ident(c) for c in frame.columns)
+        conn.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM _incoming")
+    return frame.height
+
+
+@contextlib.contextmanager
+def _staged(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> Iterator[str]:
+    """`frame` registered as _incoming and `table` existing with its columns; yields the
+    quoted table name."""
     target = qualified(table)
     ensure_schema(conn, table)
     conn.register("_incoming", frame.to_arrow())
@@ -68,21 +83,20 @@ def replace_rows(
             conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM _incoming LIMIT 0")
         else:
             _add_new_columns(conn, target)
-        conn.execute("BEGIN TRANSACTION")
-        if where:
-            clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
-            conn.execute(f"DELETE FROM {target} WHERE {clause}", list(where.values()))
-        else:
-            conn.execute(f"DELETE FROM {target}")
-        columns = ", ".join(quote_ident(c) for c in frame.columns)
-        conn.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM _incoming")
+        yield target
+    finally:
+        conn.unregister("_incoming")
+
+
+@contextlib.contextmanager
+def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
         conn.execute("COMMIT")
     except Exception:
         rollback_quietly(conn)
         raise
-    finally:
-        conn.unregister("_incoming")
-    return frame.height
 
 
 def _add_new_columns(conn: duckdb.DuckDBPyConnection, target: str) -> None:
@@ -186,3 +200,19 @@ def markdown_table(frame: pl.DataFrame, max_rows: int = 50, float_digits: int = 
     if frame.height > max_rows:
         lines.append(f"\n_{frame.height - max_rows} more rows_")
     return "\n".join(lines)
+
+
+def append_new_rows(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: list[str]) -> int:
+    """Append-only write: insert the rows of `frame` whose `key` columns are not in `table`
+    yet; rows already there are never rewritten (a log of decisions). Returns the number
+    inserted. Idempotent, so a re-run or a backfill adds nothing it already holds."""
+    with _staged(conn, table, frame) as target, _transaction(conn):
+        columns = ", ".join(quote_ident(c) for c in frame.columns)
+        match = " AND ".join(f"t.{quote_ident(c)} IS NOT DISTINCT FROM i.{quote_ident(c)}" for c in key)
+        before = conn.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]
+        conn.execute(
+            f"INSERT INTO {target} ({columns}) SELECT {columns} FROM _incoming i "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {match})"
+        )
+        inserted = conn.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0] - before
+    return int(inserted)

@@ -1,4 +1,4 @@
-"""Alerts for the platform team: failed asset checks and costly experiments -> webhook/email."""
+"""Alerts for the platform team: failing asset checks, costly experiments and failed runs -> webhook/email."""
 
 import os
 
@@ -34,7 +34,7 @@ def alert_resources() -> dict:
         ),
         "alert_policy": AlertPolicy(
             cost_threshold_usd=float(_env_or_plain("COST_ATTRIBUTION_ALERT_COST_THRESHOLD_USD", "10000")),
-            min_check_severity=_env_or_plain("COST_ATTRIBUTION_ALERT_MIN_SEVERITY", "WARN"),
+            min_check_severity=_env_or_plain("COST_ATTRIBUTION_ALERT_MIN_SEVERITY", "ERROR"),
             dagster_url=_env_or_plain("COST_ATTRIBUTION_DAGSTER_URL"),
         ),
     }

@@ -1,21 +1,25 @@
 """The platform team's alert sensor.
 
 A failed asset check does not fail its run (only a blocking ERROR stops downstream
-steps), so run-failure hooks miss it. This sensor reads the instance event log
-instead: every ASSET_CHECK_EVALUATION since its cursor, and every new
-`cost_projections` materialization (whose as-of day it then looks up in
-main.experiment_costs). It posts:
+steps), so run-failure hooks miss it. Every tick this sensor asks the instance, through
+its public API, for the latest evaluation of every asset check in the code location
+(`DagsterInstance.get_latest_asset_check_evaluation_record`), for the new
+`cost_projections` materializations (`fetch_materializations`) and for failed runs
+(`fetch_run_status_changes`). It alerts on what is new or has changed, not on every
+evaluation:
 
-- one alert per failed (asset, check, partition), naming the check, the partition,
-  the description and the services in the check's metadata; the check passing again
-  on that partition closes the incident, so a later failure alerts again;
-- one alert per (experiment, cell) whose projected 30-day incremental cost first
-  exceeds AlertPolicy.cost_threshold_usd.
+- a check that starts failing opens an incident and alerts once, naming the check, the
+  partition, the description and the services in the check's metadata; the same check
+  failing again with the same services (the next day, a re-run) is the same incident;
+  failing with other services is a changed problem and alerts again; passing closes it;
+- an experiment cell whose projected 30-day cost rises above the threshold alerts once;
+  it alerts again only after it dropped below the threshold and rose again;
+- a failed run of the daily job alerts once.
 
-Exactly once: the event-log storage ids and the keys already alerted live in the
-sensor cursor, so a re-evaluation, a restarted daemon or the same check failing
-again on a re-materialized partition posts nothing new. The cursor only advances past
-an event once its alert went out on at least one channel (or needed none).
+Exactly once, and only once a channel took it: the cursor advances past an alert only
+after a channel accepted it; with no channel configured nothing counts as sent and the
+tick says how many alerts are waiting. The cursor is bounded: one entry per check, the
+cost cells currently over the threshold and two storage ids.
 """
 
 from __future__ import annotations
@@ -29,9 +33,6 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution.alerts.channels import Alert, AlertChannels
 
 COST_ASSET = "cost_projections"
-# Bounds the cursor: older keys than this many are forgotten (their events are long
-# behind the storage-id cursor, so forgetting them cannot re-send anything).
-MAX_REMEMBERED_KEYS = 5000
 EVENTS_PER_TICK = 1000
 SEVERITY_RANK = {"WARN": 0, "ERROR": 1}
 # Metadata keys whose values name services (trace completeness, drift, contracts).
@@ -42,25 +43,35 @@ class AlertPolicy(dg.ConfigurableResource):
     """What is worth waking someone for."""
 
     cost_threshold_usd: float = 10_000.0
-    # "WARN" alerts on every failed check; "ERROR" only on error-severity ones.
-    min_check_severity: str = "WARN"
+    # "ERROR" (default) alerts on error-severity checks (the blocking coverage gate,
+    # freshness, contracts); "WARN" also on the warnings the report already flags
+    # (blind spots, drift, member tags), each once per incident.
+    min_check_severity: str = "ERROR"
     # Base URL of the Dagster UI, to link the run in the alert ("" = no link).
     dagster_url: str = ""
+
+    def run_link(self, run_id: str) -> str:
+        return f"{self.dagster_url.rstrip('/')}/runs/{run_id}" if self.dagster_url else run_id
 
 
 @dataclass
 class AlertCursor:
-    check_after: int | None = None  # storage id of the last check evaluation handled
+    # check key -> [storage id of the last evaluation handled, open incident signature or None]
+    checks: dict[str, list] = field(default_factory=dict)
     cost_after: int | None = None  # storage id of the last cost_projections materialization handled
-    sent: list[str] = field(default_factory=list)
+    cost_day: str | None = None  # newest as-of day whose costs were handled
+    cost_open: list[str] = field(default_factory=list)  # experiment|cell over the threshold as of cost_day
+    runs_after: str | None = None  # fetch_run_status_changes cursor of the failed runs handled
 
     @classmethod
     def parse(cls, raw: str | None) -> AlertCursor:
-        return cls(**json.loads(raw)) if raw else cls()
+        if not raw:
+            return cls()
+        loaded = json.loads(raw)
+        return cls(**{k: v for k, v in loaded.items() if k in cls.__dataclass_fields__})
 
     def dump(self) -> str:
-        self.sent = self.sent[-MAX_REMEMBERED_KEYS:]
-        return json.dumps(asdict(self))
+        return json.dumps(asdict(self), sort_keys=True)
 
 
 def _metadata_value(value) -> object:
@@ -79,21 +90,18 @@ def _services_named(metadata: dict) -> list[str]:
     return named
 
 
-def _partition_of(instance: dg.DagsterInstance, evaluation, run_id: str, cache: dict) -> str:
+def _partition_of(instance: dg.DagsterInstance, record) -> str:
     """The check's own partition if it has one, else the partition (or range) its run targeted."""
-    if evaluation.partition:
-        return evaluation.partition
-    if run_id not in cache:
-        run = instance.get_run_by_id(run_id)
-        tags = run.tags if run else {}
-        start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
-        if tags.get("dagster/partition"):
-            cache[run_id] = tags["dagster/partition"]
-        elif start and end:
-            cache[run_id] = start if start == end else f"{start}...{end}"
-        else:
-            cache[run_id] = "unpartitioned"
-    return cache[run_id]
+    if record.partition:
+        return record.partition
+    run = instance.get_run_by_id(record.run_id)
+    tags = run.tags if run else {}
+    start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+    if tags.get("dagster/partition"):
+        return tags["dagster/partition"]
+    if start and end:
+        return start if start == end else f"{start}...{end}"
+    return "unpartitioned"
 
 
 def check_alert(evaluation, partition: str, run_id: str, policy: AlertPolicy) -> Alert:
@@ -106,7 +114,7 @@ def check_alert(evaluation, partition: str, run_id: str, policy: AlertPolicy) ->
         "partition": partition,
         "severity": severity + (" (blocking)" if evaluation.blocking else ""),
         "services": ", ".join(services) or "-",
-        "run": f"{policy.dagster_url.rstrip('/')}/runs/{run_id}" if policy.dagster_url else run_id,
+        "run": policy.run_link(run_id),
     }
     details = []
     for key, value in metadata.items():
@@ -116,7 +124,7 @@ def check_alert(evaluation, partition: str, run_id: str, policy: AlertPolicy) ->
         details.append(f"{key}: {json.dumps(raw, default=str)[:300]}")
     return Alert(
         kind="asset_check_failed",
-        dedup_key=f"check|{asset}|{evaluation.check_name}|{partition}",  # same key as _check_events
+        dedup_key=f"check|{asset}|{evaluation.check_name}|{'|'.join(services)}",
         title=f"Asset check failed: {asset}:{evaluation.check_name} [{partition}]",
         lines=[evaluation.description or "(no description)", *details],
         fields=fields,
@@ -127,7 +135,7 @@ def cost_alert(row: dict, threshold: float) -> Alert:
     experiment, cell = row["experiment_id"], row["cell"]
     return Alert(
         kind="cost_over_threshold",
-        dedup_key=f"cost|{experiment}|{cell}",
+        dedup_key=f"{experiment}|{cell}",
         title=f"Projected cost over threshold: {experiment}:{cell}",
         lines=[
             f"Rolling out {experiment}:{cell} to 100% would add ${row['incremental_cost_usd_30d']:,.0f} over 30 days "
@@ -138,28 +146,65 @@ def cost_alert(row: dict, threshold: float) -> Alert:
     )
 
 
-def _check_events(context, cursor: AlertCursor, policy: AlertPolicy):
-    """Yields (storage_id, dedup key, alert or None) for every check evaluation after the
-    cursor; the alert is None for a passed (or too mild) evaluation."""
-    records = context.instance.event_log_storage.get_event_records(
-        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=cursor.check_after),
-        limit=EVENTS_PER_TICK,
-        ascending=True,
+def run_failure_alert(run: dg.DagsterRun, message: str, policy: AlertPolicy) -> Alert:
+    partition = run.tags.get("dagster/partition") or "-"
+    return Alert(
+        kind="run_failed",
+        dedup_key=f"run|{run.run_id}",
+        title=f"Run failed: {run.job_name} [{partition}]",
+        lines=[message or "(no message)"],
+        fields={"job": run.job_name, "partition": partition, "run": policy.run_link(run.run_id)},
     )
+
+
+class _Delivery:
+    """Sends alerts and remembers what was delivered and what went wrong this tick."""
+
+    def __init__(self, channels: AlertChannels):
+        self.channels = channels
+        self.delivered: list[Alert] = []
+        self.waiting: list[Alert] = []
+        self.problems: list[str] = []
+
+    def __call__(self, alert: Alert) -> bool:
+        if not self.channels.enabled:
+            self.waiting.append(alert)  # nothing can take it: not sent, state unchanged
+            return False
+        ok_channels, errors = self.channels.send(alert)
+        self.problems.extend(errors)
+        if not ok_channels:
+            self.waiting.append(alert)  # retried next tick
+            return False
+        self.delivered.append(alert)
+        return True
+
+
+def _check_incidents(context: dg.SensorEvaluationContext, cursor: AlertCursor, policy: AlertPolicy,
+                     deliver: _Delivery) -> None:
+    """Opens, changes and closes one incident per asset check from its latest evaluation."""
+    repository = context.repository_def
+    if repository is None:
+        return
     min_rank = SEVERITY_RANK.get(policy.min_check_severity.upper(), 0)
-    runs: dict = {}
-    for record in records:
-        evaluation = record.event_log_entry.dagster_event.event_specific_data
-        partition = _partition_of(context.instance, evaluation, record.run_id, runs)
-        key = f"check|{evaluation.asset_key.to_user_string()}|{evaluation.check_name}|{partition}"
+    for check_key in sorted(repository.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()):
+        name = check_key.to_user_string()
+        record = context.instance.get_latest_asset_check_evaluation_record(check_key)
+        seen_id, open_signature = cursor.checks.get(name, [None, None])
+        if record is None or record.event is None or (seen_id is not None and record.id <= seen_id):
+            continue
+        if record.status.value == "PLANNED":
+            continue  # still running: its result comes on a later tick
+        evaluation = record.event.dagster_event.event_specific_data
         severity = evaluation.severity.value if evaluation.severity else "ERROR"
         if evaluation.passed or SEVERITY_RANK.get(severity, 1) < min_rank:
-            yield record.storage_id, key, None, evaluation.passed
-        else:
-            yield record.storage_id, key, check_alert(evaluation, partition, record.run_id, policy), False
+            cursor.checks[name] = [record.id, None]  # passing (or too mild): the incident is closed
+            continue
+        alert = check_alert(evaluation, _partition_of(context.instance, record), record.run_id, policy)
+        if alert.dedup_key == open_signature or deliver(alert):
+            cursor.checks[name] = [record.id, alert.dedup_key]
 
 
-def _cost_rows(database: str, as_of_days: list[str], threshold: float) -> list[dict]:
+def _cost_rows(database: str, as_of_day: str, threshold: float) -> list[dict]:
     import duckdb
 
     # Read-only, outside the warehouse pool: a sensor must never hold the writer lock.
@@ -168,59 +213,83 @@ def _cost_rows(database: str, as_of_days: list[str], threshold: float) -> list[d
             """
             SELECT as_of, experiment_id, cell, incremental_cost_usd_30d, ci_low_usd_30d, ci_high_usd_30d
             FROM main.experiment_costs
-            WHERE CAST(as_of AS VARCHAR) IN (SELECT unnest(?)) AND incremental_cost_usd_30d > ?
-            ORDER BY as_of, experiment_id, cell
+            WHERE CAST(as_of AS VARCHAR) = ? AND incremental_cost_usd_30d > ?
+            ORDER BY experiment_id, cell
             """,
-            [as_of_days, threshold],
+            [as_of_day, threshold],
         ).fetchall()
     columns = ["as_of", "experiment_id", "cell", "incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d"]
     return [dict(zip(columns, row)) for row in rows]
 
 
-def evaluate_alerts(context: dg.SensorEvaluationContext, channels: AlertChannels, policy: AlertPolicy,
-                    warehouse_path: str) -> tuple[AlertCursor, list[Alert], list[str]]:
-    """One tick: returns the new cursor, the alerts delivered and the problems met."""
-    cursor = AlertCursor.parse(context.cursor)
-    sent_keys = set(cursor.sent)
-    delivered: list[Alert] = []
-    problems: list[str] = []
-
-    def deliver(alert: Alert) -> bool:
-        if alert.dedup_key in sent_keys:
-            return True
-        ok_channels, errors = channels.send(alert)
-        problems.extend(errors)
-        if channels.enabled and not ok_channels:
-            return False  # nothing took it: keep the cursor here and retry next tick
-        sent_keys.add(alert.dedup_key)
-        cursor.sent.append(alert.dedup_key)
-        delivered.append(alert)
-        return True
-
-    for storage_id, key, alert, passed in _check_events(context, cursor, policy):
-        if passed and key in sent_keys:
-            # Resolved: a later failure of this check and partition is a new incident.
-            sent_keys.discard(key)
-            cursor.sent.remove(key)
-        if alert is not None and not deliver(alert):
-            break
-        cursor.check_after = storage_id
-
+def _cost_incidents(context: dg.SensorEvaluationContext, cursor: AlertCursor, policy: AlertPolicy,
+                    warehouse_path: str, deliver: _Delivery) -> None:
+    """Cells over the threshold as of the newest projected day that were not over it before."""
     result = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(COST_ASSET), after_storage_id=cursor.cost_after),
         limit=EVENTS_PER_TICK,
         ascending=True,
     )
-    if result.records:
-        days = sorted({r.partition_key for r in result.records if r.partition_key})
+    if not result.records:
+        return
+    days = sorted({r.partition_key for r in result.records if r.partition_key})
+    newest = days[-1] if days else None
+    if newest is not None and (cursor.cost_day is None or newest >= cursor.cost_day):
         try:
-            rows = _cost_rows(warehouse_path, days, policy.cost_threshold_usd) if days else []
+            rows = _cost_rows(warehouse_path, newest, policy.cost_threshold_usd)
         except Exception as error:  # warehouse locked by a running writer, or not created yet: next tick
-            problems.append(f"warehouse not readable, cost alerts deferred: {type(error).__name__}: {error}")
-        else:
-            if all(deliver(cost_alert(row, policy.cost_threshold_usd)) for row in rows):
-                cursor.cost_after = result.records[-1].storage_id
-    return cursor, delivered, problems
+            deliver.problems.append(f"warehouse not readable, cost alerts deferred: {type(error).__name__}: {error}")
+            return
+        over = {f"{row['experiment_id']}|{row['cell']}": row for row in rows}
+        for key, row in over.items():
+            if key in cursor.cost_open:
+                continue  # still over the threshold: the same incident
+            if not deliver(cost_alert(row, policy.cost_threshold_usd)):
+                return  # retried next tick; the ones delivered so far are remembered as open
+            cursor.cost_open = sorted({*cursor.cost_open, key})
+        cursor.cost_open, cursor.cost_day = sorted(over), newest
+    cursor.cost_after = result.records[-1].storage_id
+
+
+def _failure_cause(entry) -> tuple[bool, str]:
+    """(stopped by a failed blocking check?, the first failed step's error or the run's message)."""
+    failure = entry.dagster_event.event_specific_data if entry.dagster_event else None
+    step_event = getattr(failure, "first_step_failure_event", None)
+    error = getattr(step_event.event_specific_data, "error", None) if step_event else None
+    error = error or getattr(failure, "error", None)
+    if error is None:
+        return False, entry.message
+    step = f"step {step_event.step_key}: " if step_event and step_event.step_key else ""
+    return error.cls_name == "DagsterAssetCheckFailedError", f"{step}{error.cls_name}: {error.message.strip()}"[:1500]
+
+
+def _failed_runs(context: dg.SensorEvaluationContext, cursor: AlertCursor, policy: AlertPolicy,
+                 deliver: _Delivery) -> None:
+    """One alert per failed run, in order; a run whose alert no channel took stops the walk."""
+    for _ in range(EVENTS_PER_TICK):
+        result = context.instance.fetch_run_status_changes(
+            dg.DagsterEventType.RUN_FAILURE, limit=1, cursor=cursor.runs_after, ascending=True
+        )
+        if not result.records:
+            return
+        record = result.records[0]
+        run = context.instance.get_run_by_id(record.run_id)
+        blocked_by_check, message = _failure_cause(record.event_log_entry)
+        # A run stopped by a blocking check is that check's incident, alerted above.
+        if run is not None and not blocked_by_check and not deliver(run_failure_alert(run, message, policy)):
+            return
+        cursor.runs_after = result.cursor
+
+
+def evaluate_alerts(context: dg.SensorEvaluationContext, channels: AlertChannels, policy: AlertPolicy,
+                    warehouse_path: str) -> tuple[AlertCursor, _Delivery]:
+    """One tick: returns the new cursor and what was delivered, is waiting, went wrong."""
+    cursor = AlertCursor.parse(context.cursor)
+    deliver = _Delivery(channels)
+    _check_incidents(context, cursor, policy, deliver)
+    _cost_incidents(context, cursor, policy, warehouse_path, deliver)
+    _failed_runs(context, cursor, policy, deliver)
+    return cursor, deliver
 
 
 def build_alert_sensor(name: str = "platform_alerts", minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
@@ -228,18 +297,21 @@ def build_alert_sensor(name: str = "platform_alerts", minimum_interval_seconds: 
         name=name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Posts failed asset checks (once per check and partition) and experiments whose projected "
-        "30-day cost exceeds the threshold (once per experiment cell) to the platform team's webhook / email.",
+        description="Alerts the platform team's webhook / email when an asset check starts failing (or fails "
+        "with other services), when an experiment's projected 30-day cost rises above the threshold, and when a "
+        "run fails. Once per incident, and only once a channel took it.",
     )
     def _alerts(context: dg.SensorEvaluationContext, alert_channels: AlertChannels, alert_policy: AlertPolicy,
                 warehouse: DuckDBResource):
-        cursor, delivered, problems = evaluate_alerts(context, alert_channels, alert_policy, warehouse.database)
+        cursor, deliver = evaluate_alerts(context, alert_channels, alert_policy, warehouse.database)
         context.update_cursor(cursor.dump())
-        for problem in problems:
+        for problem in deliver.problems:
             context.log.warning(problem)
-        if not alert_channels.enabled and delivered:
-            context.log.warning("no alert channel configured: alerts were recorded but not delivered")
-        summary = f"{len(delivered)} alert(s): " + "; ".join(a.title for a in delivered) if delivered else "nothing new"
-        return dg.SkipReason(summary)
+        parts = [f"{len(deliver.delivered)} alert(s) sent: " + "; ".join(a.title for a in deliver.delivered)
+                 if deliver.delivered else "nothing new sent"]
+        if deliver.waiting:
+            why = "no alert channel configured" if not alert_channels.enabled else "no channel took them"
+            parts.append(f"{len(deliver.waiting)} waiting ({why}): " + "; ".join(a.title for a in deliver.waiting))
+        return dg.SkipReason(". ".join(parts))
 
     return _alerts

@@ -9,14 +9,18 @@ DuckDB for the one-machine assets (spark_target.py, docs/scaling_out.md)."""
 
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt.dbt_project import using_dagster_dev
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution import spark_target
@@ -29,9 +33,6 @@ dbt_project = DbtProject(
     profiles_dir=DBT_PROJECT_DIR,
     target=spark_target.dbt_target(),
 )
-# `dagster dev` re-parses on start; everywhere else `make install` (or the CLI) has
-# already written target/manifest.json.
-dbt_project.prepare_if_dev()
 
 
 def dbt_executable() -> str:
@@ -48,9 +49,19 @@ def dbt_resource() -> DbtCliResource:
 
 
 def ensure_manifest() -> Path:
-    """Parse the dbt project once if no manifest exists yet (fresh clone, no `make`)."""
-    if not dbt_project.manifest_path.exists():
-        dbt_resource().cli(["parse", "--quiet"], target_path=dbt_project.target_path).wait()
+    """target/manifest.json, parsed by the dbt beside this interpreter when it is missing
+    (fresh clone, no `make`) or under `dagster dev` (which re-parses so the graph follows
+    the SQL). DbtProject.prepare_if_dev would look `dbt` up on PATH, which fails when the
+    venv is not activated. Parsing needs no warehouse: dbt gets a scratch path."""
+    if using_dagster_dev() or not dbt_project.manifest_path.exists():
+        scratch = Path(tempfile.gettempdir()) / "cost-attribution-parse.duckdb"
+        subprocess.run(
+            [dbt_executable(), "parse", "--quiet", "--project-dir", str(DBT_PROJECT_DIR),
+             "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(dbt_project.target_path),
+             *(["--target", dbt_project.target] if dbt_project.target else [])],
+            cwd=DBT_PROJECT_DIR, env={**os.environ, "COST_ATTRIBUTION_WAREHOUSE": str(scratch)},
+            check=True, stdout=subprocess.DEVNULL,
+        )
     return dbt_project.manifest_path
 
 

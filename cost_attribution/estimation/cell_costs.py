@@ -55,10 +55,14 @@ def _finite(*values) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def driver_effect(row: dict, model: FittedCostModel, fdr_q: float) -> Effect | None:
+def driver_effect(row: dict, model: FittedCostModel, fdr_q: float, interval: str = "fixed") -> Effect | None:
     """The effect that moves this service's cost: work where the model is driven by CPU
     seconds (or where requests got heavier without getting more numerous), request
-    volume otherwise. None when neither has a finite interval (no control traffic)."""
+    volume otherwise. None when neither has a finite interval (no control traffic).
+
+    interval "fixed": the dollar interval is drawn from the delta's 95% fixed-horizon
+    interval (delta +- 1.96 se); "sequential": from the always-valid interval the delta
+    is reported with (wider: it stays valid however often the report is re-read)."""
     requests_ok = _finite(row["delta"], row["ci_low"], row["ci_high"])
     work_ok = _finite(row.get("work_delta"), row.get("work_ci_low"), row.get("work_ci_high"))
     requests_moved = row["q_value"] is not None and row["q_value"] < fdr_q
@@ -70,11 +74,12 @@ def driver_effect(row: dict, model: FittedCostModel, fdr_q: float) -> Effect | N
         metric, prefix = "requests", ""
     else:
         return None
-    return Effect(
-        row["experiment_id"], row["cell"], row["service"], metric,
-        float(row[f"{prefix}delta"]), float(row[f"{prefix}ci_low"]), float(row[f"{prefix}ci_high"]),
-        bool(row["significant"]),
-    )
+    delta = float(row[f"{prefix}delta"])
+    low, high = float(row[f"{prefix}ci_low"]), float(row[f"{prefix}ci_high"])
+    se = row.get(f"{prefix}se")
+    if interval == "fixed" and _finite(se):
+        low, high = delta - projection.Z95 * se, delta + projection.Z95 * se
+    return Effect(row["experiment_id"], row["cell"], row["service"], metric, delta, low, high, bool(row["significant"]))
 
 
 def _share_arrays(shares: pl.DataFrame, hours: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
@@ -157,6 +162,7 @@ def project_cells(
     fdr_q: float,
     correlation: Correlation,
     projection_hours: int | None = None,
+    interval: str = "fixed",
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(per service, per experiment cell, hourly universes) frames for one as-of day.
 
@@ -164,7 +170,7 @@ def project_cells(
     (datetime64) of the load history; load: service -> (positions in `hours`, hourly
     cost-driver load at those hours); shares: experiment_id, cell, hour, share over the
     same hours. The last `projection_hours` (default: all) are priced; the history
-    before them lets production metrics calibrate the deltas."""
+    before them lets production metrics calibrate the deltas. interval: see driver_effect."""
     all_shares = _share_arrays(shares, hours)
     history_shares = {
         service: {key: values[positions] for key, values in all_shares.items()}
@@ -184,7 +190,7 @@ def project_cells(
         model = models.get(row["service"])
         if model is None or row["service"] not in load:
             continue
-        effect = driver_effect(row, model, fdr_q)
+        effect = driver_effect(row, model, fdr_q, interval)
         if effect is not None:
             effects[(row["experiment_id"], row["cell"], row["service"])] = effect
     effects, not_in_load = calibrate_with_production(effects, history, history_shares)

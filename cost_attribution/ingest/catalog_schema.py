@@ -96,6 +96,10 @@ class ExperimentEntry(_Entry):
             raise ValueError(f"weights {self.weights} must have a positive sum")
         if self.shipped is not None and self.shipped.cell not in cells:
             raise ValueError(f"shipped.cell {self.shipped.cell!r} is not one of its cells {cells}")
+        if self.shipped is not None and self.shipped.cell == self.control_cell:
+            treatments = [c for c in cells if c != self.control_cell]
+            raise ValueError(f"shipped.cell {self.shipped.cell!r} is the control cell, not one of its treatment cells "
+                             f"{treatments}: name the treatment cell that went to 100%")
         return self
 
     def all_cells(self) -> list[str]:

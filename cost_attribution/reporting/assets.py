@@ -35,6 +35,7 @@ def report_path(warehouse: DuckDBResource) -> Path:
         "latency_impact",
         "capacity_plan",
         "edge_usage_by_cell",
+        "projection_outcomes",
     ],
     description="The contract's report for the as-of day: per experiment cell the projected 30-day cost with its "
     "interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and cost "
@@ -65,6 +66,12 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             blind_spot_coverage=settings.blind_spot_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
             value_per_point_usd=settings.value_per_point_usd,
+            intervals={
+                "deltas": "always-valid 95% (mixture sequential test)" if settings.sequential else "fixed-horizon 95%",
+                "dollars": "fixed-horizon 95% from the deltas' standard errors"
+                if settings.dollar_interval == "fixed" else "from the always-valid delta intervals",
+                "point_estimate": "services whose change is not significant (BH q >= fdr_q) add $0",
+            },
         )
         text = json.dumps(report, indent=2)
         newest = None

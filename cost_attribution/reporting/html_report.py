@@ -5,7 +5,8 @@ versus not shipping and the change on the bill, 30 days and per year, each with 
 interval and a one-line reading; the share of the bill; the cost per point of each
 business metric and, where a point has a value, the net value and the chance it is
 positive; the flags in plain words with the owner to talk to; the estimate's history).
-Then every cell on one interval scale, the A/A calibration experiments, a view by
+Then every cell on one interval scale, the A/A calibration experiments, once cells
+have shipped the projected-vs-realized calibration (report["calibration"]), a view by
 owner, per experiment the services it touches (with the smallest change the traffic
 detects), the two-universe and cost-vs-volume charts, capacity, the data the numbers
 stand on, and a glossary. Colours mean the same everywhere: grey = observed / today,
@@ -469,6 +470,27 @@ def _capacity_rows(capacity: pl.DataFrame) -> list[dict]:
     return rows
 
 
+OUTCOME_WORDS = {"on_target": "on target", "under_projected": "under-projected", "over_projected": "over-projected"}
+
+
+def _projection_calibration(report: dict) -> dict | None:
+    """Did the projections come true? One row per shipped cell (report["calibration"]);
+    None while nothing has shipped."""
+    cal = report.get("calibration")
+    if not cal:
+        return None
+    cells = [{
+        "name": f"{c['experiment_id']}:{c['cell']}", "ship_date": c["ship_date"], "decision_as_of": c["decision_as_of"],
+        "projected": c["projected_usd_30d"], "projected_low": c["projected_ci_low_usd_30d"],
+        "projected_high": c["projected_ci_high_usd_30d"], "realized": c["realized_usd_30d"],
+        "realized_low": c["realized_ci_low_usd_30d"], "realized_high": c["realized_ci_high_usd_30d"],
+        "error_pct": c.get("error_pct"), "verdict": OUTCOME_WORDS.get(c["verdict"], c["verdict"]),
+        "missed": c["verdict"] != "on_target",
+    } for c in cal["cells"]]
+    return {"cells": cells, "coverage": cal.get("coverage"), "mean_signed_error_pct": cal.get("mean_signed_error_pct"),
+            "systematic_bias": bool(cal.get("systematic_bias"))}
+
+
 def _footer(report: dict) -> dict:
     tc = report.get("trace_completeness", {})
     dq = report.get("data_quality", {})
@@ -498,7 +520,8 @@ def render_html(report: dict, *, universes: pl.DataFrame, history: pl.DataFrame,
         as_of=report["as_of"], css=CSS, colours={"grey": GREY, "blue": BLUE, "red": RED, "orange": ORANGE},
         severe=SEVERE_FLAGS, verdict_words=VERDICT_WORDS, cards=[_card(e) for e in real],
         overview=decision.overview([{**e, "decision": _decision(e)} for e in real]), summary=_summary(real),
-        calibration=[_calibration(e) for e in calibration], owners=report.get("owners", []),
+        calibration=[_calibration(e) for e in calibration], projection_calibration=_projection_calibration(report),
+        owners=report.get("owners", []),
         details=[_detail(e, universes=universes, history=history, models=models, capacity=capacity, window=window,
                          fit_cache=fit_cache) for e in real + calibration],
         capacity={"rows": _capacity_rows(capacity)}, window=window, footer=_footer(report), glossary=GLOSSARY,

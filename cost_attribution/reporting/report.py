@@ -12,6 +12,7 @@ import polars as pl
 
 from cost_attribution.attribution.shift_left import load_edge_shifts
 from cost_attribution.checks.trace_completeness import summarize, volume_reconciliation
+from cost_attribution.estimation.outcomes import calibration
 from cost_attribution.partitions import trailing_window
 from cost_attribution.reporting import decision
 from cost_attribution.reporting.flags import experiment_flags
@@ -216,7 +217,7 @@ def owner_view(experiments: list[dict], owners: dict[str, str | None]) -> list[d
 
 def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
                  blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0,
-                 value_per_point_usd: dict[str, float] | None = None) -> dict:
+                 value_per_point_usd: dict[str, float] | None = None, intervals: dict | None = None) -> dict:
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
     projections = _frame(conn, "main.cost_projections", "SELECT * FROM main.cost_projections WHERE as_of = ?", [as_of])
     experiment_costs = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of = ? ORDER BY experiment_id, cell", [as_of])
@@ -358,6 +359,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     ]
     report = {
         "as_of": as_of.isoformat(),
+        "intervals": intervals or {},
         "experiments": experiments,
         "services": service_models,
         "owners": owner_view(experiments, owners),
@@ -367,7 +369,25 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
             "unattributed_cost_usd": _usd(unattributed_cost(conn, as_of, projection_days)),
         },
     }
+    calibration = calibration_section(conn, as_of)
+    if calibration is not None:
+        report["calibration"] = calibration
     return _clean(report)
+
+
+def calibration_section(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> dict | None:
+    """Extra key: projected vs realized for every shipped cell (projection_outcomes) and
+    the calibration over them; None while nothing has shipped."""
+    outcomes = _frame(conn, "main.projection_outcomes",
+                      "SELECT * FROM main.projection_outcomes WHERE as_of = ? ORDER BY ship_date, experiment_id", [as_of])
+    if outcomes.is_empty():
+        return None
+    cells = [
+        {k: (v.isoformat() if isinstance(v, dt.date) else _usd(v) if k.endswith("usd_30d") else v)
+         for k, v in row.items() if k != "as_of"}
+        for row in outcomes.iter_rows(named=True)
+    ]
+    return {**calibration(outcomes).to_dict(), "cells": cells}
 
 
 def latest_report(conn: duckdb.DuckDBPyConnection) -> dict | None:

@@ -26,7 +26,9 @@ def _clean(value):
 
 
 def _usd(value) -> str:
-    return "n/a" if value is None else f"${value:,.0f}"
+    if value is None:
+        return "n/a"
+    return f"-${-value:,.0f}" if round(value) < 0 else f"${value:,.0f}"
 
 
 def _pct(value) -> str:
@@ -35,6 +37,27 @@ def _pct(value) -> str:
 
 def _q(value) -> str:
     return "n/a" if value is None else f"{value:.2g}"
+
+
+def render_summary(report: dict, truth: dict | None = None) -> str:
+    """One line per experiment cell: cost vs not shipping and the bill change, each with its
+    95% interval (and the simulator's truth beside it for a demo world)."""
+    report = _clean(report)
+    known = (truth or {}).get("experiments", {})
+    lines = [
+        f"As of {report['as_of']}: what shipping each cell adds over 30 days vs not shipping it, and the change",
+        "the bill will show vs the last 28 days (which already carried the running test); 95% intervals:",
+        f"  {'cell':<34} {'vs not shipping':>28} {'bill change':>28}" + ("   truth (vs / bill)" if known else ""),
+    ]
+    for exp in sorted(report["experiments"], key=lambda e: -(e["incremental_cost_usd_30d"] or 0)):
+        name = f"{exp['experiment_id']}:{exp['cell']}"
+        vs = f"{_usd(exp['incremental_cost_usd_30d'])} [{_usd(exp['ci_low_usd_30d'])}, {_usd(exp['ci_high_usd_30d'])}]"
+        bill = f"{_usd(exp.get('bill_change_usd_30d'))} [{_usd(exp.get('bill_ci_low_usd_30d'))}, {_usd(exp.get('bill_ci_high_usd_30d'))}]"
+        line = f"  {name:<34} {vs:>28} {bill:>28}"
+        if name in known:
+            line += f"   {_usd(known[name]['incremental_cost_usd_30d'])} / {_usd(known[name].get('bill_change_usd_30d'))}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def render_text(report: dict, truth: dict | None = None) -> str:

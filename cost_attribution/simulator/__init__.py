@@ -8,14 +8,19 @@ the sample world's size; `small_world_config()` is a seconds-fast world for test
 `live_world_config()` / `small_live_world_config()` are production as it really is:
 experiments running for weeks on ramps and uneven splits, any cells, heavier requests,
 cpu_seconds, and a truth with both incremental cost and bill change per cell.
+`shipped_world_config()` ships three cells to 100% inside the trace window (ShipSpec),
+two with a cost-structure change that makes their projections miss by construction;
+truth.json's `shipped` holds each one's realized change.
 """
 
 from cost_attribution.simulator.config import (
-    CellSpec, DirtyRecordCounts, DriftSpec, EdgeSpec, ExperimentSpec, SamplingDomain, ServiceSpec, WorldConfig)
+    CellSpec, DirtyRecordCounts, DriftSpec, EdgeSpec, ExperimentSpec, SamplingDomain, ServiceSpec, ShipSpec,
+    WorldConfig)
 from cost_attribution.simulator.world import (
-    generate_world, live_world_config, small_live_world_config, small_world_config)
+    generate_world, live_world_config, shipped_world_config, small_live_world_config, small_world_config)
 
 __all__ = [
     "CellSpec", "DirtyRecordCounts", "DriftSpec", "EdgeSpec", "ExperimentSpec", "SamplingDomain", "ServiceSpec",
-    "WorldConfig", "generate_world", "live_world_config", "small_live_world_config", "small_world_config",
+    "ShipSpec", "WorldConfig", "generate_world", "live_world_config", "shipped_world_config",
+    "small_live_world_config", "small_world_config",
 ]

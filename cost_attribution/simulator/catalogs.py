@@ -24,6 +24,8 @@ def write_experiments_yaml(path: Path, config: WorldConfig) -> None:
             lines.append(f"    weights: [{', '.join(f'{w:g}' for w in exp.cell_weights)}]")
         if exp.kind != "ab":
             lines.append(f"    kind: {exp.kind}")
+        if exp.shipped is not None:
+            lines.append(f"    shipped: {{cell: {exp.shipped.cell}, date: {config.ship_date_of(exp).isoformat()}}}")
         lines += [
             f"    start: {config.start_of(exp).isoformat()}",
             f"    owner: {exp.owner}",

@@ -68,6 +68,22 @@ class CellSpec:
 
 
 @dataclass(frozen=True)
+class ShipSpec:
+    """A cell shipped to 100% of traffic at 00:00 UTC `days_before_end` days before end_date.
+
+    From then on every member (allocated or not) gets the cell, in traces, usage metrics
+    and the bill. capacity_factors: (service, factor) on the capacity of one instance from
+    the ship date on (a cost-structure change that came with shipping, e.g. a larger
+    memory footprint at full rollout), so the realized cost differs from the projection
+    by construction: factor < 1 under-projects, > 1 over-projects.
+    """
+
+    cell: str
+    days_before_end: int
+    capacity_factors: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     """An experiment: a control cell and one or more treatment cells.
 
@@ -103,6 +119,7 @@ class ExperimentSpec:
     start_days_before_end: int | None = None
     ramp_days: float = 1.0
     ramp_steps: tuple[tuple[float, float], ...] = ()
+    shipped: ShipSpec | None = None  # live worlds: a cell that went to 100%
 
     @property
     def treatment_cells(self) -> tuple[CellSpec, ...]:
@@ -371,6 +388,12 @@ class WorldConfig:
         if experiment.start_days_before_end is None:
             return self.experiment_start
         return self.end_date - datetime.timedelta(days=experiment.start_days_before_end)
+
+    def ship_date_of(self, experiment: ExperimentSpec) -> datetime.date | None:
+        """The first day the shipped cell runs at 100% (00:00 UTC), or None."""
+        if experiment.shipped is None:
+            return None
+        return self.end_date - datetime.timedelta(days=experiment.shipped.days_before_end)
 
     @property
     def history_dates(self) -> list[datetime.date]:

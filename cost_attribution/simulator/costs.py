@@ -57,7 +57,10 @@ ModelHistory = tuple[InstanceModel, InstanceModel, "datetime.date | None"]
 
 
 def instance_models(config: WorldConfig, usage: pl.DataFrame) -> dict[str, ModelHistory]:
-    """service -> (model before drift, current model, first day of the current model)."""
+    """service -> (model before drift, current model, first day of the current model).
+
+    The change is the world's drift or the capacity change that came with shipping a cell
+    (ShipSpec.capacity_factors); a service has at most one (WorldConfig validation)."""
     peak = dict(usage.group_by("service").agg(pl.col("requests").max()).iter_rows())
     models = {}
     for spec in config.services:
@@ -69,6 +72,12 @@ def instance_models(config: WorldConfig, usage: pl.DataFrame) -> dict[str, Model
             current = _model(spec, config, drift.new_sku, drift.new_list_price_per_hour,
                              drift.new_capacity_per_instance_hour, peak[spec.name])
             switch_day = config.end_date - datetime.timedelta(days=drift.days_before_end - 1)
+        for exp in config.experiments:  # a cost-structure change that came with shipping a cell
+            factor = dict(exp.shipped.capacity_factors).get(spec.name) if exp.shipped else None
+            if factor is not None:
+                current = _model(spec, config, spec.sku, spec.list_price_per_hour,
+                                 spec.capacity_per_instance_hour * factor, peak[spec.name])
+                switch_day = config.ship_date_of(exp)
         models[spec.name] = (before, current, switch_day)
     return models
 

@@ -26,6 +26,9 @@ class Population:
     # world every allocated member is treated from the experiment's start (the first trace
     # day after the pre-period); an experiment in production treats from allocated_at.
     treated_from: np.ndarray
+    # (experiment index, shipped cell code, ship time datetime64[s]): from then on every
+    # member's traffic gets that cell.
+    shipped: tuple[tuple[int, int, np.datetime64], ...] = ()
 
     @property
     def size(self) -> int:
@@ -44,7 +47,16 @@ def build_population(config: WorldConfig, samplers: Samplers) -> Population:
     shape = config.activity_shape
     activity = rng.gamma(shape, config.mean_root_requests_per_member_day / shape, size=n)
     cells, allocated_at, treated_from = _allocate(config, rng, n)
-    return Population(member_ids, sampler, activity, cells, allocated_at, treated_from)
+    return Population(member_ids, sampler, activity, cells, allocated_at, treated_from, shipped_cells(config))
+
+
+def shipped_cells(config: WorldConfig) -> tuple[tuple[int, int, np.datetime64], ...]:
+    out = []
+    for x, exp in enumerate(config.experiments):
+        day = config.ship_date_of(exp)
+        if day is not None:
+            out.append((x, exp.cell_names.index(exp.shipped.cell), _midnight(day)))
+    return tuple(out)
 
 
 def scale_to_target_spans(config: WorldConfig, population: Population, graph: CallGraph,

@@ -98,6 +98,11 @@ def production(config: WorldConfig, population: Population, graph: CallGraph) ->
     shares = np.array([cell_share(population, int(graph.arm_experiment[a]), int(graph.arm_cell[a]), hours)
                        for a in arms]).reshape(len(graph.arm_experiment), len(hours))
     control = np.array([cell_share(population, x, CONTROL, hours) for x in range(len(config.experiments))])
+    for x, code, shipped_at in population.shipped:  # from the ship time on the cell serves everyone
+        after = hours >= shipped_at
+        for a in np.flatnonzero(graph.arm_experiment == x):
+            shares[a, after] = 1.0 if graph.arm_cell[a] == code else 0.0
+        control[x, after] = 0.0
     effects = tuple(arm_effect(graph, a) for a in arms)
     return Production(hours, shares, control.reshape(len(config.experiments), len(hours)), effects,
                       graph.arm_experiment, len(graph.services))

@@ -170,8 +170,12 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
 
 def _cells_acting(population: Population, members: np.ndarray, at: np.ndarray) -> np.ndarray:
     """Cell codes acting on each member at time(s) `at` (datetime64[s]): [len(members), n_exp]."""
-    acting = population.treated_from[members] <= np.asarray(at).reshape(-1, 1)
-    return np.where(acting, population.cells[members], NOT_ALLOCATED).astype(np.int8)
+    at = np.asarray(at).reshape(-1, 1)
+    acting = population.treated_from[members] <= at
+    cells = np.where(acting, population.cells[members], NOT_ALLOCATED).astype(np.int8)
+    for x, code, shipped_at in population.shipped:  # a shipped cell acts on everyone
+        cells[:, x] = np.where(at[:, 0] >= shipped_at, code, cells[:, x])
+    return cells
 
 
 def _trace_behaviour(population: Population, graph: CallGraph, members: np.ndarray,

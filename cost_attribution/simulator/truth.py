@@ -15,6 +15,12 @@ cost structure and scaled by 30 / history_days:
   treated share taken out (everyone in control);
 - bill_change_usd_30d = f(L (1 + d) / (1 + sum_c s_c(h) d_c)) - f(L), L the load as it
   was (this experiment's share replaced by 100% of the cell, the others as they are).
+shipped["experiment:cell"] (live worlds, per ShipSpec): the ship date, and per service and in
+total the realized change over the days after shipping, scaled to 30 days,
+sum_h f_h(L(h)) - f_pre(L(h) / F(h)), F the experiment's load factor (1 + the cell's delta),
+f_h the cost structure in force (any capacity change that came with shipping), f_pre the one
+just before shipping; beside it the true incremental cost priced on the 28 days before the
+ship date at the pre-ship structure (what a perfect projection would have said).
 treated_share[experiment][cell]: the cell's share of each hour's load (hourly, daily,
 means over the history, the trace window and the last day).
 """
@@ -115,6 +121,7 @@ def build_truth(config: WorldConfig, graph: CallGraph, usage: pl.DataFrame, mode
             truth["services"][svc]["cpu_seconds_per_request"] = by_name[svc].cpu_seconds_per_request
         truth["treated_share"] = _treated_shares(config, graph, live)
         truth["history_hours"] = len(live.hours)
+        truth["shipped"] = _shipped(config, graph, hourly, models, live)
     return truth
 
 
@@ -178,6 +185,50 @@ def _live_experiments(config: WorldConfig, graph: CallGraph, hourly: dict[str, n
         }
         new_dependency_edges[key] = _new_edges(graph, a)
     return experiments, new_dependency_edges
+
+
+def _shipped(config: WorldConfig, graph: CallGraph, hourly: dict[str, np.ndarray], models: dict,
+             live: Production) -> dict:
+    out = {}
+    for x, exp in enumerate(config.experiments):
+        ship_day = config.ship_date_of(exp)
+        if ship_day is None:
+            continue
+        ship = np.datetime64(ship_day.isoformat(), "s")
+        after = live.hours >= ship
+        before = (live.hours < ship) & (live.hours >= ship - np.timedelta64(28, "D"))
+        a = next(a for a in np.flatnonzero(graph.arm_experiment == x)
+                 if exp.cell_names[graph.arm_cell[a]] == exp.shipped.cell)
+        to_30d = 720.0 / max(int(after.sum()), 1)
+        services = {}
+        for s, svc in enumerate(graph.services):
+            old, new, switch = models[svc]
+            pre = new if switch is not None and switch < ship_day else old
+            changed = live.hours >= np.datetime64(switch.isoformat(), "s") if switch else np.zeros(len(after), bool)
+            work = new.driver == "cpu_seconds"
+            factor = live.experiment_factor(x, work=work)[:, s]
+            delta = (live.effects[a].work_delta if work else live.effects[a].delta)[s]
+            load, without = hourly[svc], hourly[svc] / factor
+            actual = old.cost(load[after & ~changed]) + new.cost(load[after & changed])
+            if svc in dict(exp.shipped.capacity_factors):  # the change came with this cell
+                realized = actual - pre.cost(without[after])
+            else:  # any other change happens either way
+                realized = actual - old.cost(without[after & ~changed]) - new.cost(without[after & changed])
+            baseline = load[before] / live.factor(work=work)[before, s]
+            projected = pre.cost(baseline * (1 + delta)) - pre.cost(baseline)
+            services[svc] = {
+                "realized_change_usd_30d": round(realized * to_30d, 2),
+                "incremental_cost_usd_30d_pre_ship": round(projected * 30.0 / 28.0, 2),
+                "capacity_factor": dict(exp.shipped.capacity_factors).get(svc, 1.0),
+            }
+        out[f"{exp.id}:{exp.shipped.cell}"] = {
+            "ship_date": ship_day.isoformat(), "post_ship_hours": int(after.sum()),
+            "realized_change_usd_30d": round(sum(v["realized_change_usd_30d"] for v in services.values()), 2),
+            "incremental_cost_usd_30d_pre_ship": round(
+                sum(v["incremental_cost_usd_30d_pre_ship"] for v in services.values()), 2),
+            "services": services,
+        }
+    return out
 
 
 def _new_edges(graph: CallGraph, arm: int) -> list[str]:

@@ -12,7 +12,7 @@ import polars as pl
 from cost_attribution.simulator.call_graph import build_call_graph
 from cost_attribution.simulator.catalogs import (
     allocations_frame, business_metrics_frame, write_experiments_yaml, write_services_yaml)
-from cost_attribution.simulator.config import WorldConfig, live_experiments
+from cost_attribution.simulator.config import ExperimentSpec, ShipSpec, WorldConfig, live_experiments
 from cost_attribution.simulator.costs import focus_rows, instance_models
 from cost_attribution.simulator.population import build_population, scale_to_target_spans
 from cost_attribution.simulator.production import production
@@ -81,6 +81,26 @@ def _validate(config: WorldConfig) -> None:
             raise ValueError(f"{exp.id}: an A/A experiment (kind aa) cannot change anything")
         if exp.start_days_before_end is not None and (not config.live or exp.start_days_before_end < 0):
             raise ValueError(f"{exp.id}: start_days_before_end needs a live world and a value >= 0")
+        if exp.shipped is not None:
+            _validate_shipped(config, exp)
+    changed = [s for exp in config.experiments if exp.shipped for s, _ in exp.shipped.capacity_factors]
+    if config.drift is not None:
+        changed.append(config.drift.service)
+    if len(changed) != len(set(changed)):
+        raise ValueError(f"a service can change its cost structure once (drift or shipping): {changed}")
+
+
+def _validate_shipped(config: WorldConfig, exp: ExperimentSpec) -> None:
+    ship = exp.shipped
+    if not config.live:
+        raise ValueError(f"{exp.id}: shipping a cell needs a live world")
+    if ship.cell not in exp.cell_names or ship.cell == exp.control_cell:
+        raise ValueError(f"{exp.id}: shipped cell {ship.cell!r} must be one of the treatment cells {exp.cell_names[1:]}")
+    if exp.start_days_before_end is None or not 0 <= ship.days_before_end < exp.start_days_before_end:
+        raise ValueError(f"{exp.id}: ship days_before_end {ship.days_before_end} must be >= 0 and after the start")
+    unknown = {s for s, _ in ship.capacity_factors} - {s.name for s in config.services}
+    if unknown or any(f <= 0 for _, f in ship.capacity_factors):
+        raise ValueError(f"{exp.id}: capacity_factors need known services and positive factors: {ship.capacity_factors}")
 
 
 def small_world_config(seed: int = 3) -> WorldConfig:
@@ -119,3 +139,28 @@ def small_live_world_config(seed: int = 3) -> WorldConfig:
         target_spans_per_day=5_000,
         spans_per_line=200,
     )
+
+
+def shipped_world_config(seed: int = 7, small: bool = False) -> WorldConfig:
+    """Issue 12's closed loop: live_world_config (or its small version) whose trace window
+    covers three cells going to 100%. Smarter Pre-fetch ships and metadata-svc moves to
+    instances with 25% more capacity (over-projected); HD images ships and images-svc then
+    needs 30% more instances per unit of work (under-projected); Personalized search
+    ships a day later with no surprise (profile-svc +33%). The drift moves out of the post-ship days."""
+    trace_days, pre_period_days = 5, 1  # decisions on the 3rd and 4th trace day, 3 and 2 days after
+    base = small_live_world_config(seed) if small else live_world_config(seed)
+    ships = {
+        "smarter-prefetch": ShipSpec("treatment", 2, capacity_factors=(("metadata-svc", 1.25),)),
+        "hd-images": ShipSpec("hd", 2, capacity_factors=(("images-svc", 0.7),)),
+        "search-personalization": ShipSpec("treatment", 1),
+    }
+    starts = {"hd-images": 14}  # weeks of ramp before shipping (the live world starts it with the traces)
+    experiments = tuple(
+        dataclasses.replace(exp, shipped=ships[exp.id],
+                            start_days_before_end=starts.get(exp.id, exp.start_days_before_end))
+        if exp.id in ships else exp
+        for exp in live_experiments(trace_days, pre_period_days)
+    )
+    drift = dataclasses.replace(base.drift, days_before_end=12) if base.drift else None
+    return dataclasses.replace(base, trace_days=trace_days, pre_period_days=pre_period_days,
+                               experiments=experiments, drift=drift)

@@ -16,13 +16,15 @@ class WebhookSink:
     def __init__(self):
         self.posts: list[dict] = []
         self.fail_next = 0  # answer HTTP 500 to this many requests (delivery retry tests)
+        self.fail_containing = ""  # answer HTTP 500 to posts whose text contains this
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if sink.fail_next:
-                    sink.fail_next -= 1
+                failing = sink.fail_containing and sink.fail_containing in json.loads(body).get("text", "")
+                if sink.fail_next or failing:
+                    sink.fail_next = max(sink.fail_next - 1, 0)
                     self.send_response(500)
                     self.end_headers()
                     return

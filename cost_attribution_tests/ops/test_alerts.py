@@ -1,7 +1,9 @@
 """Alert sensor: a failed blocking completeness check -> exactly one webhook POST (and
 one email) naming the check, the partition and the services; re-evaluation, and the
-same check failing again on the same partition, post nothing new. Costly experiments
-alert once per experiment cell. Loopback sinks only."""
+same check failing again with the same services, post nothing new. Costly experiments
+alert once per crossing of the threshold. Nothing counts as sent until a channel took
+it. The daemon test runs the sensor for several ticks on a SQLite instance. Loopback
+sinks only."""
 
 from __future__ import annotations
 
@@ -71,9 +73,19 @@ def _materialize_gate(instance, warehouse: str, min_coverage: float):
     )
 
 
+def _location(sensor, resources) -> dg.Definitions:
+    """The code location the sensor runs in: the checks it watches come from here."""
+    return dg.Definitions(assets=[trace_completeness], sensors=[sensor],
+                          resources={**resources, "settings": AnalysisSettings()})
+
+
 def _tick(sensor, instance, cursor, resources):
-    """One daemon tick: evaluate with the stored cursor, return the new cursor."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    """One daemon tick: evaluate with the stored cursor, return the new cursor. The sensor
+    finds the checks to watch in its code location."""
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=resources,
+        definitions=_location(sensor, resources),
+    )
     sensor(context)
     return context.cursor
 
@@ -120,7 +132,8 @@ def test_failed_blocking_gate_alerts_exactly_once(tmp_path, instance, webhook_si
     _materialize_gate(instance, warehouse, min_coverage=0.99)
     cursor = _tick(sensor, instance, cursor, resources)
     assert len(webhook_sink.posts) == 1 and len(smtp_sink.messages) == 1
-    assert "check|trace_completeness|trace_coverage_gate|" + DAY in AlertCursor.parse(cursor).sent
+    state = AlertCursor.parse(cursor).checks["trace_completeness:trace_coverage_gate"]
+    assert state[1] == "check|trace_completeness|trace_coverage_gate|api-gateway|images-svc"
 
 
 def test_passing_gate_posts_nothing_failed_delivery_is_retried_and_recovery_reopens(tmp_path, instance, webhook_sink):
@@ -224,3 +237,103 @@ def test_cost_alerts_wait_while_the_warehouse_is_locked(tmp_path, instance, webh
         holder.communicate("\n", timeout=30)
     _tick(sensor, instance, cursor, resources)
     assert len(webhook_sink.posts) == 1 and "x:t" in webhook_sink.posts[0]["text"]
+
+
+def test_nothing_counts_as_sent_without_a_channel(tmp_path, instance, webhook_sink):
+    """With no channel configured the alert waits (the tick says so); once a channel is
+    configured it goes out, once."""
+    warehouse = str(tmp_path / "w.duckdb")
+    _seed_low_coverage_day(warehouse, dt.date.fromisoformat(DAY))
+    _materialize_gate(instance, warehouse, min_coverage=0.99)
+    sensor = build_alert_sensor()
+    unconfigured = {
+        "alert_channels": AlertChannels(),
+        "alert_policy": AlertPolicy(cost_threshold_usd=1e12),
+        "warehouse": DuckDBResource(database=warehouse),
+    }
+    context = dg.build_sensor_context(
+        instance=instance, resources=unconfigured,
+        definitions=_location(sensor, unconfigured),
+    )
+    skip = sensor(context)
+    assert "1 waiting (no alert channel configured)" in skip.skip_message
+    assert "trace_completeness:trace_coverage_gate" not in AlertCursor.parse(context.cursor).checks
+    configured = {**unconfigured, "alert_channels": AlertChannels(webhook_url=webhook_sink.url)}
+    cursor = _tick(sensor, instance, context.cursor, configured)
+    _tick(sensor, instance, cursor, configured)
+    assert len(webhook_sink.posts) == 1
+
+
+@pytest.mark.slow
+def test_daemon_on_sqlite_instance_alerts_once_without_failed_ticks(tmp_path, webhook_sink):
+    """`dagster-daemon run` against a SQLite DAGSTER_HOME, the coverage gate failed in it:
+    several ticks of the alert sensor post exactly one alert and none of them fails."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from cost_attribution_tests.ops import alert_daemon_defs
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    warehouse = str(tmp_path / "w.duckdb")
+    _seed_low_coverage_day(warehouse, dt.date.fromisoformat(DAY))
+    with dg.DagsterInstance.local_temp(tempdir=str(home)) as instance:
+        _materialize_gate(instance, warehouse, min_coverage=0.99)
+
+    env = {**os.environ, "DAGSTER_HOME": str(home), alert_daemon_defs.WEBHOOK_ENV: webhook_sink.url,
+           alert_daemon_defs.WAREHOUSE_ENV: warehouse}
+    repo_root = Path(__file__).resolve().parents[2]
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", alert_daemon_defs.__name__,
+         "-d", str(repo_root)],
+        env=env, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=(tmp_path / "daemon.log").open("w"),
+        start_new_session=True,
+    )
+    try:
+        with dg.DagsterInstance.local_temp(tempdir=str(home)) as instance:
+            deadline = time.monotonic() + 240
+            ticks = []
+            while time.monotonic() < deadline:
+                states = [s for s in instance.all_instigator_state() if s.instigator_name == "platform_alerts"]
+                ticks = instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
+                if len([t for t in ticks if t.status.value != "STARTED"]) >= 4:
+                    break
+                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(2)
+            done = [t for t in ticks if t.status.value != "STARTED"]
+            assert len(done) >= 4, f"only {len(done)} ticks: " + (tmp_path / "daemon.log").read_text()[-3000:]
+            failed = [t.error for t in done if t.status.value == "FAILURE"]
+            assert failed == []
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert len(webhook_sink.posts) == 1
+    assert "trace_completeness:trace_coverage_gate" in webhook_sink.posts[0]["text"]
+
+
+def test_cost_alerts_partly_delivered_resend_only_the_rest(tmp_path, instance, webhook_sink):
+    warehouse = str(tmp_path / "w.duckdb")
+    with duckdb.connect(warehouse) as conn:
+        replace_rows(conn, "main.experiment_costs", pl.DataFrame({
+            "as_of": [dt.date(2026, 10, 30)] * 2, "experiment_id": ["alpha", "beta"], "cell": ["t", "t"],
+            "incremental_cost_usd_30d": [5e4, 6e4], "ci_low_usd_30d": [1e4, 1e4], "ci_high_usd_30d": [9e4, 9e4]}))
+    instance.report_runless_asset_event(dg.AssetMaterialization("cost_projections", partition="2026-10-30"))
+    sensor = build_alert_sensor()
+    resources = {
+        "alert_channels": AlertChannels(webhook_url=webhook_sink.url),
+        "alert_policy": AlertPolicy(cost_threshold_usd=1e4),
+        "warehouse": DuckDBResource(database=warehouse),
+    }
+    webhook_sink.fail_containing = "beta:t"  # the webhook takes alpha's alert, not beta's
+    cursor = _tick(sensor, instance, None, resources)
+    assert [p["text"].splitlines()[0] for p in webhook_sink.posts] == ["Projected cost over threshold: alpha:t"]
+    webhook_sink.fail_containing = ""
+    cursor = _tick(sensor, instance, cursor, resources)
+    _tick(sensor, instance, cursor, resources)
+    assert [p["text"].splitlines()[0] for p in webhook_sink.posts] == [
+        "Projected cost over threshold: alpha:t", "Projected cost over threshold: beta:t"]

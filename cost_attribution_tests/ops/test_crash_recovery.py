@@ -53,8 +53,9 @@ def world(tmp_path_factory):
 
 
 def _kill_during(landing: Path, warehouse: Path, marker: str, delay: float) -> str:
-    """Start a run, SIGKILL its whole process group `delay` seconds after `marker` appears in its log."""
-    proc = subprocess.Popen([CLI, "run", "--landing", str(landing), "--warehouse", str(warehouse)], cwd=REPO,
+    """Start a run (--verbose: Dagster's log on stderr), SIGKILL its whole process group `delay` seconds
+    after `marker` appears in its log."""
+    proc = subprocess.Popen([CLI, "run", "--landing", str(landing), "--warehouse", str(warehouse), "--verbose"], cwd=REPO,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     seen = threading.Event()

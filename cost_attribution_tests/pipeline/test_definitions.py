@@ -2,7 +2,9 @@
 
 import dagster as dg
 
-from cost_attribution.definitions import defs
+from cost_attribution.definitions import defs as load_defs
+
+defs = load_defs()
 
 
 def test_definitions_load():
@@ -34,3 +36,14 @@ def test_blocking_coverage_gate_guards_the_projections():
     assert graph.get_check_spec(gate).blocking
     upstream = graph.get(dg.AssetKey("cost_projections")).parent_keys | graph.get(dg.AssetKey("usage_deltas")).parent_keys
     assert dg.AssetKey("trace_completeness") in upstream
+
+
+def test_closed_loop_assets_and_bias_check_in_the_rebased_location():
+    from cost_attribution.definitions import build_defs
+
+    graph = build_defs(start_date="2026-10-01").resolve_asset_graph()
+    for name in ("decision_log", "projection_outcomes"):
+        node = graph.get(dg.AssetKey(name))
+        assert node.partitions_def.start.date().isoformat() == "2026-10-01", name
+    assert dg.AssetCheckKey(dg.AssetKey("projection_outcomes"), "projection_bias") in graph.asset_check_keys
+    assert dg.AssetKey("decision_log") in graph.get(dg.AssetKey("projection_outcomes")).parent_keys

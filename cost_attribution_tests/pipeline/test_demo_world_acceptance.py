@@ -113,3 +113,12 @@ def test_deprecated_and_new_dependencies_are_flagged(demo_run):
         new = {s for s, v in exp["services"].items() if v["new_dependency"]}
         flagged = {f["service"] for f in _experiment(report, name)["flags"] if f["kind"] == "new_dependency"}
         assert flagged == new, name
+
+
+def test_demo_prints_one_line_per_cell_with_truth(demo_run):
+    from cost_attribution.reporting.text import render_summary
+
+    truth, report, _, _ = demo_run
+    lines = render_summary(report, truth).splitlines()
+    assert len(lines) == 3 + len(report["experiments"]) <= 30  # with ~6 progress lines: make demo stays under ~40
+    assert all(f"{e['experiment_id']}:{e['cell']}" in "\n".join(lines) for e in report["experiments"])

@@ -146,3 +146,34 @@ def test_glossary_owner_view_and_embedded_json(rendered):
     assert "team-recs" in owners and "team-search" in owners
     embedded = re.search(r'<script type="application/json" id="report-json">(.*?)</script>', page, re.S).group(1)
     assert "<b>" not in embedded and json.loads(embedded) == report
+
+
+def test_projection_calibration_section_only_once_cells_shipped(rendered):
+    report, page, _ = rendered
+    assert 'id="projection-calibration"' not in page and "#projection-calibration" not in page
+    shipped = {**report, "calibration": {
+        "shipped_cells": 2, "coverage": 0.5, "mean_signed_error_usd_30d": -900.0, "mean_signed_error_pct": -45.0,
+        "mean_signed_error_ci_pct": None, "systematic_bias": True, "missed": ["three<b>:c"],
+        "cells": [
+            {"experiment_id": "prefetch", "cell": "treatment", "ship_date": "2026-03-20", "decision_as_of": "2026-03-19",
+             "projected_usd_30d": 5000.0, "projected_ci_low_usd_30d": 3000.0, "projected_ci_high_usd_30d": 7000.0,
+             "realized_usd_30d": 5400.0, "realized_ci_low_usd_30d": 4100.0, "realized_ci_high_usd_30d": 6700.0,
+             "error_pct": -7.4, "verdict": "on_target"},
+            {"experiment_id": "three<b>", "cell": "c", "ship_date": "2026-03-22", "decision_as_of": "2026-03-21",
+             "projected_usd_30d": 0.0, "projected_ci_low_usd_30d": -500.0, "projected_ci_high_usd_30d": 500.0,
+             "realized_usd_30d": 2400.0, "realized_ci_low_usd_30d": 1800.0, "realized_ci_high_usd_30d": 3000.0,
+             "error_pct": -100.0, "verdict": "under_projected"},
+        ]}}
+    page = html_report.render_html(shipped, universes=pl.DataFrame(), history=pl.DataFrame(), models={},
+                                   capacity=pl.DataFrame(), window="2026-03-01..2026-03-28")
+    section = page[page.index('id="projection-calibration"'):page.index('id="owners"')]
+    assert '<a href="#projection-calibration">' in page
+    rows = dict(re.findall(r'<tr data-cell="([^"]+)">(.*?)</tr>', section, re.S))
+    assert set(rows) == {"prefetch:treatment", "three&lt;b&gt;:c"}  # autoescaped, never raw markup
+    on_target, missed = rows["prefetch:treatment"], rows["three&lt;b&gt;:c"]
+    assert "+$5,000" in on_target and "[+$3,000, +$7,000]" in on_target and "+$5,400" in on_target
+    assert "on target" in on_target and 'class="flag"' not in on_target
+    assert "2026-03-22" in missed and "[+$1,800, +$3,000]" in missed and "-100%" in missed
+    assert '<span class="flag">under-projected</span>' in missed
+    assert "Coverage of the projected intervals: 50%" in section and "mean signed error -45%" in section
+    assert '<span class="flag">systematic bias</span>' in section

@@ -142,6 +142,7 @@ def test_experiment_contract_fields_weights_kind_shipped():
     ("weights: [0, 0]", "weights [0.0, 0.0] must have a positive sum"),
     ("kind: abc", "kind: Input should be 'ab' or 'aa'"),
     ("shipped: {cell: other, date: 2026-10-20}", "shipped.cell 'other' is not one of its cells"),
+    ("shipped: {cell: control, date: 2026-10-20}", "shipped.cell 'control' is the control cell, not one of its treatment cells"),
     ("cells: [control, control]", "cells listed more than once: ['control']"),
 ])
 def test_experiment_entry_errors_name_the_line(entry, message):
