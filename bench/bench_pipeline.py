@@ -120,11 +120,28 @@ def _rss_bytes(pids: list[int]) -> int:
     return total
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of the live processes in `pids` plus what the first one's
+    reaped children used (cutime/cstime): a dbt child's time stays counted after it exits."""
+    total = 0
+    for i, pid in enumerate(pids):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if i == 0 else 0)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / TICK
+
+
 def _child_pipeline(landing: Path, warehouse: Path, out: Path, dagster_home: Path) -> None:
     dagster_home.mkdir(parents=True, exist_ok=True)
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(dagster_home)  # a persistent instance keeps the step events to read back
-    samples: list[tuple[float, int, int]] = []  # (time, RSS of the tree, RSS of this process)
+    samples: list[tuple[float, int, int, float]] = []  # (time, RSS of the tree, RSS of this process, CPU s of the tree)
     stop = threading.Event()
 
     def sample() -> None:
@@ -135,7 +152,7 @@ def _child_pipeline(landing: Path, warehouse: Path, out: Path, dagster_home: Pat
             now = time.time()
             if now - scanned > 2.0:
                 pids, scanned = _descendants(pid), now
-            samples.append((now, _rss_bytes(pids), _rss_bytes(pids[:1])))
+            samples.append((now, _rss_bytes(pids), _rss_bytes(pids[:1]), _cpu_seconds(pids)))
             stop.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -162,8 +179,10 @@ def _child_pipeline(landing: Path, warehouse: Path, out: Path, dagster_home: Pat
                     opened[key] = record.timestamp
                 elif key in opened:
                     start, end = opened.pop(key), record.timestamp
-                    inside = [(tree, own) for t, tree, own in samples if start <= t <= end]
+                    inside = [(tree, own) for t, tree, own, _ in samples if start <= t <= end]
+                    cpu = [c for t, _, _, c in samples if start <= t <= end]
                     steps.append({"step": key, "start": start, "end": end, "seconds": end - start,
+                                  "cpu_seconds": max(cpu) - min(cpu) if cpu else 0.0,
                                   "peak_rss": max((tree for tree, _ in inside), default=0),
                                   "peak_rss_dagster_process": max((own for _, own in inside), default=0),
                                   "success": record.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS})
@@ -174,7 +193,9 @@ def _child_pipeline(landing: Path, warehouse: Path, out: Path, dagster_home: Pat
         "wall_seconds": finished - started,
         # ru_maxrss of a forked child starts at the parent's RSS at fork time, so the
         # children's figure overstates dbt; the sampled tree peak is the honest one.
-        "peak_rss": max(self_rss, max((r for _, r, _ in samples), default=0)),
+        "peak_rss": max(self_rss, max((r for _, r, _, _ in samples), default=0)),
+        "cpu_seconds": sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                           for f in ("ru_utime", "ru_stime")),
         "peak_rss_self": self_rss,
         "peak_rss_children_getrusage": children_rss,
         "steps": steps,
@@ -189,7 +210,9 @@ def _child_floor(spans_glob: str, allocations_glob: str, out: Path) -> None:
         conn.execute("SET memory_limit = '2GB'")  # the pipeline's cap
         rows = conn.execute(FLOOR_SQL, {"spans": spans_glob, "allocations": allocations_glob}).fetchall()
     seconds = time.time() - started
-    out.write_text(json.dumps({"seconds": seconds, "groups": len(rows), "member_cells": sum(r[3] for r in rows),
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.write_text(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                               "groups": len(rows), "member_cells": sum(r[3] for r in rows),
                                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
@@ -231,11 +254,13 @@ def stage_table(result: dict) -> list[dict]:
         steps = by_stage.get(stage)
         if steps:
             rows.append({"stage": stage, "seconds": sum(s["seconds"] for s in steps),
+                         "cpu_seconds": sum(s.get("cpu_seconds", 0.0) for s in steps),
                          "peak_rss": max(s["peak_rss"] for s in steps),
                          "peak_rss_own": max(s.get("peak_rss_dagster_process", 0) for s in steps), "steps": len(steps)})
     in_steps = sum(r["seconds"] for r in rows)
     rows.append({"stage": "outside steps (imports, Dagster run set-up, dbt manifest load)",
-                 "seconds": result["wall_seconds"] - in_steps, "peak_rss": 0, "peak_rss_own": 0, "steps": 0})
+                 "seconds": result["wall_seconds"] - in_steps, "peak_rss": 0, "peak_rss_own": 0, "steps": 0,
+                 "cpu_seconds": result.get("cpu_seconds", 0.0) - sum(r.get("cpu_seconds", 0.0) for r in rows)})
     return rows
 
 
@@ -272,19 +297,22 @@ def markdown(results: dict, spans: int, command: str) -> str:
         population = (f", {result['members']:,} members, {result['allocation_rows']:,} allocation rows"
                       if result.get("members") else "")
         lines += [f"### {fmt}: {result['spans_on_disk']:,} spans, {result['bytes_on_disk'] / 1e9:.2f} GB on disk{population}",
-                  "", "| stage | wall s | peak RSS GB (process tree) | of which the Dagster process | steps |",
-                  "|---|---:|---:|---:|---:|"]
+                  "", "| stage | wall s | CPU s | peak RSS GB (process tree) | of which the Dagster process | steps |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for row in stage_table(result):
             rss = _gb(row["peak_rss"]) if row["peak_rss"] else ""
             own = _gb(row["peak_rss_own"]) if row.get("peak_rss_own") else ""
-            lines.append(f"| {row['stage']} | {row['seconds']:.1f} | {rss} | {own} | {row['steps'] or ''} |")
+            lines.append(f"| {row['stage']} | {row['seconds']:.1f} | {row.get('cpu_seconds', 0.0):.1f} | {rss} | {own} "
+                         f"| {row['steps'] or ''} |")
         total_ok = "OK" if result["wall_seconds"] < TARGET_SECONDS and result["peak_rss"] < TARGET_RSS_GB * 1e9 else "MISSED"
         lines.append(f"| **whole run** (incl. Dagster start-up) | **{result['wall_seconds']:.1f}** | "
+                     f"{result.get('cpu_seconds', 0.0):.1f} | "
                      f"**{_gb(result['peak_rss'])}** | {_gb(result['peak_rss_self'])} | target {total_ok} |")
         if floor:
             dbt = sum(r["seconds"] for r in stage_table(result) if r["stage"] == "dbt span models")
             ratio = dbt / floor["seconds"] if floor["seconds"] else float("nan")
             lines.append(f"| floor: bare DuckDB attribution query (same files) | {floor['seconds']:.2f} | "
+                         f"{floor.get('cpu_seconds', 0.0):.1f} | "
                          f"{_gb(floor['peak_rss'])} | | dbt / floor = {ratio:.0f}x "
                          f"({'OK' if ratio <= TARGET_FLOOR_RATIO else 'MISSED'}) |")
         made = (f"generated in {result['generate_seconds']:.0f} s" if result["generate_seconds"]
@@ -306,8 +334,8 @@ def _csv_rows(folder: Path) -> int:
 
 def curve(saved: list[dict]) -> str:
     """One line per (format, day size, population) of saved results: the scaling table."""
-    lines = ["| format | spans | members | allocation rows | whole run s | peak RSS GB | ingest s | dbt span models s "
-             "| floor s | dbt / floor | rest s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| format | spans | members | allocation rows | whole run s | CPU s | peak RSS GB | ingest s | dbt span models s "
+             "| floor s | dbt / floor | rest s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = []
     for results in saved:
         for fmt, result in results["formats"].items():
@@ -318,7 +346,8 @@ def curve(saved: list[dict]) -> str:
             ratio = f"| {floor['seconds']:.2f} | {dbt / floor['seconds']:.1f}x " if floor else "| | "
             rows.append((fmt, result["spans_on_disk"], result.get("members", 0),
                          f"| {fmt} | {result['spans_on_disk']:,} | {result.get('members', 0):,} "
-                         f"| {result.get('allocation_rows', 0):,} | {result['wall_seconds']:.1f} | {_gb(result['peak_rss'])} "
+                         f"| {result.get('allocation_rows', 0):,} | {result['wall_seconds']:.1f} "
+                         f"| {result.get('cpu_seconds', 0.0):.1f} | {_gb(result['peak_rss'])} "
                          f"| {stages.get('ingest', 0.0):.1f} | {dbt:.1f} {ratio}| {rest:.1f} |"))
     return "\n".join(lines + [row for *_, row in sorted(rows)])
 

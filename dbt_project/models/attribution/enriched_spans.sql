@@ -33,8 +33,10 @@ child_calls as (
     where c.kind = 'CLIENT'
 ),
 ordered_calls as (
-    -- Overlapping calls (fan-out) are merged into islands: a call opens a new island
-    -- when it starts after every earlier call of the same span has ended.
+    -- In start order, each call adds to the waiting time only the part of it that runs
+    -- past every earlier call of the same span: the sum is the length of the union of
+    -- the call intervals (overlapping calls, a fan-out, count once). One window, exact
+    -- integer arithmetic.
     select
         dt, trace_id, span_id, service, call_start, call_end,
         max(call_end) over (
@@ -44,22 +46,11 @@ ordered_calls as (
     from child_calls
     where call_end > call_start
 ),
-islands as (
-    select
-        dt, trace_id, span_id, service, call_start, call_end,
-        sum(case when earlier_end is null or call_start > earlier_end then 1 else 0 end) over (
-            partition by dt, trace_id, span_id, service order by call_start, call_end
-            rows between unbounded preceding and current row
-        ) as island
-    from ordered_calls
-),
 waiting as (
-    select dt, trace_id, span_id, service, sum(island_end - island_start) as waiting_nano
-    from (
-        select dt, trace_id, span_id, service, island, min(call_start) as island_start, max(call_end) as island_end
-        from islands
-        group by dt, trace_id, span_id, service, island
-    ) as merged
+    select
+        dt, trace_id, span_id, service,
+        sum(greatest(call_end - greatest(call_start, coalesce(earlier_end, call_start)), 0)) as waiting_nano
+    from ordered_calls
     group by dt, trace_id, span_id, service
 )
 select
