@@ -9,11 +9,6 @@
   10M-span day cheap: a member sits in several experiments, so a span-level join
   would multiply the spans.
 
-  `per_span` is read again for each period: pass it as a parenthesized query (the
-  model's span rows in a Jinja block), not as a CTE name. DuckDB materializes a CTE
-  read more than once (a 10M-span day: millions of rows through its buffer, spilled
-  under the 2 GB cap) where a query is just another column scan; Spark inlines both.
-
   With pre_period=true the member's traffic before its allocation is kept as well,
   marked period = 'pre' (the same member not yet treated: a covariate for variance
   reduction, never counted as treated); traffic after it is period = 'post'.

@@ -4,22 +4,21 @@
 -- member's allocation, 'post' after). A member's root requests measure how active it
 -- is; the statistics use them as a covariate (regression adjustment) when the cell
 -- leaves them unchanged, which removes most of the between-member noise.
-{% set roots %}
+with roots as (
     select dt, member_id, service, adjusted_count, start_unix_nano
     from {{ ref('enriched_spans') }}
     where {{ in_partition_window('dt') }}
       and member_id is not null
       and kind = 'SERVER'
       and (parent_span_id is null or parent_span_id = '')
-{% endset %}
--- The span rows: a Jinja block, not a CTE (exposed_member_rows says why).
-with member_day as (
+),
+member_day as (
     select dt, member_id, service, sum(adjusted_count) as root_requests
-    from ({{ roots }}) as roots
+    from roots
     group by dt, member_id, service
 ),
 exposed as (
-    {{ exposed_member_rows('member_day', '(' ~ roots ~ ')', ['service'],
+    {{ exposed_member_rows('member_day', 'roots', ['service'],
                            measures={'root_requests': 'adjusted_count'}, pre_period=true) }}
 )
 select * from exposed

@@ -5,7 +5,7 @@
 -- count. Members are the resampling unit of the latency bootstrap, so the histogram
 -- keeps them apart; per-span rows never leave the warehouse. Spans are bucketed per
 -- member first and joined with the allocations after (see member_service_usage).
-{% set spans %}
+with spans as (
     select
         dt,
         member_id,
@@ -18,14 +18,13 @@
       and kind = 'SERVER'
       and member_id is not null
       and duration_nano > 0
-{% endset %}
--- The span rows: a Jinja block, not a CTE (exposed_member_rows says why).
-with member_buckets as (
+),
+member_buckets as (
     select dt, member_id, service, duration_bucket, sum(adjusted_count) as requests, count(*) as sampled_spans
-    from ({{ spans }}) as spans
+    from spans
     group by dt, member_id, service, duration_bucket
 ),
 exposed as (
-    {{ exposed_member_rows('member_buckets', '(' ~ spans ~ ')', ['service', 'duration_bucket']) }}
+    {{ exposed_member_rows('member_buckets', 'spans', ['service', 'duration_bucket']) }}
 )
 select * from exposed

@@ -11,7 +11,7 @@
 -- Spans are aggregated per member and day first and joined with the allocations
 -- after (a member is in several experiments): only members allocated during the day
 -- itself need the span-by-span comparison with allocated_at.
-{% set units %}
+with units as (
     select dt, member_id, service, 'server' as source, adjusted_count, start_unix_nano,
            adjusted_count * duration_nano / 1e9 as work,
            adjusted_count * busy_nano / 1e9 as busy
@@ -25,16 +25,15 @@
            cast(null as double) as busy
     from {{ ref('enriched_spans') }}
     where {{ in_partition_window('dt') }} and member_id is not null and kind = 'CLIENT' and peer_service is not null
-{% endset %}
--- The span rows: a Jinja block, not a CTE (exposed_member_rows says why).
-with member_day as (
+),
+member_day as (
     select dt, member_id, service, source, sum(adjusted_count) as requests, count(*) as sampled_spans,
            sum(work) as work, sum(busy) as busy
-    from ({{ units }}) as units
+    from units
     group by dt, member_id, service, source
 ),
 exposed as (
-    {{ exposed_member_rows('member_day', '(' ~ units ~ ')', ['service', 'source'],
+    {{ exposed_member_rows('member_day', 'units', ['service', 'source'],
                            measures={'requests': 'adjusted_count', 'sampled_spans': '1', 'work': 'work', 'busy': 'busy'},
                            pre_period=true) }}
 )
