@@ -332,22 +332,24 @@ def _csv_rows(folder: Path) -> int:
     return total
 
 
-def curve(saved: list[dict]) -> str:
-    """One line per (format, day size, population) of saved results: the scaling table."""
-    lines = ["| format | spans | members | allocation rows | whole run s | CPU s | peak RSS GB | ingest s | dbt span models s "
-             "| floor s | dbt / floor | rest s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def curve(saved: list[tuple[str, dict]]) -> str:
+    """One line per (format, day size, population, label) of saved results: the scaling table.
+    The label is what precedes "results" in the file's name (e.g. before-results-...json)."""
+    lines = ["| code | format | spans | members | allocation rows | whole run s | CPU s | peak RSS GB | ingest s | dbt span models s "
+             "| floor s | dbt / floor | rest s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = []
-    for results in saved:
+    for label, results in saved:
         for fmt, result in results["formats"].items():
             stages = {r["stage"]: r["seconds"] for r in stage_table(result)}
             floor = results.get("floor", {}).get(fmt)
             dbt = stages.get("dbt span models", 0.0)
             rest = result["wall_seconds"] - stages.get("ingest", 0.0) - dbt
             ratio = f"| {floor['seconds']:.2f} | {dbt / floor['seconds']:.1f}x " if floor else "| | "
-            rows.append((fmt, result["spans_on_disk"], result.get("members", 0),
-                         f"| {fmt} | {result['spans_on_disk']:,} | {result.get('members', 0):,} "
+            rows.append((fmt, result["spans_on_disk"], result.get("members", 0), label,
+                         f"| {label or 'this checkout'} | {fmt} | {result['spans_on_disk']:,} | {result.get('members', 0):,} "
                          f"| {result.get('allocation_rows', 0):,} | {result['wall_seconds']:.1f} "
-                         f"| {result.get('cpu_seconds', 0.0):.1f} | {_gb(result['peak_rss'])} "
+                         + (f"| {result['cpu_seconds']:.1f} | " if "cpu_seconds" in result else "| not sampled | ")
+                         + f"{_gb(result['peak_rss'])} "
                          f"| {stages.get('ingest', 0.0):.1f} | {dbt:.1f} {ratio}| {rest:.1f} |"))
     return "\n".join(lines + [row for *_, row in sorted(rows)])
 
@@ -382,13 +384,16 @@ def main() -> int:
     command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {members} --formats {' '.join(args.formats)}"
                + (" --no-dirty-records" if args.no_dirty_records else "") + " --readme bench/README.md")
     if args.render:
-        section = markdown(json.loads(Path(args.render).read_text()), args.spans, command)
+        saved = json.loads(Path(args.render).read_text())
+        command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {saved.get('members') or members} "
+                   f"--formats {' '.join(saved['formats'])} --readme bench/README.md")
+        section = markdown(saved, args.spans, command)
         print(section)
         if args.readme:
             write_readme(Path(args.readme), section)
         return 0
     if args.curve:
-        print(curve([json.loads(Path(f).read_text()) for f in args.curve]))
+        print(curve([(Path(f).name.split("results")[0].strip("-"), json.loads(Path(f).read_text())) for f in args.curve]))
         return 0
     if args.child:
         kind, *rest = args.child
