@@ -22,6 +22,10 @@ class LandingZone(dg.ConfigurableResource):
     Only files inside it are read: a symlink pointing outside is listed as unread."""
 
     root: str
+    # Spans read, validated and staged per chunk when ingesting trace files other than flat
+    # Parquet: the bound on the ingest's Python memory (~1.5 KB a span), whatever the day
+    # or file size. Deployed from COST_ATTRIBUTION_INGEST_CHUNK_SPANS.
+    ingest_chunk_spans: int = 200_000
 
     @property
     def path(self) -> Path:
@@ -131,6 +135,7 @@ class AnalysisSettings(dg.ConfigurableResource):
 
 LANDING_ENV = "COST_ATTRIBUTION_LANDING"
 MEMORY_LIMIT_ENV = "COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT"
+INGEST_CHUNK_ENV = "COST_ATTRIBUTION_INGEST_CHUNK_SPANS"
 WAREHOUSE_ENV = "COST_ATTRIBUTION_WAREHOUSE"
 
 
@@ -142,7 +147,10 @@ def default_resources() -> dict:
     from cost_attribution.attribution.dbt_assets import dbt_resource
 
     return {
-        "landing": LandingZone(root=dg.EnvVar(LANDING_ENV)),
+        "landing": LandingZone(
+            root=dg.EnvVar(LANDING_ENV),
+            ingest_chunk_spans=int(os.environ.get(INGEST_CHUNK_ENV, LandingZone.model_fields["ingest_chunk_spans"].default)),
+        ),
         "warehouse": DuckDBResource(
             database=dg.EnvVar(WAREHOUSE_ENV),
             # The same cap as dbt's connection (dbt_project/profiles.yml): spill, don't swell.
