@@ -77,9 +77,20 @@ def test_outcomes_recover_the_realized_change_and_flag_the_misses(shipped_run):
         true = truth["shipped"][f"{row['experiment_id']}:{row['cell']}"]
         assert row["realized_usd_30d"] == pytest.approx(true["realized_change_usd_30d"], rel=0.1), row["experiment_id"]
         assert str(row["decision_as_of"]) == (dt.date.fromisoformat(true["ship_date"]) - dt.timedelta(days=1)).isoformat()
-        assert row["verdict"] == "under_projected"  # the small world's projections saw no move
+        # The verdict is the rule on the stored numbers: the projection outside the realized
+        # interval and off by more than 20% of it.
+        material = abs(row["projected_usd_30d"] - row["realized_usd_30d"]) > 0.2 * abs(row["realized_usd_30d"])
+        expected = ("under_projected" if material and row["projected_usd_30d"] < row["realized_ci_low_usd_30d"]
+                    else "over_projected" if material and row["projected_usd_30d"] > row["realized_ci_high_usd_30d"]
+                    else "on_target")
+        assert row["verdict"] == expected, row
+    verdicts = {f"{r['experiment_id']}:{r['cell']}": r["verdict"] for r in outcomes.iter_rows(named=True)}
+    # HD images shipped onto instances needing 30% more per unit of work: the bill rose well
+    # above anything projected before shipping.
+    assert verdicts["hd-images:hd"] == "under_projected"
     calibration = report["calibration"]
-    assert calibration["shipped_cells"] == 3 and sorted(calibration["missed"]) == sorted(truth["shipped"])
+    assert calibration["shipped_cells"] == 3
+    assert sorted(calibration["missed"]) == sorted(k for k, v in verdicts.items() if v != "on_target")
     page = (warehouse.parent / "report.html").read_text()
     section = page[page.index('id="projection-calibration"'):page.index('id="owners"')]
     assert all(f'data-cell="{key}"' in section for key in truth["shipped"])
