@@ -101,9 +101,12 @@ def service_hourly_history(warehouse: DuckDBResource) -> dg.MaterializeResult:
 
 
 def _model_config(settings: AnalysisSettings) -> ModelConfig:
-    if settings.static_headroom is None:
-        return ModelConfig()
-    return ModelConfig(static_headroom=settings.static_headroom)
+    return ModelConfig(
+        static_headroom=settings.static_headroom,
+        price_change_tolerance=settings.price_change_tolerance,
+        residual_shift_tolerance=settings.residual_shift_tolerance,
+        cost_per_request_shift_tolerance=settings.cost_per_request_shift_tolerance,
+    )
 
 
 @dg.asset(

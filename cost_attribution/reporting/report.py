@@ -215,9 +215,10 @@ def owner_view(experiments: list[dict], owners: dict[str, str | None]) -> list[d
             for team, rows in sorted(teams.items())]
 
 
-def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
-                 blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0,
-                 value_per_point_usd: dict[str, float] | None = None, intervals: dict | None = None) -> dict:
+def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int,
+                 blind_spot_coverage: float, cost_alert_threshold_usd: float,
+                 value_per_point_usd: dict[str, float], intervals: dict) -> dict:
+    """report.json as of a day, assembled from the tables the assets wrote for that day."""
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
     projections = _frame(conn, "main.cost_projections", "SELECT * FROM main.cost_projections WHERE as_of = ?", [as_of])
     experiment_costs = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of = ? ORDER BY experiment_id, cell", [as_of])
@@ -341,7 +342,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
         experiments[-1]["decision"] = decision_entry(
             experiments[-1], projections=projections, registry_peaks=registry_peaks, capacity=capacity_rows,
             total_bill=total_bill, owners=owners, meta=meta.get(exp["experiment_id"], {}), history=cost_history,
-            values_per_point=value_per_point_usd or {},
+            values_per_point=value_per_point_usd,
         )
 
     service_models = [
@@ -359,7 +360,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     ]
     report = {
         "as_of": as_of.isoformat(),
-        "intervals": intervals or {},
+        "intervals": intervals,
         "experiments": experiments,
         "services": service_models,
         "owners": owner_view(experiments, owners),
