@@ -13,6 +13,7 @@ from cost_attribution.alerts import alert_resources, alert_sensors
 from cost_attribution.attribution.assets import attribution_assets
 from cost_attribution.attribution.dbt_assets import build_span_models
 from cost_attribution.attribution.latency_assets import latency_assets
+from cost_attribution.attribution.shift_left_assets import shift_left_assets
 from cost_attribution.checks.input_contracts import build_input_contract_checks
 from cost_attribution.estimation.assets import estimation_assets
 from cost_attribution.estimation.capacity_assets import capacity_assets
@@ -46,6 +47,7 @@ def _base_defs(landing: Path | None, warehouse: Path | None) -> dg.Definitions:
             *outcome_assets,
             *reporting_assets,
             *latency_assets,
+            *shift_left_assets,
             *capacity_assets,
             *html_assets,
         ],

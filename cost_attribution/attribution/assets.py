@@ -80,6 +80,43 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
 
 
 @dg.asset(
+    key="trace_completeness_as_of",
+    deps=["trace_completeness", "service_coverage", "trace_edges", "usage_metrics", "experiments"],
+    description="As of the partition day, over the experiments' window (from the first experiment's start): "
+    "trace coverage per service, the broken caller -> callee edges and the sampling-volume reconciliation. "
+    "The report's trace_completeness section and its low_trace_coverage flags read these tables "
+    f"({', '.join(completeness.AS_OF_TABLES.values())}).",
+    partitions_def=daily_partitions,
+    kinds={"duckdb", "python"},
+    owners=OWNERS,
+    group_name=ATTRIBUTION,
+    pool="warehouse",
+)
+def trace_completeness_as_of(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
+    as_of = dt.date.fromisoformat(context.partition_key)
+    with warehouse.get_connection() as conn:
+        first = read_frame(conn, "SELECT min(start_date) AS d FROM raw.experiments")["d"][0] or dt.date(1970, 1, 1)
+        window = [first, as_of]
+        coverage = read_frame(conn, "SELECT * FROM main.service_coverage WHERE dt BETWEEN ? AND ?", window)
+        edges = read_frame(conn, "SELECT * FROM main.trace_edges WHERE dt BETWEEN ? AND ?", window)
+        metrics = read_frame(
+            conn, "SELECT service, requests FROM raw.usage_metrics WHERE CAST(hour AS DATE) BETWEEN ? AND ?", window
+        )
+        frames = completeness.as_of_frames(coverage, edges, metrics)
+        for name, table in completeness.AS_OF_TABLES.items():
+            replace_rows(conn, table, frames[name].with_columns(pl.lit(as_of).alias("as_of"))
+                         .select("as_of", pl.all().exclude("as_of")), where={"as_of": as_of})
+    return dg.MaterializeResult(
+        metadata={
+            "window_start": first.isoformat(),
+            "overall_coverage": completeness.overall_coverage(frames["services"]) or float("nan"),
+            "coverage_by_service": dg.MetadataValue.md(markdown_table(frames["services"].select("service", "coverage"))),
+            "broken_edges": dg.MetadataValue.md(markdown_table(frames["broken_edges"])),
+        }
+    )
+
+
+@dg.asset(
     key="usage_deltas",
     deps=["member_service_usage", "member_roots", "trace_completeness", "allocations", "experiments"],
     description="As of the partition day: for every experiment cell and service, the relative change in adjusted "
@@ -198,4 +235,4 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
     return dg.MaterializeResult(metadata=metadata)
 
 
-attribution_assets = [trace_completeness, usage_deltas, treated_share]
+attribution_assets = [trace_completeness, trace_completeness_as_of, usage_deltas, treated_share]

@@ -10,8 +10,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from cost_attribution.attribution.shift_left import load_edge_shifts
-from cost_attribution.checks.trace_completeness import summarize, volume_reconciliation
+from cost_attribution.checks.trace_completeness import AS_OF_TABLES, overall_coverage
 from cost_attribution.estimation.outcomes import calibration
 from cost_attribution.partitions import trailing_window
 from cost_attribution.reporting import decision
@@ -64,28 +63,19 @@ def unattributed_cost(conn, as_of: dt.date, days: int) -> float:
     return float(frame["usd"][0]) if frame.height else 0.0
 
 
-def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
-    start = window_start or dt.date(1970, 1, 1)
-    coverage = _frame(conn, "main.service_coverage", "SELECT * FROM main.service_coverage WHERE dt BETWEEN ? AND ?", [start, as_of])
-    edges = _frame(conn, "main.trace_edges", "SELECT * FROM main.trace_edges WHERE dt BETWEEN ? AND ?", [start, as_of])
-    if not coverage.height:
+def completeness_section(conn, as_of: dt.date) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+    """The contract's trace_completeness over the experiments' window, as the
+    trace_completeness_as_of asset stored it; with the services and broken edges frames
+    the flags read."""
+    frames = {name: _frame(conn, table, f"SELECT * EXCLUDE (as_of) FROM {table} WHERE as_of = ?", [as_of])
+              for name, table in AS_OF_TABLES.items()}
+    services, broken, reconciliation = frames["services"], frames["broken_edges"], frames["reconciliation"]
+    if not services.height:
         return {"overall": None, "services": [], "broken_edges": []}, pl.DataFrame(), pl.DataFrame()
-    summary = summarize(coverage, edges)
-    metrics = _frame(
-        conn,
-        "raw.usage_metrics",
-        "SELECT service, requests FROM raw.usage_metrics WHERE CAST(hour AS DATE) BETWEEN ? AND ?",
-        [start, as_of],
-    )
-    reconciliation = volume_reconciliation(coverage, metrics) if metrics.height else pl.DataFrame()
     section = {
-        "overall": summary.overall_coverage,
-        "services": [
-            {"service": r["service"], "coverage": r["coverage"]} for r in summary.services.iter_rows(named=True)
-        ],
-        "broken_edges": [
-            {"caller": r["caller"], "callee": r["callee"]} for r in summary.broken_edges.iter_rows(named=True)
-        ],
+        "overall": overall_coverage(services),
+        "services": [{"service": r["service"], "coverage": r["coverage"]} for r in services.iter_rows(named=True)],
+        "broken_edges": [{"caller": r["caller"], "callee": r["callee"]} for r in broken.iter_rows(named=True)],
         # Extra: sampling-corrected traced volume against the metrics' full counts.
         "volume_reconciliation": [
             {
@@ -97,7 +87,7 @@ def completeness_section(conn, as_of: dt.date, window_start: dt.date | None) -> 
             for r in reconciliation.iter_rows(named=True)
         ],
     }
-    return section, summary.services, summary.broken_edges
+    return section, services, broken
 
 
 def _latency_entry(row: dict | None) -> dict | None:
@@ -228,11 +218,10 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     catalog = _frame(conn, "raw.services", "SELECT * FROM raw.services", [])
     business = _frame(conn, "raw.business_metrics", "SELECT * FROM raw.business_metrics", [])
     srm = _frame(conn, "main.sample_ratio", "SELECT * FROM main.sample_ratio WHERE as_of = ?", [as_of])
-    window = _frame(conn, "raw.experiments", "SELECT min(start_date) AS d FROM raw.experiments", [])
-    window_start = window["d"][0] if window.height else None
-    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, window_start)
+    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of)
     # Extra (non-contract) inputs; absent tables simply add nothing.
-    edge_shift_frame = load_edge_shifts(conn, as_of)
+    edge_shift_frame = _frame(conn, "main.edge_shifts", "SELECT * EXCLUDE (as_of) FROM main.edge_shifts WHERE as_of = ?",
+                              [as_of])
     latency = _index(
         _frame(conn, "main.latency_impact", "SELECT * FROM main.latency_impact WHERE as_of = ?", [as_of]),
         ("experiment_id", "cell", "service"),
