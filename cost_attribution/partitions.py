@@ -6,6 +6,7 @@ history of estimates is itself a partitioned asset and a backfill replays it.
 """
 
 import datetime as dt
+from collections.abc import Iterable
 
 import dagster as dg
 
@@ -18,6 +19,19 @@ PARTITION_START_ENV = environment.START_DATE_ENV
 DEFAULT_PARTITION_START = "2026-01-01"
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=DEFAULT_PARTITION_START, timezone="UTC")
+
+
+def daily_asset(*, group: str, owners: list[str], kinds: Iterable[str] = ("python", "duckdb"), **kwargs):
+    """dg.asset for a daily asset that writes the warehouse: the one partitions definition,
+    the warehouse pool (DuckDB has one writer), its group, owners and kinds. The function's
+    name is the asset key and its docstring the description people read in the UI."""
+    return dg.asset(partitions_def=daily_partitions, pool="warehouse", group_name=group, owners=list(owners),
+                    kinds=set(kinds), **kwargs)
+
+
+def partition_day(context: dg.AssetExecutionContext) -> dt.date:
+    """The day of a single-partition run: the span day, or the as-of day of an analysis."""
+    return dt.date.fromisoformat(context.partition_key)
 
 
 def daily_partitions_from(start: dt.date | str) -> dg.DailyPartitionsDefinition:

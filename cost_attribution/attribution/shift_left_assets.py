@@ -1,38 +1,29 @@
 """Shift-left as an asset: the caller -> callee edges each treatment cell adds, as of the day."""
 
-import datetime as dt
 
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.shift_left import load_edge_shifts
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.resources import AnalysisSettings
-from cost_attribution.warehouse import markdown_table, replace_rows
+from cost_attribution.warehouse import markdown_table, replace_day
 
 EDGE_SHIFTS_TABLE = "main.edge_shifts"
 
 
-@dg.asset(
-    key="edge_shifts",
-    deps=["edge_usage_by_cell", "allocations", "experiments"],
-    description="As of the partition day: per experiment cell and caller -> callee edge the treatment uses, both "
-    "cells' usage per allocated member and whether the edge is new (the control, at the treatment's rate, would "
-    "almost surely have shown it, and never does). Stored in main.edge_shifts; the report's new_dependency flags "
-    "read it.",
-    partitions_def=daily_partitions,
-    kinds={"python", "duckdb"},
-    owners=["team:platform-data"],
-    group_name="attribution",
-    pool="warehouse",
-)
+@daily_asset(group="attribution", owners=["team:platform-data"],
+             deps=["edge_usage_by_cell", "allocations", "experiments"])
 def edge_shifts(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """As of the partition day: per experiment cell and caller -> callee edge the treatment uses, both cells'
+    usage per allocated member and whether the edge is new (the control, at the treatment's rate, would almost
+    surely have shown it, and never does). Stored in main.edge_shifts; the report's new_dependency flags read
+    it."""
+    as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         shifts = load_edge_shifts(conn, as_of, settings.new_edge_alpha)
-        frame = shifts.with_columns(pl.lit(as_of).alias("as_of")).select("as_of", pl.all().exclude("as_of"))
-        replace_rows(conn, EDGE_SHIFTS_TABLE, frame, where={"as_of": as_of})
+        replace_day(conn, EDGE_SHIFTS_TABLE, shifts, as_of)
     new = shifts.filter(pl.col("new_edge"))
     return dg.MaterializeResult(
         metadata={

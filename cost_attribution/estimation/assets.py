@@ -16,7 +16,7 @@ from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.estimation.cell_costs import project_cells
 from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all
 from cost_attribution.estimation.plots import cost_model_plot
-from cost_attribution.partitions import daily_partitions, trailing_window
+from cost_attribution.partitions import daily_asset, daily_partitions, partition_day, trailing_window
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
 
@@ -109,28 +109,21 @@ def _model_config(settings: AnalysisSettings) -> ModelConfig:
     )
 
 
-@dg.asset(
-    key="cost_models",
-    deps=["service_hourly_history"],
-    description="Per-service cost model retrained every day on the trailing window ending at the partition day: "
-    "scaling class (autoscale/static), chosen estimator with its out-of-sample MAPE, drift detection with fallback "
-    "to a heuristic priced at today's cost structure. Each partition is one version in main.cost_model_registry.",
-    partitions_def=daily_partitions,
-    check_specs=[
-        dg.AssetCheckSpec(
-            DRIFT_CHECK,
-            asset="cost_models",
-            description="WARN naming services whose cost structure drifted (instance type, price, cost per request); "
-            "those services are projected with the heuristic model.",
-        )
-    ],
-    kinds={"scikitlearn", "duckdb"},
-    owners=OWNERS,
-    group_name=ESTIMATION,
-    pool="warehouse",
+DRIFT_SPEC = dg.AssetCheckSpec(
+    DRIFT_CHECK, asset="cost_models",
+    description="WARN naming services whose cost structure drifted (instance type, price, cost per request); those "
+    "services are projected with the heuristic model.",
 )
+
+
+@daily_asset(group=ESTIMATION, owners=OWNERS, kinds={"scikitlearn", "duckdb"},
+             deps=["service_hourly_history"],
+             check_specs=[DRIFT_SPEC])
 def cost_models(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """Per-service cost model retrained every day on the trailing window ending at the partition day: scaling
+    class (autoscale/static), chosen estimator with its out-of-sample MAPE, drift detection with fallback to a
+    heuristic priced at today's cost structure. Each partition is one version in main.cost_model_registry."""
+    as_of = partition_day(context)
     _, cutoff = trailing_window(as_of, 0)
     with warehouse.get_connection() as conn:
         history = read_frame(

@@ -9,7 +9,7 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.reporting.contract import contract_errors
 from cost_attribution.reporting.report import build_report
 from cost_attribution.resources import AnalysisSettings
@@ -23,41 +23,24 @@ def report_path(warehouse: DuckDBResource) -> Path:
     return Path(warehouse.database).resolve().parent / REPORT_FILE
 
 
-@dg.asset(
-    key="cost_report",
-    deps=[
-        "cost_projections",
-        "usage_deltas",
-        "cost_models",
-        "trace_completeness_as_of",
-        "edge_shifts",
-        "business_metrics",
-        "services",
-        "latency_impact",
-        "capacity_plan",
-        "projection_outcomes",
-    ],
-    description="The contract's report for the as-of day: per experiment cell the projected 30-day cost with its "
-    "interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and cost "
-    "model; trace completeness; data quality; and (extra key `decision`) what a PM or finance partner decides from: "
-    "annualized costs, readings, minimum detectable effect, share of the bill, cost per business point, net value, "
-    "plain flags with owners, the estimate's history. Stored in main.reports and written to report.json beside the "
-    "warehouse (for the newest as-of day).",
-    partitions_def=daily_partitions,
-    check_specs=[
-        dg.AssetCheckSpec(
-            CONTRACT_CHECK,
-            asset="cost_report",
-            description="ERROR when report.json departs from docs/contract.md (missing keys, wrong types, enums).",
-        )
-    ],
-    kinds={"python", "json"},
-    owners=["team:finops", "team:platform-data"],
-    group_name="reporting",
-    pool="warehouse",
+CONTRACT_SPEC = dg.AssetCheckSpec(
+    CONTRACT_CHECK, asset="cost_report",
+    description="ERROR when report.json departs from docs/contract.md (missing keys, wrong types, enums).",
 )
+
+
+@daily_asset(group="reporting", owners=["team:finops", "team:platform-data"], kinds={"python", "json"},
+             deps=["cost_projections", "usage_deltas", "cost_models", "trace_completeness_as_of", "edge_shifts",
+                   "business_metrics", "services", "latency_impact", "capacity_plan", "projection_outcomes"],
+             check_specs=[CONTRACT_SPEC])
 def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """The contract's report for the as-of day: per experiment cell the projected 30-day cost with its
+    interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and
+    cost model; trace completeness; data quality; and (extra key `decision`) what a PM or finance partner
+    decides from: annualized costs, readings, minimum detectable effect, share of the bill, cost per business
+    point, net value, plain flags with owners, the estimate's history. Stored in main.reports and written to
+    report.json beside the warehouse (for the newest as-of day)."""
+    as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         report = build_report(
             conn,
