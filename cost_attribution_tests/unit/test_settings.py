@@ -68,3 +68,17 @@ def test_reporting_functions_take_settings_as_arguments_without_defaults():
                             (build_html_report, ("projection_days",))):
         parameters = inspect.signature(function).parameters
         assert all(parameters[n].default is inspect.Parameter.empty for n in names), function.__name__
+
+
+def test_the_cost_models_get_their_headroom_and_drift_tolerances_from_the_settings():
+    """ModelConfig keeps defaults for direct library use; the assets pass the settings'
+    values, and the two defaults must not drift apart."""
+    from cost_attribution.estimation.assets import _model_config
+    from cost_attribution.estimation.models import ModelConfig
+
+    names = ("static_headroom", "price_change_tolerance", "residual_shift_tolerance", "cost_per_request_shift_tolerance")
+    defaults = ModelConfig()
+    assert all(getattr(AnalysisSettings(), n) == getattr(defaults, n) for n in names)
+    tuned = AnalysisSettings(static_headroom=0.0, price_change_tolerance=0.2, residual_shift_tolerance=0.3,
+                             cost_per_request_shift_tolerance=0.4)
+    assert [getattr(_model_config(tuned), n) for n in names] == [0.0, 0.2, 0.3, 0.4]
