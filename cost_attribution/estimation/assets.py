@@ -14,7 +14,7 @@ from cost_attribution.attribution.member_usage import load_experiment_usage
 from cost_attribution.attribution.stats import delta_covariance
 from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.estimation.cell_costs import project_cells
-from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all
+from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, registry_frame
 from cost_attribution.estimation.plots import cost_model_plot
 from cost_attribution.partitions import daily_asset, daily_partitions, partition_day, trailing_window
 from cost_attribution.resources import AnalysisSettings
@@ -132,28 +132,7 @@ def cost_models(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             [cutoff],
         )
         models = fit_all(history, cutoff, _model_config(settings))
-        registry = pl.DataFrame(
-            [
-                {
-                    "as_of": as_of,
-                    "service": m.service,
-                    "version": f"{m.service}@{as_of.isoformat()}",
-                    "scaling": m.scaling,
-                    "cost_model": m.cost_model,
-                    "kind": m.kind,
-                    "drift_detected": m.drift_detected,
-                    "drift_reasons": "; ".join(m.drift_reasons),
-                    "model_error_pct": m.model_error_pct,
-                    "capacity_requests_per_hour": m.capacity_requests_per_hour,
-                    "training_start": m.training_start,
-                    "training_end": m.training_end,
-                    "features": ",".join(m.features),
-                    "model_json": json.dumps(m.to_dict(), default=str),
-                }
-                for m in models
-            ],
-            schema_overrides={"capacity_requests_per_hour": pl.Float64, "model_error_pct": pl.Float64},
-        )
+        registry = registry_frame(models, as_of)
         if registry.height:
             replace_rows(conn, "main.cost_model_registry", registry, where={"as_of": as_of})
     plot = cost_model_plot(history, models) if models else None

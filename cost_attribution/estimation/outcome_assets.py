@@ -9,14 +9,13 @@ its ship date; its check warns when projections are systematically biased or mis
 """
 
 import datetime as dt
-import json
 
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.estimation.assets import ESTIMATION, OWNERS, load_models
-from cost_attribution.estimation.outcomes import calibration, measure_outcomes
+from cost_attribution.estimation.outcomes import calibration, measure_outcomes, with_model_versions
 from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.warehouse import append_new_rows, markdown_table, read_frame, replace_rows, table_exists
 
@@ -45,15 +44,7 @@ def decision_log(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -
     with warehouse.get_connection() as conn:
         cells = read_frame(conn, DECISION_CELLS_SQL, [as_of, as_of])
         services = read_frame(conn, DECISION_SERVICES_SQL, [as_of, as_of, as_of])
-        versions: dict[tuple[str, str], dict[str, str]] = {}
-        for experiment_id, cell, service, version in services.select(
-                "experiment_id", "cell", "service", "model_version").iter_rows():
-            versions.setdefault((experiment_id, cell), {})[service] = version
-        cells = cells.with_columns(
-            model_versions=pl.Series([json.dumps(versions.get((e, c), {})) for e, c in
-                                      cells.select("experiment_id", "cell").iter_rows()], dtype=pl.Utf8),
-            logged_at=pl.lit(logged_at),
-        )
+        cells = with_model_versions(cells, services).with_columns(logged_at=pl.lit(logged_at))
         added = append_new_rows(conn, DECISION_TABLE, cells, ["as_of", "experiment_id", "cell"])
         append_new_rows(conn, DECISION_SERVICE_TABLE, services.with_columns(logged_at=pl.lit(logged_at)),
                         ["as_of", "experiment_id", "cell", "service"])

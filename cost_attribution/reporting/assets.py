@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.reporting.contract import contract_errors
-from cost_attribution.reporting.report import build_report
+from cost_attribution.reporting.report import build_report, headline, interval_notes
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows, table_exists
 
@@ -49,12 +49,7 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             blind_spot_coverage=settings.blind_spot_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
             value_per_point_usd=settings.value_per_point_usd,
-            intervals={
-                "deltas": "always-valid 95% (mixture sequential test)" if settings.sequential else "fixed-horizon 95%",
-                "dollars": "fixed-horizon 95% from the deltas' standard errors"
-                if settings.dollar_interval == "fixed" else "from the always-valid delta intervals",
-                "point_estimate": "services whose change is not significant (BH q >= fdr_q) add $0",
-            },
+            intervals=interval_notes(settings.sequential, settings.dollar_interval),
         )
         text = json.dumps(report, indent=2)
         newest = None
@@ -70,23 +65,11 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
     # A backfill of an older day must not overwrite the newest report.json.
     if newest is None or as_of >= newest:
         path.write_text(text + "\n")
-    headline = pl.DataFrame(
-        [
-            {
-                "experiment": f"{e['experiment_id']}:{e['cell']}",
-                "incremental_cost_usd_30d": e["incremental_cost_usd_30d"],
-                "ci_low_usd_30d": e["ci_low_usd_30d"],
-                "ci_high_usd_30d": e["ci_high_usd_30d"],
-                "flags": ", ".join(sorted({f["kind"] for f in e["flags"]})),
-            }
-            for e in report["experiments"]
-        ]
-    )
     errors = contract_errors(report)
     yield dg.MaterializeResult(
         metadata={
             "report_path": dg.MetadataValue.path(str(path)),
-            "experiments": dg.MetadataValue.md(markdown_table(headline, float_digits=0)),
+            "experiments": dg.MetadataValue.md(markdown_table(headline(report), float_digits=0)),
             "quarantined": dg.MetadataValue.json(report["data_quality"]["quarantined"]),
         }
     )

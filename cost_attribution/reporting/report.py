@@ -365,6 +365,30 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     return _clean(report)
 
 
+def interval_notes(sequential: bool, dollar_interval: str) -> dict[str, str]:
+    """Extra key `intervals`: which intervals the report's figures carry, in words."""
+    return {
+        "deltas": "always-valid 95% (mixture sequential test)" if sequential else "fixed-horizon 95%",
+        "dollars": "fixed-horizon 95% from the deltas' standard errors"
+        if dollar_interval == "fixed" else "from the always-valid delta intervals",
+        "point_estimate": "services whose change is not significant (BH q >= fdr_q) add $0",
+    }
+
+
+def headline(report: dict) -> pl.DataFrame:
+    """One row per experiment cell: its projected 30-day cost, interval and flags (the asset's metadata)."""
+    return pl.DataFrame([
+        {
+            "experiment": f"{e['experiment_id']}:{e['cell']}",
+            "incremental_cost_usd_30d": e["incremental_cost_usd_30d"],
+            "ci_low_usd_30d": e["ci_low_usd_30d"],
+            "ci_high_usd_30d": e["ci_high_usd_30d"],
+            "flags": ", ".join(sorted({f["kind"] for f in e["flags"]})),
+        }
+        for e in report["experiments"]
+    ])
+
+
 def calibration_section(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> dict | None:
     """Extra key: projected vs realized for every shipped cell (projection_outcomes) and
     the calibration over them; None while nothing has shipped."""
