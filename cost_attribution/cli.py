@@ -212,7 +212,7 @@ def ui_link(run_id: str) -> str:
 
 
 def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress, summary: dict,
-             latest_only: bool = False) -> None:
+             latest_only: bool = False, analyses_only: bool = False) -> None:
     """The span-level work (ingest + dbt) once over the whole range as a single-run
     backfill, then the as-of analyses day by day (with latest_only for the last day only:
     what a benchmark needs), so a day failing its coverage gate blocks only itself."""
@@ -221,6 +221,15 @@ def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress,
     landing, warehouse = paths  # the partitions start at the first trace day
     defs = build_defs(start_date=days[0], landing=landing, warehouse=warehouse)
     bulk, daily = _split_job(defs.resolve_job_def("daily_cost_attribution"))
+    if not analyses_only:
+        _execute_span_level(days, bulk, instance, progress, summary)
+        if summary["failed"]:
+            return
+    _execute_as_of(days, daily, instance, progress, summary, latest_only)
+    _evaluate_freshness(defs, instance, progress, summary)
+
+
+def _execute_span_level(days: list, bulk, instance, progress: Progress, summary: dict) -> None:
     t0, label = time.perf_counter(), f"ingest + span models {days[0]}..{days[-1]}"
     with progress.running(label):
         result = bulk.execute_in_process(
@@ -235,7 +244,9 @@ def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress,
     if not result.success:
         summary["failed"].append("ingest")
         summary["reasons"] += _failure_reasons(result, "ingest")
-        return
+
+
+def _execute_as_of(days: list, daily, instance, progress: Progress, summary: dict, latest_only: bool) -> None:
     t_days, as_of_days = time.perf_counter(), days[-1:] if latest_only else days
     for i, day in enumerate(as_of_days, start=1):
         t0 = time.perf_counter()
@@ -252,7 +263,6 @@ def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress,
     ok_days = sum(d["success"] for d in summary["days"])
     progress.step(f"as-of analyses {as_of_days[0]}..{as_of_days[-1]}", ok_days == len(as_of_days),
                   time.perf_counter() - t_days, f"{ok_days}/{len(as_of_days)} days")
-    _evaluate_freshness(defs, instance, progress, summary)
 
 
 def _evaluate_freshness(defs, instance, progress: Progress, summary: dict) -> None:
@@ -276,23 +286,25 @@ def _evaluate_freshness(defs, instance, progress: Progress, summary: dict) -> No
 
 def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, verbose: bool = False,
                  progress: Progress | None = None, latest_only: bool = False,
-                 lock_wait_seconds: float = 10.0) -> dict:
+                 lock_wait_seconds: float = 10.0, analyses_only: bool = False) -> dict:
     """Materialize everything for every trace day in the landing zone (with latest_only,
-    the as-of analyses only for the last day: what a benchmark needs). Returns a summary.
+    the as-of analyses only for the last day: what a benchmark needs; with analyses_only,
+    not the span-level part either, which the warehouse already holds: what re-measuring a
+    statistics change on kept worlds needs). Returns a summary.
     Holds the warehouse's writer lock throughout (a second run waits, then refuses)."""
     from cost_attribution.warehouse import writer_lock
 
     landing, warehouse = landing.resolve(), warehouse.resolve()
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(warehouse, landing, lock_wait_seconds):
-        summary = _run_locked(landing, warehouse, quiet, verbose, progress, latest_only)
+        summary = _run_locked(landing, warehouse, quiet, verbose, progress, latest_only, analyses_only)
     report = warehouse.parent / "report.json"
     summary["report_as_of"] = json.loads(report.read_text()).get("as_of") if report.exists() else None
     return summary
 
 
 def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, progress: Progress | None,
-                latest_only: bool) -> dict:
+                latest_only: bool, analyses_only: bool = False) -> dict:
     import dagster as dg
 
     days = _trace_days(landing)
@@ -310,7 +322,8 @@ def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, prog
         progress.stream = terminal
         try:
             with dg.DagsterInstance.get() if persistent else dg.DagsterInstance.ephemeral() as instance:
-                _execute(days, (landing, warehouse), instance, progress, summary, latest_only=latest_only)
+                _execute(days, (landing, warehouse), instance, progress, summary, latest_only=latest_only,
+                         analyses_only=analyses_only)
         finally:
             progress.stream = previous_stream
     summary["seconds"] = round(time.perf_counter() - started, 1)

@@ -133,6 +133,10 @@ class AnalysisSettings(dg.ConfigurableResource):
     # the accuracy bench checks their coverage) or "sequential" (from the always-valid
     # delta intervals: valid however often the report is re-read, and wider).
     dollar_interval: str = "fixed"
+    # The point estimate with fixed intervals: "shrinkage" (each service's change is its
+    # empirical-Bayes posterior mean given all of the day's changes; chosen by the accuracy
+    # bench, see bench/README.md) or "gate" (significant changes as measured, others $0).
+    point_estimate: str = "shrinkage"
     # What +1% of a business metric is worth, in USD per 30 days, by metric name (e.g.
     # {"streaming_hours": 2000}). Where set, the report weighs it against the cost: net
     # value and the probability that it is positive. Unset metrics get cost per point only.

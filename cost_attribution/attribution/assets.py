@@ -75,7 +75,8 @@ def trace_completeness_as_of(context: dg.AssetExecutionContext, warehouse: DuckD
     """As of the partition day, over the experiments' window (from the first experiment's start): trace
     coverage per service, the broken caller -> callee edges and the sampling-volume reconciliation. The
     report's trace_completeness section and its low_trace_coverage flags read these tables
-    (main.completeness_services, main.completeness_broken_edges, main.completeness_reconciliation)."""
+    (main.completeness_services, main.completeness_broken_edges, main.completeness_reconciliation,
+    main.completeness_days: each day's coverage, for the report's days under the gate)."""
     as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         first = read_frame(conn, "SELECT min(start_date) AS d FROM raw.experiments")["d"][0] or dt.date(1970, 1, 1)

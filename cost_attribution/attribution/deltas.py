@@ -89,6 +89,29 @@ def _compare_both(member_usage, allocations, exps, config, covariate):
     return requests.join(work, on=KEYS, how="left")
 
 
+def work_per_request(member_usage: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame,
+                     config: StatsConfig) -> pl.DataFrame:
+    """experiment_id, cell, service, wpr_delta, wpr_se: the relative change in work per
+    request (sum of work / sum of requests per cell, delta method over members). Work per
+    root = requests per root x work per request, exactly, so the work delta splits into a
+    count part and a weight part; the weight part is measured over every request and is far
+    more precise than the work delta itself, which carries the count noise of each member.
+    Pricing shrinks the two parts separately (estimation.cell_costs.shrink_effects)."""
+    measured = member_usage.filter(pl.col("work").is_not_null() & pl.col("requests").is_not_null())
+    if measured.height == 0:
+        return pl.DataFrame(schema={**{k: pl.Utf8 for k in KEYS}, "wpr_delta": pl.Float64, "wpr_se": pl.Float64})
+    requests = (
+        measured.group_by("experiment_id", "member_id", "service")
+        .agg(pl.col("requests").sum().alias("pre_requests"))
+        .sort("experiment_id", "member_id", "service")
+    )
+    ratio = compare_cells(
+        _metric(measured, "work", "requests"), allocations, experiments,
+        dataclasses.replace(config, variance_reduction="ratio"), pre_usage=requests,
+    )
+    return ratio.select(*KEYS, pl.col("delta").alias("wpr_delta"), pl.col("se").alias("wpr_se"))
+
+
 def requests_and_work_deltas(
     member_usage: pl.DataFrame,
     allocations: pl.DataFrame,
@@ -98,7 +121,8 @@ def requests_and_work_deltas(
     roots: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """DELTA_SCHEMA rows: request deltas plus work_delta, work_se, work_ci_low,
-    work_ci_high, work_p_value, work_q_value; q_value and work_q_value are one BH
+    work_ci_high, work_p_value, work_q_value, and the work-per-request part of the work
+    delta (wpr_delta, wpr_se; see work_per_request); q_value and work_q_value are one BH
     family; significant = either q below config.fdr_q; `covariate` names the
     adjustment used (roots | pre-period | none).
 
@@ -121,7 +145,7 @@ def requests_and_work_deltas(
             usable.with_columns(covariate=pl.lit("roots")),
             joined.join(usable.select(KEYS), on=KEYS, how="anti"),
         ])
-    joined = joined.sort(KEYS)
+    joined = joined.join(work_per_request(member_usage, allocations, exps, config), on=KEYS, how="left").sort(KEYS)
     if joined.height == 0:
         return joined
     p = np.concatenate([
@@ -138,4 +162,5 @@ def requests_and_work_deltas(
     )
 
 
-DELTA_SCHEMA = RESULT_SCHEMA | {f"work_{c}": pl.Float64 for c in WORK_COLUMNS} | {"covariate": pl.Utf8}
+DELTA_SCHEMA = (RESULT_SCHEMA | {f"work_{c}": pl.Float64 for c in WORK_COLUMNS} | {"covariate": pl.Utf8}
+                | {"wpr_delta": pl.Float64, "wpr_se": pl.Float64})

@@ -220,6 +220,7 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
             correlation=lambda *key: delta_correlation(usage, *key),
             projection_hours=24 * settings.projection_days,
             interval=settings.dollar_interval,
+            point_estimate=settings.point_estimate,
         )
         replace_rows(conn, "main.cost_projections", services_frame, where={"as_of": as_of})
         replace_rows(conn, "main.experiment_costs", experiments_frame, where={"as_of": as_of})

@@ -18,13 +18,27 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from scipy import stats as sps
 
-from cost_attribution.estimation import projection
+from cost_attribution.estimation import projection, shrinkage
 from cost_attribution.estimation.models import FittedCostModel
-from cost_attribution.estimation.production_calibration import combine, production_scale, reconcile
+from cost_attribution.estimation.production_calibration import combine_cells, production_scale, reconcile
 
 # (experiment_id, cell, control_cell, services, metrics) -> correlation matrix of the deltas, or None
 Correlation = Callable[[str, str, str, list[str], list[str]], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class Shrunk:
+    """An effect's empirical-Bayes posterior (estimation.shrinkage): its mean, 95%
+    interval, probability of no effect, and quantile table (cdf, deltas) for joint draws."""
+
+    mean: float
+    low: float
+    high: float
+    null_probability: float
+    cdf: np.ndarray
+    deltas: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -40,15 +54,36 @@ class Effect:
     ci_high: float
     significant: bool
     source: str = "traces"  # "traces" | "traces+production"
+    shrunk: Shrunk | None = None
+    # Work effects: (requests delta, se) and (work per request delta, se), the two parts of
+    # 1 + work delta = (1 + requests delta) x (1 + work per request delta), shrunk apart.
+    parts: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     @property
     def centre(self) -> float:
-        """What the point estimate uses: the delta where significant, else no effect."""
+        """What the point estimate uses: the posterior mean under shrinkage; under the
+        significance gate the delta where significant, else no effect."""
+        if self.shrunk is not None:
+            return self.shrunk.mean
         return self.delta if self.significant else 0.0
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The 95% interval the dollars are priced at: the posterior's under shrinkage."""
+        if self.shrunk is not None:
+            return self.shrunk.low, self.shrunk.high
+        return self.ci_low, self.ci_high
 
     @property
     def half_width(self) -> float:
         return max(self.ci_high - self.delta, self.delta - self.ci_low, 1e-6)
+
+    @property
+    def best(self) -> tuple[float, float]:
+        """(estimate, 95% half width) the traces give: the posterior's under shrinkage."""
+        if self.shrunk is not None:
+            return self.shrunk.mean, max((self.shrunk.high - self.shrunk.low) / 2.0, 1e-6)
+        return self.delta, self.half_width
 
 
 def _finite(*values) -> bool:
@@ -79,7 +114,11 @@ def driver_effect(row: dict, model: FittedCostModel, fdr_q: float, interval: str
     se = row.get(f"{prefix}se")
     if interval == "fixed" and _finite(se):
         low, high = delta - projection.Z95 * se, delta + projection.Z95 * se
-    return Effect(row["experiment_id"], row["cell"], row["service"], metric, delta, low, high, bool(row["significant"]))
+    parts = None
+    if metric == "work" and _finite(row["delta"], row.get("se"), row.get("wpr_delta"), row.get("wpr_se")):
+        parts = ((float(row["delta"]), float(row["se"])), (float(row["wpr_delta"]), float(row["wpr_se"])))
+    return Effect(row["experiment_id"], row["cell"], row["service"], metric, delta, low, high, bool(row["significant"]),
+                  parts=parts)
 
 
 def _share_arrays(shares: pl.DataFrame, hours: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
@@ -122,19 +161,73 @@ def calibrate_with_production(
         if not implied.any() or not moved:
             continue
         scale = production_scale(service_hours, values, implied)
-        trace_relative_se = min(e.half_width / projection.Z95 / abs(e.delta) for e in moved)
+        trace_relative_se = min(e.best[1] / projection.Z95 / max(abs(e.best[0]), 1e-9) for e in moved)
         verdict = reconcile(scale, trace_relative_se)
         if verdict == "absent":
             not_in_load.add((experiment_id, service))
-        for effect in moved:
-            if verdict == "agrees":
-                delta, half, source = combine(effect.delta, effect.half_width, scale)
+        combined = None
+        if verdict == "agrees":
+            treated = implied != 0
+            weights = np.array([shares[(experiment_id, e.cell)][treated].mean() if (experiment_id, e.cell) in shares
+                                else 0.0 for e in moved])
+            combined = combine_cells([e.best for e in moved], weights, scale, float(implied[treated].mean()))
+        for i, effect in enumerate(moved):
+            if combined is not None:
+                delta, half = combined[i]
                 effect = Effect(experiment_id, effect.cell, service, effect.metric, delta, delta - half, delta + half,
-                                True, source)
+                                True, "traces+production",
+                                shrunk=None if effect.shrunk is None else _normal_shrunk(delta, half))
             elif verdict in ("absent", "disagrees"):
                 effect = dataclasses.replace(effect, source=f"traces (production {verdict})")
             out[(experiment_id, effect.cell, service)] = effect
     return out, not_in_load
+
+
+PRODUCT_DRAWS = 4000
+
+
+def _normal_shrunk(delta: float, half: float) -> Shrunk:
+    """A normal posterior (e.g. traces and production combined) in Shrunk's form."""
+    probabilities = np.linspace(0.0005, 0.9995, 801)
+    deltas = delta + half / projection.Z95 * sps.norm.ppf(probabilities)
+    return Shrunk(delta, delta - half, delta + half, 0.0, probabilities, deltas)
+
+
+def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> tuple[dict[tuple[str, str, str], Effect], float]:
+    """Every effect with its posterior under one prior fitted on all of the day's measured
+    changes (estimation.shrinkage). A work effect with its two parts measured enters as
+    both parts (request count, work per request), each shrunk on its own evidence; its
+    posterior is that of their product, tabulated from draws. Returns the effects and the
+    prior's weight on "no effect"."""
+    if not effects:
+        return effects, 1.0
+    keys = list(effects)
+    entries: list[tuple[float, float]] = []  # (delta, se) of every change that enters the prior
+    slots: dict[tuple[str, str, str], list[int]] = {}
+    for key in keys:
+        effect = effects[key]
+        measured = effect.parts or ((effect.delta, effect.half_width / projection.Z95),)
+        slots[key] = list(range(len(entries), len(entries) + len(measured)))
+        entries += measured
+    prior, post = shrinkage.shrink(np.array([d for d, _ in entries]), np.array([se for _, se in entries]))
+    means, nulls = post.mean(), post.null_probability()
+    rng = np.random.default_rng(0)
+    out = {}
+    for key in keys:
+        first, *rest = slots[key]
+        if not rest:
+            cdf, deltas = post.quantile_table(first)
+            mean, null = float(means[first]), float(nulls[first])
+        else:  # 1 + work delta = product of the parts' posteriors (independent)
+            uniforms = rng.random((PRODUCT_DRAWS, len(slots[key])))
+            factor = np.prod([1.0 + post.quantiles(i, uniforms[:, j]) for j, i in enumerate(slots[key])], axis=0)
+            deltas = np.sort(factor - 1.0)
+            cdf = (np.arange(PRODUCT_DRAWS) + 0.5) / PRODUCT_DRAWS
+            mean = float(np.prod([1.0 + means[i] for i in slots[key]]) - 1.0)
+            null = float(np.prod([nulls[i] for i in slots[key]]))
+        low, high = np.interp([0.025, 0.975], cdf, deltas)
+        out[key] = dataclasses.replace(effects[key], shrunk=Shrunk(mean, float(low), float(high), null, cdf, deltas))
+    return out, prior.null_weight
 
 
 def _load_factors(effects: list[Effect], share_of: dict, n_hours: int, not_in_load: set) -> dict[str, np.ndarray]:
@@ -163,6 +256,7 @@ def project_cells(
     correlation: Correlation,
     projection_hours: int | None = None,
     interval: str = "fixed",
+    point_estimate: str = "shrinkage",
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(per service, per experiment cell, hourly universes) frames for one as-of day.
 
@@ -170,7 +264,10 @@ def project_cells(
     (datetime64) of the load history; load: service -> (positions in `hours`, hourly
     cost-driver load at those hours); shares: experiment_id, cell, hour, share over the
     same hours. The last `projection_hours` (default: all) are priced; the history
-    before them lets production metrics calibrate the deltas. interval: see driver_effect."""
+    before them lets production metrics calibrate the deltas. interval: see driver_effect.
+    point_estimate: "shrinkage" (each effect's empirical-Bayes posterior mean, interval
+    from posterior draws) or "gate" (significant deltas as measured, others 0). The
+    always-valid (sequential) intervals keep the gate: a posterior has no such guarantee."""
     all_shares = _share_arrays(shares, hours)
     history_shares = {
         service: {key: values[positions] for key, values in all_shares.items()}
@@ -193,6 +290,11 @@ def project_cells(
         effect = driver_effect(row, model, fdr_q, interval)
         if effect is not None:
             effects[(row["experiment_id"], row["cell"], row["service"])] = effect
+    # Shrink first: production calibration then combines the traces' best estimate (for a
+    # work effect, its count and weight parts shrunk apart) with what the load says.
+    shrinking = point_estimate == "shrinkage" and interval == "fixed"
+    if shrinking:
+        effects, _ = shrink_effects(effects)
     effects, not_in_load = calibrate_with_production(effects, history, history_shares)
     by_service: dict[str, list[Effect]] = {}
     for effect in effects.values():
@@ -206,7 +308,7 @@ def project_cells(
     for (experiment_id, cell), group in deltas.group_by("experiment_id", "cell", maintain_order=True):
         control_cell = group["control_cell"][0]
         priced = [effects[(experiment_id, cell, s)] for s in group["service"] if (experiment_id, cell, s) in effects]
-        increments, bills = [], []
+        increments, bills, rows = [], [], []
         for effect in priced:
             positions, service_load = load[effect.service]
             n_hours = len(positions)
@@ -220,12 +322,15 @@ def project_cells(
                 others=np.prod([f for e, f in factor.items() if e != experiment_id], axis=0)
                 if len(factor) > 1 else np.ones(n_hours),
             )
+            low, high = effect.bounds
             spread = effect.half_width
-            lo = min(effect.delta, 0.0) - 4 * spread
-            hi = max(effect.delta, 0.0) + 4 * spread
+            lo = min(effect.delta, 0.0, low) - 4 * spread
+            hi = max(effect.delta, 0.0, high) + 4 * spread
+            if effect.shrunk is not None:  # every posterior draw lands on the grid
+                lo, hi = min(lo, float(effect.shrunk.deltas[0])), max(hi, float(effect.shrunk.deltas[-1]))
             model = models[effect.service]
             incremental, bill = projection.cell_curves(
-                model, service_load, shares_here, scale, lo, hi, exact=(effect.delta, effect.ci_low, effect.ci_high)
+                model, service_load, shares_here, scale, lo, hi, exact=(effect.delta, effect.centre, low, high)
             )
             increments.append(incremental)
             bills.append(bill)
@@ -234,16 +339,18 @@ def project_cells(
             baseline_load = service_load / (own_now * shares_here.others)
             counterfactual_load = baseline_load * (1.0 + centre)
             capacity = model.capacity_requests_per_hour
-            service_rows.append({
+            rows.append({
                 "as_of": as_of, "experiment_id": experiment_id, "cell": cell, "service": effect.service,
-                "cost_model": model.cost_model, "metric": effect.metric, "delta_used": effect.delta,
-                "delta_ci_low_used": effect.ci_low, "delta_ci_high_used": effect.ci_high, "delta_source": effect.source,
+                "cost_model": model.cost_model, "metric": effect.metric, "delta_used": centre,
+                "delta_ci_low_used": low, "delta_ci_high_used": high, "delta_source": effect.source,
+                "delta_measured": effect.delta,
+                "null_probability": effect.shrunk.null_probability if effect.shrunk is not None else None,
                 "incremental_cost_usd_30d": float(incremental(centre)),
-                "ci_low_usd_30d": float(incremental(effect.ci_low)),
-                "ci_high_usd_30d": float(incremental(effect.ci_high)),
+                "ci_low_usd_30d": float(incremental(low)),
+                "ci_high_usd_30d": float(incremental(high)),
                 "bill_change_usd_30d": float(bill(centre)),
-                "bill_ci_low_usd_30d": float(bill(effect.ci_low)),
-                "bill_ci_high_usd_30d": float(bill(effect.ci_high)),
+                "bill_ci_low_usd_30d": float(bill(low)),
+                "bill_ci_high_usd_30d": float(bill(high)),
                 "baseline_cost_usd_30d": float(model.predict(baseline_load).sum() * scale),
                 "observed_cost_usd_30d": float(model.predict(service_load).sum() * scale),
                 "peak_requests_per_hour": float(max(counterfactual_load.max(), service_load.max())),
@@ -258,13 +365,23 @@ def project_cells(
                 }))
         services = [e.service for e in priced]
         corr = correlation(experiment_id, cell, control_cell, services, [e.metric for e in priced])
-        (point, low, high), (bill_point, bill_low, bill_high) = projection.joint_intervals(
-            [increments, bills],
-            np.array([e.delta for e in priced]),
-            np.array([e.half_width for e in priced]),
-            np.array([e.significant for e in priced], dtype=bool),
-            corr,
-        )
+        if shrinking and priced:
+            sampled = projection.posterior_draws([(e.shrunk.cdf, e.shrunk.deltas) for e in priced], corr)
+            # Per service, the posterior mean of its dollars, so the services add up to the cell.
+            for row, curve_in, curve_bill, j in zip(rows, increments, bills, range(len(priced))):
+                row["incremental_cost_usd_30d"] = float(curve_in(sampled[:, j]).mean())
+                row["bill_change_usd_30d"] = float(curve_bill(sampled[:, j]).mean())
+            (point, low, high), (bill_point, bill_low, bill_high) = (
+                projection.price_draws(increments, sampled), projection.price_draws(bills, sampled))
+        else:
+            (point, low, high), (bill_point, bill_low, bill_high) = projection.joint_intervals(
+                [increments, bills],
+                np.array([e.delta for e in priced]),
+                np.array([e.half_width for e in priced]),
+                np.array([e.significant for e in priced], dtype=bool),
+                corr,
+            )
+        service_rows += rows
         experiment_rows.append({
             "as_of": as_of, "experiment_id": experiment_id, "cell": cell, "control_cell": control_cell,
             "incremental_cost_usd_30d": point, "ci_low_usd_30d": low, "ci_high_usd_30d": high,
@@ -299,6 +416,10 @@ PROJECTION_SCHEMA = {
     "delta_ci_low_used": pl.Float64,
     "delta_ci_high_used": pl.Float64,
     "delta_source": pl.Utf8,
+    # The delta as measured (delta_used is the posterior mean under shrinkage), and the
+    # posterior probability that the cell does not move the service at all.
+    "delta_measured": pl.Float64,
+    "null_probability": pl.Float64,
     **DOLLARS,
     "baseline_cost_usd_30d": pl.Float64,
     "observed_cost_usd_30d": pl.Float64,

@@ -123,16 +123,43 @@ def reconcile(scale: ProductionScale | None, trace_relative_se: float) -> str:
     return "disagrees"
 
 
+def combine_cells(trace: list[tuple[float, float]], weights: np.ndarray, scale: ProductionScale | None,
+                  implied: float) -> list[tuple[float, float]] | None:
+    """The cells' (delta, 95% half width) updated with production's one measurement.
+
+    Production sees only the sum of the cells' effects weighted by their shares,
+    y = sum_c a_c d_c (a_c: the cell's mean share over the treated hours), as scale x the
+    traces' own implied sum `implied`, with standard error se x |implied|. With the trace
+    deltas d_t ~ N(d, diag(sd^2)), the Gaussian update (a Kalman step) is
+        d = d_t + S a (y - implied) / (a' S a + se_y^2),  Var = S - S a a' S / (a' S a + se_y^2),
+    S = diag(sd^2). With one cell it is the inverse-variance mean of the trace delta and
+    production's; with several, production pins down their weighted sum only, so how the
+    sum splits between the cells keeps the traces' uncertainty (each cell's interval
+    narrows by its own share of the sum's variance, not by production's precision).
+    None when production adds nothing usable."""
+    if scale is None or not np.isfinite(scale.scale) or scale.se <= 0 or not np.isfinite(implied) or implied == 0:
+        return None
+    deltas = np.array([d for d, _ in trace], dtype=float)
+    sd = np.array([h for _, h in trace], dtype=float) / Z95
+    weights = np.asarray(weights, dtype=float)
+    if np.any(sd <= 0) or not np.all(np.isfinite(sd)):
+        return None
+    se_y = scale.se * abs(implied)
+    spread = sd**2 * weights
+    total = float(weights @ spread) + se_y**2
+    if total <= 0:
+        return None
+    updated = deltas + spread * (scale.scale - 1.0) * implied / total
+    variance = np.maximum(sd**2 - spread**2 / total, 1e-12)
+    return [(float(d), float(Z95 * np.sqrt(v))) for d, v in zip(updated, variance)]
+
+
 def combine(trace_delta: float, trace_half_width: float, scale: ProductionScale | None) -> tuple[float, float, str]:
-    """(delta, interval half-width, source): the trace delta alone, or combined by inverse
-    variance with production's scale x trace delta."""
-    if scale is None or not np.isfinite(scale.scale) or scale.se <= 0 or trace_half_width <= 0:
+    """(delta, interval half-width, source) of one cell: the trace delta alone, or combined
+    by inverse variance with production's scale x trace delta (combine_cells of one)."""
+    if trace_half_width <= 0:
         return trace_delta, trace_half_width, "traces"
-    production_delta = scale.scale * trace_delta
-    production_se = scale.se * abs(trace_delta)
-    trace_se = trace_half_width / Z95
-    if production_se <= 0 or not np.isfinite(production_se):
+    combined = combine_cells([(trace_delta, trace_half_width)], np.ones(1), scale, trace_delta)
+    if combined is None:
         return trace_delta, trace_half_width, "traces"
-    w_trace, w_production = 1.0 / trace_se**2, 1.0 / production_se**2
-    delta = (w_trace * trace_delta + w_production * production_delta) / (w_trace + w_production)
-    return float(delta), float(Z95 / np.sqrt(w_trace + w_production)), "traces+production"
+    return combined[0][0], combined[0][1], "traces+production"

@@ -17,8 +17,10 @@ once on a grid of d_c and the delta interval maps to dollars endpoint by endpoin
 
 Per cell: services move together (the same members drive them), so the interval comes
 from joint draws of the deltas with their member-level correlation, each draw priced
-through every service's curve. Non-significant services contribute 0 to the point
-estimate but their uncertainty still widens the interval.
+through every service's curve. With shrinkage (the default, estimation.shrinkage) the
+draws come from each service's posterior and the point is their mean; with the
+significance gate, non-significant services contribute 0 to the point estimate but
+their whole uncertainty still widens the interval.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from cost_attribution.estimation.models import FittedCostModel
 
@@ -45,6 +48,48 @@ class ServiceCostCurve:
         return np.interp(delta, self.grid, self.cost)
 
 
+def _correlated_normals(correlation: np.ndarray | None, k: int, draws: int, seed: int) -> np.ndarray:
+    """(draws, k) standard normals with the services' correlation (identity where unknown)."""
+    corr = np.eye(k) if correlation is None else np.asarray(correlation, dtype=float)
+    corr = np.where(np.isfinite(corr), corr, 0.0)
+    np.fill_diagonal(corr, 1.0)
+    return np.random.default_rng(seed).standard_normal((draws, k)) @ _matrix_root(corr).T
+
+
+def gate_draws(deltas: np.ndarray, half_widths: np.ndarray, significant: np.ndarray,
+               correlation: np.ndarray | None, draws: int = 4000, seed: int = 0) -> np.ndarray:
+    """Joint draws of the services' deltas for the significance gate: centred on the delta
+    where significant and on 0 elsewhere, with the spread of the reported interval
+    (half_widths: always-valid or fixed) and the services' correlation."""
+    sd = np.asarray(half_widths, dtype=float) / Z95
+    sd = np.where(np.isfinite(sd), sd, 0.0)
+    centre = np.where(significant, deltas, 0.0)
+    return centre + _correlated_normals(correlation, len(deltas), draws, seed) * sd
+
+
+def posterior_draws(tables: list[tuple[np.ndarray, np.ndarray]], correlation: np.ndarray | None,
+                    draws: int = 4000, seed: int = 0) -> np.ndarray:
+    """Joint draws from each service's posterior (estimation.shrinkage), tied together by
+    the services' measured correlation through a Gaussian copula: a correlated normal
+    draw per service, mapped through its own posterior quantile function. tables: per
+    service (cumulative probabilities, deltas)."""
+    uniforms = special.ndtr(_correlated_normals(correlation, len(tables), draws, seed))
+    return np.column_stack([np.interp(uniforms[:, j], cdf, deltas) for j, (cdf, deltas) in enumerate(tables)])
+
+
+def price_draws(curves: list[ServiceCostCurve], sampled: np.ndarray, point: float | None = None,
+                level: float = 0.95) -> tuple[float, float, float]:
+    """(point, low, high) of the sum of the services' curves over joint draws; point
+    defaults to the mean over the draws (the posterior mean of the dollars)."""
+    totals = np.zeros(len(sampled))
+    for j, curve in enumerate(curves):
+        totals += curve(sampled[:, j])
+    point = float(totals.mean()) if point is None else point
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(totals, [tail, 1.0 - tail])
+    return point, float(min(low, point)), float(max(high, point))
+
+
 def joint_intervals(
     families: list[list[ServiceCostCurve]],
     deltas: np.ndarray,
@@ -56,33 +101,16 @@ def joint_intervals(
     level: float = 0.95,
 ) -> list[tuple[float, float, float]]:
     """(point, low, high) per family of per-service curves (e.g. incremental cost and
-    bill change), all priced on the same joint draws of the services' deltas.
-
-    half_widths are the reported per-service interval half-widths (always-valid or
-    fixed), so the marginal spread of each draw matches what the report shows; draws
-    are centred on the delta where significant and on 0 elsewhere."""
-    k = len(deltas)
-    if k == 0:
+    bill change) under the significance gate, all priced on the same joint draws
+    (gate_draws); the point prices the significant deltas, 0 elsewhere."""
+    if len(deltas) == 0:
         return [(0.0, 0.0, 0.0) for _ in families]
-    sd = np.asarray(half_widths, dtype=float) / Z95
-    sd = np.where(np.isfinite(sd), sd, 0.0)
-    corr = np.eye(k) if correlation is None else np.asarray(correlation, dtype=float)
-    corr = np.where(np.isfinite(corr), corr, 0.0)
-    np.fill_diagonal(corr, 1.0)
-    root = _matrix_root(corr * np.outer(sd, sd))
-    rng = np.random.default_rng(seed)
+    sampled = gate_draws(deltas, half_widths, significant, correlation, draws, seed)
     centre = np.where(significant, deltas, 0.0)
-    sampled = centre + rng.standard_normal((draws, k)) @ root.T
-    tail = (1.0 - level) / 2.0
-    out = []
-    for curves in families:
-        totals = np.zeros(draws)
-        for j, curve in enumerate(curves):
-            totals += curve(sampled[:, j])
-        point = float(sum(float(curve(c)) for curve, c in zip(curves, centre)))
-        low, high = np.quantile(totals, [tail, 1.0 - tail])
-        out.append((point, float(min(low, point)), float(max(high, point))))
-    return out
+    return [
+        price_draws(curves, sampled, point=sum(float(curve(c)) for curve, c in zip(curves, centre)), level=level)
+        for curves in families
+    ]
 
 
 @dataclass(frozen=True)

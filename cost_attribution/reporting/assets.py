@@ -47,9 +47,10 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             as_of,
             projection_days=settings.projection_days,
             blind_spot_coverage=settings.blind_spot_coverage,
+            min_trace_coverage=settings.min_trace_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
             value_per_point_usd=settings.value_per_point_usd,
-            intervals=interval_notes(settings.sequential, settings.dollar_interval),
+            intervals=interval_notes(settings.sequential, settings.dollar_interval, settings.point_estimate),
         )
         text = json.dumps(report, indent=2)
         newest = None

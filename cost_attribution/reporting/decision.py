@@ -30,6 +30,9 @@ PLAIN_FLAGS = {
     "low_trace_coverage": ("Blind spot in the traces",
                            "Part of {service}'s traffic is invisible to tracing, so its change is estimated indirectly "
                            "or not at all."),
+    "low_trace_coverage_day": ("A day with thin traces",
+                               "{detail}: its traffic counts only where it reached a member, so the numbers rest on "
+                               "less data and their intervals are wider; they are shown rather than withheld."),
     "cost_over_threshold": ("Above the cost alert threshold", "The 30-day cost passes the configured alert threshold."),
     "capacity_tipping_point": ("Fleet would have to grow",
                                "At 100% rollout {service}'s fixed fleet runs past its capacity and must be resized."),

@@ -63,7 +63,15 @@ def unattributed_cost(conn, as_of: dt.date, days: int) -> float:
     return float(frame["usd"][0]) if frame.height else 0.0
 
 
-def completeness_section(conn, as_of: dt.date) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+def low_coverage_days(days: pl.DataFrame, min_coverage: float) -> list[dict]:
+    """Trace days whose share of adjusted SERVER work reaching a member is under the gate."""
+    if not days.height:
+        return []
+    below = days.filter(pl.col("coverage") < min_coverage).sort("dt")
+    return [{"day": r["dt"].isoformat(), "coverage": r["coverage"]} for r in below.iter_rows(named=True)]
+
+
+def completeness_section(conn, as_of: dt.date, min_coverage: float) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
     """The contract's trace_completeness over the experiments' window, as the
     trace_completeness_as_of asset stored it; with the services and broken edges frames
     the flags read."""
@@ -76,6 +84,9 @@ def completeness_section(conn, as_of: dt.date) -> tuple[dict, pl.DataFrame, pl.D
         "overall": overall_coverage(services),
         "services": [{"service": r["service"], "coverage": r["coverage"]} for r in services.iter_rows(named=True)],
         "broken_edges": [{"caller": r["caller"], "callee": r["callee"]} for r in broken.iter_rows(named=True)],
+        # Extra: days under the coverage gate, whose estimates run on what was attributable.
+        "days_below_gate": low_coverage_days(frames["days"], min_coverage),
+        "gate": min_coverage,
         # Extra: sampling-corrected traced volume against the metrics' full counts.
         "volume_reconciliation": [
             {
@@ -206,7 +217,7 @@ def owner_view(experiments: list[dict], owners: dict[str, str | None]) -> list[d
 
 
 def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int,
-                 blind_spot_coverage: float, cost_alert_threshold_usd: float,
+                 blind_spot_coverage: float, min_trace_coverage: float, cost_alert_threshold_usd: float,
                  value_per_point_usd: dict[str, float], intervals: dict) -> dict:
     """report.json as of a day, assembled from the tables the assets wrote for that day."""
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
@@ -218,7 +229,13 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     catalog = _frame(conn, "raw.services", "SELECT * FROM raw.services", [])
     business = _frame(conn, "raw.business_metrics", "SELECT * FROM raw.business_metrics", [])
     srm = _frame(conn, "main.sample_ratio", "SELECT * FROM main.sample_ratio WHERE as_of = ?", [as_of])
-    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of)
+    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, min_trace_coverage)
+    thin_days = [
+        {"kind": "low_trace_coverage_day", "service": None,
+         "detail": f"On {d['day']} only {d['coverage']:.0%} of traced work reached a member "
+                   f"(gate {min_trace_coverage:.0%})"}
+        for d in completeness.get("days_below_gate", [])
+    ]
     # Extra (non-contract) inputs; absent tables simply add nothing.
     edge_shift_frame = _frame(conn, "main.edge_shifts", "SELECT * EXCLUDE (as_of) FROM main.edge_shifts WHERE as_of = ?",
                               [as_of])
@@ -304,7 +321,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
             blind_spot_coverage=blind_spot_coverage,
             cost_alert_threshold_usd=cost_alert_threshold_usd,
             edge_shifts=edge_shift_frame,
-        )
+        ) + thin_days
         metrics = business.filter(
             (pl.col("experiment_id") == exp["experiment_id"]) & (pl.col("cell") == exp["cell"])
         ) if business.height else business
@@ -365,13 +382,20 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     return _clean(report)
 
 
-def interval_notes(sequential: bool, dollar_interval: str) -> dict[str, str]:
-    """Extra key `intervals`: which intervals the report's figures carry, in words."""
+POINT_ESTIMATE_IN_WORDS = {
+    "shrinkage": "empirical-Bayes posterior mean: every service's measured change shrunk towards 0 by how likely "
+    "'no change' is, given all of the day's measured changes (adaptive shrinkage); intervals from the posteriors",
+    "gate": "services whose change is not significant (BH q >= fdr_q) add $0",
+}
+
+
+def interval_notes(sequential: bool, dollar_interval: str, point_estimate: str) -> dict[str, str]:
+    """Extra key `intervals`: which intervals and point estimate the report's figures carry, in words."""
     return {
         "deltas": "always-valid 95% (mixture sequential test)" if sequential else "fixed-horizon 95%",
         "dollars": "fixed-horizon 95% from the deltas' standard errors"
         if dollar_interval == "fixed" else "from the always-valid delta intervals",
-        "point_estimate": "services whose change is not significant (BH q >= fdr_q) add $0",
+        "point_estimate": POINT_ESTIMATE_IN_WORDS[point_estimate if dollar_interval == "fixed" else "gate"],
     }
 
 

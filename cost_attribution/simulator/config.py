@@ -335,6 +335,10 @@ class WorldConfig:
     # The callee of a broken edge head-samples its (new, anonymous) traces itself.
     broken_callee_sampling_probability: float = 0.02
     drift: DriftSpec | None = DEFAULT_DRIFT
+    # (days before end_date, share): on that trace day this share of member traces lost
+    # the root span's enduser.id (a client release dropped the tag), so the day's trace
+    # coverage falls under the gate while its traffic is unchanged (issue 14: never go dark).
+    untagged_day: tuple[int, float] | None = None
 
     # Production as it really is (issue 15): experiments start on their own day and ramp,
     # a member is treated from its allocated_at, usage metrics and the bill carry each

@@ -43,7 +43,8 @@ def flat_span_frame(spans: DaySpans, rows: np.ndarray, services: tuple[str, ...]
     parent = spans.parent[rows]
     sampler = spans.trace_sampler[trace]
     is_root = parent < 0
-    member = np.where(is_root, spans.trace_member[trace], -1)
+    tagged = is_root if spans.trace_untagged is None else is_root & ~spans.trace_untagged[trace]
+    member = np.where(tagged, spans.trace_member[trace], -1)
     member_ids = population.member_id_series
     return pl.DataFrame({
         "trace_id": hex_bytes(spans.trace_ids[trace]),

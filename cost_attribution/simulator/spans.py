@@ -51,6 +51,7 @@ class DaySpans:
     peer: np.ndarray  # [S] callee service index for CLIENT, -1 for SERVER
     start: np.ndarray  # [S] ns
     end: np.ndarray  # [S] ns
+    trace_untagged: np.ndarray | None = None  # [T] root span lost its member tag (None: none did)
 
     @property
     def n_spans(self) -> int:
@@ -74,6 +75,18 @@ class _SpanColumns:
 
     def columns(self) -> list[np.ndarray]:
         return [np.concatenate(col) for col in zip(*self.chunks)]
+
+
+def _untagged(config: WorldConfig, day: datetime.date, members: np.ndarray) -> np.ndarray | None:
+    """Member traces whose root span lost its enduser.id on config.untagged_day (own
+    random stream: every other draw of the day stays as it was)."""
+    if config.untagged_day is None:
+        return None
+    days_before, share = config.untagged_day
+    if day != config.end_date - datetime.timedelta(days=days_before):
+        return None
+    rng = rng_for(config.seed, f"untagged-{day.isoformat()}")
+    return (members >= 0) & (rng.random(len(members)) < share)
 
 
 def generate_day_spans(config: WorldConfig, day: datetime.date, population: Population,
@@ -152,6 +165,7 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
         start, end = _work_timing(config, graph, rng, trace, parent, service_col, kind, peer,
                                   work_table, trace_row[trace], trace_start)
     return DaySpans(
+        trace_untagged=_untagged(config, day, members),
         trace_ids=np.frombuffer(rng.bytes(16 * n_traces), dtype=np.uint8).reshape(n_traces, 16),
         trace_member=members,
         trace_sampler=np.concatenate(trace_sampler),

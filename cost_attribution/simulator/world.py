@@ -121,10 +121,11 @@ def live_world_config(seed: int = 7) -> WorldConfig:
     """Production as it really is (issue 15), demo-sized like WorldConfig(): experiments
     started weeks before the traces on uneven, partial ramps; an A/A; a static-only, a
     three-cell, a heavier-requests, a savings and a new-dependency experiment; cpu_seconds;
-    pre-period traces; plus the blind callee, drift and dirty records of every world."""
+    pre-period traces; a trace day whose member tags were mostly lost (coverage under the
+    gate); plus the blind callee, drift and dirty records of every world."""
     trace_days, pre_period_days = 4, 1
     return WorldConfig(seed=seed, live=True, trace_days=trace_days, pre_period_days=pre_period_days,
-                       experiments=live_experiments(trace_days, pre_period_days))
+                       experiments=live_experiments(trace_days, pre_period_days), untagged_day=(1, 0.6))
 
 
 def small_live_world_config(seed: int = 3) -> WorldConfig:

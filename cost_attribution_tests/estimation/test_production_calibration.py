@@ -76,8 +76,30 @@ def test_metrics_that_do_not_carry_the_test_are_not_deflated():
                        "ci_low": 0.32, "ci_high": 0.48}])
     services, cells, _ = project_cells(AS_OF, deltas, {"svc": _linear_model("svc", 0.01)},
                                        {"svc": (np.arange(len(hours)), load)}, hours, shares, 30 / 28, 0.05,
-                                       lambda *_: None, projection_hours=24 * 28)
+                                       lambda *_: None, projection_hours=24 * 28, point_estimate="gate")
     row = services.row(0, named=True)
     assert row["delta_source"] == "traces (production absent)" and row["delta_used"] == 0.4
     cell = cells.row(0, named=True)
     assert cell["bill_change_usd_30d"] == pytest.approx(cell["incremental_cost_usd_30d"])
+
+
+def test_two_cells_production_pins_their_weighted_sum_not_each_cell():
+    """Production sees only a'd for a three-cell test: each cell's updated interval must
+    still cover its truth 95% of the time (it keeps the traces' uncertainty about the split),
+    while the weighted sum comes out as precise as production."""
+    from cost_attribution.estimation.production_calibration import ProductionScale, combine_cells
+
+    rng = np.random.default_rng(4)
+    truth, sd, weights, se_y = np.array([7.5, 15.0]), np.array([2.0, 4.0]), np.array([0.2, 0.21]), 0.02
+    covered, sums = [], []
+    for _ in range(2000):
+        trace = truth + sd * rng.standard_normal(2)
+        implied = float(weights @ trace)
+        y = float(weights @ truth) + se_y * rng.standard_normal()
+        scale = ProductionScale(y / implied, se_y / abs(implied), 48)
+        out = combine_cells([(d, 1.959963984540054 * s) for d, s in zip(trace, sd)], weights, scale, implied)
+        covered.append([abs(d - t) <= h for (d, h), t in zip(out, truth)])
+        sums.append(weights @ np.array([d for d, _ in out]) - weights @ truth)
+    coverage = np.mean(covered, axis=0)
+    assert np.all((coverage > 0.93) & (coverage < 0.97)), coverage
+    assert np.std(sums) < 0.5 * float(np.sqrt(weights**2 @ sd**2))  # the sum is pinned by production

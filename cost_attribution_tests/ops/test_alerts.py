@@ -96,12 +96,12 @@ def instance():
         yield inst
 
 
-def test_failed_blocking_gate_alerts_exactly_once(tmp_path, instance, webhook_sink, smtp_sink):
+def test_failed_coverage_gate_alerts_exactly_once(tmp_path, instance, webhook_sink, smtp_sink):
     warehouse = str(tmp_path / "w.duckdb")
     _seed_low_coverage_day(warehouse, dt.date.fromisoformat(DAY))
     result = _materialize_gate(instance, warehouse, min_coverage=0.99)
     gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "trace_coverage_gate"]
-    assert gate and not gate[0].passed, "the fixture must make the blocking gate fail"
+    assert gate and not gate[0].passed, "the fixture must make the coverage gate fail"
     assert all(e.passed for e in result.get_asset_check_evaluations() if e.check_name != "trace_coverage_gate")
 
     sensor = build_alert_sensor()

@@ -93,7 +93,7 @@ def test_definitions_match_the_reviewed_snapshot():
 
 def test_the_snapshot_holds_what_a_reviewer_needs():
     recorded = json.loads(SNAPSHOT.read_text())
-    assert recorded["asset_checks"]["trace_completeness:trace_coverage_gate"]["blocking"] is True
+    assert recorded["asset_checks"]["trace_completeness:trace_volume"]["blocking"] is True
     assert "trace_completeness" in recorded["assets"]["usage_deltas"]["deps"]
     assert recorded["assets"]["cost_report"]["partitions"].startswith(f"DailyPartitionsDefinition(start={START_DATE}")
     # Every dep is an asset the location defines: no misspelled string dep loaded as an external asset.

@@ -67,3 +67,16 @@ def test_decision_cards_in_headless_chromium(live_report, tmp_path):
     assert all(alt for alt in re.findall(r'<img alt="([^"]*)"', text))
     assert re.search(r'<svg class="axis"[^>]*>.*?<text', text, re.S)
     assert 'id="glossary"' in text and 'href="#glossary"' in text
+
+
+def test_a_day_whose_member_tags_were_lost_is_published_with_a_flag(live_report):
+    """Never go dark (issue 14): the simulator drops most member tags on one trace day; that
+    day's coverage gate fails, yet every day's analyses ran (the fixture asserts no failed
+    day) and every cell carries the flag with the day and its coverage."""
+    _, report = live_report
+    completeness = report["trace_completeness"]
+    thin = completeness["days_below_gate"]
+    assert len(thin) == 1 and thin[0]["coverage"] < completeness["gate"]
+    for e in report["experiments"]:
+        flag = next(f for f in e["flags"] if f["kind"] == "low_trace_coverage_day")
+        assert thin[0]["day"] in flag["detail"]
