@@ -134,7 +134,7 @@ class AnalysisSettings(dg.ConfigurableResource):
     # delta intervals: valid however often the report is re-read, and wider).
     dollar_interval: str = "fixed"
     # The point estimate with fixed intervals: "shrinkage" (each service's change is its
-    # empirical-Bayes posterior mean given all of the day's changes; chosen by the accuracy
+    # empirical-Bayes posterior median given all of the day's changes; chosen by the accuracy
     # bench, see bench/README.md) or "gate" (significant changes as measured, others $0).
     point_estimate: str = "shrinkage"
     # What +1% of a business metric is worth, in USD per 30 days, by metric name (e.g.

@@ -123,7 +123,10 @@ def ratio_effect(control: CellMoments, treatment: CellMoments) -> RelativeEffect
 
     With x a member's own root requests, unchanged by the cell, R_t / R_c estimates the
     same relative change as mean(y_t) / mean(y_c) without the noise of how active each
-    member is. NaN where a mean or variance is 0 (e.g. no covariate)."""
+    member is. Unlike gbstats, the point estimate divides out the ratio's second-order
+    bias (1 + Var(R_c) / R_c^2), which the accuracy bench measured at +4% on a service
+    called a few dozen times per control cell. NaN where a mean or variance is 0 (e.g.
+    no covariate)."""
 
     def moments(c: CellMoments):
         n = c.n.astype(float)
@@ -139,7 +142,11 @@ def ratio_effect(control: CellMoments, treatment: CellMoments) -> RelativeEffect
     n_t, m_t, r_t, v_t = moments(treatment)
     defined = (r_c > 0) & (n_c > 1) & (n_t > 1) & np.isfinite(r_t)
     with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(defined, r_t / r_c - 1.0, np.nan)
+        # Second-order bias of a ratio: E[1 / R_c] = (1 / R_c)(1 + Var(R_c) / R_c^2 + ...).
+        # For a rare service (a few dozen sampled calls per control cell) that is several
+        # percent of 1 + delta, always upward; divided out here.
+        jensen = 1.0 + np.where(defined, np.nan_to_num(v_c / r_c**2, nan=0.0, posinf=0.0), 0.0)
+        delta = np.where(defined, r_t / r_c / jensen - 1.0, np.nan)
         var = v_t / r_c**2 + r_t**2 * v_c / r_c**4
     var = np.where(defined & (var > 0), var, np.nan)
     return RelativeEffect(m_c, m_t, delta, var, np.maximum(np.minimum(n_c, n_t) - 1, 1))

@@ -40,6 +40,10 @@ class Shrunk:
     cdf: np.ndarray
     deltas: np.ndarray
 
+    @property
+    def median(self) -> float:
+        return float(np.interp(0.5, self.cdf, self.deltas))
+
 
 @dataclass(frozen=True)
 class Effect:
@@ -61,10 +65,12 @@ class Effect:
 
     @property
     def centre(self) -> float:
-        """What the point estimate uses: the posterior mean under shrinkage; under the
-        significance gate the delta where significant, else no effect."""
+        """What the point estimate uses: the posterior median under shrinkage (the estimate
+        that minimises the expected absolute error, and exactly no effect wherever "no
+        effect" is the likelier reading); under the significance gate the delta where
+        significant, else no effect."""
         if self.shrunk is not None:
-            return self.shrunk.mean
+            return self.shrunk.median
         return self.delta if self.significant else 0.0
 
     @property
@@ -265,7 +271,7 @@ def project_cells(
     cost-driver load at those hours); shares: experiment_id, cell, hour, share over the
     same hours. The last `projection_hours` (default: all) are priced; the history
     before them lets production metrics calibrate the deltas. interval: see driver_effect.
-    point_estimate: "shrinkage" (each effect's empirical-Bayes posterior mean, interval
+    point_estimate: "shrinkage" (each effect at its empirical-Bayes posterior median, interval
     from posterior draws) or "gate" (significant deltas as measured, others 0). The
     always-valid (sequential) intervals keep the gate: a posterior has no such guarantee."""
     all_shares = _share_arrays(shares, hours)
@@ -366,13 +372,12 @@ def project_cells(
         services = [e.service for e in priced]
         corr = correlation(experiment_id, cell, control_cell, services, [e.metric for e in priced])
         if shrinking and priced:
+            # The point: every service at its posterior median (the rows priced above), summed;
+            # the interval: the cell's total over joint posterior draws.
             sampled = projection.posterior_draws([(e.shrunk.cdf, e.shrunk.deltas) for e in priced], corr)
-            # Per service, the posterior mean of its dollars, so the services add up to the cell.
-            for row, curve_in, curve_bill, j in zip(rows, increments, bills, range(len(priced))):
-                row["incremental_cost_usd_30d"] = float(curve_in(sampled[:, j]).mean())
-                row["bill_change_usd_30d"] = float(curve_bill(sampled[:, j]).mean())
             (point, low, high), (bill_point, bill_low, bill_high) = (
-                projection.price_draws(increments, sampled), projection.price_draws(bills, sampled))
+                projection.price_draws(increments, sampled, point=sum(r["incremental_cost_usd_30d"] for r in rows)),
+                projection.price_draws(bills, sampled, point=sum(r["bill_change_usd_30d"] for r in rows)))
         else:
             (point, low, high), (bill_point, bill_low, bill_high) = projection.joint_intervals(
                 [increments, bills],
@@ -416,7 +421,7 @@ PROJECTION_SCHEMA = {
     "delta_ci_low_used": pl.Float64,
     "delta_ci_high_used": pl.Float64,
     "delta_source": pl.Utf8,
-    # The delta as measured (delta_used is the posterior mean under shrinkage), and the
+    # The delta as measured (delta_used is the posterior median under shrinkage), and the
     # posterior probability that the cell does not move the service at all.
     "delta_measured": pl.Float64,
     "null_probability": pl.Float64,

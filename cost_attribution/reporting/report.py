@@ -383,8 +383,9 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
 
 
 POINT_ESTIMATE_IN_WORDS = {
-    "shrinkage": "empirical-Bayes posterior mean: every service's measured change shrunk towards 0 by how likely "
-    "'no change' is, given all of the day's measured changes (adaptive shrinkage); intervals from the posteriors",
+    "shrinkage": "empirical-Bayes posterior median: every service's measured change shrunk towards 0 by how likely "
+    "'no change' is, given all of the day's measured changes (adaptive shrinkage); exactly $0 where 'no change' is "
+    "the likelier reading; intervals from joint posterior draws",
     "gate": "services whose change is not significant (BH q >= fdr_q) add $0",
 }
 

@@ -226,3 +226,34 @@ def test_a_cell_that_moves_root_requests_is_not_adjusted_on_them():
     row = requests_and_work_deltas(usage, allocations, experiments, StatsConfig(), roots=roots).row(0, named=True)
     assert row["covariate"] == "none"
     assert row["ci_low"] < 1.3 * 1.4 - 1 < row["ci_high"]
+
+
+def test_shrinkage_prices_an_aa_at_zero_and_keeps_a_real_effect_with_a_narrower_interval():
+    """A day of one real +40% effect and ten services an A/A cell moves only by noise
+    (about 1 se each): under shrinkage the A/A reads exactly $0 with an interval around 0
+    far narrower than the gate's, whose interval carries every null service's whole noise;
+    the real effect keeps (almost) its measured size."""
+    hours = hourly_grid(dt.datetime(2026, 6, 3, tzinfo=UTC), dt.datetime(2026, 7, 1, tzinfo=UTC))
+    noise = [0.05, -0.04, 0.03, -0.06, 0.02, 0.05, -0.03, 0.04, -0.05, 0.01]
+    rows = [{"experiment_id": "real", "cell": "treatment", "service": "s0", "delta": 0.4, "se": 0.05,
+             "ci_low": 0.3, "ci_high": 0.5}]
+    rows += [{"experiment_id": "aa", "cell": "treatment", "service": f"s{i}", "delta": d, "se": 0.05,
+              "ci_low": d - 0.1, "ci_high": d + 0.1, "q_value": 0.9, "significant": False}
+             for i, d in enumerate(noise)]
+    deltas = _deltas(rows)
+    models = {f"s{i}": _linear_model(f"s{i}", 0.01) for i in range(10)}
+    load = {f"s{i}": np.full(len(hours), 1000.0) for i in range(10)}
+    shares = _share_frame(hours, {("real", "treatment"): 0.0, ("aa", "treatment"): 0.0})
+    unit = 1000.0 * 0.01 * len(hours) * 30 / 28
+    cells = {}
+    for estimate in ("shrinkage", "gate"):
+        _, frame, _ = project_cells(AS_OF, deltas, models, {s: (np.arange(len(hours)), v) for s, v in load.items()},
+                                    hours, shares, scale=30 / 28, fdr_q=0.05, correlation=lambda *_: None,
+                                    point_estimate=estimate)
+        cells[estimate] = {r["experiment_id"]: r for r in frame.iter_rows(named=True)}
+    aa, aa_gate = cells["shrinkage"]["aa"], cells["gate"]["aa"]
+    assert aa["incremental_cost_usd_30d"] == 0.0 and aa["ci_low_usd_30d"] <= 0.0 <= aa["ci_high_usd_30d"]
+    assert aa["ci_high_usd_30d"] - aa["ci_low_usd_30d"] < 0.5 * (aa_gate["ci_high_usd_30d"] - aa_gate["ci_low_usd_30d"])
+    real = cells["shrinkage"]["real"]
+    assert real["incremental_cost_usd_30d"] == pytest.approx(0.4 * unit, rel=0.05)
+    assert real["ci_low_usd_30d"] < 0.4 * unit < real["ci_high_usd_30d"]
