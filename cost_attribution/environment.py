@@ -16,6 +16,8 @@ WAREHOUSE_ENV = "COST_ATTRIBUTION_WAREHOUSE"
 SPARK_DIR_ENV = "COST_ATTRIBUTION_SPARK_DIR"
 # The first daily partition; unset: the landing zone's first trace day.
 START_DATE_ENV = "COST_ATTRIBUTION_START_DATE"
+# Spans per staged chunk when ingesting trace files (LandingZone.ingest_chunk_spans).
+INGEST_CHUNK_ENV = "COST_ATTRIBUTION_INGEST_CHUNK_SPANS"
 # DuckDB's memory cap, shared with dbt's connection (dbt_project/profiles.yml).
 MEMORY_LIMIT_ENV = "COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "2GB"
@@ -56,6 +58,15 @@ def dbt_target() -> str:
 
 def memory_limit() -> str:
     return get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
+
+
+def ingest_chunk_spans(default: int) -> int:
+    raw = get(INGEST_CHUNK_ENV)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{INGEST_CHUNK_ENV}={raw!r}: not a whole number. Fix: set it to spans per chunk, "
+                         f"e.g. {default}") from None
 
 
 def cost_threshold_usd() -> float:

@@ -23,6 +23,10 @@ class LandingZone(dg.ConfigurableResource):
     Only files inside it are read: a symlink pointing outside is listed as unread."""
 
     root: str
+    # Spans read, validated and staged per chunk when ingesting trace files other than flat
+    # Parquet: the bound on the ingest's Python memory (~1.5 KB a span), whatever the day
+    # or file size. Deployed from COST_ATTRIBUTION_INGEST_CHUNK_SPANS.
+    ingest_chunk_spans: int = 200_000
 
     @property
     def path(self) -> Path:
@@ -151,7 +155,9 @@ def default_resources(landing: Path | None = None, warehouse: Path | None = None
     """Resources as deployed: paths given here (the CLI, tests), else environment
     variables (the Makefile, docker-compose) read when a run starts."""
     return {
-        "landing": LandingZone(root=str(landing) if landing else dg.EnvVar(LANDING_ENV)),
+        "landing": LandingZone(root=str(landing) if landing else dg.EnvVar(LANDING_ENV),
+                               ingest_chunk_spans=environment.ingest_chunk_spans(
+                                   LandingZone.model_fields["ingest_chunk_spans"].default)),
         "warehouse": DuckDBResource(
             database=str(warehouse) if warehouse else dg.EnvVar(WAREHOUSE_ENV),
             # The same cap as dbt's connection (dbt_project/profiles.yml): spill, don't swell.

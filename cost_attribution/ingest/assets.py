@@ -15,7 +15,7 @@ from cost_attribution import formats
 from cost_attribution.formats import trace_format
 from cost_attribution.ingest import catalogs
 from cost_attribution.ingest.parquet_sql import ingest_parquet_day
-from cost_attribution.ingest.readers import read_span_files
+from cost_attribution.ingest.span_stream import ingest_span_day
 from cost_attribution.ingest.spans import QUARANTINE_SCHEMA
 from cost_attribution.partitions import daily_partitions, partition_days
 from cost_attribution.resources import AnalysisSettings, LandingZone
@@ -59,34 +59,29 @@ def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse
     for day in partition_days(context):
         files, skipped = _trace_inputs(landing, day)
         unread += skipped["source_file"].to_list()
-        if files and all(trace_format(f).name == "parquet" for f in files):
-            # Flat Parquet only: validated and written inside DuckDB, never a polars frame
-            # (10M spans: 11.6 s and 1.0 GB peak instead of 23.5 s and 8.0 GB); same rows.
-            with warehouse.get_connection() as conn:
+        with warehouse.get_connection() as conn:
+            if files and all(trace_format(f).name == "parquet" for f in files):
+                # Flat Parquet only: validated and written inside DuckDB, never a polars frame
+                # (10M spans: 11.6 s and 1.0 GB peak instead of 23.5 s and 8.0 GB); same rows.
                 counts = ingest_parquet_day(conn, files, day)
-                if skipped.height:
-                    conn.register("_skipped", skipped.to_arrow())
-                    conn.execute(f"INSERT INTO raw.span_quarantine ({', '.join(skipped.columns)}) "
-                                 f"SELECT {', '.join(skipped.columns)} FROM _skipped")
-                    conn.unregister("_skipped")
-                    for reason, n in _counts_by(skipped, "reason").items():
-                        counts[reason] = counts.get(reason, 0) + n
-                day_services = read_frame(
-                    conn,
-                    "SELECT service, kind, CAST(count(*) AS UINTEGER) AS len FROM raw.spans WHERE dt = ? GROUP BY ALL",
-                    [day],
-                )
-            day_spans = counts.pop("spans")
-            day_quarantine = dict(sorted(counts.items()))
-        else:
-            batch = read_span_files(files, day, partition=True)
-            batch = batch._replace(quarantine=pl.concat([batch.quarantine, skipped]))
-            with warehouse.get_connection() as conn:
-                replace_rows(conn, "raw.spans", batch.spans, where={"dt": day})
-                replace_rows(conn, "raw.span_quarantine", batch.quarantine, where={"dt": day})
-            day_spans = batch.spans.height
-            day_services = batch.spans.group_by("service", "kind").len() if day_spans else None
-            day_quarantine = _counts_by(batch.quarantine, "reason")
+            else:
+                # Any other mix: read in chunks of landing.ingest_chunk_spans spans, staged as
+                # Parquet and appended by DuckDB; memory bounded by the chunk, not the day.
+                counts = ingest_span_day(conn, files, day, landing.ingest_chunk_spans)
+            if skipped.height:
+                conn.register("_skipped", skipped.to_arrow())
+                conn.execute(f"INSERT INTO raw.span_quarantine ({', '.join(skipped.columns)}) "
+                             f"SELECT {', '.join(skipped.columns)} FROM _skipped")
+                conn.unregister("_skipped")
+                for reason, n in _counts_by(skipped, "reason").items():
+                    counts[reason] = counts.get(reason, 0) + n
+            day_services = read_frame(
+                conn,
+                "SELECT service, kind, CAST(count(*) AS UINTEGER) AS len FROM raw.spans WHERE dt = ? GROUP BY ALL",
+                [day],
+            )
+        day_spans = counts.pop("spans")
+        day_quarantine = dict(sorted(counts.items()))
         spans_total += day_spans
         files_read += [str(f) for f in files]
         if day_spans:

@@ -353,9 +353,13 @@ def load_allocations(
     known_cells = {
         row["experiment_id"]: set(row["cells"].split(",")) for row in experiments.iter_rows(named=True)
     }
-    cell_ok = pl.struct("experiment_id", "cell").map_elements(
-        lambda r: r["cell"] in known_cells.get(r["experiment_id"], set()), return_dtype=pl.Boolean
-    )
+    # One vectorized lookup of (experiment, cell) (was a Python call per row: 1.7M rows, seconds).
+    pairs = pl.DataFrame(
+        [(experiment, cell) for experiment, cells in known_cells.items() for cell in cells],
+        schema={"experiment_id": pl.Utf8, "cell": pl.Utf8}, orient="row",
+    ).with_columns(pl.lit(True).alias("_known_cell"))
+    typed = typed.join(pairs, on=["experiment_id", "cell"], how="left", maintain_order="left")
+    cell_ok = pl.col("_known_cell").fill_null(False)
     typed = typed.with_columns(
         pl.when(pl.col("member_id").is_null() | pl.col("experiment_id").is_null() | pl.col("cell").is_null())
         .then(pl.lit("missing_allocation_fields"))
@@ -368,7 +372,7 @@ def load_allocations(
         .when(~cell_ok)
         .then(pl.lit("unknown_cell"))
         .alias("reason")
-    )
+    ).drop("_known_cell")
     valid = typed.filter(pl.col("reason").is_null())
     conflicting = (
         valid.group_by("experiment_id", "member_id")

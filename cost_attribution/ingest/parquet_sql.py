@@ -400,13 +400,8 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
     if memory_limit:
         conn.execute("SET memory_limit = ?", [memory_limit])
     try:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS " + quote_ident(SPANS_TABLE.split(".")[0]))
-        conn.execute("BEGIN TRANSACTION")
         try:
-            conn.execute(_create_table_sql(SPANS_TABLE, SPAN_SCHEMA))
-            conn.execute(_create_table_sql(QUARANTINE_TABLE, QUARANTINE_SCHEMA))
-            conn.execute(f"DELETE FROM {spans_table} WHERE dt = ?", [dt])
-            conn.execute(f"DELETE FROM {quarantine_table} WHERE dt = ?", [dt])
+            begin_day_replacement(conn, dt)
             inserted = 0
             if pass_one or has_fallback:
                 # DuckDB rewrites every row appended in a transaction at COMMIT if any of them
@@ -483,6 +478,16 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
             conn.unregister("_pq_fallback_quarantine")
         _restore(conn, previous)
     return {"spans": int(inserted), **{str(reason): int(n) for reason, n in counts}}
+
+
+def begin_day_replacement(conn: duckdb.DuckDBPyConnection, dt: datetime.date) -> None:
+    """Open the transaction that replaces day `dt` of raw.spans / raw.span_quarantine:
+    tables created if need be, the day's old rows deleted (the caller commits or rolls back)."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS " + quote_ident(SPANS_TABLE.split(".")[0]))
+    conn.execute("BEGIN TRANSACTION")
+    for table, schema in ((SPANS_TABLE, SPAN_SCHEMA), (QUARANTINE_TABLE, QUARANTINE_SCHEMA)):
+        conn.execute(_create_table_sql(table, schema))
+        conn.execute(f"DELETE FROM {_qualified(table)} WHERE dt = ?", [dt])
 
 
 def _settings(conn: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, object]:

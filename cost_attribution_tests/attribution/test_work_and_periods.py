@@ -41,6 +41,13 @@ def _spans() -> pl.DataFrame:
         _span("t2", "i", "h", "svc", "SERVER", 13 * hour + 6, 13 * hour + 14),
         # m2, never allocated: counts for root activity only.
         _span("t3", "j", None, "api", "SERVER", 14 * hour, 14 * hour + 30, member="m2", p=0.25),
+        # Trace t4, no member: a call inside an earlier, longer one, then one overlapping
+        # only the longer: the calls cover [10,60] + [70,80], so api is busy 40 of 100 ms.
+        _span("t4", "k", None, "api", "SERVER", 15 * hour, 15 * hour + 100),
+        _span("t4", "l", "k", "api", "CLIENT", 15 * hour + 10, 15 * hour + 50, peer="svc"),
+        _span("t4", "m", "k", "api", "CLIENT", 15 * hour + 20, 15 * hour + 30, peer="svc"),
+        _span("t4", "n", "k", "api", "CLIENT", 15 * hour + 40, 15 * hour + 60, peer="svc"),
+        _span("t4", "o", "k", "api", "CLIENT", 15 * hour + 70, 15 * hour + 80, peer="svc"),
     ]
     return pl.DataFrame(rows)
 
@@ -75,6 +82,7 @@ def test_busy_time_is_duration_minus_the_union_of_own_calls(warehouse):
     assert work["a"] == pytest.approx(100 - 55)
     assert work["f"] == pytest.approx(18)  # leaf SERVER: all of it
     assert work["g"] == pytest.approx(30)
+    assert work["k"] == pytest.approx(40)  # nested and chained overlaps count once
     assert work["b"] == pytest.approx(20)  # CLIENT: the call's duration as the caller saw it
 
 

@@ -88,7 +88,11 @@ def test_unknown_charge_category_and_inverted_period_fail():
     assert in_set["unexpected_count"] == 1 and in_set["unexpected_sample"] == ["Refund"]
 
 
-def test_allocations_to_unknown_experiments_and_epoch_timestamps_fail():
+# 1970: compared vectorized (datetime64[ns]); years 1 and 2999 are outside that dtype's
+# range and are still reported (the column keeps its dtype).
+@pytest.mark.parametrize("bad_time", [dt.datetime(1970, 1, 1, tzinfo=UTC), dt.datetime(1, 1, 1, tzinfo=UTC),
+                                      dt.datetime(2999, 1, 1, tzinfo=UTC)])
+def test_allocations_to_unknown_experiments_and_epoch_timestamps_fail(bad_time):
     experiments_frame = pl.DataFrame({"experiment_id": ["exp-a"], "name": ["a"], "control_cell": ["control"],
                                       "cells": ["control,treatment"], "start_date": [dt.date(2026, 10, 1)],
                                       "owner": [None]}, schema_overrides={"owner": pl.Utf8})
@@ -96,7 +100,7 @@ def test_allocations_to_unknown_experiments_and_epoch_timestamps_fail():
         "experiment_id": ["exp-a", "exp-a", "exp-zzz"],
         "member_id": ["m1", "m2", "m3"],
         "cell": ["control", "treatment", "control"],
-        "allocated_at": [H0, dt.datetime(1970, 1, 1, tzinfo=UTC), H0],
+        "allocated_at": [H0, bad_time, H0],
         "allocated_at_unix_nano": [0, 0, 0],
     })
     passed, failures = _failures("allocations", {"raw.experiments": experiments_frame, "raw.allocations": allocations})

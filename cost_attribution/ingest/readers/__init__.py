@@ -2,6 +2,7 @@
 
     read_span_files(paths, dt) -> SpanBatch   # many files, duplicates removed across them
     read_span_file(path, dt) -> SpanBatch     # one file, duplicates removed within it
+    stream_partition_file(path, dt, sink, chunk_size)  # one file in bounded chunks, not deduplicated
 
 Formats come from the one registry, ``cost_attribution.formats`` (Parquet by its magic
 bytes, OTLP protobuf by its suffix, case-insensitive; gzip by magic bytes); JSON files are
@@ -18,31 +19,34 @@ from pathlib import Path
 import polars as pl
 
 from cost_attribution.formats import trace_format
-from cost_attribution.ingest.readers.collector import SpanCollector
+from cost_attribution.ingest.readers.collector import DEFAULT_CHUNK_SIZE, ChunkSink, SpanCollector
 from cost_attribution.ingest.readers.flat_parquet import read_flat_parquet_file
 from cost_attribution.ingest.readers.json_files import read_json_file
 from cost_attribution.ingest.readers.otlp_proto import read_otlp_proto_file
 from cost_attribution.ingest.readers.raw_spans import INTERNAL_COLUMNS, split_duplicates, split_outside_partition
 from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA, SpanBatch
 
-__all__ = ["read_span_file", "read_span_files"]
+__all__ = ["read_span_file", "read_span_files", "stream_partition_file"]
 
 _READERS = {"json": read_json_file, "otlp_proto": read_otlp_proto_file, "parquet": read_flat_parquet_file}
 
 
-def _read_one(path: Path, dt: datetime.date) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(spans with INTERNAL_COLUMNS, quarantine) for one file, not yet deduplicated."""
+def _read_one(
+    path: Path, dt: datetime.date, sink: ChunkSink | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(spans with INTERNAL_COLUMNS, quarantine) for one file, not yet deduplicated; with a
+    sink, they go to it chunk by chunk and the frames returned are empty."""
     source_file = str(path)
     try:
         with open(path, "rb"):
             pass
     except OSError as error:
-        collector = SpanCollector(dt, source_file)
+        collector = SpanCollector(dt, source_file, chunk_size, sink)
         collector.reject("unreadable_files", f"cannot open file: {error}", None, "")
         return collector.finish()
     fmt = trace_format(path)
     # Files no reader takes are listed by the landing zone; one handed over anyway is JSON.
-    return _READERS[fmt.name if fmt else "json"](path, dt, source_file)
+    return _READERS[fmt.name if fmt else "json"](path, dt, source_file, sink=sink, chunk_size=chunk_size)
 
 
 def _deduplicated(spans: pl.DataFrame, quarantines: list[pl.DataFrame]) -> SpanBatch:
@@ -63,6 +67,18 @@ def read_partition_file(path: Path, dt: datetime.date) -> tuple[pl.DataFrame, pl
     spans, quarantine = _read_one(Path(path), dt)
     spans, outside = split_outside_partition(spans, dt)
     return spans, pl.concat([quarantine, outside])
+
+
+def stream_partition_file(path: Path, dt: datetime.date, sink: ChunkSink, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    """read_partition_file in chunks of at most about chunk_size spans: sink(spans, quarantine)
+    per chunk, in file order; memory is bounded by chunk_size, not by the file (a Parquet
+    file's chunk is the file). Cross-file dedupe is the caller's (ingest.span_stream)."""
+
+    def partition_sink(spans: pl.DataFrame, quarantine: pl.DataFrame) -> None:
+        inside, outside = split_outside_partition(spans, dt)
+        sink(inside, pl.concat([quarantine, outside]) if outside.height else quarantine)
+
+    _read_one(Path(path), dt, partition_sink, chunk_size)
 
 
 def read_span_files(paths: Sequence[Path], dt: datetime.date, partition: bool = False) -> SpanBatch:

@@ -2,7 +2,8 @@
 
 Holding a large file's raw values (and source text for quarantine printing) would cost
 gigabytes, so raw tuples are validated into polars frames every ``chunk_size`` spans
-and released.
+and released. With a ``sink``, each validated chunk (spans, quarantine) is handed to it
+at once instead of being kept, so memory is bounded by ``chunk_size``, not by the file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from cost_attribution.ingest.readers.raw_spans import IdEncoding, QuarantineRow,
 from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA
 
 DEFAULT_CHUNK_SIZE = 200_000
+
+# (spans with the internal location columns, quarantine) of one validated chunk.
+ChunkSink = Callable[[pl.DataFrame, pl.DataFrame], None]
 
 
 def json_record_text(record: Any) -> str:
@@ -65,10 +69,13 @@ JAEGER_JSON = SourceFormat("jaeger_json", IdEncoding.SHORT_HEX)
 
 
 class SpanCollector:
-    def __init__(self, dt: datetime.date, source_file: str, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self, dt: datetime.date, source_file: str, chunk_size: int = DEFAULT_CHUNK_SIZE, sink: ChunkSink | None = None
+    ):
         self.dt = dt
         self.source_file = source_file
         self.chunk_size = chunk_size
+        self.sink = sink
         self.rejects: list[QuarantineRow] = []
         self._rows: dict[str, tuple[SourceFormat, list[tuple]]] = {}
         self._span_frames: list[pl.DataFrame] = []
@@ -89,10 +96,31 @@ class SpanCollector:
 
     def flush_if_full(self) -> None:
         """Call between documents only: a flush also forgets the chunk's document texts."""
-        if sum(len(rows) for _, rows in self._rows.values()) >= self.chunk_size:
-            for source_format, rows in self._rows.values():
-                self._flush(source_format, rows)
-            self.documents.clear()
+        pending = sum(len(rows) for _, rows in self._rows.values()) + (len(self.rejects) if self.sink else 0)
+        if pending >= self.chunk_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Validate everything collected so far (between documents only, as flush_if_full)."""
+        for source_format, rows in self._rows.values():
+            self._flush(source_format, rows)
+        self.documents.clear()
+        if self.rejects and self.sink is not None:
+            self._emit(None, quarantine_frame(self.rejects, self.dt, self.source_file))
+            self.rejects = []
+
+    def _emit(self, spans: pl.DataFrame | None, quarantine: pl.DataFrame | None) -> None:
+        if self.sink is not None:
+            internal = SPAN_SCHEMA | {"_source_file": pl.Utf8, "_line_no": pl.Int64}
+            self.sink(
+                pl.DataFrame(schema=internal) if spans is None else spans,
+                pl.DataFrame(schema=QUARANTINE_SCHEMA) if quarantine is None else quarantine,
+            )
+            return
+        if spans is not None:
+            self._span_frames.append(spans)
+        if quarantine is not None and quarantine.height:
+            self._quarantine_frames.append(quarantine)
 
     def _flush(self, source_format: SourceFormat, rows: list[tuple]) -> None:
         if not rows:
@@ -100,18 +128,15 @@ class SpanCollector:
         spans, quarantine = finalize_spans(
             rows, self.dt, self.source_file, source_format.id_encoding, lambda row: source_format.record_text(row, self)
         )
-        self._span_frames.append(spans)
-        if quarantine.height:
-            self._quarantine_frames.append(quarantine)
+        self._emit(spans, quarantine)
         rows.clear()
 
     def finish(self) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """(spans with internal location columns, quarantine) for the whole file."""
-        for source_format, rows in self._rows.values():
-            self._flush(source_format, rows)
-        self.documents.clear()
+        """(spans with internal location columns, quarantine) for the whole file; with a
+        sink, everything has gone to it and both frames are empty."""
+        self.flush()
         if self.rejects:
-            self._quarantine_frames.append(quarantine_frame(self.rejects, self.dt, self.source_file))
+            self._emit(None, quarantine_frame(self.rejects, self.dt, self.source_file))
             self.rejects = []
         internal = SPAN_SCHEMA | {"_source_file": pl.Utf8, "_line_no": pl.Int64}
         spans = pl.concat(self._span_frames) if self._span_frames else pl.DataFrame(schema=internal)

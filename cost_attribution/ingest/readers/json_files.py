@@ -2,26 +2,43 @@
 OTLP/Zipkin/Jaeger document, gzip or plain, recognised by content rather than name.
 
 Line-oriented files are streamed so a large day file is never held in memory; a line that
-is not JSON becomes a malformed_lines row and the rest of the file still ingests.
+is not JSON becomes a malformed_lines row and the rest of the file still ingests. One OTLP
+document bigger than WHOLE_DOCUMENT_LIMIT (a single huge line, or a big pretty-printed
+file) is parsed incrementally (ijson, yajl2_c backend) one resourceSpans entry at a time
+instead of whole (a 442 MB line took 7.2 GB parsed whole): memory is then bounded by the
+chunk size and the largest resourceSpans entry, not by the file.
 """
 
 from __future__ import annotations
 
 import datetime
+import gzip
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import ijson
 import orjson
 import polars as pl
 
 from cost_attribution.formats import is_gzip
-from cost_attribution.ingest.readers.collector import SpanCollector, cyclic_gc_paused
+from cost_attribution.ingest.readers.collector import (
+    DEFAULT_CHUNK_SIZE,
+    ChunkSink,
+    SpanCollector,
+    cyclic_gc_paused,
+    json_record_text,
+)
 from cost_attribution.ingest.readers.jaeger import collect_jaeger_traces, jaeger_traces
 from cost_attribution.ingest.readers.otlp_json import collect_otlp_request, is_otlp_request
 from cost_attribution.ingest.readers.zipkin import collect_zipkin_spans, looks_like_zipkin_spans
 
+# A file at most this big (decompressed) is parsed whole or line by line as before; a
+# bigger one-document OTLP file is streamed (parsed whole, JSON takes ~16x its size).
+WHOLE_DOCUMENT_LIMIT = 32 << 20
+_OTLP_DOCUMENT_START = re.compile(rb'\s*\{\s*"(resourceSpans|resource_spans)"\s*:\s*\[')
 _UNKNOWN_SHAPE = "JSON is neither an OTLP ExportTraceServiceRequest, a Zipkin v2 span array nor Jaeger traces"
 _NOT_PARSED = object()
 
@@ -187,13 +204,135 @@ def _read_stream(stream: IO[bytes] | GzipLines, collector: SpanCollector, reader
         reader.take(line_no, line)
 
 
-def read_json_file(path: Path, dt: datetime.date, source_file: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    collector = SpanCollector(dt, source_file)
+def _open_raw_decompressed(path: Path) -> IO[bytes]:
+    if is_gzip(path):
+        return gzip.open(path, "rb")
+    return open(path, "rb", buffering=1 << 20)
+
+
+def _streamed_otlp_key(path: Path) -> tuple[str, int | None] | None:
+    """(top-level key "resourceSpans"/"resource_spans", line number) when the file is one OTLP
+    document bigger than WHOLE_DOCUMENT_LIMIT bytes decompressed (its first line longer,
+    or a pretty-printed document opening with a lone `{`); the line number is the one
+    line's (as the line reader numbers it), None for a pretty-printed document, as when
+    parsed whole. None otherwise (JSON lines,
+    small or other files), and on any read error (the line reader then reports it)."""
+    limit = WHOLE_DOCUMENT_LIMIT
+    try:
+        with _open_raw_decompressed(path) as stream:
+            head = stream.read(1 << 16)
+            match = _OTLP_DOCUMENT_START.match(head)
+            if match is None:
+                return None
+            brace = head.index(b"{")
+            newline = head.find(b"\n", brace)  # the end of the document's first line
+            read = len(head)
+            while read <= limit:
+                block = stream.read(1 << 20)
+                if not block:
+                    return None  # small enough to parse whole
+                if newline < 0 and (found := block.find(b"\n")) >= 0:
+                    newline = read + found
+                read += len(block)
+    except (OSError, EOFError, zlib.error):
+        return None
+    key = match.group(1).decode()
+    if newline < 0 or newline - brace > limit:
+        return key, 1 + head.count(b"\n", 0, brace)  # one huge line
+    if head[brace:newline].strip() == b"{":
+        return key, None
+    return None
+
+
+class _UntilNewline:
+    """The stream up to and including its next newline (what ijson reads for one huge
+    line); the bytes read past it are kept in `rest` for the line reader."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.rest = b""
+        self.done = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self.done or size == 0:  # ijson probes the type with read(0)
+            return b""
+        data = self.stream.read(size if size > 0 else 1 << 20)
+        end = data.find(b"\n")
+        if not data or end >= 0:
+            self.done = True
+            self.rest = data[end + 1 :] if end >= 0 else b""
+            return data[: end + 1] if end >= 0 else data
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _lines_after(rest: bytes, stream: IO[bytes]) -> Iterator[bytes]:
+    pending = rest
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            break
+        data = pending + block
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            yield data[start : end + 1]
+            start = end + 1
+        pending = data[start:]
+    while (end := pending.find(b"\n")) >= 0:
+        yield pending[: end + 1]
+        pending = pending[end + 1 :]
+    if pending:
+        yield pending
+
+
+def _stream_otlp_document(path: Path, key: str, line_no: int | None, collector: SpanCollector, reader: _LineReader) -> None:
+    """Collect one big OTLP document entry by entry; the entries of the current chunk are
+    kept as JSON text (collector.documents) to print rejected spans. A huge line (line_no
+    given) is followed by the file's other lines, read as JSON lines."""
+    texts: list[bytes] = []
+    offset = entries = 0
+    with _open_raw_decompressed(path) as stream:
+        source = _UntilNewline(stream) if line_no is not None else stream
+        try:
+            for resource_span in ijson.items(source, f"{key}.item", use_float=True, buf_size=1 << 20):
+                if line_no not in collector.documents:  # a new chunk
+                    texts, offset = [], 0
+                    collector.documents[line_no] = texts
+                texts.append(json_record_text(resource_span).encode())
+                offset = collect_otlp_request({key: [resource_span]}, line_no, collector, offset)
+                entries += 1
+                collector.flush_if_full()
+        except ijson.JSONError as error:
+            where = f" after {entries} resourceSpans entries; later content is lost" if entries else ""
+            if line_no is None:
+                collector.reject("unreadable_files", f"JSON document does not parse{where}: {error}", None, "")
+            else:
+                collector.reject("malformed_lines", f"invalid JSON{where}: {error}", line_no, "")
+                source.drain()
+        if line_no is None:
+            return
+        reader.last_line = line_no
+        collector.flush()  # the line's document texts are no longer needed
+        for number, line in enumerate(_lines_after(source.rest, stream), line_no + 1):
+            reader.take(number, line)
+
+
+def read_json_file(
+    path: Path, dt: datetime.date, source_file: str, sink: ChunkSink | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    collector = SpanCollector(dt, source_file, chunk_size, sink)
     reader = _LineReader(collector)
     with cyclic_gc_paused():
         try:
-            with open_decompressed(path) as stream:
-                _read_stream(stream, collector, reader)
+            streamed = _streamed_otlp_key(path)
+            if streamed is not None:
+                _stream_otlp_document(path, *streamed, collector, reader)
+            else:
+                with open_decompressed(path) as stream:
+                    _read_stream(stream, collector, reader)
         except (OSError, EOFError, zlib.error) as error:
             where = f" after line {reader.last_line}; later content is lost" if reader.last_line else ""
             collector.reject("unreadable_files", f"cannot read or decompress file{where}: {error}", None, "")

@@ -87,11 +87,18 @@ def _span_lists(resource_span: Any) -> list[list]:
 
 
 def _located_span_text(row: tuple, collector: SpanCollector) -> str:
-    """Re-parse the source line of a rejected span and print the span at its index."""
+    """Re-parse the source line of a rejected span and print the span at its index.
+
+    A streamed document (json_files: one OTLP document too big to parse whole) is stored
+    as the list of its current chunk's resourceSpans entries, each as JSON text."""
     line_no, span_index = row[-2], row[-1]
-    document = orjson.loads(collector.documents[line_no])
+    stored = collector.documents[line_no]
+    if isinstance(stored, list):
+        resource_spans: Any = [orjson.loads(text) for text in stored]
+    else:
+        resource_spans = _first_present(orjson.loads(stored), "resourceSpans", "resource_spans") or ()
     position = 0
-    for resource_span in _first_present(document, "resourceSpans", "resource_spans") or ():
+    for resource_span in resource_spans:
         try:
             resource_service_name(resource_span.get("resource"))  # same failure points as the hot loop
             span_lists = _span_lists(resource_span)
@@ -109,16 +116,17 @@ def _located_span_text(row: tuple, collector: SpanCollector) -> str:
 OTLP_JSON = SourceFormat("otlp_json", IdEncoding.HEX_OR_BASE64, _located_span_text)
 
 
-def collect_otlp_request(document: dict, line_no: int | None, collector: SpanCollector) -> None:
-    """Append the spans of one request; the caller has stored its text in collector.documents."""
+def collect_otlp_request(document: dict, line_no: int | None, collector: SpanCollector, span_offset: int = 0) -> int:
+    """Append the spans of one request; the caller has stored its text in collector.documents.
+    Spans are numbered from span_offset within the stored document; returns the next number."""
     rows = collector.rows_for(OTLP_JSON)
     append = rows.append
     wanted = _WANTED_ATTRIBUTES
     resource_spans = _first_present(document, "resourceSpans", "resource_spans") or ()
     if not isinstance(resource_spans, list):
         collector.reject("malformed_lines", "resourceSpans is not a list", line_no, json_record_text(document))
-        return
-    span_index = -1
+        return span_offset
+    span_index = span_offset - 1
     for resource_span in resource_spans:
         try:
             service = resource_service_name(resource_span.get("resource"))
@@ -178,3 +186,4 @@ def collect_otlp_request(document: dict, line_no: int | None, collector: SpanCol
                         span_index,
                     )
                 )
+    return span_index + 1

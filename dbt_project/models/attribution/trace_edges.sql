@@ -3,18 +3,17 @@
 -- many of those calls have no SERVER span of the callee in the same trace. A high
 -- unmatched share while the callee shows anonymous roots is a broken edge: the
 -- caller does not propagate trace context to that callee.
-with spans as (
-    select * from {{ ref('enriched_spans') }} where {{ in_partition_window('dt') }}
-),
-calls as (
+-- enriched_spans is scanned twice rather than through a shared CTE, which DuckDB would
+-- materialize (see enriched_spans).
+with calls as (
     select dt, trace_id, service as caller, peer_service as callee, adjusted_count
-    from spans
-    where kind = 'CLIENT' and peer_service is not null and member_id is not null
+    from {{ ref('enriched_spans') }}
+    where {{ in_partition_window('dt') }} and kind = 'CLIENT' and peer_service is not null and member_id is not null
 ),
 callee_servers as (
     select distinct dt, trace_id, service
-    from spans
-    where kind = 'SERVER'
+    from {{ ref('enriched_spans') }}
+    where {{ in_partition_window('dt') }} and kind = 'SERVER'
 )
 select
     c.dt,
