@@ -34,7 +34,7 @@ from cost_attribution.attribution.stats_inference import benjamini_hochberg
 
 KEYS = ["experiment_id", "cell", "service"]
 # The work columns stored beside the request columns (prefix work_).
-WORK_COLUMNS = ["delta", "se", "ci_low", "ci_high", "p_value", "q_value"]
+WORK_COLUMNS = ["delta", "se", "ci_low", "ci_high", "p_value", "q_value", "control_rel_var"]
 ROOTS = "(root requests)"
 # A cell whose members send a different number of root requests (p below this) is not
 # adjusted on them: the adjustment would remove part of the effect.

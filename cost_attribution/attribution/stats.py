@@ -62,6 +62,7 @@ RESULT_SCHEMA = {
     "delta": pl.Float64, "se": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
     "p_value": pl.Float64, "q_value": pl.Float64, "significant": pl.Boolean, "method": pl.String,
     "variance_reduction_pct": pl.Float64,
+    "control_rel_var": pl.Float64,  # the control's share of the variance (RelativeEffect)
 }
 
 _MOMENTS = ["sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy"]
@@ -200,6 +201,7 @@ def compare_cells(member_usage: pl.DataFrame, allocations: pl.DataFrame, experim
         ci_low=_nan_to_null(lo), ci_high=_nan_to_null(hi), p_value=_nan_to_null(p), q_value=_nan_to_null(q),
         significant=pl.Series(np.nan_to_num(q, nan=1.0) < config.fdr_q),
         method=pl.lit(method), variance_reduction_pct=_nan_to_null(saved_pct),
+        control_rel_var=_nan_to_null(effect.control_rel_var),
     ).cast(RESULT_SCHEMA)
 
 

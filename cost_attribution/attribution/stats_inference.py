@@ -77,6 +77,9 @@ class RelativeEffect:
     delta: np.ndarray
     variance: np.ndarray
     dof: np.ndarray  # Welch-Satterthwaite degrees of freedom
+    # Var(control mean) / control mean^2: the part of the variance every cell compared with
+    # the same control shares (two cells' deltas covary by (1 + d_1)(1 + d_2) x this).
+    control_rel_var: np.ndarray | None = None
 
 
 def relative_effect(control: CellMoments, treatment: CellMoments, theta: np.ndarray | None = None) -> RelativeEffect:
@@ -111,7 +114,9 @@ def relative_effect(control: CellMoments, treatment: CellMoments, theta: np.ndar
     # A cell whose variance is 0 (everyone identical) makes Welch dof 0/0;
     # the other cell then carries all the uncertainty, so use its n - 1.
     dof = np.where(np.isfinite(dof) & (dof > 0), dof, np.maximum(np.minimum(n_c, n_t) - 1, 1))
-    return RelativeEffect(m_c, m_t, delta, var, dof)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        control_rel_var = np.where(defined, v_c / (n_c * m_c**2), np.nan)
+    return RelativeEffect(m_c, m_t, delta, var, dof, control_rel_var)
 
 
 def ratio_effect(control: CellMoments, treatment: CellMoments) -> RelativeEffect:
@@ -149,7 +154,9 @@ def ratio_effect(control: CellMoments, treatment: CellMoments) -> RelativeEffect
         delta = np.where(defined, r_t / r_c / jensen - 1.0, np.nan)
         var = v_t / r_c**2 + r_t**2 * v_c / r_c**4
     var = np.where(defined & (var > 0), var, np.nan)
-    return RelativeEffect(m_c, m_t, delta, var, np.maximum(np.minimum(n_c, n_t) - 1, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        control_rel_var = np.where(defined, v_c / r_c**2, np.nan)
+    return RelativeEffect(m_c, m_t, delta, var, np.maximum(np.minimum(n_c, n_t) - 1, 1), control_rel_var)
 
 
 def fixed_horizon(delta: np.ndarray, variance: np.ndarray, dof: np.ndarray, alpha: float):

@@ -62,6 +62,9 @@ class Effect:
     # Work effects: (requests delta, se) and (work per request delta, se), the two parts of
     # 1 + work delta = (1 + requests delta) x (1 + work per request delta), shrunk apart.
     parts: tuple[tuple[float, float], tuple[float, float]] | None = None
+    # Var(control mean) / mean^2 of the metric priced: what the cells of one experiment
+    # share, through their common control, in their measurement error.
+    control_rel_var: float | None = None
 
     @property
     def centre(self) -> float:
@@ -123,8 +126,9 @@ def driver_effect(row: dict, model: FittedCostModel, fdr_q: float, interval: str
     parts = None
     if metric == "work" and _finite(row["delta"], row.get("se"), row.get("wpr_delta"), row.get("wpr_se")):
         parts = ((float(row["delta"]), float(row["se"])), (float(row["wpr_delta"]), float(row["wpr_se"])))
+    shared = row.get(f"{prefix}control_rel_var")
     return Effect(row["experiment_id"], row["cell"], row["service"], metric, delta, low, high, bool(row["significant"]),
-                  parts=parts)
+                  parts=parts, control_rel_var=float(shared) if _finite(shared) else None)
 
 
 def _share_arrays(shares: pl.DataFrame, hours: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
@@ -176,7 +180,8 @@ def calibrate_with_production(
             treated = implied != 0
             weights = np.array([shares[(experiment_id, e.cell)][treated].mean() if (experiment_id, e.cell) in shares
                                 else 0.0 for e in moved])
-            combined = combine_cells([e.best for e in moved], weights, scale, float(implied[treated].mean()))
+            combined = combine_cells([e.best for e in moved], weights, scale, float(implied[treated].mean()),
+                                     correlation=_shared_control_correlation(moved))
         for i, effect in enumerate(moved):
             if combined is not None:
                 delta, half = combined[i]
@@ -187,6 +192,23 @@ def calibrate_with_production(
                 effect = dataclasses.replace(effect, source=f"traces (production {verdict})")
             out[(experiment_id, effect.cell, service)] = effect
     return out, not_in_load
+
+
+def _shared_control_correlation(cells: list[Effect]) -> np.ndarray:
+    """Correlation of the cells' measured deltas through their common control:
+    Cov(d_i, d_j) = (1 + d_i)(1 + d_j) Var(control mean) / mean^2 (delta method)."""
+    k = len(cells)
+    corr = np.eye(k)
+    shared = [e.control_rel_var for e in cells]
+    if k < 2 or any(v is None or v < 0 for v in shared):
+        return corr
+    relative = float(np.mean(shared))
+    sd = np.array([e.half_width / projection.Z95 for e in cells])
+    for i in range(k):
+        for j in range(i + 1, k):
+            cov = (1 + cells[i].delta) * (1 + cells[j].delta) * relative
+            corr[i, j] = corr[j, i] = float(np.clip(cov / (sd[i] * sd[j]), -0.99, 0.99))
+    return corr
 
 
 PRODUCT_DRAWS = 4000

@@ -103,3 +103,48 @@ def test_two_cells_production_pins_their_weighted_sum_not_each_cell():
     coverage = np.mean(covered, axis=0)
     assert np.all((coverage > 0.93) & (coverage < 0.97)), coverage
     assert np.std(sums) < 0.5 * float(np.sqrt(weights**2 @ sd**2))  # the sum is pinned by production
+
+
+def test_a_control_both_cells_share_is_corrected_in_both():
+    """Two cells measured against one control: a control that came out low raises both
+    deltas. With the shared-control correlation the update moves both cells (each keeps
+    coverage and the error of the smaller cell drops); without it the noisier cell absorbs
+    nearly all of the correction and the other keeps the control's error."""
+    from cost_attribution.estimation.production_calibration import ProductionScale, combine_cells
+
+    rng = np.random.default_rng(5)
+    truth, weights, se_y = np.array([7.5, 15.0]), np.array([0.2, 0.21]), 0.02
+    cv_treatment, cv_control = np.array([0.04, 0.03]), 0.12
+    errors = {"shared": [], "independent": []}
+    covered = []
+    for _ in range(2000):
+        control = 1.0 + cv_control * rng.standard_normal()
+        trace = (1 + truth) * (1 + cv_treatment * rng.standard_normal(2)) / control - 1
+        sd = (1 + trace) * np.sqrt(cv_treatment**2 + cv_control**2)
+        cov = (1 + trace[0]) * (1 + trace[1]) * cv_control**2
+        corr = np.array([[1.0, cov / (sd[0] * sd[1])], [cov / (sd[0] * sd[1]), 1.0]])
+        implied = float(weights @ trace)
+        y = float(weights @ truth) + se_y * rng.standard_normal()
+        scale = ProductionScale(y / implied, se_y / abs(implied), 48)
+        cells = [(d, 1.959963984540054 * s) for d, s in zip(trace, sd)]
+        shared = combine_cells(cells, weights, scale, implied, correlation=corr)
+        alone = combine_cells(cells, weights, scale, implied)
+        errors["shared"].append([d - t for (d, _), t in zip(shared, truth)])
+        errors["independent"].append([d - t for (d, _), t in zip(alone, truth)])
+        covered.append([abs(d - t) <= h for (d, h), t in zip(shared, truth)])
+    rmse = {k: np.sqrt(np.mean(np.square(v), axis=0)) for k, v in errors.items()}
+    assert rmse["shared"][0] < 0.6 * rmse["independent"][0], rmse
+    assert np.all(np.mean(covered, axis=0) > 0.93), np.mean(covered, axis=0)
+
+
+def test_growth_before_the_start_is_not_read_as_the_tests_jump():
+    """Traffic growing 0.2% a day: the jump a test makes two weeks after its start is
+    measured against the baseline carried along that growth, not against its level."""
+    from cost_attribution.estimation.production_calibration import production_scale
+
+    hours = np.datetime64("2026-05-01T00:00", "us") + np.arange(24 * 56) * np.timedelta64(1, "h")
+    day = np.arange(len(hours)) / 24.0
+    base = 1000.0 * 1.002**day * (1.0 + 0.3 * np.sin(2 * np.pi * (np.arange(len(hours)) % 24) / 24))
+    implied = np.where(day >= 42, 0.2 * 1.5, 0.0)  # a +150% cell on 20% of traffic from day 42
+    scale = production_scale(hours, base * (1.0 + implied), implied)
+    assert scale is not None and abs(scale.scale - 1.0) < 0.01, scale
