@@ -8,7 +8,7 @@ export COST_ATTRIBUTION_LANDING ?= $(CURDIR)/demo/landing
 export COST_ATTRIBUTION_WAREHOUSE ?= $(CURDIR)/demo/warehouse.duckdb
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo dev test test-fast test-deploy test-spark bench clean
+.PHONY: install demo dev test test-fast test-deploy test-spark bench clean update-snapshot
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -52,6 +52,10 @@ test-spark: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not deploy and not spark and not slow"
+
+## After a deliberate change to the asset graph: rewrite the definitions snapshot, then review its diff.
+update-snapshot: install
+	UPDATE_SNAPSHOT=1 $(BIN)/python -m pytest -q cost_attribution_tests/pipeline/test_definitions_snapshot.py
 
 bench: install
 	$(BIN)/python bench/bench_ingest.py

@@ -120,7 +120,7 @@ def ingest(landing: Path, warehouse: Path, day: dt.date) -> int:
 
 def dbt_build(target: str, warehouse: Path, lake: Path, day: dt.date, log: Path) -> tuple[float, float, float]:
     env = {**os.environ, "DBT_TARGET": target, "COST_ATTRIBUTION_WAREHOUSE": str(warehouse),
-           spark_target.SPARK_DIR_ENV: str(lake)}
+           "COST_ATTRIBUTION_SPARK_DIR": str(lake)}
     target_path = log.with_suffix("")
     window = {"min_date": day.isoformat(), "max_date": (day + dt.timedelta(days=1)).isoformat()}
     cmd = [dbt_executable(), "build", "--profiles-dir", str(DBT_PROJECT_DIR), "--target", target,

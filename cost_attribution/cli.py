@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 from cost_attribution.reporting.text import safe_text
-from cost_attribution.resources import LANDING_ENV, WAREHOUSE_ENV, LandingZone
+from cost_attribution import environment
+from cost_attribution.resources import LandingZone
 
 LOG_FILE = "cost-attribution.log"
-DAGSTER_URL_ENV = "COST_ATTRIBUTION_DAGSTER_URL"
-DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 # The marts a BI tool reads: file name -> warehouse table.
 EXPORT_TABLES = {
     "experiment_costs": "experiment_costs",
@@ -147,13 +146,11 @@ def open_warehouse(path: Path, read_only: bool = True):
         conn.close()
 
 
-def _configure_environment(landing: Path, warehouse: Path) -> list:
-    """Point the resources at these paths; returns the landing zone's trace days."""
+def _trace_days(landing: Path) -> list:
+    """The landing zone's trace days; none is an error with the fix."""
     days = LandingZone(root=str(landing)).trace_days()
     if not days:
         raise SystemExit(f"{landing}: no traces/dt=YYYY-MM-DD folders: nothing to attribute")
-    os.environ[LANDING_ENV] = str(landing)
-    os.environ[WAREHOUSE_ENV] = str(warehouse)
     return days
 
 
@@ -211,17 +208,18 @@ def _split_job(job) -> tuple:
 
 
 def ui_link(run_id: str) -> str:
-    return f"{os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip('/')}/runs/{run_id}"
+    return f"{environment.dagster_url().rstrip('/')}/runs/{run_id}"
 
 
-def _execute(days: list, instance, progress: Progress, summary: dict, latest_only: bool = False,
-             analyses_only: bool = False) -> None:
+def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress, summary: dict,
+             latest_only: bool = False, analyses_only: bool = False) -> None:
     """The span-level work (ingest + dbt) once over the whole range as a single-run
     backfill, then the as-of analyses day by day (with latest_only for the last day only:
     what a benchmark needs), so a day failing its coverage gate blocks only itself."""
     from cost_attribution.definitions import build_defs
 
-    defs = build_defs(start_date=days[0])  # the partitions start at the first trace day
+    landing, warehouse = paths  # the partitions start at the first trace day
+    defs = build_defs(start_date=days[0], landing=landing, warehouse=warehouse)
     bulk, daily = _split_job(defs.resolve_job_def("daily_cost_attribution"))
     if not analyses_only:
         _execute_span_level(days, bulk, instance, progress, summary)
@@ -309,7 +307,7 @@ def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, prog
                 latest_only: bool, analyses_only: bool = False) -> dict:
     import dagster as dg
 
-    days = _configure_environment(landing, warehouse)
+    days = _trace_days(landing)
     _check_warehouse_writable(warehouse)
     progress = progress or Progress(quiet=quiet)
     unread = [{"path": str(u.path), "why": u.why} for u in LandingZone(root=str(landing)).unread_files()]
@@ -324,7 +322,8 @@ def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, prog
         progress.stream = terminal
         try:
             with dg.DagsterInstance.get() if persistent else dg.DagsterInstance.ephemeral() as instance:
-                _execute(days, instance, progress, summary, latest_only=latest_only, analyses_only=analyses_only)
+                _execute(days, (landing, warehouse), instance, progress, summary, latest_only=latest_only,
+                         analyses_only=analyses_only)
         finally:
             progress.stream = previous_stream
     summary["seconds"] = round(time.perf_counter() - started, 1)

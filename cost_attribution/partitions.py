@@ -6,17 +6,32 @@ history of estimates is itself a partitioned asset and a backfill replays it.
 """
 
 import datetime as dt
-import os
+from collections.abc import Iterable
 
 import dagster as dg
+
+from cost_attribution import environment
 
 # The first day the deployment cares about: COST_ATTRIBUTION_START_DATE, else the landing
 # zone's first trace day, read when the code location loads (definitions.defs), never at
 # import. Assets declare `daily_partitions`; rebase_partitions moves them to that day.
-PARTITION_START_ENV = "COST_ATTRIBUTION_START_DATE"
+PARTITION_START_ENV = environment.START_DATE_ENV
 DEFAULT_PARTITION_START = "2026-01-01"
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=DEFAULT_PARTITION_START, timezone="UTC")
+
+
+def daily_asset(*, group: str, owners: list[str], kinds: Iterable[str] = ("python", "duckdb"), **kwargs):
+    """dg.asset for a daily asset that writes the warehouse: the one partitions definition,
+    the warehouse pool (DuckDB has one writer), its group, owners and kinds. The function's
+    name is the asset key and its docstring the description people read in the UI."""
+    return dg.asset(partitions_def=daily_partitions, pool="warehouse", group_name=group, owners=list(owners),
+                    kinds=set(kinds), **kwargs)
+
+
+def partition_day(context: dg.AssetExecutionContext) -> dt.date:
+    """The day of a single-partition run: the span day, or the as-of day of an analysis."""
+    return dt.date.fromisoformat(context.partition_key)
 
 
 def daily_partitions_from(start: dt.date | str) -> dg.DailyPartitionsDefinition:
@@ -32,14 +47,14 @@ def rebase_partitions(defs: dg.Definitions, start: dt.date | str) -> dg.Definiti
     )
 
 
-def deployment_start_date(landing_env: str) -> str:
+def deployment_start_date() -> str:
     """The configured start date, else the first trace day of the landing zone named by
-    `landing_env`, else the default. Called when the code location loads."""
+    COST_ATTRIBUTION_LANDING, else the default. Called when the code location loads."""
     from cost_attribution.resources import LandingZone
 
-    if os.environ.get(PARTITION_START_ENV):
-        return os.environ[PARTITION_START_ENV]
-    landing = os.environ.get(landing_env)
+    if environment.is_set(PARTITION_START_ENV):
+        return environment.get(PARTITION_START_ENV)
+    landing = environment.get(environment.LANDING_ENV)
     days = LandingZone(root=landing).trace_days() if landing else []
     return days[0].isoformat() if days else DEFAULT_PARTITION_START
 

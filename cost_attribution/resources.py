@@ -5,12 +5,13 @@ comes from resource config (env vars in deployment, explicit values in tests).""
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
-from cost_attribution import formats
+from cost_attribution import environment, formats
+from cost_attribution.dbt_project import dbt_resource
 
 
 class MissingInput(ValueError):
@@ -95,7 +96,9 @@ class LandingZone(dg.ConfigurableResource):
 
 
 class AnalysisSettings(dg.ConfigurableResource):
-    """Knobs of the statistics, the cost models and the alerts."""
+    """Knobs of the statistics, the cost models, the report and the alerts: the one home
+    of every threshold, window and tolerance (docs/settings.md lists them all). Assets,
+    checks, the report and the alert sensor read them from this resource."""
 
     alpha: float = 0.05
     fdr_q: float = 0.05
@@ -107,12 +110,23 @@ class AnalysisSettings(dg.ConfigurableResource):
     # treated share started inside it, production metrics calibrate the trace deltas.
     calibration_days: int = 56
     horizon_days: int = 30
-    cost_alert_threshold_usd: float = 10_000.0
+    # The report's cost_over_threshold flag and the cost alert: one threshold, deployed
+    # from COST_ATTRIBUTION_ALERT_COST_THRESHOLD_USD.
+    cost_alert_threshold_usd: float = environment.DEFAULT_COST_THRESHOLD_USD
     app_tag: str = "app"
-    static_headroom: float | None = None
+    # Assumed spare capacity of a static fleet over its observed peak (estimation.models.ModelConfig).
+    static_headroom: float = 0.5
+    # Cost-model drift: relative change of the price per instance-hour, of the cost level
+    # against the model, and of the cost per request that counts as a structural change.
+    price_change_tolerance: float = 0.05
+    residual_shift_tolerance: float = 0.10
+    cost_per_request_shift_tolerance: float = 0.10
     # FOCUS rows billed in another currency are quarantined (non_usd_currency) unless
     # converted here: currency code -> USD per unit, e.g. {"EUR": 1.08}.
     usd_rates: dict[str, float] = {}
+    # Shift-left: an edge absent from control is a new dependency when the control would
+    # have shown it with at least 1 - new_edge_alpha probability at the treatment's rate.
+    new_edge_alpha: float = 0.01
     # A trace day with no spans, or fewer than this share of the median of the previous
     # days, fails the blocking trace_volume check: its report is not published.
     min_day_span_ratio: float = 0.25
@@ -133,29 +147,22 @@ class AnalysisSettings(dg.ConfigurableResource):
     value_per_point_usd: dict[str, float] = {}
 
 
-LANDING_ENV = "COST_ATTRIBUTION_LANDING"
-MEMORY_LIMIT_ENV = "COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT"
-INGEST_CHUNK_ENV = "COST_ATTRIBUTION_INGEST_CHUNK_SPANS"
-WAREHOUSE_ENV = "COST_ATTRIBUTION_WAREHOUSE"
+LANDING_ENV = environment.LANDING_ENV
+WAREHOUSE_ENV = environment.WAREHOUSE_ENV
 
 
-def default_resources() -> dict:
-    """Resources as deployed: paths come from environment variables (set by the
-    Makefile, the CLI, docker-compose or the test fixtures), read when a run starts."""
-    from dagster_duckdb import DuckDBResource
-
-    from cost_attribution.attribution.dbt_assets import dbt_resource
-
+def default_resources(landing: Path | None = None, warehouse: Path | None = None) -> dict:
+    """Resources as deployed: paths given here (the CLI, tests), else environment
+    variables (the Makefile, docker-compose) read when a run starts."""
     return {
-        "landing": LandingZone(
-            root=dg.EnvVar(LANDING_ENV),
-            ingest_chunk_spans=int(os.environ.get(INGEST_CHUNK_ENV, LandingZone.model_fields["ingest_chunk_spans"].default)),
-        ),
+        "landing": LandingZone(root=str(landing) if landing else dg.EnvVar(LANDING_ENV),
+                               ingest_chunk_spans=environment.ingest_chunk_spans(
+                                   LandingZone.model_fields["ingest_chunk_spans"].default)),
         "warehouse": DuckDBResource(
-            database=dg.EnvVar(WAREHOUSE_ENV),
+            database=str(warehouse) if warehouse else dg.EnvVar(WAREHOUSE_ENV),
             # The same cap as dbt's connection (dbt_project/profiles.yml): spill, don't swell.
-            connection_config={"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, "2GB")},
+            connection_config={"memory_limit": environment.memory_limit()},
         ),
         "dbt": dbt_resource(),
-        "settings": AnalysisSettings(),
+        "settings": AnalysisSettings(cost_alert_threshold_usd=environment.cost_threshold_usd()),
     }

@@ -68,6 +68,14 @@ def replace_rows(
     return frame.height
 
 
+def replace_day(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, day: dt.date,
+                column: str = "as_of") -> int:
+    """replace_rows for one partition: `frame` stamped with the day in `column` (first),
+    replacing that day's rows."""
+    stamped = frame.with_columns(pl.lit(day).alias(column)).select(column, pl.all().exclude(column))
+    return replace_rows(conn, table, stamped, where={column: day})
+
+
 @contextlib.contextmanager
 def _staged(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> Iterator[str]:
     """`frame` registered as _incoming and `table` existing with its columns; yields the

@@ -1,41 +1,32 @@
 """Alerts for the platform team: failing asset checks, costly experiments and failed runs -> webhook/email."""
 
-import os
-
 import dagster as dg
 
+from cost_attribution import environment as env
 from cost_attribution.alerts.channels import Alert, AlertChannels, AlertDeliveryError
 from cost_attribution.alerts.sensor import AlertCursor, AlertPolicy, build_alert_sensor, evaluate_alerts
-
-WEBHOOK_ENV = "COST_ATTRIBUTION_ALERT_WEBHOOK_URL"
-SMTP_PASSWORD_ENV = "COST_ATTRIBUTION_SMTP_PASSWORD"
-
-
-def _env_or_plain(name: str, default: str = ""):
-    # Non-secret settings are read as plain values when the definitions load.
-    return os.environ.get(name, default)
 
 
 def alert_resources() -> dict:
     """The deployed alert resources. Secrets stay dg.EnvVar references (never resolved
     into the definitions the UI shows); a secret that is not set at all disables its
-    channel instead of failing every sensor tick."""
-    recipients = [r.strip() for r in _env_or_plain("COST_ATTRIBUTION_ALERT_EMAIL_TO").split(",") if r.strip()]
+    channel instead of failing every sensor tick. Non-secret settings are read as plain
+    values when the definitions load."""
+    recipients = [r.strip() for r in env.get(env.ALERT_EMAIL_TO_ENV).split(",") if r.strip()]
     return {
         "alert_channels": AlertChannels(
-            webhook_url=dg.EnvVar(WEBHOOK_ENV) if WEBHOOK_ENV in os.environ else "",
-            smtp_host=_env_or_plain("COST_ATTRIBUTION_SMTP_HOST"),
-            smtp_port=int(_env_or_plain("COST_ATTRIBUTION_SMTP_PORT", "25")),
-            smtp_username=_env_or_plain("COST_ATTRIBUTION_SMTP_USER"),
-            smtp_password=dg.EnvVar(SMTP_PASSWORD_ENV) if SMTP_PASSWORD_ENV in os.environ else "",
-            smtp_starttls=_env_or_plain("COST_ATTRIBUTION_SMTP_STARTTLS", "false").lower() == "true",
-            email_from=_env_or_plain("COST_ATTRIBUTION_ALERT_EMAIL_FROM", "cost-attribution@localhost"),
+            webhook_url=dg.EnvVar(env.ALERT_WEBHOOK_ENV) if env.is_set(env.ALERT_WEBHOOK_ENV) else "",
+            smtp_host=env.get(env.SMTP_HOST_ENV),
+            smtp_port=int(env.get(env.SMTP_PORT_ENV, "25")),
+            smtp_username=env.get(env.SMTP_USER_ENV),
+            smtp_password=dg.EnvVar(env.SMTP_PASSWORD_ENV) if env.is_set(env.SMTP_PASSWORD_ENV) else "",
+            smtp_starttls=env.get(env.SMTP_STARTTLS_ENV, "false").lower() == "true",
+            email_from=env.get(env.ALERT_EMAIL_FROM_ENV, "cost-attribution@localhost"),
             email_to=recipients,
         ),
         "alert_policy": AlertPolicy(
-            cost_threshold_usd=float(_env_or_plain("COST_ATTRIBUTION_ALERT_COST_THRESHOLD_USD", "10000")),
-            min_check_severity=_env_or_plain("COST_ATTRIBUTION_ALERT_MIN_SEVERITY", "ERROR"),
-            dagster_url=_env_or_plain("COST_ATTRIBUTION_DAGSTER_URL"),
+            min_check_severity=env.get(env.ALERT_MIN_SEVERITY_ENV, "ERROR"),
+            dagster_url=env.get(env.DAGSTER_URL_ENV),
         ),
     }
 

@@ -31,6 +31,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.alerts.channels import Alert, AlertChannels
+from cost_attribution.resources import AnalysisSettings
 
 COST_ASSET = "cost_projections"
 EVENTS_PER_TICK = 1000
@@ -40,9 +41,10 @@ SERVICE_METADATA_KEYS = ("services_below_threshold", "blind_services", "drifted_
 
 
 class AlertPolicy(dg.ConfigurableResource):
-    """What is worth waking someone for."""
+    """What is worth waking someone for. The cost threshold is not here: it is
+    AnalysisSettings.cost_alert_threshold_usd, the one the report's cost_over_threshold
+    flag uses, so the flag and the alert always agree."""
 
-    cost_threshold_usd: float = 10_000.0
     # "ERROR" (default) alerts on error-severity checks (the blocking coverage gate,
     # freshness, contracts); "WARN" also on the warnings the report already flags
     # (blind spots, drift, member tags), each once per incident.
@@ -222,7 +224,7 @@ def _cost_rows(database: str, as_of_day: str, threshold: float) -> list[dict]:
     return [dict(zip(columns, row)) for row in rows]
 
 
-def _cost_incidents(context: dg.SensorEvaluationContext, cursor: AlertCursor, policy: AlertPolicy,
+def _cost_incidents(context: dg.SensorEvaluationContext, cursor: AlertCursor, threshold_usd: float,
                     warehouse_path: str, deliver: _Delivery) -> None:
     """Cells over the threshold as of the newest projected day that were not over it before."""
     result = context.instance.fetch_materializations(
@@ -236,7 +238,7 @@ def _cost_incidents(context: dg.SensorEvaluationContext, cursor: AlertCursor, po
     newest = days[-1] if days else None
     if newest is not None and (cursor.cost_day is None or newest >= cursor.cost_day):
         try:
-            rows = _cost_rows(warehouse_path, newest, policy.cost_threshold_usd)
+            rows = _cost_rows(warehouse_path, newest, threshold_usd)
         except Exception as error:  # warehouse locked by a running writer, or not created yet: next tick
             deliver.problems.append(f"warehouse not readable, cost alerts deferred: {type(error).__name__}: {error}")
             return
@@ -244,7 +246,7 @@ def _cost_incidents(context: dg.SensorEvaluationContext, cursor: AlertCursor, po
         for key, row in over.items():
             if key in cursor.cost_open:
                 continue  # still over the threshold: the same incident
-            if not deliver(cost_alert(row, policy.cost_threshold_usd)):
+            if not deliver(cost_alert(row, threshold_usd)):
                 return  # retried next tick; the ones delivered so far are remembered as open
             cursor.cost_open = sorted({*cursor.cost_open, key})
         cursor.cost_open, cursor.cost_day = sorted(over), newest
@@ -282,12 +284,12 @@ def _failed_runs(context: dg.SensorEvaluationContext, cursor: AlertCursor, polic
 
 
 def evaluate_alerts(context: dg.SensorEvaluationContext, channels: AlertChannels, policy: AlertPolicy,
-                    warehouse_path: str) -> tuple[AlertCursor, _Delivery]:
+                    warehouse_path: str, cost_threshold_usd: float) -> tuple[AlertCursor, _Delivery]:
     """One tick: returns the new cursor and what was delivered, is waiting, went wrong."""
     cursor = AlertCursor.parse(context.cursor)
     deliver = _Delivery(channels)
     _check_incidents(context, cursor, policy, deliver)
-    _cost_incidents(context, cursor, policy, warehouse_path, deliver)
+    _cost_incidents(context, cursor, cost_threshold_usd, warehouse_path, deliver)
     _failed_runs(context, cursor, policy, deliver)
     return cursor, deliver
 
@@ -302,8 +304,9 @@ def build_alert_sensor(name: str = "platform_alerts", minimum_interval_seconds: 
         "run fails. Once per incident, and only once a channel took it.",
     )
     def _alerts(context: dg.SensorEvaluationContext, alert_channels: AlertChannels, alert_policy: AlertPolicy,
-                warehouse: DuckDBResource):
-        cursor, deliver = evaluate_alerts(context, alert_channels, alert_policy, warehouse.database)
+                warehouse: DuckDBResource, settings: AnalysisSettings):
+        cursor, deliver = evaluate_alerts(context, alert_channels, alert_policy, warehouse.database,
+                                          settings.cost_alert_threshold_usd)
         context.update_cursor(cursor.dump())
         for problem in deliver.problems:
             context.log.warning(problem)

@@ -17,30 +17,30 @@ from cost_attribution.attribution.stats import StatsConfig, intended_splits, sam
 from cost_attribution.attribution.treated_share import hourly_grid, share_plot
 from cost_attribution.attribution.treated_share import treated_share as share_by_hour
 from cost_attribution.checks import trace_completeness as completeness
-from cost_attribution.partitions import daily_partitions, trailing_window
+from cost_attribution.partitions import daily_asset, partition_day, trailing_window
 from cost_attribution.resources import AnalysisSettings
-from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
+from cost_attribution.warehouse import markdown_table, read_frame, replace_day, replace_rows
 
 ATTRIBUTION = "attribution"
 OWNERS = ["team:platform-data"]
 SRM_CHECK = "sample_ratio_mismatch"
 
 
-@dg.asset(
-    key="trace_completeness",
-    deps=["service_coverage", "trace_edges", "usage_metrics"],
-    description="Per-service trace coverage (share of adjusted SERVER work that reaches a member), broken "
-    "caller -> callee edges, orphan-parent rate and member-tag coverage for the day. Its coverage gate is a "
-    "blocking check: an untrustworthy day does not produce deltas or projections.",
-    partitions_def=daily_partitions,
-    check_specs=completeness.completeness_check_specs("trace_completeness"),
-    kinds={"duckdb", "python"},
-    owners=OWNERS,
-    group_name=ATTRIBUTION,
-    pool="warehouse",
+SRM_SPEC = dg.AssetCheckSpec(
+    SRM_CHECK, asset="usage_deltas",
+    description="WARN when an experiment's allocation counts per cell are implausible under its intended split "
+    "(experiments.yaml weights, else even): a sample ratio mismatch makes its deltas suspect.",
 )
+
+
+@daily_asset(group=ATTRIBUTION, owners=OWNERS,
+             deps=["service_coverage", "trace_edges", "usage_metrics"],
+             check_specs=completeness.completeness_check_specs("trace_completeness"))
 def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    day = dt.date.fromisoformat(context.partition_key)
+    """Per-service trace coverage (share of adjusted SERVER work that reaches a member), broken caller ->
+    callee edges, orphan-parent rate and member-tag coverage for the day. Its coverage gate is a blocking
+    check: an untrustworthy day does not produce deltas or projections."""
+    day = partition_day(context)
     with warehouse.get_connection() as conn:
         coverage = read_frame(conn, "SELECT * FROM main.service_coverage WHERE dt = ?", [day])
         edges = read_frame(conn, "SELECT * FROM main.trace_edges WHERE dt = ?", [day])
@@ -53,18 +53,8 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
             "SELECT dt, sum(server_spans) FROM main.service_coverage WHERE dt BETWEEN ? AND ? GROUP BY dt",
             [day - dt.timedelta(days=completeness.TRACE_VOLUME_LOOKBACK_DAYS), day],
         ).fetchall())
-        replace_rows(
-            conn,
-            "main.trace_completeness",
-            summary.services.with_columns(pl.lit(day).alias("dt")).select("dt", pl.all().exclude("dt")),
-            where={"dt": day},
-        )
-        replace_rows(
-            conn,
-            "main.broken_edges",
-            summary.broken_edges.with_columns(pl.lit(day).alias("dt")).select("dt", pl.all().exclude("dt")),
-            where={"dt": day},
-        )
+        replace_day(conn, "main.trace_completeness", summary.services, day, column="dt")
+        replace_day(conn, "main.broken_edges", summary.broken_edges, day, column="dt")
     yield dg.MaterializeResult(
         metadata={
             "overall_coverage": summary.overall_coverage if summary.overall_coverage is not None else float("nan"),
@@ -79,29 +69,45 @@ def trace_completeness(context: dg.AssetExecutionContext, settings: AnalysisSett
     yield from completeness.check_results(summary, settings.min_trace_coverage, "trace_completeness", reconciliation)
 
 
-@dg.asset(
-    key="usage_deltas",
-    deps=["member_service_usage", "member_roots", "trace_completeness", "allocations", "experiments"],
-    description="As of the partition day: for every experiment cell and service, the relative change in adjusted "
-    "request volume and in work (busy time of the service's SERVER spans) per allocated member vs control, with "
-    "member-level intervals (always-valid by default, because the report re-reads it every day), p-values and "
-    "Benjamini-Hochberg q-values across all pairs and both metrics.",
-    partitions_def=daily_partitions,
-    check_specs=[
-        dg.AssetCheckSpec(
-            SRM_CHECK,
-            asset="usage_deltas",
-            description="WARN when an experiment's allocation counts per cell are implausible under its intended "
-            "split (experiments.yaml weights, else even): a sample ratio mismatch makes its deltas suspect.",
+@daily_asset(group=ATTRIBUTION, owners=OWNERS,
+             deps=["trace_completeness", "service_coverage", "trace_edges", "usage_metrics", "experiments"])
+def trace_completeness_as_of(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
+    """As of the partition day, over the experiments' window (from the first experiment's start): trace
+    coverage per service, the broken caller -> callee edges and the sampling-volume reconciliation. The
+    report's trace_completeness section and its low_trace_coverage flags read these tables
+    (main.completeness_services, main.completeness_broken_edges, main.completeness_reconciliation,
+    main.completeness_days: each day's coverage, for the report's days under the gate)."""
+    as_of = partition_day(context)
+    with warehouse.get_connection() as conn:
+        first = read_frame(conn, "SELECT min(start_date) AS d FROM raw.experiments")["d"][0] or dt.date(1970, 1, 1)
+        window = [first, as_of]
+        coverage = read_frame(conn, "SELECT * FROM main.service_coverage WHERE dt BETWEEN ? AND ?", window)
+        edges = read_frame(conn, "SELECT * FROM main.trace_edges WHERE dt BETWEEN ? AND ?", window)
+        metrics = read_frame(
+            conn, "SELECT service, requests FROM raw.usage_metrics WHERE CAST(hour AS DATE) BETWEEN ? AND ?", window
         )
-    ],
-    kinds={"python", "duckdb"},
-    owners=["team:experimentation"],
-    group_name=ATTRIBUTION,
-    pool="warehouse",
-)
+        frames = completeness.as_of_frames(coverage, edges, metrics)
+        for name, table in completeness.AS_OF_TABLES.items():
+            replace_day(conn, table, frames[name], as_of)
+    return dg.MaterializeResult(
+        metadata={
+            "window_start": first.isoformat(),
+            "overall_coverage": completeness.overall_coverage(frames["services"]) or float("nan"),
+            "coverage_by_service": dg.MetadataValue.md(markdown_table(frames["services"].select("service", "coverage"))),
+            "broken_edges": dg.MetadataValue.md(markdown_table(frames["broken_edges"])),
+        }
+    )
+
+
+@daily_asset(group=ATTRIBUTION, owners=["team:experimentation"],
+             deps=["member_service_usage", "member_roots", "trace_completeness", "allocations", "experiments"],
+             check_specs=[SRM_SPEC])
 def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """As of the partition day: for every experiment cell and service, the relative change in adjusted request
+    volume and in work (busy time of the service's SERVER spans) per allocated member vs control, with
+    member-level intervals (always-valid by default, because the report re-reads it every day), p-values and
+    Benjamini-Hochberg q-values across all pairs and both metrics."""
+    as_of = partition_day(context)
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:
         usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
@@ -148,22 +154,15 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     )
 
 
-@dg.asset(
-    key="treated_share",
-    deps=["member_activity", "allocations", "experiments"],
-    description="As of the partition day: for every running experiment cell and every hour of the load history "
-    "(calibration window, which ends with the projection window), "
-    "the share of production load its members drove (activity-weighted share of members treated by then; members "
-    "count from their allocated_at). Before the first trace day the share is carried back by who was allocated "
-    "when. The cost projections take this share out of the observed load (main.treated_share).",
-    partitions_def=daily_partitions,
-    kinds={"python", "duckdb"},
-    owners=["team:experimentation"],
-    group_name=ATTRIBUTION,
-    pool="warehouse",
-)
+@daily_asset(group=ATTRIBUTION, owners=["team:experimentation"],
+             deps=["member_activity", "allocations", "experiments"])
 def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """As of the partition day: for every running experiment cell and every hour of the load history
+    (calibration window, which ends with the projection window), the share of production load its members
+    drove (activity-weighted share of members treated by then; members count from their allocated_at). Before
+    the first trace day the share is carried back by who was allocated when. The cost projections take this
+    share out of the observed load (main.treated_share)."""
+    as_of = partition_day(context)
     start, end = trailing_window(as_of, settings.calibration_days)
     with warehouse.get_connection() as conn:
         activity = read_frame(
@@ -198,4 +197,4 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
     return dg.MaterializeResult(metadata=metadata)
 
 
-attribution_assets = [trace_completeness, usage_deltas, treated_share]
+attribution_assets = [trace_completeness, trace_completeness_as_of, usage_deltas, treated_share]

@@ -8,61 +8,28 @@ the DuckDB warehouse; `spark` builds them on Spark and copies the aggregates bac
 DuckDB for the one-machine assets (spark_target.py, docs/scaling_out.md)."""
 
 
+import functools
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
-from dagster_dbt.dbt_project import using_dagster_dev
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 from dagster_duckdb import DuckDBResource
 
+from cost_attribution import environment
 from cost_attribution.attribution import spark_target
+from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest
 from cost_attribution.partitions import daily_partitions
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
-
-dbt_project = DbtProject(
-    project_dir=DBT_PROJECT_DIR,
-    profiles_dir=DBT_PROJECT_DIR,
-    target=spark_target.dbt_target(),
-)
+__all__ = ["DBT_PROJECT_DIR", "build_span_models", "dbt_executable", "dbt_vars"]
 
 
-def dbt_executable() -> str:
-    """The dbt installed beside this interpreter (the venv's), else the one on PATH:
-    a `.venv/bin/cost-attribution` call works without activating the venv."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
-
-
-def dbt_resource() -> DbtCliResource:
-    # The target by configuration, per deployment (as hooli-data-eng-pipelines does
-    # for its local vs warehouse targets): DBT_TARGET=duckdb | spark.
-    return DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable(), target=spark_target.dbt_target())
-
-
-def ensure_manifest() -> Path:
-    """target/manifest.json, parsed by the dbt beside this interpreter when it is missing
-    (fresh clone, no `make`) or under `dagster dev` (which re-parses so the graph follows
-    the SQL). DbtProject.prepare_if_dev would look `dbt` up on PATH, which fails when the
-    venv is not activated. Parsing needs no warehouse: dbt gets a scratch path."""
-    if using_dagster_dev() or not dbt_project.manifest_path.exists():
-        scratch = Path(tempfile.gettempdir()) / "cost-attribution-parse.duckdb"
-        subprocess.run(
-            [dbt_executable(), "parse", "--quiet", "--project-dir", str(DBT_PROJECT_DIR),
-             "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(dbt_project.target_path),
-             *(["--target", dbt_project.target] if dbt_project.target else [])],
-            cwd=DBT_PROJECT_DIR, env={**os.environ, "COST_ATTRIBUTION_WAREHOUSE": str(scratch)},
-            check=True, stdout=subprocess.DEVNULL,
-        )
-    return dbt_project.manifest_path
+def dbt_vars(window: dg.TimeWindow, warehouse_path: str) -> dict[str, str]:
+    """The partition window as the dbt vars macros/partition_window.sql reads, [min_date,
+    max_date), and the warehouse file profiles.yml connects to (the warehouse resource's)."""
+    return {"min_date": window.start.strftime("%Y-%m-%d"), "max_date": window.end.strftime("%Y-%m-%d"),
+            "warehouse_path": warehouse_path}
 
 
 class CostAttributionTranslator(DagsterDbtTranslator):
@@ -73,26 +40,36 @@ class CostAttributionTranslator(DagsterDbtTranslator):
         return ["team:platform-data"]
 
 
-@dbt_assets(
-    manifest=ensure_manifest(),
-    dagster_dbt_translator=CostAttributionTranslator(),
-    partitions_def=daily_partitions,
-    # A backfill over a range is one dbt invocation over the whole window: dbt's
-    # start-up dominates a day's SQL, and every model replaces exactly its days.
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    pool="warehouse",
-)
-def span_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
+@functools.cache
+def build_span_models() -> dg.AssetsDefinition:
+    """The dbt models as assets, built on first use (never at import: the manifest may
+    need a `dbt parse` first, see dbt_project.ensure_manifest)."""
+
+    @dbt_assets(
+        manifest=ensure_manifest(dbt_project()),
+        dagster_dbt_translator=CostAttributionTranslator(),
+        partitions_def=daily_partitions,
+        # A backfill over a range is one dbt invocation over the whole window: dbt's
+        # start-up dominates a day's SQL, and every model replaces exactly its days.
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="warehouse",
+    )
+    def span_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
+        yield from _run_dbt(context, dbt, warehouse)
+
+    return span_models
+
+
+def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
     window = context.partition_time_window
-    dbt_vars = {"min_date": window.start.strftime("%Y-%m-%d"), "max_date": window.end.strftime("%Y-%m-%d")}
-    on_spark = (dbt.target or spark_target.dbt_target()) == spark_target.SPARK_TARGET
+    on_spark = (dbt.target or environment.dbt_target()) == environment.SPARK_TARGET
     start, end = window.start.date(), window.end.date()
     if on_spark:
-        lake = spark_target.lake_dir(DBT_PROJECT_DIR)
+        lake = spark_target.lake_dir(warehouse.database, DBT_PROJECT_DIR)
         with warehouse.get_connection() as conn:
             exported = spark_target.export_raw_sources(conn, lake, spark_target.window_days(start, end))
         context.log.info(f"spark target: raw sources exported to {lake / 'raw'}: {exported}")
-    invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context)
+    invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(window, warehouse.database))], context=context)
     yield from invocation.stream()
     if on_spark:
         models = spark_target.aggregate_models(spark_target.built_models(invocation.get_artifact("run_results.json")))

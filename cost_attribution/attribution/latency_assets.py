@@ -1,6 +1,5 @@
 """Latency impact per experiment cell x service (member-clustered bootstrap)."""
 
-import datetime as dt
 
 import dagster as dg
 import polars as pl
@@ -8,24 +7,17 @@ from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.latency import latency_impact as compute_latency_impact
 from cost_attribution.attribution.latency import load_latency_histograms
-from cost_attribution.partitions import daily_partitions
-from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
+from cost_attribution.partitions import daily_asset, partition_day
+from cost_attribution.warehouse import markdown_table, read_frame, replace_day
 
 
-@dg.asset(
-    key="latency_impact",
-    deps=["member_service_latency", "trace_completeness", "allocations", "experiments"],
-    description="As of the partition day: per experiment cell and service, the relative change of p50 and p95 "
-    "SERVER-span duration vs control (request-weighted), with 95% intervals from a bootstrap that resamples "
-    "members (not spans). Stored in main.latency_impact; the report shows it beside each service's cost.",
-    partitions_def=daily_partitions,
-    kinds={"python", "duckdb"},
-    owners=["team:experimentation"],
-    group_name="attribution",
-    pool="warehouse",
-)
+@daily_asset(group="attribution", owners=["team:experimentation"],
+             deps=["member_service_latency", "trace_completeness", "allocations", "experiments"])
 def latency_impact(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """As of the partition day: per experiment cell and service, the relative change of p50 and p95
+    SERVER-span duration vs control (request-weighted), with 95% intervals from a bootstrap that resamples
+    members (not spans). Stored in main.latency_impact; the report shows it beside each service's cost."""
+    as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         histograms, member_counts = load_latency_histograms(conn, as_of)
         experiments = read_frame(
@@ -34,8 +26,7 @@ def latency_impact(context: dg.AssetExecutionContext, warehouse: DuckDBResource)
             [as_of],
         )
         impact = compute_latency_impact(histograms, experiments, member_counts=member_counts)
-        frame = impact.with_columns(pl.lit(as_of).alias("as_of")).select("as_of", pl.all().exclude("as_of"))
-        replace_rows(conn, "main.latency_impact", frame, where={"as_of": as_of})
+        replace_day(conn, "main.latency_impact", impact, as_of)
     moved = impact.filter(pl.col("significant"))
     return dg.MaterializeResult(
         metadata={

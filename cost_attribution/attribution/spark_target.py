@@ -21,20 +21,14 @@ same rule profiles.yml and macros/spark_sources.sql apply.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import duckdb
 
-from cost_attribution.resources import WAREHOUSE_ENV
+from cost_attribution import environment
 from cost_attribution.warehouse import qualified, table_exists
-
-DBT_TARGET_ENV = "DBT_TARGET"
-SPARK_DIR_ENV = "COST_ATTRIBUTION_SPARK_DIR"
-DEFAULT_TARGET = "duckdb"
-SPARK_TARGET = "spark"
 
 # Span-grain models: as large as the spans, they stay in the lake. Every other model
 # is an aggregate the one-machine assets read, copied back into DuckDB.
@@ -46,14 +40,11 @@ RAW_TABLES = ("allocations", "experiments")
 SPARK_SCHEMA = "main"
 
 
-def dbt_target() -> str:
-    return os.environ.get(DBT_TARGET_ENV) or DEFAULT_TARGET
-
-
-def lake_dir(dbt_project_dir: Path | None = None) -> Path:
-    """Where the spark target keeps raw Parquet, model tables and its metastore."""
-    configured = os.environ.get(SPARK_DIR_ENV)
-    path = Path(configured) if configured else Path(os.environ.get(WAREHOUSE_ENV, "warehouse.duckdb") + ".spark")
+def lake_dir(warehouse_path: str | Path, dbt_project_dir: Path | None = None) -> Path:
+    """Where the spark target keeps raw Parquet, model tables and its metastore: the
+    configured lake, else "<warehouse file>.spark" (the warehouse resource's database)."""
+    configured = environment.get(environment.SPARK_DIR_ENV)
+    path = Path(configured) if configured else Path(f"{warehouse_path}.spark")
     if not path.is_absolute() and dbt_project_dir is not None:
         path = dbt_project_dir / path  # dbt runs with the project as its working directory
     return path

@@ -163,6 +163,33 @@ def volume_reconciliation(coverage: pl.DataFrame, metrics: pl.DataFrame) -> pl.D
     return joined.with_columns((scale / pl.col("metrics_per_traced") - 1.0).alias("deviation")).sort("service")
 
 
+# The as-of summary over the experiments' window (asset trace_completeness_as_of), read by the report.
+AS_OF_TABLES = {
+    "services": "main.completeness_services",
+    "broken_edges": "main.completeness_broken_edges",
+    "reconciliation": "main.completeness_reconciliation",
+    "days": "main.completeness_days",
+}
+
+
+def as_of_frames(coverage: pl.DataFrame, edges: pl.DataFrame, metrics: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The frames of AS_OF_TABLES over any number of days of coverage, edges and metrics
+    (`days`: each trace day's share of adjusted SERVER work that reaches a member)."""
+    summary = summarize(coverage, edges)
+    days = (coverage.group_by("dt")
+            .agg((pl.col("attributed_requests").sum() / pl.col("adjusted_requests").sum()).alias("coverage"))
+            .sort("dt"))
+    return {"services": summary.services, "broken_edges": summary.broken_edges,
+            "reconciliation": volume_reconciliation(coverage, metrics), "days": days}
+
+
+def overall_coverage(services: pl.DataFrame) -> float | None:
+    """Share of all services' adjusted requests that reach a member (summarize's services)."""
+    if not services.height:
+        return None
+    return _ratio(services["attributed_requests"].sum(), services["adjusted_requests"].sum())
+
+
 def check_results(
     summary: Completeness, min_coverage: float, asset_key: str, reconciliation: pl.DataFrame | None = None
 ) -> list[dg.AssetCheckResult]:

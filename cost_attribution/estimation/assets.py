@@ -14,9 +14,9 @@ from cost_attribution.attribution.member_usage import load_experiment_usage
 from cost_attribution.attribution.stats import delta_covariance
 from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.estimation.cell_costs import project_cells
-from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all
+from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, registry_frame
 from cost_attribution.estimation.plots import cost_model_plot
-from cost_attribution.partitions import daily_partitions, trailing_window
+from cost_attribution.partitions import daily_asset, daily_partitions, partition_day, trailing_window
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
 
@@ -101,33 +101,29 @@ def service_hourly_history(warehouse: DuckDBResource) -> dg.MaterializeResult:
 
 
 def _model_config(settings: AnalysisSettings) -> ModelConfig:
-    if settings.static_headroom is None:
-        return ModelConfig()
-    return ModelConfig(static_headroom=settings.static_headroom)
+    return ModelConfig(
+        static_headroom=settings.static_headroom,
+        price_change_tolerance=settings.price_change_tolerance,
+        residual_shift_tolerance=settings.residual_shift_tolerance,
+        cost_per_request_shift_tolerance=settings.cost_per_request_shift_tolerance,
+    )
 
 
-@dg.asset(
-    key="cost_models",
-    deps=["service_hourly_history"],
-    description="Per-service cost model retrained every day on the trailing window ending at the partition day: "
-    "scaling class (autoscale/static), chosen estimator with its out-of-sample MAPE, drift detection with fallback "
-    "to a heuristic priced at today's cost structure. Each partition is one version in main.cost_model_registry.",
-    partitions_def=daily_partitions,
-    check_specs=[
-        dg.AssetCheckSpec(
-            DRIFT_CHECK,
-            asset="cost_models",
-            description="WARN naming services whose cost structure drifted (instance type, price, cost per request); "
-            "those services are projected with the heuristic model.",
-        )
-    ],
-    kinds={"scikitlearn", "duckdb"},
-    owners=OWNERS,
-    group_name=ESTIMATION,
-    pool="warehouse",
+DRIFT_SPEC = dg.AssetCheckSpec(
+    DRIFT_CHECK, asset="cost_models",
+    description="WARN naming services whose cost structure drifted (instance type, price, cost per request); those "
+    "services are projected with the heuristic model.",
 )
+
+
+@daily_asset(group=ESTIMATION, owners=OWNERS, kinds={"scikitlearn", "duckdb"},
+             deps=["service_hourly_history"],
+             check_specs=[DRIFT_SPEC])
 def cost_models(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """Per-service cost model retrained every day on the trailing window ending at the partition day: scaling
+    class (autoscale/static), chosen estimator with its out-of-sample MAPE, drift detection with fallback to a
+    heuristic priced at today's cost structure. Each partition is one version in main.cost_model_registry."""
+    as_of = partition_day(context)
     _, cutoff = trailing_window(as_of, 0)
     with warehouse.get_connection() as conn:
         history = read_frame(
@@ -136,28 +132,7 @@ def cost_models(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             [cutoff],
         )
         models = fit_all(history, cutoff, _model_config(settings))
-        registry = pl.DataFrame(
-            [
-                {
-                    "as_of": as_of,
-                    "service": m.service,
-                    "version": f"{m.service}@{as_of.isoformat()}",
-                    "scaling": m.scaling,
-                    "cost_model": m.cost_model,
-                    "kind": m.kind,
-                    "drift_detected": m.drift_detected,
-                    "drift_reasons": "; ".join(m.drift_reasons),
-                    "model_error_pct": m.model_error_pct,
-                    "capacity_requests_per_hour": m.capacity_requests_per_hour,
-                    "training_start": m.training_start,
-                    "training_end": m.training_end,
-                    "features": ",".join(m.features),
-                    "model_json": json.dumps(m.to_dict(), default=str),
-                }
-                for m in models
-            ],
-            schema_overrides={"capacity_requests_per_hour": pl.Float64, "model_error_pct": pl.Float64},
-        )
+        registry = registry_frame(models, as_of)
         if registry.height:
             replace_rows(conn, "main.cost_model_registry", registry, where={"as_of": as_of})
     plot = cost_model_plot(history, models) if models else None

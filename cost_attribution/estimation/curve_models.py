@@ -32,8 +32,6 @@ _CEIL_EPS = 1e-9
 
 # Curves that keep rising past the historical peak: only these may be chosen to project.
 EXTRAPOLATING_KINDS = ("monotone-linear", "isotonic+linear-tail", "hist-gbm+linear-tail")
-# A tree alone predicts a constant past the peak; kept only to show why it is not used.
-CAPPED_KINDS = ("hist-gbm",)
 
 
 def fit_monotone_linear(volume: np.ndarray, cost: np.ndarray) -> dict:

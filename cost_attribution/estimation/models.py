@@ -21,6 +21,7 @@ scaled by 1 + delta) and returns the difference.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -431,6 +432,32 @@ def fit_all(history: pl.DataFrame, as_of: datetime, config: ModelConfig = ModelC
         model.features = [driver]
         models.append(model)
     return models
+
+
+def registry_frame(models: list[FittedCostModel], as_of) -> pl.DataFrame:
+    """One row per service model: the version main.cost_model_registry keeps for the as-of day."""
+    return pl.DataFrame(
+        [
+            {
+                "as_of": as_of,
+                "service": m.service,
+                "version": f"{m.service}@{as_of.isoformat()}",
+                "scaling": m.scaling,
+                "cost_model": m.cost_model,
+                "kind": m.kind,
+                "drift_detected": m.drift_detected,
+                "drift_reasons": "; ".join(m.drift_reasons),
+                "model_error_pct": m.model_error_pct,
+                "capacity_requests_per_hour": m.capacity_requests_per_hour,
+                "training_start": m.training_start,
+                "training_end": m.training_end,
+                "features": ",".join(m.features),
+                "model_json": json.dumps(m.to_dict(), default=str),
+            }
+            for m in models
+        ],
+        schema_overrides={"capacity_requests_per_hour": pl.Float64, "model_error_pct": pl.Float64},
+    )
 
 
 def load_driver(history: pl.DataFrame) -> str:

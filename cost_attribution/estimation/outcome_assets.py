@@ -9,15 +9,14 @@ its ship date; its check warns when projections are systematically biased or mis
 """
 
 import datetime as dt
-import json
 
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.estimation.assets import ESTIMATION, OWNERS, load_models
-from cost_attribution.estimation.outcomes import calibration, measure_outcomes
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.estimation.outcomes import calibration, measure_outcomes, with_model_versions
+from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.warehouse import append_new_rows, markdown_table, read_frame, replace_rows, table_exists
 
 BIAS_CHECK = "projection_bias"
@@ -25,34 +24,27 @@ DECISION_TABLE = "main.decision_log"
 DECISION_SERVICE_TABLE = "main.decision_log_services"
 
 
-@dg.asset(
-    key="decision_log",
-    deps=["cost_projections", "cost_models", "usage_deltas", "experiments"],
-    description="Append-only log of every day's projection of every cell not shipped yet: as-of, estimate and "
-    "interval (vs not shipping and on the bill), and per service the delta used and the cost-model version "
-    "(main.decision_log, main.decision_log_services). Rows are never rewritten: the projection made on the last day "
-    "before a cell shipped is what projection_outcomes holds it to.",
-    partitions_def=daily_partitions,
-    kinds={"duckdb"},
-    owners=OWNERS,
-    group_name=ESTIMATION,
-    pool="warehouse",
+BIAS_SPEC = dg.AssetCheckSpec(
+    BIAS_CHECK, asset="projection_outcomes",
+    description="WARN when projections are systematically biased (the mean relative error's interval excludes 0 and "
+    "is at least 10%) or a shipped cell's projection missed its realized change by more than 20% and its "
+    "95% interval.",
 )
+
+
+@daily_asset(group=ESTIMATION, owners=OWNERS, kinds={"duckdb"},
+             deps=["cost_projections", "cost_models", "usage_deltas", "experiments"])
 def decision_log(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """Append-only log of every day's projection of every cell not shipped yet: as-of, estimate and interval
+    (vs not shipping and on the bill), and per service the delta used and the cost-model version
+    (main.decision_log, main.decision_log_services). Rows are never rewritten: the projection made on the last
+    day before a cell shipped is what projection_outcomes holds it to."""
+    as_of = partition_day(context)
     logged_at = dt.datetime.now(dt.timezone.utc)
     with warehouse.get_connection() as conn:
         cells = read_frame(conn, DECISION_CELLS_SQL, [as_of, as_of])
         services = read_frame(conn, DECISION_SERVICES_SQL, [as_of, as_of, as_of])
-        versions: dict[tuple[str, str], dict[str, str]] = {}
-        for experiment_id, cell, service, version in services.select(
-                "experiment_id", "cell", "service", "model_version").iter_rows():
-            versions.setdefault((experiment_id, cell), {})[service] = version
-        cells = cells.with_columns(
-            model_versions=pl.Series([json.dumps(versions.get((e, c), {})) for e, c in
-                                      cells.select("experiment_id", "cell").iter_rows()], dtype=pl.Utf8),
-            logged_at=pl.lit(logged_at),
-        )
+        cells = with_model_versions(cells, services).with_columns(logged_at=pl.lit(logged_at))
         added = append_new_rows(conn, DECISION_TABLE, cells, ["as_of", "experiment_id", "cell"])
         append_new_rows(conn, DECISION_SERVICE_TABLE, services.with_columns(logged_at=pl.lit(logged_at)),
                         ["as_of", "experiment_id", "cell", "service"])
@@ -106,30 +98,15 @@ ORDER BY d.experiment_id
 """
 
 
-@dg.asset(
-    key="projection_outcomes",
-    deps=["decision_log", "service_hourly_history", "treated_share", "cost_models", "experiments"],
-    description="For every shipped cell (experiments.yaml shipped: {cell, date}): the realized 30-day cost change "
-    "(actual hourly cost after shipping vs the pre-ship cost model priced on a synthetic control of the load "
-    "without the cell; interval from that prediction's own pre-ship error) beside the projection logged on the last "
-    "day before shipping; the calibration over all shipped cells (coverage, mean signed error, bias).",
-    partitions_def=daily_partitions,
-    check_specs=[
-        dg.AssetCheckSpec(
-            BIAS_CHECK,
-            asset="projection_outcomes",
-            description="WARN when projections are systematically biased (the mean relative error's interval "
-            "excludes 0 and is at least 10%) or a shipped cell's projection missed its realized change by more than 20% "
-            "and its 95% interval.",
-        )
-    ],
-    kinds={"python", "duckdb"},
-    owners=OWNERS,
-    group_name=ESTIMATION,
-    pool="warehouse",
-)
+@daily_asset(group=ESTIMATION, owners=OWNERS,
+             deps=["decision_log", "service_hourly_history", "treated_share", "cost_models", "experiments"],
+             check_specs=[BIAS_SPEC])
 def projection_outcomes(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """For every shipped cell (experiments.yaml shipped: {cell, date}): the realized 30-day cost change
+    (actual hourly cost after shipping vs the pre-ship cost model priced on a synthetic control of the load
+    without the cell; interval from that prediction's own pre-ship error) beside the projection logged on the
+    last day before shipping; the calibration over all shipped cells (coverage, mean signed error, bias)."""
+    as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         if table_exists(conn, DECISION_TABLE):
             decisions = read_frame(conn, PRE_SHIP_DECISIONS_SQL, [as_of])

@@ -32,6 +32,7 @@ same day onto the same service would share it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from dataclasses import dataclass
 
@@ -66,6 +67,18 @@ class ServiceOutcome:
     own_delta: float  # the shipped cell's effect on the driver, fitted from production with the traces' prior
     own_delta_sd: float
     reference: str  # the reference load's services, comma-separated ("" = level only)
+
+
+def with_model_versions(cells: pl.DataFrame, services: pl.DataFrame) -> pl.DataFrame:
+    """Each logged cell with model_versions: a JSON object service -> the cost-model version
+    that priced it (from the cell's per-service rows)."""
+    versions: dict[tuple[str, str], dict[str, str]] = {}
+    for experiment_id, cell, service, version in services.select(
+            "experiment_id", "cell", "service", "model_version").iter_rows():
+        versions.setdefault((experiment_id, cell), {})[service] = version
+    return cells.with_columns(model_versions=pl.Series(
+        [json.dumps(versions.get((e, c), {})) for e, c in cells.select("experiment_id", "cell").iter_rows()],
+        dtype=pl.Utf8))
 
 
 def moved(rows: pl.DataFrame) -> pl.DataFrame:

@@ -81,10 +81,6 @@ class SpanBatch(NamedTuple):
     quarantine: pl.DataFrame
 
 
-def empty_spans() -> pl.DataFrame:
-    return pl.DataFrame(schema=SPAN_SCHEMA)
-
-
 def empty_quarantine() -> pl.DataFrame:
     return pl.DataFrame(schema=QUARANTINE_SCHEMA)
 

@@ -9,9 +9,9 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.reporting.contract import contract_errors
-from cost_attribution.reporting.report import build_report
+from cost_attribution.reporting.report import build_report, headline, interval_notes
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows, table_exists
 
@@ -23,49 +23,24 @@ def report_path(warehouse: DuckDBResource) -> Path:
     return Path(warehouse.database).resolve().parent / REPORT_FILE
 
 
-POINT_ESTIMATE_IN_WORDS = {
-    "shrinkage": "empirical-Bayes posterior median: every service's measured change shrunk towards 0 by how likely "
-    "'no change' is, given all of the day's measured changes (adaptive shrinkage); exactly $0 where 'no change' is "
-    "the likelier reading; intervals from joint posterior draws",
-    "gate": "services whose change is not significant (BH q >= fdr_q) add $0",
-}
-
-
-@dg.asset(
-    key="cost_report",
-    deps=[
-        "cost_projections",
-        "usage_deltas",
-        "cost_models",
-        "trace_completeness",
-        "business_metrics",
-        "services",
-        "latency_impact",
-        "capacity_plan",
-        "edge_usage_by_cell",
-        "projection_outcomes",
-    ],
-    description="The contract's report for the as-of day: per experiment cell the projected 30-day cost with its "
-    "interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and cost "
-    "model; trace completeness; data quality; and (extra key `decision`) what a PM or finance partner decides from: "
-    "annualized costs, readings, minimum detectable effect, share of the bill, cost per business point, net value, "
-    "plain flags with owners, the estimate's history. Stored in main.reports and written to report.json beside the "
-    "warehouse (for the newest as-of day).",
-    partitions_def=daily_partitions,
-    check_specs=[
-        dg.AssetCheckSpec(
-            CONTRACT_CHECK,
-            asset="cost_report",
-            description="ERROR when report.json departs from docs/contract.md (missing keys, wrong types, enums).",
-        )
-    ],
-    kinds={"python", "json"},
-    owners=["team:finops", "team:platform-data"],
-    group_name="reporting",
-    pool="warehouse",
+CONTRACT_SPEC = dg.AssetCheckSpec(
+    CONTRACT_CHECK, asset="cost_report",
+    description="ERROR when report.json departs from docs/contract.md (missing keys, wrong types, enums).",
 )
+
+
+@daily_asset(group="reporting", owners=["team:finops", "team:platform-data"], kinds={"python", "json"},
+             deps=["cost_projections", "usage_deltas", "cost_models", "trace_completeness_as_of", "edge_shifts",
+                   "business_metrics", "services", "latency_impact", "capacity_plan", "projection_outcomes"],
+             check_specs=[CONTRACT_SPEC])
 def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """The contract's report for the as-of day: per experiment cell the projected 30-day cost with its
+    interval, per-service deltas and dollars, flags and business metrics; per service its scaling class and
+    cost model; trace completeness; data quality; and (extra key `decision`) what a PM or finance partner
+    decides from: annualized costs, readings, minimum detectable effect, share of the bill, cost per business
+    point, net value, plain flags with owners, the estimate's history. Stored in main.reports and written to
+    report.json beside the warehouse (for the newest as-of day)."""
+    as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         report = build_report(
             conn,
@@ -75,13 +50,7 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             min_trace_coverage=settings.min_trace_coverage,
             cost_alert_threshold_usd=settings.cost_alert_threshold_usd,
             value_per_point_usd=settings.value_per_point_usd,
-            intervals={
-                "deltas": "always-valid 95% (mixture sequential test)" if settings.sequential else "fixed-horizon 95%",
-                "dollars": "fixed-horizon 95% from the deltas' standard errors"
-                if settings.dollar_interval == "fixed" else "from the always-valid delta intervals",
-                "point_estimate": POINT_ESTIMATE_IN_WORDS[settings.point_estimate]
-                if settings.dollar_interval == "fixed" else POINT_ESTIMATE_IN_WORDS["gate"],
-            },
+            intervals=interval_notes(settings.sequential, settings.dollar_interval, settings.point_estimate),
         )
         text = json.dumps(report, indent=2)
         newest = None
@@ -97,23 +66,11 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
     # A backfill of an older day must not overwrite the newest report.json.
     if newest is None or as_of >= newest:
         path.write_text(text + "\n")
-    headline = pl.DataFrame(
-        [
-            {
-                "experiment": f"{e['experiment_id']}:{e['cell']}",
-                "incremental_cost_usd_30d": e["incremental_cost_usd_30d"],
-                "ci_low_usd_30d": e["ci_low_usd_30d"],
-                "ci_high_usd_30d": e["ci_high_usd_30d"],
-                "flags": ", ".join(sorted({f["kind"] for f in e["flags"]})),
-            }
-            for e in report["experiments"]
-        ]
-    )
     errors = contract_errors(report)
     yield dg.MaterializeResult(
         metadata={
             "report_path": dg.MetadataValue.path(str(path)),
-            "experiments": dg.MetadataValue.md(markdown_table(headline, float_digits=0)),
+            "experiments": dg.MetadataValue.md(markdown_table(headline(report), float_digits=0)),
             "quarantined": dg.MetadataValue.json(report["data_quality"]["quarantined"]),
         }
     )

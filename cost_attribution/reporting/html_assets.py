@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from cost_attribution.partitions import daily_partitions
+from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.reporting.assets import report_path
 from cost_attribution.reporting.html_report import build_html_report
 from cost_attribution.resources import AnalysisSettings
@@ -22,23 +22,16 @@ def html_paths(warehouse: DuckDBResource, as_of: dt.date) -> tuple[Path, Path]:
     return folder / HTML_FILE, folder / f"report-{as_of.isoformat()}.html"
 
 
-@dg.asset(
-    key="cost_report_html",
-    deps=["cost_report", "capacity_plan", "latency_impact", "cost_projections", "cost_models", "service_hourly_history"],
-    description="The as-of day's report as one self-contained HTML page (inline charts, no scripts, no network): "
-    "a decision card per experiment cell (both costs, annualized, readings, share of the bill, cost per business "
-    "point, flags with owners, history), the A/A calibration section, a view by owner, a glossary; "
-    "per experiment cell the projected 30-day cost with its interval beside the business metrics, per moved "
-    "service the two-universe hourly cost and the cost-vs-volume fit with its model kind, flags, capacity and "
-    "latency. Written as report-<as_of>.html and, for the newest day, report.html beside report.json.",
-    partitions_def=daily_partitions,
-    kinds={"python", "html"},
-    owners=["team:finops", "team:platform-data"],
-    group_name="reporting",
-    pool="warehouse",
-)
+@daily_asset(group="reporting", owners=["team:finops", "team:platform-data"], kinds={"python", "html"},
+             deps=["cost_report", "capacity_plan", "latency_impact", "cost_projections", "cost_models", "service_hourly_history"])
 def cost_report_html(context: dg.AssetExecutionContext, settings: AnalysisSettings, warehouse: DuckDBResource):
-    as_of = dt.date.fromisoformat(context.partition_key)
+    """The as-of day's report as one self-contained HTML page (inline charts, no scripts, no network): a
+    decision card per experiment cell (both costs, annualized, readings, share of the bill, cost per business
+    point, flags with owners, history), the A/A calibration section, a view by owner, a glossary; per
+    experiment cell the projected 30-day cost with its interval beside the business metrics, per moved service
+    the two-universe hourly cost and the cost-vs-volume fit with its model kind, flags, capacity and latency.
+    Written as report-<as_of>.html and, for the newest day, report.html beside report.json."""
+    as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         rows = read_frame(conn, "SELECT report_json FROM main.reports WHERE as_of = ?", [as_of])
         if not rows.height:

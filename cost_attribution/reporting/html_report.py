@@ -529,7 +529,7 @@ def render_html(report: dict, *, universes: pl.DataFrame, history: pl.DataFrame,
     )
 
 
-def build_html_report(conn: duckdb.DuckDBPyConnection, report: dict, projection_days: int = 28) -> str:
+def build_html_report(conn: duckdb.DuckDBPyConnection, report: dict, projection_days: int) -> str:
     """Everything the page needs for the report's as-of day, read from the warehouse."""
     as_of = dt.date.fromisoformat(report["as_of"])
     start, end = trailing_window(as_of, projection_days)

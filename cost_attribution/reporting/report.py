@@ -10,8 +10,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from cost_attribution.attribution.shift_left import load_edge_shifts
-from cost_attribution.checks.trace_completeness import summarize, volume_reconciliation
+from cost_attribution.checks.trace_completeness import AS_OF_TABLES, overall_coverage
 from cost_attribution.estimation.outcomes import calibration
 from cost_attribution.partitions import trailing_window
 from cost_attribution.reporting import decision
@@ -64,44 +63,29 @@ def unattributed_cost(conn, as_of: dt.date, days: int) -> float:
     return float(frame["usd"][0]) if frame.height else 0.0
 
 
-def low_coverage_days(coverage: pl.DataFrame, min_coverage: float) -> list[dict]:
+def low_coverage_days(days: pl.DataFrame, min_coverage: float) -> list[dict]:
     """Trace days whose share of adjusted SERVER work reaching a member is under the gate."""
-    if not coverage.height:
+    if not days.height:
         return []
-    days = (
-        coverage.group_by("dt")
-        .agg((pl.col("attributed_requests").sum() / pl.col("adjusted_requests").sum()).alias("coverage"))
-        .filter(pl.col("coverage") < min_coverage)
-        .sort("dt")
-    )
-    return [{"day": r["dt"].isoformat(), "coverage": r["coverage"]} for r in days.iter_rows(named=True)]
+    below = days.filter(pl.col("coverage") < min_coverage).sort("dt")
+    return [{"day": r["dt"].isoformat(), "coverage": r["coverage"]} for r in below.iter_rows(named=True)]
 
 
-def completeness_section(conn, as_of: dt.date, window_start: dt.date | None,
-                         min_coverage: float = 0.5) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
-    start = window_start or dt.date(1970, 1, 1)
-    coverage = _frame(conn, "main.service_coverage", "SELECT * FROM main.service_coverage WHERE dt BETWEEN ? AND ?", [start, as_of])
-    edges = _frame(conn, "main.trace_edges", "SELECT * FROM main.trace_edges WHERE dt BETWEEN ? AND ?", [start, as_of])
-    if not coverage.height:
+def completeness_section(conn, as_of: dt.date, min_coverage: float) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+    """The contract's trace_completeness over the experiments' window, as the
+    trace_completeness_as_of asset stored it; with the services and broken edges frames
+    the flags read."""
+    frames = {name: _frame(conn, table, f"SELECT * EXCLUDE (as_of) FROM {table} WHERE as_of = ?", [as_of])
+              for name, table in AS_OF_TABLES.items()}
+    services, broken, reconciliation = frames["services"], frames["broken_edges"], frames["reconciliation"]
+    if not services.height:
         return {"overall": None, "services": [], "broken_edges": []}, pl.DataFrame(), pl.DataFrame()
-    summary = summarize(coverage, edges)
-    metrics = _frame(
-        conn,
-        "raw.usage_metrics",
-        "SELECT service, requests FROM raw.usage_metrics WHERE CAST(hour AS DATE) BETWEEN ? AND ?",
-        [start, as_of],
-    )
-    reconciliation = volume_reconciliation(coverage, metrics) if metrics.height else pl.DataFrame()
     section = {
-        "overall": summary.overall_coverage,
-        "services": [
-            {"service": r["service"], "coverage": r["coverage"]} for r in summary.services.iter_rows(named=True)
-        ],
-        "broken_edges": [
-            {"caller": r["caller"], "callee": r["callee"]} for r in summary.broken_edges.iter_rows(named=True)
-        ],
+        "overall": overall_coverage(services),
+        "services": [{"service": r["service"], "coverage": r["coverage"]} for r in services.iter_rows(named=True)],
+        "broken_edges": [{"caller": r["caller"], "callee": r["callee"]} for r in broken.iter_rows(named=True)],
         # Extra: days under the coverage gate, whose estimates run on what was attributable.
-        "days_below_gate": low_coverage_days(coverage, min_coverage),
+        "days_below_gate": low_coverage_days(frames["days"], min_coverage),
         "gate": min_coverage,
         # Extra: sampling-corrected traced volume against the metrics' full counts.
         "volume_reconciliation": [
@@ -114,7 +98,7 @@ def completeness_section(conn, as_of: dt.date, window_start: dt.date | None,
             for r in reconciliation.iter_rows(named=True)
         ],
     }
-    return section, summary.services, summary.broken_edges
+    return section, services, broken
 
 
 def _latency_entry(row: dict | None) -> dict | None:
@@ -232,10 +216,10 @@ def owner_view(experiments: list[dict], owners: dict[str, str | None]) -> list[d
             for team, rows in sorted(teams.items())]
 
 
-def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int = 28,
-                 blind_spot_coverage: float = 0.5, cost_alert_threshold_usd: float = 10_000.0,
-                 value_per_point_usd: dict[str, float] | None = None, intervals: dict | None = None,
-                 min_trace_coverage: float = 0.5) -> dict:
+def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_days: int,
+                 blind_spot_coverage: float, min_trace_coverage: float, cost_alert_threshold_usd: float,
+                 value_per_point_usd: dict[str, float], intervals: dict) -> dict:
+    """report.json as of a day, assembled from the tables the assets wrote for that day."""
     deltas = _frame(conn, "main.usage_deltas", "SELECT * FROM main.usage_deltas WHERE as_of = ?", [as_of])
     projections = _frame(conn, "main.cost_projections", "SELECT * FROM main.cost_projections WHERE as_of = ?", [as_of])
     experiment_costs = _frame(conn, "main.experiment_costs", "SELECT * FROM main.experiment_costs WHERE as_of = ? ORDER BY experiment_id, cell", [as_of])
@@ -245,9 +229,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     catalog = _frame(conn, "raw.services", "SELECT * FROM raw.services", [])
     business = _frame(conn, "raw.business_metrics", "SELECT * FROM raw.business_metrics", [])
     srm = _frame(conn, "main.sample_ratio", "SELECT * FROM main.sample_ratio WHERE as_of = ?", [as_of])
-    window = _frame(conn, "raw.experiments", "SELECT min(start_date) AS d FROM raw.experiments", [])
-    window_start = window["d"][0] if window.height else None
-    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, window_start, min_trace_coverage)
+    completeness, coverage_by_service, broken_edges = completeness_section(conn, as_of, min_trace_coverage)
     thin_days = [
         {"kind": "low_trace_coverage_day", "service": None,
          "detail": f"On {d['day']} only {d['coverage']:.0%} of traced work reached a member "
@@ -255,7 +237,8 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
         for d in completeness.get("days_below_gate", [])
     ]
     # Extra (non-contract) inputs; absent tables simply add nothing.
-    edge_shift_frame = load_edge_shifts(conn, as_of)
+    edge_shift_frame = _frame(conn, "main.edge_shifts", "SELECT * EXCLUDE (as_of) FROM main.edge_shifts WHERE as_of = ?",
+                              [as_of])
     latency = _index(
         _frame(conn, "main.latency_impact", "SELECT * FROM main.latency_impact WHERE as_of = ?", [as_of]),
         ("experiment_id", "cell", "service"),
@@ -365,7 +348,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
         experiments[-1]["decision"] = decision_entry(
             experiments[-1], projections=projections, registry_peaks=registry_peaks, capacity=capacity_rows,
             total_bill=total_bill, owners=owners, meta=meta.get(exp["experiment_id"], {}), history=cost_history,
-            values_per_point=value_per_point_usd or {},
+            values_per_point=value_per_point_usd,
         )
 
     service_models = [
@@ -383,7 +366,7 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     ]
     report = {
         "as_of": as_of.isoformat(),
-        "intervals": intervals or {},
+        "intervals": intervals,
         "experiments": experiments,
         "services": service_models,
         "owners": owner_view(experiments, owners),
@@ -397,6 +380,38 @@ def build_report(conn: duckdb.DuckDBPyConnection, as_of: dt.date, *, projection_
     if calibration is not None:
         report["calibration"] = calibration
     return _clean(report)
+
+
+POINT_ESTIMATE_IN_WORDS = {
+    "shrinkage": "empirical-Bayes posterior median: every service's measured change shrunk towards 0 by how likely "
+    "'no change' is, given all of the day's measured changes (adaptive shrinkage); exactly $0 where 'no change' is "
+    "the likelier reading; intervals from joint posterior draws",
+    "gate": "services whose change is not significant (BH q >= fdr_q) add $0",
+}
+
+
+def interval_notes(sequential: bool, dollar_interval: str, point_estimate: str) -> dict[str, str]:
+    """Extra key `intervals`: which intervals and point estimate the report's figures carry, in words."""
+    return {
+        "deltas": "always-valid 95% (mixture sequential test)" if sequential else "fixed-horizon 95%",
+        "dollars": "fixed-horizon 95% from the deltas' standard errors"
+        if dollar_interval == "fixed" else "from the always-valid delta intervals",
+        "point_estimate": POINT_ESTIMATE_IN_WORDS[point_estimate if dollar_interval == "fixed" else "gate"],
+    }
+
+
+def headline(report: dict) -> pl.DataFrame:
+    """One row per experiment cell: its projected 30-day cost, interval and flags (the asset's metadata)."""
+    return pl.DataFrame([
+        {
+            "experiment": f"{e['experiment_id']}:{e['cell']}",
+            "incremental_cost_usd_30d": e["incremental_cost_usd_30d"],
+            "ci_low_usd_30d": e["ci_low_usd_30d"],
+            "ci_high_usd_30d": e["ci_high_usd_30d"],
+            "flags": ", ".join(sorted({f["kind"] for f in e["flags"]})),
+        }
+        for e in report["experiments"]
+    ])
 
 
 def calibration_section(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> dict | None:

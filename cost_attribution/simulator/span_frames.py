@@ -16,8 +16,6 @@ from cost_attribution.simulator.spans import SERVER, DaySpans
 
 FLAT_COLUMNS = ["trace_id", "span_id", "parent_span_id", "service", "kind", "start_unix_nano",
                 "end_unix_nano", "peer_service", "member_id", "sampling_probability"]
-# Columns only the OTLP writer needs: how the sampler records p, and the client domain.
-OTLP_EXTRA = ["_convention", "_tracestate", "_client_domain"]
 
 _HEX_PAIRS = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2").view(np.uint16)
 

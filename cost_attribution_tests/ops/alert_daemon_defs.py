@@ -19,9 +19,9 @@ def build_defs() -> dg.Definitions:
         sensors=[build_alert_sensor(minimum_interval_seconds=3)],
         resources={
             "alert_channels": AlertChannels(webhook_url=dg.EnvVar(WEBHOOK_ENV)),
-            "alert_policy": AlertPolicy(cost_threshold_usd=1e12),
+            "alert_policy": AlertPolicy(),
             "warehouse": DuckDBResource(database=dg.EnvVar(WAREHOUSE_ENV)),
-            "settings": AnalysisSettings(min_trace_coverage=0.99),
+            "settings": AnalysisSettings(min_trace_coverage=0.99, cost_alert_threshold_usd=1e12),
         },
     )
 

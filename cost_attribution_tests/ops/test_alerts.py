@@ -76,7 +76,7 @@ def _materialize_gate(instance, warehouse: str, min_coverage: float):
 def _location(sensor, resources) -> dg.Definitions:
     """The code location the sensor runs in: the checks it watches come from here."""
     return dg.Definitions(assets=[trace_completeness], sensors=[sensor],
-                          resources={**resources, "settings": AnalysisSettings()})
+                          resources={"settings": AnalysisSettings(), **resources})
 
 
 def _tick(sensor, instance, cursor, resources):
@@ -110,7 +110,8 @@ def test_failed_coverage_gate_alerts_exactly_once(tmp_path, instance, webhook_si
             webhook_url=webhook_sink.url, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port,
             email_to=["platform@example.test"],
         ),
-        "alert_policy": AlertPolicy(cost_threshold_usd=1e12),
+        "alert_policy": AlertPolicy(),
+        "settings": AnalysisSettings(cost_alert_threshold_usd=1e12),
         "warehouse": DuckDBResource(database=warehouse),
     }
     cursor = _tick(sensor, instance, None, resources)
@@ -142,7 +143,8 @@ def test_passing_gate_posts_nothing_failed_delivery_is_retried_and_recovery_reop
     sensor = build_alert_sensor()
     resources = {
         "alert_channels": AlertChannels(webhook_url=webhook_sink.url),
-        "alert_policy": AlertPolicy(cost_threshold_usd=1e12),
+        "alert_policy": AlertPolicy(),
+        "settings": AnalysisSettings(cost_alert_threshold_usd=1e12),
         "warehouse": DuckDBResource(database=warehouse),
     }
     assert _materialize_gate(instance, warehouse, min_coverage=0.5).success
@@ -184,7 +186,8 @@ def test_cost_over_threshold_alerts_once_per_experiment_cell(tmp_path, instance,
     sensor = build_alert_sensor()
     resources = {
         "alert_channels": AlertChannels(webhook_url=webhook_sink.url),
-        "alert_policy": AlertPolicy(cost_threshold_usd=10_000.0),
+        "alert_policy": AlertPolicy(),
+        "settings": AnalysisSettings(cost_alert_threshold_usd=10_000.0),
         "warehouse": DuckDBResource(database=warehouse),
     }
     cursor = _tick(sensor, instance, None, resources)
@@ -228,7 +231,8 @@ def test_cost_alerts_wait_while_the_warehouse_is_locked(tmp_path, instance, webh
         sensor = build_alert_sensor()
         resources = {
             "alert_channels": AlertChannels(webhook_url=webhook_sink.url),
-            "alert_policy": AlertPolicy(cost_threshold_usd=1e4),
+            "alert_policy": AlertPolicy(),
+            "settings": AnalysisSettings(cost_alert_threshold_usd=1e4),
             "warehouse": DuckDBResource(database=warehouse),
         }
         cursor = _tick(sensor, instance, None, resources)
@@ -248,7 +252,8 @@ def test_nothing_counts_as_sent_without_a_channel(tmp_path, instance, webhook_si
     sensor = build_alert_sensor()
     unconfigured = {
         "alert_channels": AlertChannels(),
-        "alert_policy": AlertPolicy(cost_threshold_usd=1e12),
+        "alert_policy": AlertPolicy(),
+        "settings": AnalysisSettings(cost_alert_threshold_usd=1e12),
         "warehouse": DuckDBResource(database=warehouse),
     }
     context = dg.build_sensor_context(
@@ -326,7 +331,8 @@ def test_cost_alerts_partly_delivered_resend_only_the_rest(tmp_path, instance, w
     sensor = build_alert_sensor()
     resources = {
         "alert_channels": AlertChannels(webhook_url=webhook_sink.url),
-        "alert_policy": AlertPolicy(cost_threshold_usd=1e4),
+        "alert_policy": AlertPolicy(),
+        "settings": AnalysisSettings(cost_alert_threshold_usd=1e4),
         "warehouse": DuckDBResource(database=warehouse),
     }
     webhook_sink.fail_containing = "beta:t"  # the webhook takes alpha's alert, not beta's

@@ -486,12 +486,7 @@ def test_a_landing_zone_without_valid_day_folders_is_one_line(tmp_path, capsys):
 
 def _cli_run(landing: Path, warehouse: Path, capsys) -> tuple[int, str, dict | None]:
     """`cost-attribution run` in-process: (exit code, last stderr line, report.json)."""
-    saved = dict(os.environ)
-    try:
-        code = cli.main(["run", "--landing", str(landing), "--warehouse", str(warehouse), "--wait", "0"])
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    code = cli.main(["run", "--landing", str(landing), "--warehouse", str(warehouse), "--wait", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     report = warehouse.parent / "report.json"
     return code, err[-1] if err else "", json.loads(report.read_text()) if report.exists() else None

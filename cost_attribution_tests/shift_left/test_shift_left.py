@@ -62,3 +62,27 @@ def test_a_rare_edge_absent_from_control_is_not_evidence():
     # Once control shows the edge at all it is an existing dependency, whatever the volume.
     both = pl.concat([edges, edges.with_columns(pl.lit("control").alias("cell"), pl.lit(1.0).alias("requests"))])
     assert edge_shifts(both.with_columns(pl.lit(40).alias("active_members")), counts, experiments)["new_edge"].to_list() == [False]
+
+
+def test_the_edge_shifts_asset_stores_the_day_once(synthetic_warehouse, tmp_path):
+    """The asset the report assembles from: main.edge_shifts holds what load_edge_shifts
+    finds for the day, and a re-run replaces the day instead of adding to it."""
+    import shutil
+
+    import dagster as dg
+    from dagster_duckdb import DuckDBResource
+
+    from cost_attribution.attribution.shift_left_assets import EDGE_SHIFTS_TABLE, edge_shifts as edge_shifts_asset
+    from cost_attribution.resources import AnalysisSettings
+
+    warehouse = tmp_path / "w.duckdb"
+    shutil.copy(synthetic_warehouse, warehouse)
+    resources = {"warehouse": DuckDBResource(database=str(warehouse)), "settings": AnalysisSettings()}
+    for _ in range(2):
+        assert dg.materialize([edge_shifts_asset], partition_key=DAY.isoformat(), resources=resources).success
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        stored = pl.from_arrow(conn.sql(f"SELECT * EXCLUDE (as_of) FROM {EDGE_SHIFTS_TABLE} ORDER BY ALL").to_arrow_table())
+        expected = load_edge_shifts(conn, DAY).sort(pl.all())
+    assert stored.height == expected.height > 0
+    assert stored.filter(pl.col("new_edge")).select("caller", "callee").rows() == [("search-svc", "profile-svc")]
+    assert stored.equals(expected.select(stored.columns))

@@ -10,20 +10,21 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from cost_attribution import environment
 from cost_attribution.attribution import spark_target
-from cost_attribution.attribution.dbt_assets import DBT_PROJECT_DIR
+from cost_attribution.dbt_project import DBT_PROJECT_DIR
 
 DAYS = [dt.date(2026, 10, 29), dt.date(2026, 10, 30), dt.date(2026, 10, 31)]
 
 
 def test_lake_dir_follows_the_warehouse_unless_configured(monkeypatch, tmp_path):
-    monkeypatch.delenv(spark_target.SPARK_DIR_ENV, raising=False)
-    monkeypatch.setenv("COST_ATTRIBUTION_WAREHOUSE", str(tmp_path / "w.duckdb"))
-    assert spark_target.lake_dir() == tmp_path / "w.duckdb.spark"
-    monkeypatch.setenv(spark_target.SPARK_DIR_ENV, str(tmp_path / "lake"))
-    assert spark_target.lake_dir() == tmp_path / "lake"
-    monkeypatch.setenv(spark_target.SPARK_DIR_ENV, "relative")
-    assert spark_target.lake_dir(DBT_PROJECT_DIR) == DBT_PROJECT_DIR / "relative"
+    monkeypatch.delenv(environment.SPARK_DIR_ENV, raising=False)
+    warehouse = str(tmp_path / "w.duckdb")
+    assert spark_target.lake_dir(warehouse) == tmp_path / "w.duckdb.spark"
+    monkeypatch.setenv(environment.SPARK_DIR_ENV, str(tmp_path / "lake"))
+    assert spark_target.lake_dir(warehouse) == tmp_path / "lake"
+    monkeypatch.setenv(environment.SPARK_DIR_ENV, "relative")
+    assert spark_target.lake_dir(warehouse, DBT_PROJECT_DIR) == DBT_PROJECT_DIR / "relative"
 
 
 def test_profile_and_macro_use_the_same_lake_rule():
@@ -35,9 +36,9 @@ def test_profile_and_macro_use_the_same_lake_rule():
 
 def test_dbt_target_from_env(monkeypatch):
     monkeypatch.delenv("DBT_TARGET", raising=False)
-    assert spark_target.dbt_target() == "duckdb"
+    assert environment.dbt_target() == "duckdb"
     monkeypatch.setenv("DBT_TARGET", "spark")
-    assert spark_target.dbt_target() == "spark"
+    assert environment.dbt_target() == "spark"
 
 
 def test_export_raw_sources_writes_the_window_days_only(tmp_path):

@@ -73,3 +73,22 @@ def test_volume_reconciliation_flags_the_service_off_the_common_ratio():
     assert deviation["search"] < -0.6
     result = tc._reconciliation_result(table, "trace_completeness")
     assert not result.passed and "search" in result.description
+
+
+def test_the_as_of_frames_hold_what_the_report_reads():
+    """trace_completeness_as_of stores these frames; the report's overall coverage is
+    recomputed from the stored services exactly as summarize computes it."""
+    import datetime as dt
+
+    metrics = pl.DataFrame({"service": ["gateway", "images"], "requests": [100_000, 50_000]})
+    day, thin = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
+    coverage = pl.concat([COVERAGE.with_columns(dt=pl.lit(day)),
+                          COVERAGE.filter(pl.col("service") == "cdn").with_columns(dt=pl.lit(thin))])
+    frames = tc.as_of_frames(coverage, EDGES, metrics)
+    assert set(frames) == set(tc.AS_OF_TABLES)
+    assert frames["days"].rows() == [(day, 15_900 / 20_000), (thin, 0.0)]
+    frames = tc.as_of_frames(COVERAGE.with_columns(dt=pl.lit(day)), EDGES, metrics)
+    assert frames["broken_edges"].select("caller", "callee").rows() == [("images", "cdn")]
+    assert frames["reconciliation"]["service"].to_list() == ["gateway", "images"]
+    assert tc.overall_coverage(frames["services"]) == tc.summarize(COVERAGE, EDGES).overall_coverage == 15_900 / 20_000
+    assert tc.overall_coverage(frames["services"].clear()) is None

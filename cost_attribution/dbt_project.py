@@ -1,0 +1,59 @@
+"""The dbt project beside the package: where it is, which dbt runs it, its manifest and
+the DbtCliResource. Floor 1 (docs/style.md): resources and the dbt assets both ask here.
+
+Nothing runs at import time: the manifest is parsed, when it is missing or under
+`dagster dev`, only when the dbt assets are first built (attribution/dbt_assets.py)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from dagster_dbt import DbtCliResource, DbtProject
+from dagster_dbt.dbt_project import using_dagster_dev
+
+from cost_attribution import environment
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
+
+
+def dbt_executable() -> str:
+    """The dbt installed beside this interpreter (the venv's), else the one on PATH:
+    a `.venv/bin/cost-attribution` call works without activating the venv."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
+
+
+@functools.cache
+def dbt_project(target: str | None = None) -> DbtProject:
+    """The project for a dbt target (DBT_TARGET by default: duckdb | spark)."""
+    return DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR, target=target or environment.dbt_target())
+
+
+def dbt_resource(target: str | None = None) -> DbtCliResource:
+    # The target by configuration, per deployment (as hooli-data-eng-pipelines does
+    # for its local vs warehouse targets): DBT_TARGET=duckdb | spark.
+    project = dbt_project(target)
+    return DbtCliResource(project_dir=project, dbt_executable=dbt_executable(), target=project.target)
+
+
+def ensure_manifest(project: DbtProject) -> Path:
+    """target/manifest.json, parsed by the dbt beside this interpreter when it is missing
+    (fresh clone, no `make`) or under `dagster dev` (which re-parses so the graph follows
+    the SQL). DbtProject.prepare_if_dev would look `dbt` up on PATH, which fails when the
+    venv is not activated. Parsing needs no warehouse: dbt gets a scratch path."""
+    if using_dagster_dev() or not project.manifest_path.exists():
+        scratch = Path(tempfile.gettempdir()) / "cost-attribution-parse.duckdb"
+        subprocess.run(
+            [dbt_executable(), "parse", "--quiet", "--project-dir", str(DBT_PROJECT_DIR),
+             "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(project.target_path),
+             *(["--target", project.target] if project.target else [])],
+            cwd=DBT_PROJECT_DIR, env={**os.environ, environment.WAREHOUSE_ENV: str(scratch)},
+            check=True, stdout=subprocess.DEVNULL,
+        )
+    return project.manifest_path

@@ -1,0 +1,81 @@
+"""Every environment variable the project reads: its name, its default, and the one
+function that reads it (as dagster-open-platform's environment_helpers does).
+
+Nothing here runs at import time: the readers are called when the code location's
+definitions are built (`definitions.defs`), when a run starts, or by the CLI.
+docs/settings.md lists every variable beside the analysis settings it feeds.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Paths: the landing zone, the DuckDB warehouse, the lake of the spark target.
+LANDING_ENV = "COST_ATTRIBUTION_LANDING"
+WAREHOUSE_ENV = "COST_ATTRIBUTION_WAREHOUSE"
+SPARK_DIR_ENV = "COST_ATTRIBUTION_SPARK_DIR"
+# The first daily partition; unset: the landing zone's first trace day.
+START_DATE_ENV = "COST_ATTRIBUTION_START_DATE"
+# Spans per staged chunk when ingesting trace files (LandingZone.ingest_chunk_spans).
+INGEST_CHUNK_ENV = "COST_ATTRIBUTION_INGEST_CHUNK_SPANS"
+# DuckDB's memory cap, shared with dbt's connection (dbt_project/profiles.yml).
+MEMORY_LIMIT_ENV = "COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT"
+DEFAULT_MEMORY_LIMIT = "2GB"
+# The dbt target (dbt_project/profiles.yml): duckdb, or spark to run the span models on Spark.
+DBT_TARGET_ENV = "DBT_TARGET"
+DEFAULT_DBT_TARGET = "duckdb"
+SPARK_TARGET = "spark"
+# The Dagster UI, for links in alerts and in the CLI's summary.
+DAGSTER_URL_ENV = "COST_ATTRIBUTION_DAGSTER_URL"
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+# The one cost threshold: the report's cost_over_threshold flag and the cost alert.
+COST_THRESHOLD_ENV = "COST_ATTRIBUTION_ALERT_COST_THRESHOLD_USD"
+DEFAULT_COST_THRESHOLD_USD = 10_000.0
+# Alert channels and policy (alerts/__init__.py). Secrets stay dg.EnvVar references.
+ALERT_WEBHOOK_ENV = "COST_ATTRIBUTION_ALERT_WEBHOOK_URL"
+SMTP_PASSWORD_ENV = "COST_ATTRIBUTION_SMTP_PASSWORD"
+SMTP_HOST_ENV = "COST_ATTRIBUTION_SMTP_HOST"
+SMTP_PORT_ENV = "COST_ATTRIBUTION_SMTP_PORT"
+SMTP_USER_ENV = "COST_ATTRIBUTION_SMTP_USER"
+SMTP_STARTTLS_ENV = "COST_ATTRIBUTION_SMTP_STARTTLS"
+ALERT_EMAIL_TO_ENV = "COST_ATTRIBUTION_ALERT_EMAIL_TO"
+ALERT_EMAIL_FROM_ENV = "COST_ATTRIBUTION_ALERT_EMAIL_FROM"
+ALERT_MIN_SEVERITY_ENV = "COST_ATTRIBUTION_ALERT_MIN_SEVERITY"
+
+
+def get(name: str, default: str = "") -> str:
+    """The variable's value, or the default when it is unset or empty."""
+    return os.environ.get(name) or default
+
+
+def is_set(name: str) -> bool:
+    return bool(os.environ.get(name))
+
+
+def dbt_target() -> str:
+    return get(DBT_TARGET_ENV, DEFAULT_DBT_TARGET)
+
+
+def memory_limit() -> str:
+    return get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
+
+
+def ingest_chunk_spans(default: int) -> int:
+    raw = get(INGEST_CHUNK_ENV)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{INGEST_CHUNK_ENV}={raw!r}: not a whole number. Fix: set it to spans per chunk, "
+                         f"e.g. {default}") from None
+
+
+def cost_threshold_usd() -> float:
+    raw = get(COST_THRESHOLD_ENV)
+    try:
+        return float(raw) if raw else DEFAULT_COST_THRESHOLD_USD
+    except ValueError:
+        raise ValueError(f"{COST_THRESHOLD_ENV}={raw!r}: not a number. Fix: set it to a USD amount, e.g. 10000") from None
+
+
+def dagster_url() -> str:
+    return get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL)
