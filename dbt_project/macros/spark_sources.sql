@@ -1,7 +1,7 @@
 {# The lake directory of the spark target; the same rule as profiles.yml and
    cost_attribution.attribution.spark_target.lake_dir(). #}
 {% macro spark_lake_dir() -%}
-  {{ return(env_var('COST_ATTRIBUTION_SPARK_DIR', env_var('COST_ATTRIBUTION_WAREHOUSE', 'warehouse.duckdb') ~ '.spark')) }}
+  {{ return(env_var('COST_ATTRIBUTION_SPARK_DIR', var('warehouse_path', env_var('COST_ATTRIBUTION_WAREHOUSE', 'warehouse.duckdb')) ~ '.spark')) }}
 {%- endmacro %}
 
 {# on-run-start: make source('raw', ...) resolve on Spark. The Dagster ingest assets
