@@ -221,14 +221,13 @@ def _normal_shrunk(delta: float, half: float) -> Shrunk:
     return Shrunk(delta, delta - half, delta + half, 0.0, probabilities, deltas)
 
 
-def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> tuple[dict[tuple[str, str, str], Effect], float]:
+def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> dict[tuple[str, str, str], Effect]:
     """Every effect with its posterior under one prior fitted on all of the day's measured
     changes (estimation.shrinkage). A work effect with its two parts measured enters as
     both parts (request count, work per request), each shrunk on its own evidence; its
-    posterior is that of their product, tabulated from draws. Returns the effects and the
-    prior's weight on "no effect"."""
+    posterior is that of their product, tabulated from draws."""
     if not effects:
-        return effects, 1.0
+        return effects
     keys = list(effects)
     entries: list[tuple[float, float]] = []  # (delta, se) of every change that enters the prior
     slots: dict[tuple[str, str, str], list[int]] = {}
@@ -237,7 +236,7 @@ def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> tuple[dict[tu
         measured = effect.parts or ((effect.delta, effect.half_width / projection.Z95),)
         slots[key] = list(range(len(entries), len(entries) + len(measured)))
         entries += measured
-    prior, post = shrinkage.shrink(np.array([d for d, _ in entries]), np.array([se for _, se in entries]))
+    _, post = shrinkage.shrink(np.array([d for d, _ in entries]), np.array([se for _, se in entries]))
     means, nulls = post.mean(), post.null_probability()
     rng = np.random.default_rng(0)
     out = {}
@@ -255,7 +254,7 @@ def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> tuple[dict[tu
             null = float(np.prod([nulls[i] for i in slots[key]]))
         low, high = np.interp([0.025, 0.975], cdf, deltas)
         out[key] = dataclasses.replace(effects[key], shrunk=Shrunk(mean, float(low), float(high), null, cdf, deltas))
-    return out, prior.null_weight
+    return out
 
 
 def _load_factors(effects: list[Effect], share_of: dict, n_hours: int, not_in_load: set) -> dict[str, np.ndarray]:
@@ -322,7 +321,7 @@ def project_cells(
     # work effect, its count and weight parts shrunk apart) with what the load says.
     shrinking = point_estimate == "shrinkage" and interval == "fixed"
     if shrinking:
-        effects, _ = shrink_effects(effects)
+        effects = shrink_effects(effects)
     effects, not_in_load = calibrate_with_production(effects, history, history_shares)
     by_service: dict[str, list[Effect]] = {}
     for effect in effects.values():
