@@ -28,7 +28,10 @@ def test_lake_dir_follows_the_warehouse_unless_configured(monkeypatch, tmp_path)
 
 
 def test_profile_and_macro_use_the_same_lake_rule():
-    rule = "env_var('COST_ATTRIBUTION_SPARK_DIR', env_var('COST_ATTRIBUTION_WAREHOUSE', 'warehouse.duckdb') ~ '.spark')"
+    rule = (
+        "env_var('COST_ATTRIBUTION_SPARK_DIR', var('warehouse_path', "
+        "env_var('COST_ATTRIBUTION_WAREHOUSE', 'warehouse.duckdb')) ~ '.spark')"
+    )
     profile = (DBT_PROJECT_DIR / "profiles.yml").read_text()
     assert profile.count(rule) == 3  # warehouse dir, metastore, derby home
     assert rule in (DBT_PROJECT_DIR / "macros" / "spark_sources.sql").read_text()
