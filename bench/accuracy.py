@@ -7,6 +7,8 @@
     .venv/bin/python bench/accuracy.py --rerun /data/acc      # re-run only the as-of analyses (deltas,
                                                               # models, projections) on kept worlds: ~4x faster,
                                                               # what measuring a statistics change needs
+    .venv/bin/python bench/accuracy.py --world tidy --seeds 12 --keep /data/tidy   # the original world
+    .venv/bin/python bench/accuracy.py --score /data/tidy old/report.json --out old.jsonl  # another version's reports
 
 Each seed generates `live_world_config(seed)` (same truth structure, different members,
 samples and noise), runs the whole pipeline (`cost-attribution run`, in-process) and
@@ -46,28 +48,48 @@ KINDS = {
 COSTED_USD = 500.0
 
 
-def run_seed(seed: int, workdir: Path, keep: bool = False, rerun: bool = False) -> list[dict]:
-    from cost_attribution.simulator import generate_world, live_world_config
+def world_config(world: str, seed: int):
+    """live: production as it really is (the demo's world); tidy: the original world, no
+    running-test share, every experiment started with the traces (like ../shared/sample-world)."""
+    import dataclasses
+
+    from cost_attribution.simulator import WorldConfig, live_world_config
+
+    return live_world_config(seed) if world == "live" else dataclasses.replace(WorldConfig(), seed=seed)
+
+
+def run_seed(seed: int, workdir: Path, keep: bool = False, rerun: bool = False, world: str = "live") -> list[dict]:
+    from cost_attribution.simulator import generate_world
     from cost_attribution_tests.worlds import run_world
 
     root = workdir / f"seed-{seed}"
     if rerun:
         truth = json.loads((root / "landing" / "truth.json").read_text())
     else:
-        truth = generate_world(root / "landing", live_world_config(seed))
+        truth = generate_world(root / "landing", world_config(world, seed))
     started = time.perf_counter()
     summary, report = run_world(root / "landing", root / "warehouse.duckdb", latest_only=True, analyses_only=rerun)
-    seconds = time.perf_counter() - started
+    rows = score(seed, truth, report, summary["failed"], time.perf_counter() - started, world)
+    if not keep and not rerun:
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def score(seed: int, truth: dict, report: dict, failed_steps: list, seconds: float, world: str = "live") -> list[dict]:
+    """One row per cell of truth.json: the report's estimate, interval and services against it."""
     rows = []
     for key, expected in truth["experiments"].items():
         experiment_id, cell = key.split(":")
         got = next((e for e in report["experiments"] if e["experiment_id"] == experiment_id and e["cell"] == cell), None)
-        row = {"seed": seed, "cell": key, "kind": KINDS.get(experiment_id, experiment_id), "seconds": seconds,
-               "failed_steps": summary["failed"], "found": got is not None}
+        row = {"seed": seed, "cell": key, "kind": KINDS.get(experiment_id, experiment_id) if world == "live" else experiment_id, "seconds": seconds,
+               "failed_steps": failed_steps, "found": got is not None}
         if got is not None:
             for name, point, low, high in (("incremental", "incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d"),
                                            ("bill", "bill_change_usd_30d", "bill_ci_low_usd_30d", "bill_ci_high_usd_30d")):
-                row[name] = {"truth": expected[point], "estimate": got[point], "low": got[low], "high": got[high]}
+                row[name] = {"truth": expected.get(point, expected["incremental_cost_usd_30d"]),
+                             "estimate": got.get(point), "low": got.get(low), "high": got.get(high)}
+            for name in ("incremental", "bill"):  # reports from before the bill baseline had only one
+                row[name] = row[name] if row[name]["estimate"] is not None else row["incremental"]
             row["significant_services"] = [s["service"] for s in got["services"] if s["significant"]]
             row["services"] = {s["service"]: {
                 "truth_delta": expected["services"].get(s["service"], {}).get("delta"),
@@ -76,8 +98,6 @@ def run_seed(seed: int, workdir: Path, keep: bool = False, rerun: bool = False) 
                                          "priced_on", "incremental_cost_usd_30d", "ci_low_usd_30d", "ci_high_usd_30d")},
             } for s in got["services"]}
         rows.append(row)
-    if not keep and not rerun:
-        shutil.rmtree(root, ignore_errors=True)
     return rows
 
 
@@ -131,11 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds-of", help="with --table: only the seeds present in this other results file")
     parser.add_argument("--keep", help="keep each seed's world and warehouse under this folder")
     parser.add_argument("--rerun", help="re-run only the as-of analyses on the worlds kept under this folder")
+    parser.add_argument("--world", choices=("live", "tidy"), default="live", help="which simulator world (default live)")
+    parser.add_argument("--score", nargs=2, metavar=("FOLDER", "REPORT_NAME"),
+                        help="only score reports already written: FOLDER/seed-*/REPORT_NAME against each seed's "
+                             "landing/truth.json (e.g. another version's `cost-attribution run` output)")
     args = parser.parse_args(argv)
     if args.rerun:
         seeds = sorted(int(p.name.split("-")[1]) for p in Path(args.rerun).glob("seed-*"))
         args.first, args.seeds = (seeds[0], seeds[-1] - seeds[0] + 1) if seeds else (1, 0)
-    if args.table:
+    if args.score:
+        folder, name = Path(args.score[0]), args.score[1]
+        rows = []
+        for seed_dir in sorted(folder.glob("seed-*"), key=lambda p: int(p.name.split("-")[1])):
+            if (seed_dir / name).exists():
+                truth = json.loads((seed_dir / "landing" / "truth.json").read_text())
+                rows += score(int(seed_dir.name.split("-")[1]), truth, json.loads((seed_dir / name).read_text()), [], 0.0, args.world)
+        with open(args.out, "w") as out:
+            out.writelines(json.dumps(row) + "\n" for row in rows)
+    elif args.table:
         rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
         if args.seeds_of:
             other = {json.loads(line)["seed"] for line in Path(args.seeds_of).read_text().splitlines() if line.strip()}
@@ -152,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.first, args.first + args.seeds):
                 if args.rerun and not (workdir / f"seed-{seed}" / "warehouse.duckdb").exists():
                     continue
-                seed_rows = run_seed(seed, workdir, keep=bool(args.keep), rerun=bool(args.rerun))
+                seed_rows = run_seed(seed, workdir, keep=bool(args.keep), rerun=bool(args.rerun), world=args.world)
                 rows += seed_rows
                 with open(args.out, "a") as out:
                     for row in seed_rows:

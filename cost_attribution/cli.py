@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from cost_attribution.reporting.files import report_html_paths, report_json_path
 from cost_attribution.reporting.text import safe_text
 from cost_attribution import environment
 from cost_attribution.resources import LandingZone
@@ -298,7 +299,7 @@ def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, verbose: b
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(warehouse, landing, lock_wait_seconds):
         summary = _run_locked(landing, warehouse, quiet, verbose, progress, latest_only, analyses_only)
-    report = warehouse.parent / "report.json"
+    report = report_json_path(warehouse)
     summary["report_as_of"] = json.loads(report.read_text()).get("as_of") if report.exists() else None
     return summary
 
@@ -327,7 +328,7 @@ def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, prog
         finally:
             progress.stream = previous_stream
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary["report_path"] = str(warehouse.parent / "report.json")
+    summary["report_path"] = str(report_json_path(warehouse))
     newest = summary["run_ids"][-1]
     where = (f"newest {ui_link(newest)}" if persistent
              else f"on an ephemeral instance (set DAGSTER_HOME to keep them for the UI), newest {newest}")
@@ -377,7 +378,7 @@ def report_csv(report: dict) -> str:
 
 def report_html(warehouse: Path, report: dict) -> str:
     """The HTML page the pipeline wrote for that day beside the warehouse."""
-    page = warehouse.resolve().parent / f"report-{report['as_of']}.html"
+    _, page = report_html_paths(warehouse, dt.date.fromisoformat(report["as_of"]))
     if not page.exists():
         raise SystemExit(f"{page}: no HTML report for {report['as_of']}; materialize cost_report_html for that day")
     return page.read_text(encoding="utf-8")
@@ -471,7 +472,7 @@ def _cmd_demo(args) -> int:
     print(render_summary(report, truth=truth))
     print(f"\nthe whole report: cost-attribution report --warehouse {warehouse}  (or --format json|html|csv)")
     print(f"report: {summary['report_path']}")
-    html_report = Path(summary["report_path"]).with_name("report.html")
+    html_report, _ = report_html_paths(warehouse, dt.date.fromisoformat(report["as_of"]))
     if html_report.exists():
         print(f"html report: {html_report}")
     return 1 if summary["failed"] else 0

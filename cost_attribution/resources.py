@@ -109,7 +109,6 @@ class AnalysisSettings(dg.ConfigurableResource):
     # Load history the projection reads (>= projection_days): where an experiment's
     # treated share started inside it, production metrics calibrate the trace deltas.
     calibration_days: int = 56
-    horizon_days: int = 30
     # The report's cost_over_threshold flag and the cost alert: one threshold, deployed
     # from COST_ATTRIBUTION_ALERT_COST_THRESHOLD_USD.
     cost_alert_threshold_usd: float = environment.DEFAULT_COST_THRESHOLD_USD

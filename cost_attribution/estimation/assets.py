@@ -16,6 +16,7 @@ from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.estimation.cell_costs import project_cells
 from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, registry_frame
 from cost_attribution.estimation.plots import cost_model_plot
+from cost_attribution.estimation.projection import HORIZON_DAYS
 from cost_attribution.partitions import daily_asset, daily_partitions, partition_day, trailing_window
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
@@ -215,7 +216,7 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
         usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
         services_frame, experiments_frame, universes = project_cells(
             as_of, deltas, models, load, hours, shares,
-            scale=settings.horizon_days / settings.projection_days,
+            scale=HORIZON_DAYS / settings.projection_days,
             fdr_q=settings.fdr_q,
             correlation=lambda *key: delta_correlation(usage, *key),
             projection_hours=24 * settings.projection_days,

@@ -32,6 +32,10 @@ from scipy import special
 
 from cost_attribution.estimation.models import FittedCostModel
 
+# The horizon every projected total is stated over: report.json's *_30d fields (the
+# contract fixes it, so it is a fact here, not a setting).
+HORIZON_DAYS = 30.0
+
 Z95 = 1.959963984540054
 
 

@@ -5,6 +5,7 @@ cost and usage history are small and refreshed whole on every run.
 """
 
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -173,33 +174,23 @@ def _table_result(frame: pl.DataFrame, quarantined: dict[str, int], **tables: pl
     )
 
 
-@dg.asset(
-    key="experiments",
-    description="experiments.yaml: one row per experiment with its control cell and start date.",
-    kinds={"duckdb", "yaml"},
-    owners=OWNERS,
-    group_name=INGEST,
-    pool="warehouse",
-)
-def experiments(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    # A malformed catalog entry raises (a silently skipped experiment is a missing cost).
-    frame = catalogs.parse_experiments(landing.catalog_text("experiments.yaml"), str(landing.path / "experiments.yaml"))
-    _, quarantined = _ingest_table(warehouse, "raw.experiments", "experiments", lambda _: (frame, catalogs.empty_quarantine()))
-    return _table_result(frame, quarantined, experiments=frame)
+def _catalog_asset(name: str, description: str, parse: Callable[[str, str], pl.DataFrame]) -> dg.AssetsDefinition:
+    """A YAML catalog in the landing zone as a raw table. A malformed entry raises: a
+    silently skipped experiment is a missing cost."""
+
+    @dg.asset(key=name, description=description, kinds={"duckdb", "yaml"}, owners=OWNERS, group_name=INGEST, pool="warehouse")
+    def catalog(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+        frame = parse(landing.catalog_text(f"{name}.yaml"), str(landing.path / f"{name}.yaml"))
+        _, quarantined = _ingest_table(warehouse, f"raw.{name}", name, lambda _: (frame, catalogs.empty_quarantine()))
+        return _table_result(frame, quarantined, **{name: frame})
+
+    return catalog
 
 
-@dg.asset(
-    key="services",
-    description="services.yaml: the service catalog (owner, deprecated, tier).",
-    kinds={"duckdb", "yaml"},
-    owners=OWNERS,
-    group_name=INGEST,
-    pool="warehouse",
+experiments = _catalog_asset(
+    "experiments", "experiments.yaml: one row per experiment with its control cell and start date.", catalogs.parse_experiments
 )
-def services(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    frame = catalogs.parse_services(landing.catalog_text("services.yaml"), str(landing.path / "services.yaml"))
-    _, quarantined = _ingest_table(warehouse, "raw.services", "services", lambda _: (frame, catalogs.empty_quarantine()))
-    return _table_result(frame, quarantined, services=frame)
+services = _catalog_asset("services", "services.yaml: the service catalog (owner, deprecated, tier).", catalogs.parse_services)
 
 
 @dg.asset(

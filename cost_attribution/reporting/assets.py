@@ -3,7 +3,6 @@
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -12,15 +11,11 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution.partitions import daily_asset, partition_day
 from cost_attribution.reporting.contract import contract_errors
 from cost_attribution.reporting.report import build_report, headline, interval_notes
+from cost_attribution.reporting.files import report_json_path
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import markdown_table, read_frame, replace_rows, table_exists
 
-REPORT_FILE = "report.json"
 CONTRACT_CHECK = "report_contract"
-
-
-def report_path(warehouse: DuckDBResource) -> Path:
-    return Path(warehouse.database).resolve().parent / REPORT_FILE
 
 
 CONTRACT_SPEC = dg.AssetCheckSpec(
@@ -62,7 +57,7 @@ def cost_report(context: dg.AssetExecutionContext, settings: AnalysisSettings, w
             pl.DataFrame({"as_of": [as_of], "generated_at": [dt.datetime.now(dt.timezone.utc)], "report_json": [text]}),
             where={"as_of": as_of},
         )
-    path = report_path(warehouse)
+    path = report_json_path(warehouse.database)
     # A backfill of an older day must not overwrite the newest report.json.
     if newest is None or as_of >= newest:
         path.write_text(text + "\n")

@@ -17,8 +17,9 @@ import math
 import polars as pl
 from scipy.stats import norm
 
+from cost_attribution.estimation.projection import HORIZON_DAYS
+
 DAYS_PER_YEAR = 365.0
-HORIZON_DAYS = 30.0
 POWER = 0.8
 Z95 = float(norm.ppf(0.975))
 Z_POWER = float(norm.ppf(POWER))

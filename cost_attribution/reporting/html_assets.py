@@ -1,26 +1,15 @@
 """The daily report as a self-contained HTML page beside report.json."""
 
-import datetime as dt
 import json
-from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.partitions import daily_asset, partition_day
-from cost_attribution.reporting.assets import report_path
+from cost_attribution.reporting.files import report_html_paths
 from cost_attribution.reporting.html_report import build_html_report
 from cost_attribution.resources import AnalysisSettings
 from cost_attribution.warehouse import read_frame
-
-HTML_FILE = "report.html"
-
-
-def html_paths(warehouse: DuckDBResource, as_of: dt.date) -> tuple[Path, Path]:
-    """(newest report.html, report-<as_of>.html), both beside the warehouse and report.json."""
-    folder = report_path(warehouse).parent
-    return folder / HTML_FILE, folder / f"report-{as_of.isoformat()}.html"
-
 
 @daily_asset(group="reporting", owners=["team:finops", "team:platform-data"], kinds={"python", "html"},
              deps=["cost_report", "capacity_plan", "latency_impact", "cost_projections", "cost_models", "service_hourly_history"])
@@ -39,7 +28,7 @@ def cost_report_html(context: dg.AssetExecutionContext, settings: AnalysisSettin
         newest = read_frame(conn, "SELECT max(as_of) AS d FROM main.reports")["d"][0]
         report = json.loads(rows["report_json"][0])
         page = build_html_report(conn, report, projection_days=settings.projection_days)
-    latest, dated = html_paths(warehouse, as_of)
+    latest, dated = report_html_paths(warehouse.database, as_of)
     dated.write_text(page, encoding="utf-8")
     # A backfill of an older day must not overwrite the newest report.html.
     if newest is None or as_of >= newest:

@@ -12,6 +12,7 @@ import polars as pl
 
 from cost_attribution.checks.trace_completeness import AS_OF_TABLES, overall_coverage
 from cost_attribution.estimation.outcomes import calibration
+from cost_attribution.estimation.projection import HORIZON_DAYS
 from cost_attribution.partitions import trailing_window
 from cost_attribution.reporting import decision
 from cost_attribution.reporting.flags import experiment_flags
@@ -142,7 +143,7 @@ def total_bill_30d(conn, as_of: dt.date, days: int) -> float | None:
                    "WHERE hour >= ? AND hour < ?", [start, end])
     if not frame.height or frame["usd"][0] is None or not frame["days"][0]:
         return None
-    return float(frame["usd"][0]) * decision.HORIZON_DAYS / float(frame["days"][0])
+    return float(frame["usd"][0]) * HORIZON_DAYS / float(frame["days"][0])
 
 
 def _registry_peaks(registry: pl.DataFrame) -> pl.DataFrame:

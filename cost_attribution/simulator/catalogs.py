@@ -6,43 +6,34 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import yaml
 
 from cost_attribution.simulator.config import WorldConfig
 from cost_attribution.simulator.population import Population
 
 
+def _write_yaml(path: Path, document: dict) -> None:
+    path.write_text(yaml.safe_dump(document, sort_keys=False, default_flow_style=None))
+
+
 def write_experiments_yaml(path: Path, config: WorldConfig) -> None:
-    lines = ["experiments:"]
+    entries = []
     for exp in config.experiments:
-        lines += [
-            f"  - id: {exp.id}",
-            f'    name: "{exp.name}"',
-            f"    control_cell: {exp.control_cell}",
-            f"    cells: [{', '.join(exp.cell_names)}]",
-        ]
+        entry = {"id": exp.id, "name": exp.name, "control_cell": exp.control_cell, "cells": list(exp.cell_names)}
         if not exp.even_weights:
-            lines.append(f"    weights: [{', '.join(f'{w:g}' for w in exp.cell_weights)}]")
+            entry["weights"] = [float(w) for w in exp.cell_weights]
         if exp.kind != "ab":
-            lines.append(f"    kind: {exp.kind}")
+            entry["kind"] = exp.kind
         if exp.shipped is not None:
-            lines.append(f"    shipped: {{cell: {exp.shipped.cell}, date: {config.ship_date_of(exp).isoformat()}}}")
-        lines += [
-            f"    start: {config.start_of(exp).isoformat()}",
-            f"    owner: {exp.owner}",
-        ]
-    path.write_text("\n".join(lines) + "\n")
+            entry["shipped"] = {"cell": exp.shipped.cell, "date": config.ship_date_of(exp)}
+        entry |= {"start": config.start_of(exp), "owner": exp.owner}
+        entries.append(entry)
+    _write_yaml(path, {"experiments": entries})
 
 
 def write_services_yaml(path: Path, config: WorldConfig) -> None:
-    lines = ["services:"]
-    for svc in config.services:
-        lines += [
-            f"  - name: {svc.name}",
-            f"    owner: {svc.owner}",
-            f"    deprecated: {'true' if svc.deprecated else 'false'}",
-            f"    tier: {svc.tier}",
-        ]
-    path.write_text("\n".join(lines) + "\n")
+    services = [{"name": s.name, "owner": s.owner, "deprecated": bool(s.deprecated), "tier": s.tier} for s in config.services]
+    _write_yaml(path, {"services": services})
 
 
 def allocations_frame(config: WorldConfig, population: Population) -> pl.DataFrame:

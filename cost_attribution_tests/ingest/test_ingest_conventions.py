@@ -198,3 +198,14 @@ def test_root_parent_spellings_are_null_and_bad_parent_is_quarantined(tmp_path):
         "0000000000000001": None, "0000000000000002": None, "0000000000000003": PARENT_HEX, "0000000000000005": None,
         "0000000000000006": None}
     assert batch.quarantine.select("span_id", "reason").rows() == [("0000000000000004", "bad_ids")]
+
+
+def test_snake_case_field_names_give_identical_rows(tmp_path):
+    # Some exporters write the proto field names (trace_id, start_time_unix_nano, ...).
+    camel = span(TRACE_HEX, SPAN_HEX, parent=PARENT_HEX)
+    renames = {"traceId": "trace_id", "spanId": "span_id", "parentSpanId": "parent_span_id",
+               "startTimeUnixNano": "start_time_unix_nano", "endTimeUnixNano": "end_time_unix_nano"}
+    snake = {renames.get(key, key): value for key, value in camel.items()}
+    rows = [read_span_file(write_lines(tmp_path / f"{i}.json", [request("svc", s)]), DT).spans.row(0, named=True)
+            for i, s in enumerate([camel, snake])]
+    assert set(renames).isdisjoint(snake) and rows[0] == rows[1]

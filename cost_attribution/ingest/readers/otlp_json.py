@@ -61,6 +61,12 @@ def resource_service_name(resource: Any) -> str | None:
     return None
 
 
+# Span fields as proto3 JSON names them (lowerCamelCase) and as some exporters do (snake_case),
+# in the order collect_otlp_request unpacks them. A span is read in the style of its spanId.
+_CAMEL_FIELDS = ("traceId", "spanId", "parentSpanId", "startTimeUnixNano", "endTimeUnixNano", "traceState")
+_SNAKE_FIELDS = ("trace_id", "span_id", "parent_span_id", "start_time_unix_nano", "end_time_unix_nano", "trace_state")
+
+
 def _first_present(record: dict, camel: str, snake: str) -> Any:
     value = record.get(camel)
     return record.get(snake) if value is None else value
@@ -147,24 +153,9 @@ def collect_otlp_request(document: dict, line_no: int | None, collector: SpanCol
                                 value = attribute.get("value")
                                 slots[slot] = any_value_float(value) if slot == _SAMPLING else any_value_text(value)
                     get = span.get
-                    trace_id = get("traceId")
-                    if trace_id is None:
-                        trace_id = get("trace_id")
-                    span_id = get("spanId")
-                    if span_id is None:
-                        span_id = get("span_id")
-                    parent_span_id = get("parentSpanId")
-                    if parent_span_id is None:
-                        parent_span_id = get("parent_span_id")
-                    start = get("startTimeUnixNano")
-                    if start is None:
-                        start = get("start_time_unix_nano")
-                    end = get("endTimeUnixNano")
-                    if end is None:
-                        end = get("end_time_unix_nano")
-                    tracestate = get("traceState")
-                    if tracestate is None:
-                        tracestate = get("trace_state")
+                    trace_id, span_id, parent_span_id, start, end, tracestate = map(
+                        get, _CAMEL_FIELDS if "spanId" in span else _SNAKE_FIELDS
+                    )
                 except (AttributeError, TypeError) as error:
                     collector.reject("malformed_lines", f"span has an unexpected structure: {error}", line_no, json_record_text(span))
                     continue
