@@ -49,13 +49,16 @@ COSTED_USD = 500.0
 
 
 def world_config(world: str, seed: int):
-    """live: production as it really is (the demo's world); tidy: the original world, no
-    running-test share, every experiment started with the traces (like ../shared/sample-world)."""
+    """live: production as it really is (the demo's world); tidy: the original world, every
+    experiment started with the traces, production metrics that do not carry them (like
+    ../shared/sample-world: no running-test share)."""
     import dataclasses
 
     from cost_attribution.simulator import WorldConfig, live_world_config
 
-    return live_world_config(seed) if world == "live" else dataclasses.replace(WorldConfig(), seed=seed)
+    if world == "live":
+        return live_world_config(seed)
+    return dataclasses.replace(WorldConfig(), seed=seed, tests_in_production=False)
 
 
 def run_seed(seed: int, workdir: Path, keep: bool = False, rerun: bool = False, world: str = "live") -> list[dict]:

@@ -140,6 +140,10 @@ class AnalysisSettings(dg.ConfigurableResource):
     # empirical-Bayes posterior median given all of the day's changes; chosen by the accuracy
     # bench, see bench/README.md) or "gate" (significant changes as measured, others $0).
     point_estimate: str = "shrinkage"
+    # Under shrinkage, "no change" for a service means "moved as its callers imply" (a
+    # caller's change times its share of the service's calls; attribution/call_graph.py),
+    # so a downstream move is priced through the caller that causes it. False: towards 0.
+    shrink_towards_callers: bool = True
     # What +1% of a business metric is worth, in USD per 30 days, by metric name (e.g.
     # {"streaming_hours": 2000}). Where set, the report weighs it against the cost: net
     # value and the probability that it is positive. Unset metrics get cost per point only.

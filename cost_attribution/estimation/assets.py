@@ -10,7 +10,9 @@ import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from cost_attribution.attribution.call_graph import caller_shares
 from cost_attribution.attribution.member_usage import load_experiment_usage
+from cost_attribution.attribution.shift_left import load_edge_usage
 from cost_attribution.attribution.stats import delta_covariance
 from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.estimation.cell_costs import project_cells
@@ -191,7 +193,7 @@ def load_projection_load(
 
 @dg.asset(
     key="cost_projections",
-    deps=["usage_deltas", "cost_models", "service_hourly_history", "treated_share"],
+    deps=["usage_deltas", "cost_models", "service_hourly_history", "treated_share", "edge_usage_by_cell"],
     description="For every experiment cell, what shipping it would add over 30 days. Each service's cost model "
     "prices the last 28 days of hourly load (CPU seconds or requests) with every running experiment's treated "
     "share taken out (everyone in control) and changed by the cell's effect: incremental cost vs not shipping. "
@@ -214,6 +216,10 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
         hours, load = load_projection_load(conn, as_of, settings.calibration_days, models)
         shares = read_frame(conn, "SELECT experiment_id, cell, hour, share FROM main.treated_share WHERE as_of = ?", [as_of])
         usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        callers = (
+            caller_shares(load_edge_usage(conn, as_of), usage.member_usage, usage.experiments)
+            if settings.shrink_towards_callers else None
+        )
         services_frame, experiments_frame, universes = project_cells(
             as_of, deltas, models, load, hours, shares,
             scale=HORIZON_DAYS / settings.projection_days,
@@ -222,6 +228,7 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
             projection_hours=24 * settings.projection_days,
             interval=settings.dollar_interval,
             point_estimate=settings.point_estimate,
+            callers=callers,
         )
         replace_rows(conn, "main.cost_projections", services_frame, where={"as_of": as_of})
         replace_rows(conn, "main.experiment_costs", experiments_frame, where={"as_of": as_of})

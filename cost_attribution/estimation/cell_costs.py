@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
+from cost_attribution.attribution.call_graph import CallerShares
 from cost_attribution.estimation import projection, shrinkage
 from cost_attribution.estimation.models import FittedCostModel
 from cost_attribution.estimation.production_calibration import combine_cells, production_scale, reconcile
@@ -221,11 +222,51 @@ def _normal_shrunk(delta: float, half: float) -> Shrunk:
     return Shrunk(delta, delta - half, delta + half, 0.0, probabilities, deltas)
 
 
-def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> dict[tuple[str, str, str], Effect]:
+# Passes of shrinking callers before their callees: a chain of calls deeper than this keeps
+# the last pass's implied deltas (they converge within a pass per level of the graph).
+GRAPH_PASSES = 4
+
+
+def _implied_by_callers(keys: list, slots: dict, totals: np.ndarray, se: np.ndarray,
+                        callers: CallerShares) -> tuple[np.ndarray, np.ndarray]:
+    """Per entry, the delta its service's callers imply (attribution.call_graph) and that
+    implied delta's standard error, on the request-count entry of every effect."""
+    count_entry = {key: slots[key][0] for key in keys}
+    implied, variance = np.zeros(len(totals)), np.zeros(len(totals))
+    for experiment_id, cell, service in keys:
+        i = count_entry[(experiment_id, cell, service)]
+        for caller, share in callers.get((experiment_id, service), ()):
+            j = count_entry.get((experiment_id, cell, caller))
+            if j is not None:
+                implied[i] += share * totals[j]
+                variance[i] += (share * se[j]) ** 2
+    return np.maximum(implied, shrinkage.MIN_RELATIVE), np.sqrt(variance)
+
+
+def _residual_posterior(delta: np.ndarray, se: np.ndarray, implied: np.ndarray,
+                        implied_se: np.ndarray) -> shrinkage.Posterior:
+    """Posterior of each change beyond its implied delta, on log(1 + delta) - log(1 + implied),
+    under one prior fitted on all of them."""
+    x, s = shrinkage.to_log_scale(delta, se)
+    offset, offset_s = shrinkage.to_log_scale(implied, implied_se)
+    residual, residual_s = x - offset, np.sqrt(s**2 + offset_s**2)
+    return shrinkage.posterior(shrinkage.fit_prior(residual, residual_s), residual, residual_s)
+
+
+def shrink_effects(
+    effects: dict[tuple[str, str, str], Effect], callers: CallerShares | None = None
+) -> dict[tuple[str, str, str], Effect]:
     """Every effect with its posterior under one prior fitted on all of the day's measured
     changes (estimation.shrinkage). A work effect with its two parts measured enters as
     both parts (request count, work per request), each shrunk on its own evidence; its
-    posterior is that of their product, tabulated from draws."""
+    posterior is that of their product, tabulated from draws.
+
+    With the experiments' call graphs (`callers`), "no change" means "moved exactly as its
+    callers imply": each service's request count is shrunk towards the delta its callers'
+    shrunk deltas imply (attribution.call_graph), not towards 0. A downstream move too small
+    to stand out at the callee (a savings test's -5%) is then priced through the caller that
+    causes it; a service that moved on its own (a new call) keeps its measurement. Callers
+    are shrunk first: the graph is walked in passes until the implied deltas settle."""
     if not effects:
         return effects
     keys = list(effects)
@@ -236,18 +277,29 @@ def shrink_effects(effects: dict[tuple[str, str, str], Effect]) -> dict[tuple[st
         measured = effect.parts or ((effect.delta, effect.half_width / projection.Z95),)
         slots[key] = list(range(len(entries), len(entries) + len(measured)))
         entries += measured
-    _, post = shrinkage.shrink(np.array([d for d, _ in entries]), np.array([se for _, se in entries]))
-    means, nulls = post.mean(), post.null_probability()
+    delta, se = np.array([d for d, _ in entries]), np.array([e for _, e in entries])
+    implied, implied_se = np.zeros(len(entries)), np.zeros(len(entries))
+    for attempt in range(GRAPH_PASSES if callers else 1):
+        post = _residual_posterior(delta, se, implied, implied_se)
+        if not callers:
+            break
+        new, new_se = _implied_by_callers(keys, slots, (1.0 + implied) * (1.0 + post.medians()) - 1.0, se, callers)
+        if np.allclose(new, implied, atol=1e-6) or attempt == GRAPH_PASSES - 1:
+            break
+        implied, implied_se = new, new_se
+    means, nulls = (1.0 + implied) * (1.0 + post.mean()) - 1.0, post.null_probability()
     rng = np.random.default_rng(0)
     out = {}
     for key in keys:
         first, *rest = slots[key]
         if not rest:
-            cdf, deltas = post.quantile_table(first)
+            cdf, residuals = post.quantile_table(first)
+            deltas = (1.0 + implied[first]) * (1.0 + residuals) - 1.0
             mean, null = float(means[first]), float(nulls[first])
         else:  # 1 + work delta = product of the parts' posteriors (independent)
             uniforms = rng.random((PRODUCT_DRAWS, len(slots[key])))
-            factor = np.prod([1.0 + post.quantiles(i, uniforms[:, j]) for j, i in enumerate(slots[key])], axis=0)
+            factor = np.prod([(1.0 + implied[i]) * (1.0 + post.quantiles(i, uniforms[:, j]))
+                              for j, i in enumerate(slots[key])], axis=0)
             deltas = np.sort(factor - 1.0)
             cdf = (np.arange(PRODUCT_DRAWS) + 0.5) / PRODUCT_DRAWS
             mean = float(np.prod([1.0 + means[i] for i in slots[key]]) - 1.0)
@@ -284,6 +336,7 @@ def project_cells(
     projection_hours: int | None = None,
     interval: str = "fixed",
     point_estimate: str = "shrinkage",
+    callers: CallerShares | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(per service, per experiment cell, hourly universes) frames for one as-of day.
 
@@ -294,7 +347,9 @@ def project_cells(
     before them lets production metrics calibrate the deltas. interval: see driver_effect.
     point_estimate: "shrinkage" (each effect at its empirical-Bayes posterior median, interval
     from posterior draws) or "gate" (significant deltas as measured, others 0). The
-    always-valid (sequential) intervals keep the gate: a posterior has no such guarantee."""
+    always-valid (sequential) intervals keep the gate: a posterior has no such guarantee.
+    callers: the experiments' call graphs (attribution.call_graph); shrinkage then centres
+    each service on the delta its callers imply."""
     all_shares = _share_arrays(shares, hours)
     history_shares = {
         service: {key: values[positions] for key, values in all_shares.items()}
@@ -321,7 +376,7 @@ def project_cells(
     # work effect, its count and weight parts shrunk apart) with what the load says.
     shrinking = point_estimate == "shrinkage" and interval == "fixed"
     if shrinking:
-        effects = shrink_effects(effects)
+        effects = shrink_effects(effects, callers)
     effects, not_in_load = calibrate_with_production(effects, history, history_shares)
     by_service: dict[str, list[Effect]] = {}
     for effect in effects.values():

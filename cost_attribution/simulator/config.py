@@ -339,6 +339,10 @@ class WorldConfig:
     # the root span's enduser.id (a client release dropped the tag), so the day's trace
     # coverage falls under the gate while its traffic is unchanged (issue 14: never go dark).
     untagged_day: tuple[int, float] | None = None
+    # Worlds that are not live: do the production usage metrics (and so the bill) carry the
+    # experiments on their trace days? False is ../shared/sample-world: tests run on a sliver
+    # of production that its metrics do not show, and truth.json prices the history as is.
+    tests_in_production: bool = True
 
     # Production as it really is (issue 15): experiments start on their own day and ramp,
     # a member is treated from its allocated_at, usage metrics and the bill carry each

@@ -40,7 +40,8 @@ def usage_metrics(config: WorldConfig, population: Population, graph: CallGraph,
     shares = hour_shares(config)
     hours, services, load = [], [], []
     for day in config.history_dates:
-        active = experiments_active(config, day) and live is None  # live: shares below
+        # live: shares below; a tidy world's production may not show its tests at all.
+        active = experiments_active(config, day) and live is None and config.tests_in_production
         daily = per_day[active] * day_factor(config, day) * scale
         expected = np.outer(shares, daily)  # [24, n_svc]
         noisy = expected * rng.lognormal(0.0, config.usage_noise, size=expected.shape)

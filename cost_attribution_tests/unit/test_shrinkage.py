@@ -71,3 +71,14 @@ def test_a_noisy_large_effect_is_not_overstated_on_the_linear_scale():
                       for _ in range(150)])
     relative_bias = (1 + means).mean(axis=0) / (1 + truth[:2]) - 1
     assert np.all(np.abs(relative_bias) < 0.02), relative_bias
+
+
+def test_vectorised_medians_match_the_quantile_tables():
+    rng = np.random.default_rng(3)
+    delta = np.concatenate([rng.normal(0, 0.03, 40), [0.5, -0.3, 2.0, 0.06]])
+    se = np.concatenate([np.full(40, 0.03), [0.05, 0.02, 0.4, 0.03]])
+    _, post = shrinkage.shrink(delta, se)
+    medians = post.medians()
+    tables = np.array([post.quantiles(i, np.array([0.5]))[0] for i in range(len(delta))])
+    assert np.allclose(medians, tables, atol=2e-4)
+    assert np.array_equal(medians == 0.0, tables == 0.0)  # the point mass: exactly no change
