@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -323,6 +324,22 @@ def _load_factors(effects: list[Effect], share_of: dict, n_hours: int, not_in_lo
     return factors
 
 
+def _capacity_envelope(model: FittedCostModel, curves_at: Callable, low: float, high: float,
+                       priced: tuple[tuple[float, float], tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """(incremental, bill) interval ends widened to a static fleet's unknown capacity
+    (FittedCostModel.capacity_bounds): the lowest low and highest high over the assumed
+    headroom, none and twice it. Unknown, not random: the ends are bounds, not draws."""
+    bounds = model.capacity_bounds()
+    if bounds is None:
+        return priced
+    out = [list(pair) for pair in priced]
+    for alternative in bounds:
+        for k, curve in enumerate(curves_at(alternative)):
+            out[k][0] = min(out[k][0], float(curve(low)))
+            out[k][1] = max(out[k][1], float(curve(high)))
+    return tuple((a, b) for a, b in out)
+
+
 def project_cells(
     as_of: dt.date,
     deltas: pl.DataFrame,
@@ -391,6 +408,7 @@ def project_cells(
         control_cell = group["control_cell"][0]
         priced = [effects[(experiment_id, cell, s)] for s in group["service"] if (experiment_id, cell, s) in effects]
         increments, bills, rows = [], [], []
+        capacity_widening = [[0.0, 0.0], [0.0, 0.0]]  # (incremental, bill) x (low, high)
         for effect in priced:
             positions, service_load = load[effect.service]
             n_hours = len(positions)
@@ -411,11 +429,17 @@ def project_cells(
             if effect.shrunk is not None:  # every posterior draw lands on the grid
                 lo, hi = min(lo, float(effect.shrunk.deltas[0])), max(hi, float(effect.shrunk.deltas[-1]))
             model = models[effect.service]
-            incremental, bill = projection.cell_curves(
-                model, service_load, shares_here, scale, lo, hi, exact=(effect.delta, effect.centre, low, high)
-            )
+            curves_at = functools.partial(projection.cell_curves, load=service_load, shares=shares_here, scale=scale,
+                                          lo=lo, hi=hi, exact=(effect.delta, effect.centre, low, high))
+            incremental, bill = curves_at(model)
             increments.append(incremental)
             bills.append(bill)
+            drawn = ((float(incremental(low)), float(incremental(high))), (float(bill(low)), float(bill(high))))
+            (inc_low, inc_high), (bill_low_s, bill_high_s) = _capacity_envelope(model, curves_at, low, high, drawn)
+            # What the cell's interval widens by: the same unknown capacity, added outright.
+            for k, (a, b) in enumerate(((inc_low, inc_high), (bill_low_s, bill_high_s))):
+                capacity_widening[k][0] += drawn[k][0] - a
+                capacity_widening[k][1] += b - drawn[k][1]
             centre = effect.centre
             own_now = shares_here.own + shares_here.share * centre
             baseline_load = service_load / (own_now * shares_here.others)
@@ -428,11 +452,11 @@ def project_cells(
                 "delta_measured": effect.delta,
                 "null_probability": effect.shrunk.null_probability if effect.shrunk is not None else None,
                 "incremental_cost_usd_30d": float(incremental(centre)),
-                "ci_low_usd_30d": float(incremental(low)),
-                "ci_high_usd_30d": float(incremental(high)),
+                "ci_low_usd_30d": inc_low,
+                "ci_high_usd_30d": inc_high,
                 "bill_change_usd_30d": float(bill(centre)),
-                "bill_ci_low_usd_30d": float(bill(low)),
-                "bill_ci_high_usd_30d": float(bill(high)),
+                "bill_ci_low_usd_30d": bill_low_s,
+                "bill_ci_high_usd_30d": bill_high_s,
                 "baseline_cost_usd_30d": float(model.predict(baseline_load).sum() * scale),
                 "observed_cost_usd_30d": float(model.predict(service_load).sum() * scale),
                 "peak_requests_per_hour": float(max(counterfactual_load.max(), service_load.max())),
@@ -462,6 +486,8 @@ def project_cells(
                 np.array([e.significant for e in priced], dtype=bool),
                 corr,
             )
+        (inc_down, inc_up), (bill_down, bill_up) = capacity_widening
+        low, high, bill_low, bill_high = low - inc_down, high + inc_up, bill_low - bill_down, bill_high + bill_up
         service_rows += rows
         experiment_rows.append({
             "as_of": as_of, "experiment_id": experiment_id, "cell": cell, "control_cell": control_cell,

@@ -21,6 +21,7 @@ scaled by 1 + delta) and returns the difference.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -142,6 +143,22 @@ class FittedCostModel:
         if not math.isfinite(self.model_error_pct):
             d["model_error_pct"] = None  # JSON has no NaN
         return d
+
+    def capacity_bounds(self) -> tuple[FittedCostModel, FittedCostModel] | None:
+        """A static fleet's capacity is assumed, not measured (ModelConfig.static_headroom):
+        the same model at no headroom (the fleet full at its observed peak: the largest cost
+        the data allows) and at twice the assumed headroom. None for a fleet that scales."""
+        curve, peak = self.params["curve"], self.params.get("observed_peak_requests_per_hour")
+        if curve["form"] != "static" or peak is None:
+            return None
+        headroom = float(self.params.get("static_headroom", 0.0))
+
+        def at(room: float) -> FittedCostModel:
+            capacity = static_capacity(peak, room)
+            params = {**self.params, "static_headroom": room, "curve": {**curve, "capacity_requests_per_hour": capacity}}
+            return dataclasses.replace(self, params=params, capacity_requests_per_hour=capacity)
+
+        return at(0.0), at(2.0 * headroom)
 
     @classmethod
     def from_dict(cls, d: dict) -> FittedCostModel:

@@ -62,7 +62,9 @@ def experiment_flags(
                     "capacity_tipping_point",
                     r["service"],
                     f"at 100% rollout {r['service']} peaks at {r.get('peak_requests_per_hour', 0):,.0f} requests/h, past "
-                    "its provisioned capacity: it would have to be resized",
+                    "its provisioned capacity: it would have to be resized"
+                    + (" (its capacity is assumed, never observed: the interval runs from a fleet full at its peak "
+                       "to one with twice the assumed headroom)" if r.get("cost_model") == "static" else ""),
                 )
             )
         if r.get("cost_model") == "heuristic":

@@ -74,6 +74,8 @@ def _project(deltas, models, load_by_service, shares, hours):
 
 
 def _share_frame(hours, values: dict[tuple[str, str], float]) -> pl.DataFrame:
+    if not values:
+        return pl.DataFrame(schema={"experiment_id": pl.Utf8, "cell": pl.Utf8, "hour": pl.Datetime("us", "UTC"), "share": pl.Float64})
     return pl.concat([
         pl.DataFrame({"experiment_id": e, "cell": c, "hour": hours, "share": np.full(len(hours), s)})
         for (e, c), s in values.items()
@@ -257,3 +259,42 @@ def test_shrinkage_prices_an_aa_at_zero_and_keeps_a_real_effect_with_a_narrower_
     real = cells["shrinkage"]["real"]
     assert real["incremental_cost_usd_30d"] == pytest.approx(0.4 * unit, rel=0.05)
     assert real["ci_low_usd_30d"] < 0.4 * unit < real["ci_high_usd_30d"]
+
+
+def _static_model(service: str, instances: int, unit_cost: float, peak: float, headroom: float) -> FittedCostModel:
+    start = dt.datetime(2026, 6, 1, tzinfo=UTC)
+    capacity = peak * (1 + headroom)
+    return FittedCostModel(
+        service=service, scaling="static", cost_model="static", drift_detected=False, drift_reasons=[],
+        model_error_pct=1.0, capacity_requests_per_hour=capacity, training_start=start, training_end=start,
+        kind="static-capacity", features=["requests"],
+        params={"static_headroom": headroom, "observed_peak_requests_per_hour": peak,
+                "curve": {"form": "static", "instances": instances, "unit_cost": unit_cost,
+                          "capacity_requests_per_hour": capacity}},
+    )
+
+
+def test_a_static_fleets_unknown_capacity_widens_the_interval_not_the_point():
+    """8.5x the load of a 2-instance fleet that never resized: its capacity is assumed
+    (headroom 0.5). The interval reaches what the cell costs if the fleet was full at its
+    peak (the most the data allows) and if it had twice the assumed headroom."""
+    hours = hourly_grid(dt.datetime(2026, 6, 3, tzinfo=UTC), dt.datetime(2026, 7, 1, tzinfo=UTC))
+    load = np.full(len(hours), 1000.0)
+    deltas = _deltas([{"experiment_id": "x", "cell": "treatment", "service": "legacy", "delta": 7.5,
+                       "ci_low": 7.0, "ci_high": 8.0}])
+    assumed = _static_model("legacy", 2, 0.5, peak=1000.0, headroom=0.5)
+    services, cells, _ = _project(deltas, {"legacy": assumed}, {"legacy": load}, _share_frame(hours, {}), hours)
+    row, cell = services.row(0, named=True), cells.row(0, named=True)
+    to_30d = len(hours) * 30 / 28
+
+    def priced(headroom: float, delta: float) -> float:
+        per_instance = 1000.0 * (1 + headroom) / 2
+        return (np.ceil(1000.0 * (1 + delta) / per_instance) - 2) * 0.5 * to_30d
+
+    assert row["incremental_cost_usd_30d"] == pytest.approx(priced(0.5, 7.5))
+    assert row["ci_high_usd_30d"] == pytest.approx(priced(0.0, 8.0))  # full at the peak: the most
+    assert row["ci_low_usd_30d"] == pytest.approx(priced(1.0, 7.0))
+    assert cell["ci_low_usd_30d"] <= row["ci_low_usd_30d"] < cell["incremental_cost_usd_30d"] < row["ci_high_usd_30d"] <= cell["ci_high_usd_30d"]
+    # A fleet that scales has its capacity measured: nothing to widen.
+    scaling, _, _ = _project(deltas, {"legacy": _linear_model("legacy", 0.01)}, {"legacy": load}, _share_frame(hours, {}), hours)
+    assert scaling.row(0, named=True)["ci_high_usd_30d"] == pytest.approx(0.01 * 1000 * 8.0 * to_30d)
