@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
@@ -247,38 +248,31 @@ def focus_costs(landing: LandingZone, settings: AnalysisSettings, warehouse: Duc
     return _table_result(frame, quarantined, cost_by_app=by_app)
 
 
-@dg.asset(
-    key="usage_metrics",
-    description="Full hourly request counts per service from metrics (the production volume the projections scale).",
-    kinds={"duckdb"},
-    owners=OWNERS,
-    group_name=INGEST,
-    pool="warehouse",
-)
-def usage_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    files, skipped = _table_inputs(landing, "usage_metrics", "usage_metrics")
-    return _table_result(
-        *_ingest_table(
-            warehouse, "raw.usage_metrics", "usage_metrics", lambda conn: catalogs.load_usage_metrics(conn, files), skipped
-        )
-    )
+def _landing_table_asset(
+    name: str, description: str, load: Callable[[duckdb.DuckDBPyConnection, list[Path]], tuple], owners: list[str]
+) -> dg.AssetsDefinition:
+    """A landing-zone folder of CSV/Parquet files (name/) as the raw table raw.<name>."""
+
+    @dg.asset(key=name, description=description, kinds={"duckdb"}, owners=owners, group_name=INGEST, pool="warehouse")
+    def table(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
+        files, skipped = _table_inputs(landing, name, name)
+        return _table_result(*_ingest_table(warehouse, f"raw.{name}", name, lambda conn: load(conn, files), skipped))
+
+    return table
 
 
-@dg.asset(
-    key="business_metrics",
-    description="Business metric deltas per experiment cell (from the experimentation platform), shown beside cost.",
-    kinds={"duckdb"},
-    owners=["team:experimentation"],
-    group_name=INGEST,
-    pool="warehouse",
+usage_metrics = _landing_table_asset(
+    "usage_metrics",
+    "Full hourly request counts per service from metrics (the production volume the projections scale).",
+    catalogs.load_usage_metrics,
+    OWNERS,
 )
-def business_metrics(landing: LandingZone, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    files, skipped = _table_inputs(landing, "business_metrics", "business_metrics")
-    return _table_result(
-        *_ingest_table(
-            warehouse, "raw.business_metrics", "business_metrics", lambda conn: catalogs.load_business_metrics(conn, files), skipped
-        )
-    )
+business_metrics = _landing_table_asset(
+    "business_metrics",
+    "Business metric deltas per experiment cell (from the experimentation platform), shown beside cost.",
+    catalogs.load_business_metrics,
+    ["team:experimentation"],
+)
 
 
 ingest_assets = [raw_spans, experiments, services, allocations, focus_costs, usage_metrics, business_metrics]
