@@ -228,30 +228,30 @@ def _normal_shrunk(delta: float, half: float) -> Shrunk:
 GRAPH_PASSES = 4
 
 
-def _implied_by_callers(keys: list, slots: dict, totals: np.ndarray, se: np.ndarray,
+def _implied_by_callers(keys: list, slots: dict, totals: np.ndarray, spreads: np.ndarray,
                         callers: CallerShares) -> tuple[np.ndarray, np.ndarray]:
     """Per entry, the delta its service's callers imply (attribution.call_graph) and that
-    implied delta's standard error, on the request-count entry of every effect."""
+    implied delta's standard deviation, on the request-count entry of every effect. Only
+    callers that moved count: one whose posterior median is exactly no change adds nothing,
+    so an A/A's services keep their point mass at exactly no change."""
     count_entry = {key: slots[key][0] for key in keys}
     implied, variance = np.zeros(len(totals)), np.zeros(len(totals))
     for experiment_id, cell, service in keys:
         i = count_entry[(experiment_id, cell, service)]
         for caller, share in callers.get((experiment_id, service), ()):
             j = count_entry.get((experiment_id, cell, caller))
-            if j is not None:
+            if j is not None and totals[j] != 0.0:
                 implied[i] += share * totals[j]
-                variance[i] += (share * se[j]) ** 2
+                variance[i] += (share * spreads[j]) ** 2
     return np.maximum(implied, shrinkage.MIN_RELATIVE), np.sqrt(variance)
 
 
-def _residual_posterior(delta: np.ndarray, se: np.ndarray, implied: np.ndarray,
-                        implied_se: np.ndarray) -> shrinkage.Posterior:
+def _residual_posterior(delta: np.ndarray, se: np.ndarray, implied: np.ndarray) -> shrinkage.Posterior:
     """Posterior of each change beyond its implied delta, on log(1 + delta) - log(1 + implied),
     under one prior fitted on all of them."""
     x, s = shrinkage.to_log_scale(delta, se)
-    offset, offset_s = shrinkage.to_log_scale(implied, implied_se)
-    residual, residual_s = x - offset, np.sqrt(s**2 + offset_s**2)
-    return shrinkage.posterior(shrinkage.fit_prior(residual, residual_s), residual, residual_s)
+    residual = x - np.log1p(implied)
+    return shrinkage.posterior(shrinkage.fit_prior(residual, s), residual, s)
 
 
 def shrink_effects(
@@ -264,10 +264,11 @@ def shrink_effects(
 
     With the experiments' call graphs (`callers`), "no change" means "moved exactly as its
     callers imply": each service's request count is shrunk towards the delta its callers'
-    shrunk deltas imply (attribution.call_graph), not towards 0. A downstream move too small
-    to stand out at the callee (a savings test's -5%) is then priced through the caller that
-    causes it; a service that moved on its own (a new call) keeps its measurement. Callers
-    are shrunk first: the graph is walked in passes until the implied deltas settle."""
+    shrunk deltas imply (attribution.call_graph), not towards 0, and carries the callers'
+    uncertainty. A downstream move too small to stand out at the callee (a savings test's
+    -5%) is then priced through the caller that causes it; a service that moved on its own
+    (a new call) keeps its measurement. Callers are shrunk first: the graph is walked in
+    passes until the implied deltas settle."""
     if not effects:
         return effects
     keys = list(effects)
@@ -279,15 +280,16 @@ def shrink_effects(
         slots[key] = list(range(len(entries), len(entries) + len(measured)))
         entries += measured
     delta, se = np.array([d for d, _ in entries]), np.array([e for _, e in entries])
-    implied, implied_se = np.zeros(len(entries)), np.zeros(len(entries))
+    implied, implied_sd = np.zeros(len(entries)), np.zeros(len(entries))
     for attempt in range(GRAPH_PASSES if callers else 1):
-        post = _residual_posterior(delta, se, implied, implied_se)
+        post = _residual_posterior(delta, se, implied).widened(implied_sd / (1.0 + implied))
         if not callers:
             break
-        new, new_se = _implied_by_callers(keys, slots, (1.0 + implied) * (1.0 + post.medians()) - 1.0, se, callers)
-        if np.allclose(new, implied, atol=1e-6) or attempt == GRAPH_PASSES - 1:
+        totals = (1.0 + implied) * (1.0 + post.medians()) - 1.0
+        new, new_sd = _implied_by_callers(keys, slots, totals, (1.0 + totals) * post.sd(), callers)
+        if (np.allclose(new, implied, atol=1e-6) and np.allclose(new_sd, implied_sd, atol=1e-6)) or attempt == GRAPH_PASSES - 1:
             break
-        implied, implied_se = new, new_se
+        implied, implied_sd = new, new_sd
     means, nulls = (1.0 + implied) * (1.0 + post.mean()) - 1.0, post.null_probability()
     rng = np.random.default_rng(0)
     out = {}
@@ -524,7 +526,8 @@ PROJECTION_SCHEMA = {
     "delta_ci_high_used": pl.Float64,
     "delta_source": pl.Utf8,
     # The delta as measured (delta_used is the posterior median under shrinkage), and the
-    # posterior probability that the cell does not move the service at all.
+    # posterior probability that the cell moves the service exactly as its callers imply
+    # (attribution/call_graph.py; not at all where no caller moved).
     "delta_measured": pl.Float64,
     "null_probability": pl.Float64,
     **DOLLARS,

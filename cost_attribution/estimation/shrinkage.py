@@ -127,7 +127,7 @@ class Posterior:
             under = cdf(middle) < 0.5
             low, high = np.where(under, middle, low), np.where(under, high, middle)
         below_zero = np.sum(np.where(continuous, self.w * special.ndtr(-self.m / sd), 0.0), axis=1)
-        at_zero = (below_zero <= 0.5) & (below_zero + self.w[:, 0] >= 0.5)
+        at_zero = (below_zero <= 0.5) & (below_zero + self.point_mass() >= 0.5)
         return np.where(at_zero, 0.0, np.expm1((low + high) / 2.0))
 
     def null_probability(self) -> np.ndarray:
@@ -155,8 +155,22 @@ class Posterior:
         deltas = np.expm1(x)
         cdf = self.cdf(i, deltas)
         at_zero = int(np.searchsorted(x, 0.0))
-        below = cdf[at_zero] - self.w[i, 0]
+        below = cdf[at_zero] - self.point_mass()[i]
         return np.insert(cdf, at_zero, below), np.insert(deltas, at_zero, 0.0)
+
+    def point_mass(self) -> np.ndarray:
+        """Per effect, the probability of exactly no change (0 where it was smeared: see widened)."""
+        return np.where(self.v[:, 0] > 0, 0.0, self.w[:, 0])
+
+    def sd(self) -> np.ndarray:
+        """Per effect, the posterior standard deviation of log(1 + delta)."""
+        mean = np.sum(self.w * self.m, axis=1)
+        return np.sqrt(np.maximum(np.sum(self.w * (self.v**2 + self.m**2), axis=1) - mean**2, 0.0))
+
+    def widened(self, sd: np.ndarray) -> Posterior:
+        """Each effect plus independent normal noise of standard deviation sd (log scale): a
+        point mass with sd > 0 becomes a normal."""
+        return Posterior(self.w, self.m, np.sqrt(self.v**2 + np.asarray(sd, dtype=float)[:, None] ** 2))
 
     def quantiles(self, i: int, probabilities: np.ndarray) -> np.ndarray:
         cdf, deltas = self.quantile_table(i)

@@ -87,3 +87,13 @@ def test_caller_shares_are_the_control_cells_calls_over_the_callees_requests():
     # A callee whose own spans miss members: its requests are at least its callers' calls.
     blind = caller_shares(edges, usage.with_columns(requests=pl.lit(1.0)), pl.DataFrame({"experiment_id": ["e"], "control_cell": ["control"]}))
     assert blind == {("e", "meta"): (("api", 500 / 600), ("recs", 100 / 600))}
+
+
+def test_the_implied_change_carries_its_callers_uncertainty():
+    effects = _day(np.random.default_rng(7), recs=-0.30, metadata_own=0.0)
+    shrunk = shrink_effects(effects, CALLERS)
+    recs, metadata = (shrunk[("savings", "treatment", s)].shrunk for s in ("recs-svc", "metadata-svc"))
+    # metadata-svc moves as a sixth of recs-svc: its interval is about a sixth as wide, not a point.
+    ratio = (metadata.high - metadata.low) / (recs.high - recs.low)
+    assert 0.1 < ratio < 0.3, ratio
+    assert metadata.low < SHARE * recs.median < metadata.high
