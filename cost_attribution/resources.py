@@ -9,9 +9,11 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from cost_attribution import environment, formats
 from cost_attribution.dbt_project import dbt_resource
+from cost_attribution.ingest.spans import DEFAULT_SAMPLING_PROBABILITY_FLOOR
 
 
 class MissingInput(ValueError):
@@ -129,6 +131,10 @@ class AnalysisSettings(dg.ConfigurableResource):
     # A trace day with no spans, or fewer than this share of the median of the previous
     # days, fails the blocking trace_volume check: its report is not published.
     min_day_span_ratio: float = 0.25
+    # A span sampled with probability p stands for 1/p requests: below this floor one span
+    # would stand for millions, so it is quarantined (sampling_probability_below_floor)
+    # rather than trusted. Both ingest paths apply it (the polars readers, the DuckDB one).
+    sampling_probability_floor: float = Field(default=DEFAULT_SAMPLING_PROBABILITY_FLOOR, gt=0, le=1, allow_inf_nan=False)
     # Work per request: "duration" (SERVER span duration, the contract's definition) or
     # "busy" (duration minus the time the span's own calls were in flight).
     work_measure: str = "duration"

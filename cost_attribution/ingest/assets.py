@@ -56,7 +56,7 @@ def _counts_by(frame: pl.DataFrame, column: str) -> dict[str, int]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="warehouse",
 )
-def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse: DuckDBResource):
+def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse: DuckDBResource, settings: AnalysisSettings):
     spans_total, files_read, per_service, quarantined, unread = 0, [], [], {}, []
     for day in partition_days(context):
         files, skipped = _trace_inputs(landing, day)
@@ -65,11 +65,11 @@ def raw_spans(context: dg.AssetExecutionContext, landing: LandingZone, warehouse
             if files and all(trace_format(f).name == "parquet" for f in files):
                 # Flat Parquet only: validated and written inside DuckDB, never a polars frame
                 # (10M spans: 11.6 s and 1.0 GB peak instead of 23.5 s and 8.0 GB); same rows.
-                counts = ingest_parquet_day(conn, files, day)
+                counts = ingest_parquet_day(conn, files, day, sampling_floor=settings.sampling_probability_floor)
             else:
                 # Any other mix: read in chunks of landing.ingest_chunk_spans spans, staged as
                 # Parquet and appended by DuckDB; memory bounded by the chunk, not the day.
-                counts = ingest_span_day(conn, files, day, landing.ingest_chunk_spans)
+                counts = ingest_span_day(conn, files, day, landing.ingest_chunk_spans, settings.sampling_probability_floor)
             if skipped.height:
                 conn.register("_skipped", skipped.to_arrow())
                 conn.execute(f"INSERT INTO raw.span_quarantine ({', '.join(skipped.columns)}) "

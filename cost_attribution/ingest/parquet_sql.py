@@ -1,6 +1,6 @@
 """DuckDB-native ingest of a day of flat span Parquet (the landing-zone contract's columns).
 
-    ingest_parquet_day(conn, files, dt) -> {"spans": n, <quarantine reason>: n, ...}
+    ingest_parquet_day(conn, files, dt, sampling_floor=...) -> {"spans": n, <quarantine reason>: n, ...}
 
 Same rows in raw.spans and raw.span_quarantine as ``read_span_files`` + ``replace_rows``
 (the polars path, whose rules live in ``readers.raw_spans.finalize_frame`` and
@@ -39,9 +39,9 @@ from cost_attribution.ingest.readers import read_partition_file
 from cost_attribution.ingest.readers.flat_parquet import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from cost_attribution.ingest.readers.raw_spans import _KIND_BY_SPELLING
 from cost_attribution.ingest.spans import (
+    DEFAULT_SAMPLING_PROBABILITY_FLOOR,
     QUARANTINE_SCHEMA,
     RAW_TEXT_LIMIT,
-    SAMPLING_PROBABILITY_FLOOR,
     SPAN_SCHEMA,
     partition_bounds_nanos,
 )
@@ -219,7 +219,7 @@ def _group_relation(group: int, schema: tuple[tuple[str, str], ...], rows_of_int
                 WHEN en < st THEN 5
                 WHEN svc_missing THEN 6
                 WHEN attr IS NOT NULL AND NOT (attr > 0 AND attr <= 1) THEN 7
-                WHEN COALESCE(attr, 1.0) < {SAMPLING_PROBABILITY_FLOOR!r} THEN 8
+                WHEN COALESCE(attr, 1.0) < $sampling_floor THEN 8
                 WHEN st < $low OR st >= $high THEN 9
             END AS _rule
         FROM ({l2}) AS l2
@@ -238,7 +238,7 @@ def _detail_cases() -> tuple[str, str]:
         "'end ' || CAST(en AS VARCHAR) || ' is before start ' || CAST(st AS VARCHAR)",
         "'no service.name for the emitting service'",
         "'sampling.probability ' || CAST(attr AS VARCHAR) || ' is not in (0, 1]'",
-        f"'sampling probability ' || CAST(attr AS VARCHAR) || ' is below the floor {SAMPLING_PROBABILITY_FLOOR:g}'",
+        "'sampling probability ' || CAST(attr AS VARCHAR) || ' is below the floor ' || $floor_text",
         "'start ' || CAST(st AS VARCHAR) || ' is not within a day of the partition ' || CAST(CAST($dt AS DATE) AS VARCHAR)",
     ]
     reason = "CASE _rule " + " ".join(f"WHEN {i} THEN '{r}'" for i, r in enumerate(_RULE_REASONS)) + " END"
@@ -308,10 +308,12 @@ def _duplicates_sql() -> str:
     """
 
 
-def _fallback_frames(files: Sequence[tuple[int, Path]], dt: datetime.date) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+def _fallback_frames(
+    files: Sequence[tuple[int, Path]], dt: datetime.date, sampling_floor: float
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
     span_frames, quarantine_frames = [], []
     for order, path in files:
-        spans, quarantine = read_partition_file(path, dt)
+        spans, quarantine = read_partition_file(path, dt, sampling_floor)
         span_frames.append(
             spans.select(
                 pl.lit(order, dtype=pl.Int64).alias("_file_idx"),
@@ -331,12 +333,14 @@ def ingest_parquet_day(
     files: Sequence[Path],
     dt: datetime.date,
     memory_limit: str | None = None,
+    sampling_floor: float = DEFAULT_SAMPLING_PROBABILITY_FLOOR,
 ) -> dict[str, int]:
     """Replace the day's raw.spans / raw.span_quarantine rows by what `files` (flat span
     Parquet, in this order) hold. Returns {"spans": rows inserted, reason: quarantined}.
 
     memory_limit (e.g. "2GB") caps DuckDB for this call; the connection's setting is
-    restored afterwards."""
+    restored afterwards. A span sampled below sampling_floor is quarantined
+    (AnalysisSettings.sampling_probability_floor)."""
     paths = [Path(p) for p in files]
     fast: list[tuple[int, Path, tuple]] = []
     fallback: list[tuple[int, Path]] = []
@@ -351,15 +355,16 @@ def ingest_parquet_day(
     if fallback:
         _log.info("%d of %d Parquet files off the fast path, read with polars: %s", len(fallback), len(paths),
                   [str(p) for _, p in fallback])
-    return _ingest(conn, fast, fallback, dt, memory_limit)
+    return _ingest(conn, fast, fallback, dt, memory_limit, float(sampling_floor))
 
 
-def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
+def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> dict[str, int]:
     groups: dict[tuple, list[tuple[int, Path]]] = {}
     for order, path, schema in fast:
         groups.setdefault(schema, []).append((order, path))
     low, high = partition_bounds_nanos(dt)
-    params: dict[str, object] = {"dt": dt, "ws": UNICODE_WHITESPACE, "low": low, "high": high}
+    params: dict[str, object] = {"dt": dt, "ws": UNICODE_WHITESPACE, "low": low, "high": high,
+                                 "sampling_floor": sampling_floor, "floor_text": f"{sampling_floor:g}"}
     pass_one: list[str] = []
     interesting: list[str] = []
     raw_kinds: list[str | None] = []
@@ -377,7 +382,7 @@ def _ingest(conn, fast, fallback, dt, memory_limit) -> dict[str, int]:
         ]
     params["kinds"] = _kind_mapping(raw_kinds)
 
-    fallback_spans, fallback_quarantine = _fallback_frames(fallback, dt)
+    fallback_spans, fallback_quarantine = _fallback_frames(fallback, dt, sampling_floor)
     has_fallback = fallback_spans is not None
     if has_fallback:
         conn.register("_pq_fallback_spans", fallback_spans.to_arrow())

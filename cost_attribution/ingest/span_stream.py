@@ -1,8 +1,8 @@
 """A day of trace files of any format -> raw.spans / raw.span_quarantine in bounded memory.
 
-    ingest_span_day(conn, files, dt, chunk_spans) -> {"spans": n, <quarantine reason>: n, ...}
+    ingest_span_day(conn, files, dt, chunk_spans, sampling_floor) -> {"spans": n, <quarantine reason>: n, ...}
 
-Same rows as ``read_span_files(files, dt, partition=True)`` + ``replace_rows`` (the
+Same rows as ``read_span_files(files, dt, partition=True, sampling_floor=...)`` + ``replace_rows`` (the
 in-memory path, kept for one-file reads and tests), but the day is never held whole:
 every file is read in chunks of about ``chunk_spans`` spans (readers.stream_partition_file),
 each validated chunk is written as one Parquet file to a staging directory (under
@@ -38,7 +38,7 @@ from cost_attribution.ingest.parquet_sql import (
 from cost_attribution.ingest.readers import stream_partition_file
 from cost_attribution.ingest.readers.collector import DEFAULT_CHUNK_SIZE
 from cost_attribution.ingest.readers.raw_spans import split_duplicates
-from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA
+from cost_attribution.ingest.spans import DEFAULT_SAMPLING_PROBABILITY_FLOOR, QUARANTINE_SCHEMA, SPAN_SCHEMA
 from cost_attribution.warehouse import quote_ident, rollback_quietly
 
 _KEY = ("trace_id", "span_id", "service", "kind")
@@ -81,7 +81,11 @@ class _Stager:
 
 
 def ingest_span_day(
-    conn: duckdb.DuckDBPyConnection, files: Sequence[Path], dt: datetime.date, chunk_spans: int = DEFAULT_CHUNK_SIZE
+    conn: duckdb.DuckDBPyConnection,
+    files: Sequence[Path],
+    dt: datetime.date,
+    chunk_spans: int = DEFAULT_CHUNK_SIZE,
+    sampling_floor: float = DEFAULT_SAMPLING_PROBABILITY_FLOOR,
 ) -> dict[str, int]:
     """Replace the day's raw.spans / raw.span_quarantine rows by what `files` (trace files
     of any format, in this order) hold. Returns {"spans": rows inserted, reason: quarantined}."""
@@ -89,7 +93,7 @@ def ingest_span_day(
         stager = _Stager(Path(tmp))
         for file_idx, path in enumerate(files):
             stager.next_file(file_idx)
-            stream_partition_file(Path(path), dt, stager, chunk_spans)
+            stream_partition_file(Path(path), dt, stager, chunk_spans, sampling_floor)
         return _load_day(conn, stager, dt)
 
 

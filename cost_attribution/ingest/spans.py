@@ -57,8 +57,9 @@ QUARANTINE_REASONS = (
 
 # A span sampled with probability p stands for 1/p requests. Below this floor one span
 # would outweigh millions of real ones (1e-300 -> an adjusted count of 1e300), so such a
-# span is quarantined as sampling_probability_below_floor rather than trusted.
-SAMPLING_PROBABILITY_FLOOR = 1e-6
+# span is quarantined as sampling_probability_below_floor rather than trusted. The default
+# of AnalysisSettings.sampling_probability_floor and of the readers' `sampling_floor`.
+DEFAULT_SAMPLING_PROBABILITY_FLOOR = 1e-6
 # A span belongs to its dt= folder's UTC day; collectors flush late and spans straddle
 # midnight, so a start up to this long before or after the day is still accepted. Any
 # other start (1970, 2100, another day's file) is timestamp_outside_partition.

@@ -30,7 +30,7 @@ def _write(path, rows, schema=FRAME_SCHEMA, **options):
     return path
 
 
-def _polars_path(files):
+def _polars_path(files, **floor):
     """read_span_files + replace_rows, as raw_spans wrote a day before the fast path.
 
     The rows are compared from the batch itself: DuckDB 2.0 returns no rows from a table
@@ -38,7 +38,7 @@ def _polars_path(files):
     transaction) and filled with more than one row group, when read on the same database
     instance; the schema it created is still the reference."""
     conn = duckdb.connect()
-    batch = read_span_files(files, DT, partition=True)
+    batch = read_span_files(files, DT, partition=True, **floor)
     replace_rows(conn, "raw.spans", batch.spans, where={"dt": DT})
     replace_rows(conn, "raw.span_quarantine", batch.quarantine, where={"dt": DT})
     return conn, batch
@@ -54,11 +54,12 @@ def _describe(conn, table):
     return conn.execute(f"DESCRIBE {table}").fetchall()
 
 
-def assert_same_as_polars(files):
-    """Both paths into fresh warehouses: identical spans, schemas and quarantine keys."""
-    old, batch = _polars_path(files)
+def assert_same_as_polars(files, **floor):
+    """Both paths into fresh warehouses: identical spans, schemas and quarantine keys.
+    floor: sampling_floor=... for both, else their defaults."""
+    old, batch = _polars_path(files, **floor)
     new = duckdb.connect()
-    counts = ingest_parquet_day(new, files, DT)
+    counts = ingest_parquet_day(new, files, DT, **floor)
     for table in ("raw.spans", "raw.span_quarantine"):
         assert _describe(new, table) == _describe(old, table)
     old_spans, old_quarantine = batch.spans.sort(pl.all()), batch.quarantine
@@ -184,6 +185,26 @@ def test_files_off_the_fast_path_fall_back_to_the_polars_reader(tmp_path):
     assert quarantine.filter(pl.col("reason") == "duplicate_spans")["source_file"].to_list() == [str(fast)] * 2
 
 
+@pytest.mark.parametrize("floor", [None, 1e-4])
+def test_sampling_floor_is_the_setting_on_the_fast_path_and_its_fallback(tmp_path, floor):
+    """p = 1e-5 is trusted under the default floor (1e-6) and quarantined under a configured
+    1e-4, by the SQL rules and by the polars reader a file off the fast path goes to."""
+    fast = _write(tmp_path / "a-fast.parquet", [GOOD | {"sampling_probability": 1e-5}, GOOD | {"span_id": "b" * 16}])
+    off_path = pl.DataFrame({"trace_id": [T1], "span_id": ["c" * 16], "service": ["api"], "kind": ["SERVER"],
+                             "start_unix_nano": [START], "end_unix_nano": [START + 1], "sampling_probability": ["1e-5"]})
+    off_path.write_parquet(tmp_path / "b-string-probability.parquet")
+    files = [fast, tmp_path / "b-string-probability.parquet"]
+    assert [fast_path_schema(duckdb.connect(), f) is not None for f in files] == [True, False]
+    conn, quarantine = assert_same_as_polars(files, **({} if floor is None else {"sampling_floor": floor}))
+    rare = conn.execute("SELECT span_id FROM raw.spans WHERE sampling_probability < 1e-4 ORDER BY span_id").fetchall()
+    if floor is None:
+        assert quarantine.is_empty() and rare == [("a" * 16,), ("c" * 16,)]
+    else:
+        assert rare == [] and quarantine.sort("span_id").select("reason", "span_id").rows() == [
+            ("sampling_probability_below_floor", "a" * 16), ("sampling_probability_below_floor", "c" * 16)]
+        assert quarantine["detail"].str.ends_with("is below the floor 0.0001").all()
+
+
 @pytest.mark.parametrize("kinds", [["SERVER"], ["UNSPECIﬁED", "span_kind_internal\u2003"]])
 def test_kind_spellings_follow_polars_exactly(tmp_path, kinds):
     rows = [GOOD | {"span_id": f"{i + 1:016x}", "kind": k} for i, k in enumerate(kinds)]
@@ -192,31 +213,35 @@ def test_kind_spellings_follow_polars_exactly(tmp_path, kinds):
 
 def test_raw_spans_asset_takes_the_fast_path_for_parquet_only_days(tmp_path):
     """Through Dagster: a Parquet-only day and a mixed day (OTLP JSON + Parquet) land the
-    same rows either way; the asset's metadata counts what was written."""
+    same rows either way, under the settings' sampling floor; the asset's metadata counts
+    what was written."""
     import dagster as dg
     from dagster_duckdb import DuckDBResource
 
     from cost_attribution.ingest.assets import raw_spans
-    from cost_attribution.resources import LandingZone
+    from cost_attribution.resources import AnalysisSettings, LandingZone
     from ingest_span_builders import request, span, write_lines
 
     parquet_day, mixed_day = datetime.date(2026, 5, 27), DT
     for day in (parquet_day, mixed_day):
         folder = tmp_path / "landing" / "traces" / f"dt={day.isoformat()}"
         folder.mkdir(parents=True)
-        rows = [GOOD, GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}, GOOD | {"kind": "x"}]
+        rows = [GOOD, GOOD, GOOD | {"span_id": "b" * 16, "kind": "CLIENT"}, GOOD | {"kind": "x"},
+                GOOD | {"span_id": "e" * 16, "sampling_probability": 1e-5}]  # under the configured floor
         # Each day its own file (the same bytes on two days would be a duplicate delivery).
         _write(folder / "part-0000.parquet", [row | {"member_id": str(day)} for row in rows])
     write_lines(tmp_path / "landing" / "traces" / f"dt={mixed_day.isoformat()}" / "part-0001.json",
                 [request("api", span(T1, "c" * 16, kind=3))])
     warehouse = str(tmp_path / "w.duckdb")
-    resources = {"landing": LandingZone(root=str(tmp_path / "landing")), "warehouse": DuckDBResource(database=warehouse)}
+    resources = {"landing": LandingZone(root=str(tmp_path / "landing")), "warehouse": DuckDBResource(database=warehouse),
+                 "settings": AnalysisSettings(sampling_probability_floor=1e-4)}
     for day in (parquet_day, mixed_day):
         result = dg.materialize([raw_spans], partition_key=day.isoformat(), resources=resources)
         materializations = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
         metadata = {m.asset_key.path[0]: m.metadata for m in materializations}
         assert metadata["raw_spans"]["dagster/row_count"].value == (2 if day == parquet_day else 3)
-        assert metadata["span_quarantine"]["by_reason"].value == {"bad_kinds": 1, "duplicate_spans": 1}
+        assert metadata["span_quarantine"]["by_reason"].value == {
+            "bad_kinds": 1, "duplicate_spans": 1, "sampling_probability_below_floor": 1}
         assert "| api | CLIENT |" in metadata["raw_spans"]["spans_by_service"].value
     with duckdb.connect(warehouse, read_only=True) as conn:
         assert conn.execute("SELECT dt, count(*) FROM raw.spans GROUP BY dt ORDER BY dt").fetchall() == [

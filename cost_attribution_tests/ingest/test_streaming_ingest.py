@@ -9,10 +9,12 @@ import datetime
 import duckdb
 import orjson
 import polars as pl
+import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from cost_attribution.ingest.readers import json_files, read_span_file, read_span_files
+from cost_attribution.ingest.readers.collector import SpanCollector
 from cost_attribution.ingest.readers.otlp_proto import read_otlp_proto_file
 from cost_attribution.ingest.span_stream import ingest_span_day
 from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA
@@ -54,7 +56,7 @@ def test_big_document_streamed_gives_the_rows_of_a_whole_parse(tmp_path, monkeyp
     assert json_files._streamed_otlp_key(pretty) == ("resourceSpans", None)
     for path, expected in whole.items():
         for chunk_size in (1, 3, 1000):
-            spans, quarantine = json_files.read_json_file(path, DT, str(path), chunk_size=chunk_size)
+            spans, quarantine = json_files.read_json_file(path, SpanCollector(DT, str(path), chunk_size))
             streamed = read_span_files([path], DT)  # default chunk: the dedupe of the whole file
             assert _sorted(spans.drop("_source_file", "_line_no")).height == expected.spans.height + 1  # + its duplicate
             assert _sorted(streamed.spans).equals(_sorted(expected.spans))
@@ -107,7 +109,7 @@ def test_protobuf_read_in_chunks_and_damage_keeps_earlier_entries(tmp_path):
     path, size = _proto_file(tmp_path, "batch.pb", _document(first, second))
     batch = read_span_file(path, DT)
     assert batch.spans.height == 6 and batch.quarantine.is_empty()
-    spans, quarantine = read_otlp_proto_file(path, DT, str(path), chunk_size=2)
+    spans, quarantine = read_otlp_proto_file(path, SpanCollector(DT, str(path), chunk_size=2))
     assert _sorted(spans.drop("_source_file", "_line_no")).equals(_sorted(batch.spans)) and quarantine.is_empty()
     cut, _ = _proto_file(tmp_path, "cut.pb", _document(request("api", *(span(T1, f"{i + 1:016x}") for i in range(5))),
                                                        request("db", span(T2, "d" * 16))), keep_bytes=size - 5)
@@ -148,3 +150,39 @@ def test_streamed_day_writes_the_rows_of_the_in_memory_path(tmp_path, monkeypatc
         assert _sorted(spans).equals(_sorted(expected.spans))
         assert _sorted(quarantine).equals(_sorted(expected.quarantine))
         assert counts == {"spans": expected.spans.height, **dict(expected.quarantine["reason"].value_counts().iter_rows())}
+
+
+@pytest.mark.parametrize("floor", [None, 1e-4])
+def test_sampling_floor_is_the_setting_on_every_reader_and_the_streamed_day(tmp_path, floor):
+    """p = 1e-5 (one span for 100,000 requests) is trusted under the default floor (1e-6)
+    and quarantined under a configured 1e-4, by each reader and by ingest_span_day."""
+    rare = {"sampling.probability": 1e-5}
+    files = [
+        write_lines(tmp_path / "part-0.json", [request("api", span(T1, "a" * 16, attributes=rare), span(T1, "b" * 16))]),
+        _proto_file(tmp_path, "part-1.binpb", _document(request("db", span(T2, "c" * 16, attributes=rare))))[0],
+        tmp_path / "part-2.parquet",
+    ]
+    pl.DataFrame({"trace_id": [T3, T3], "span_id": ["d" * 16, "e" * 16], "service": "pay", "kind": "SERVER",
+                  "start_unix_nano": START, "end_unix_nano": START + 10,
+                  "sampling_probability": [1e-5, 0.5]}).write_parquet(files[2])
+    floor_kwargs = {} if floor is None else {"sampling_floor": floor}
+    rare_ids = ["a" * 16, "c" * 16, "d" * 16]
+    for path in files:
+        batch = read_span_file(path, DT, **floor_kwargs)
+        below = batch.quarantine.filter(pl.col("reason") == "sampling_probability_below_floor")
+        assert batch.quarantine.height == below.height == (0 if floor is None else 1)
+        if floor is None:
+            assert batch.spans.filter(pl.col("span_id").is_in(rare_ids))["sampling_probability"].to_list() == [1e-5]
+        else:
+            assert below["span_id"].item() in rare_ids and "is below the floor 0.0001" in below["detail"].item()
+    conn = duckdb.connect()
+    counts = ingest_span_day(conn, files, DT, 2, **floor_kwargs)
+    spans, quarantine = _tables(conn)
+    expected = read_span_files(files, DT, partition=True, **floor_kwargs)
+    assert _sorted(spans).equals(_sorted(expected.spans)) and _sorted(quarantine).equals(_sorted(expected.quarantine))
+    if floor is None:
+        assert counts == {"spans": 5} and sorted(spans.filter(pl.col("sampling_probability") == 1e-5)["span_id"]) == rare_ids
+    else:
+        assert counts == {"spans": 2, "sampling_probability_below_floor": 3}
+        assert sorted(quarantine["span_id"]) == rare_ids
+        assert quarantine["detail"].str.ends_with("is below the floor 0.0001").all()

@@ -82,3 +82,20 @@ def test_the_cost_models_get_their_headroom_and_drift_tolerances_from_the_settin
     tuned = AnalysisSettings(static_headroom=0.0, price_change_tolerance=0.2, residual_shift_tolerance=0.3,
                              cost_per_request_shift_tolerance=0.4)
     assert [getattr(_model_config(tuned), n) for n in names] == [0.0, 0.2, 0.3, 0.4]
+
+
+@pytest.mark.parametrize("floor", [0.0, -1e-6, 1.5, float("nan")])
+def test_a_sampling_floor_outside_zero_to_one_is_refused(floor):
+    with pytest.raises(ValueError, match="sampling_probability_floor"):
+        AnalysisSettings(sampling_probability_floor=floor)
+    assert AnalysisSettings(sampling_probability_floor=1.0).sampling_probability_floor == 1.0
+
+
+def test_the_ingest_paths_default_to_the_settings_sampling_floor():
+    from cost_attribution.ingest.parquet_sql import ingest_parquet_day
+    from cost_attribution.ingest.readers import read_span_file, read_span_files
+    from cost_attribution.ingest.span_stream import ingest_span_day
+
+    default = AnalysisSettings().sampling_probability_floor
+    for function in (ingest_parquet_day, ingest_span_day, read_span_file, read_span_files):
+        assert inspect.signature(function).parameters["sampling_floor"].default == default, function.__name__

@@ -18,7 +18,7 @@ import orjson
 import polars as pl
 
 from cost_attribution.ingest.readers.raw_spans import IdEncoding, QuarantineRow, finalize_spans, quarantine_frame
-from cost_attribution.ingest.spans import QUARANTINE_SCHEMA, SPAN_SCHEMA
+from cost_attribution.ingest.spans import DEFAULT_SAMPLING_PROBABILITY_FLOOR, QUARANTINE_SCHEMA, SPAN_SCHEMA
 
 DEFAULT_CHUNK_SIZE = 200_000
 
@@ -70,12 +70,18 @@ JAEGER_JSON = SourceFormat("jaeger_json", IdEncoding.SHORT_HEX)
 
 class SpanCollector:
     def __init__(
-        self, dt: datetime.date, source_file: str, chunk_size: int = DEFAULT_CHUNK_SIZE, sink: ChunkSink | None = None
+        self,
+        dt: datetime.date,
+        source_file: str,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        sink: ChunkSink | None = None,
+        sampling_floor: float = DEFAULT_SAMPLING_PROBABILITY_FLOOR,
     ):
         self.dt = dt
         self.source_file = source_file
         self.chunk_size = chunk_size
         self.sink = sink
+        self.sampling_floor = sampling_floor
         self.rejects: list[QuarantineRow] = []
         self._rows: dict[str, tuple[SourceFormat, list[tuple]]] = {}
         self._span_frames: list[pl.DataFrame] = []
@@ -126,7 +132,8 @@ class SpanCollector:
         if not rows:
             return
         spans, quarantine = finalize_spans(
-            rows, self.dt, self.source_file, source_format.id_encoding, lambda row: source_format.record_text(row, self)
+            rows, self.dt, self.source_file, source_format.id_encoding, lambda row: source_format.record_text(row, self),
+            self.sampling_floor,
         )
         self._emit(spans, quarantine)
         rows.clear()

@@ -6,12 +6,11 @@ and go through the same vectorised rules.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import polars as pl
 
-from cost_attribution.ingest.readers.collector import DEFAULT_CHUNK_SIZE, ChunkSink, SpanCollector
+from cost_attribution.ingest.readers.collector import SpanCollector
 from cost_attribution.ingest.readers.raw_spans import IdEncoding, finalize_frame
 
 REQUIRED_COLUMNS = ("trace_id", "span_id", "service", "kind", "start_unix_nano", "end_unix_nano")
@@ -44,12 +43,9 @@ def _sampling(schema: pl.Schema) -> pl.Expr:
     return pl.when(raw.is_not_null() & as_float.is_null()).then(float("nan")).otherwise(as_float).alias("sampling_attr")
 
 
-def read_flat_parquet_file(
-    path: Path, dt: datetime.date, source_file: str, sink: ChunkSink | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def read_flat_parquet_file(path: Path, collector: SpanCollector) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The whole file is one chunk (a Parquet day of flat files takes the DuckDB path,
     ingest.parquet_sql, which is bounded by DuckDB's memory_limit)."""
-    collector = SpanCollector(dt, source_file, chunk_size, sink)
     try:
         original = pl.read_parquet(path)
     except Exception as error:  # polars raises several types for corrupt/non-parquet input
@@ -77,9 +73,11 @@ def read_flat_parquet_file(
     def record_texts(indices: list[int]) -> list[str]:
         return printable[indices].select(pl.struct(pl.all()).struct.json_encode()).to_series().to_list()
 
-    spans, quarantine = finalize_frame(raw, dt, source_file, IdEncoding.HEX, record_texts)
+    spans, quarantine = finalize_frame(
+        raw, collector.dt, collector.source_file, IdEncoding.HEX, record_texts, collector.sampling_floor
+    )
     collector_spans, collector_quarantine = collector.finish()
-    if sink is not None:
-        sink(spans, quarantine)
+    if collector.sink is not None:
+        collector.sink(spans, quarantine)
         return collector_spans, collector_quarantine
     return spans, pl.concat([quarantine, collector_quarantine])

@@ -11,7 +11,6 @@ chunk size and the largest resourceSpans entry, not by the file.
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import re
 import zlib
@@ -25,8 +24,6 @@ import polars as pl
 
 from cost_attribution.formats import is_gzip
 from cost_attribution.ingest.readers.collector import (
-    DEFAULT_CHUNK_SIZE,
-    ChunkSink,
     SpanCollector,
     cyclic_gc_paused,
     json_record_text,
@@ -320,10 +317,7 @@ def _stream_otlp_document(path: Path, key: str, line_no: int | None, collector: 
             reader.take(number, line)
 
 
-def read_json_file(
-    path: Path, dt: datetime.date, source_file: str, sink: ChunkSink | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    collector = SpanCollector(dt, source_file, chunk_size, sink)
+def read_json_file(path: Path, collector: SpanCollector) -> tuple[pl.DataFrame, pl.DataFrame]:
     reader = _LineReader(collector)
     with cyclic_gc_paused():
         try:

@@ -7,7 +7,6 @@ ResourceSpans and the collector's chunk, never the whole file.
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import math
 import zlib
@@ -21,7 +20,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from cost_attribution.formats import GZIP_MAGIC
-from cost_attribution.ingest.readers.collector import DEFAULT_CHUNK_SIZE, ChunkSink, SourceFormat, SpanCollector, cyclic_gc_paused
+from cost_attribution.ingest.readers.collector import SourceFormat, SpanCollector, cyclic_gc_paused
 from cost_attribution.ingest.readers.raw_spans import IdEncoding
 
 
@@ -137,10 +136,7 @@ def _collect_resource_spans(resource_span: ResourceSpans, collector: SpanCollect
     collector.flush_if_full()
 
 
-def read_otlp_proto_file(
-    path: Path, dt: datetime.date, source_file: str, sink: ChunkSink | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    collector = SpanCollector(dt, source_file, chunk_size, sink)
+def read_otlp_proto_file(path: Path, collector: SpanCollector) -> tuple[pl.DataFrame, pl.DataFrame]:
     parsed = 0
     with cyclic_gc_paused():
         try:

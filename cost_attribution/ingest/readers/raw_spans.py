@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import polars as pl
 
 from cost_attribution.ingest.spans import (
+    DEFAULT_SAMPLING_PROBABILITY_FLOOR,
     QUARANTINE_SCHEMA,
     RAW_TEXT_LIMIT,
-    SAMPLING_PROBABILITY_FLOOR,
     SPAN_SCHEMA,
     empty_quarantine,
     parse_tracestate_threshold,
@@ -209,16 +209,20 @@ def finalize_spans(
     source_file: str,
     id_encoding: IdEncoding,
     record_text: Callable[[tuple], str],
+    sampling_floor: float = DEFAULT_SAMPLING_PROBABILITY_FLOOR,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validate raw span tuples (fields in RAW_FIELDS order) -> (spans, quarantine).
 
-    record_text(row) prints the source record of a rejected row.
+    record_text(row) prints the source record of a rejected row; a span whose sampling
+    probability is below sampling_floor is quarantined (AnalysisSettings.sampling_probability_floor).
 
     The spans frame has SPAN_SCHEMA plus INTERNAL_COLUMNS; every rejected span becomes one
     quarantine row with the first rule it broke.
     """
     frame = _raw_frame(rows).with_row_index("_row")
-    return finalize_frame(frame, dt, source_file, id_encoding, lambda indices: [record_text(rows[i]) for i in indices])
+    return finalize_frame(
+        frame, dt, source_file, id_encoding, lambda indices: [record_text(rows[i]) for i in indices], sampling_floor
+    )
 
 
 def finalize_frame(
@@ -227,6 +231,7 @@ def finalize_frame(
     source_file: str,
     id_encoding: IdEncoding,
     record_texts: Callable[[list[int]], list[str]],
+    sampling_floor: float = DEFAULT_SAMPLING_PROBABILITY_FLOOR,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Same as finalize_spans for an already columnar raw frame (RAW_FIELDS minus record,
     plus *_raw time text columns and `_row`); record_texts prints the source records at
@@ -295,9 +300,9 @@ def finalize_frame(
             pl.format("tracestate '{}' has a malformed ot th threshold", pl.col("tracestate")),
         ),
         (
-            probability < SAMPLING_PROBABILITY_FLOOR,
+            probability < sampling_floor,
             "sampling_probability_below_floor",
-            pl.format(f"sampling probability {{}} is below the floor {SAMPLING_PROBABILITY_FLOOR:g}", probability),
+            pl.format(f"sampling probability {{}} is below the floor {float(sampling_floor):g}", probability),
         ),
     ]
     # First matching rule wins: the rule index is computed for every row (cheap booleans);
