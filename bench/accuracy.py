@@ -125,7 +125,7 @@ def table(rows: list[dict], baseline: str = "incremental") -> str:
         if kind == "A/A":
             false_pos = [bool(r["significant_services"]) or fp for r, fp in zip(zero, false_pos)]
         totals["abs"] += [abs(e) for e in errors]
-        totals["cover"] += cover
+        totals["cover"] += [c["low"] <= c["truth"] <= c["high"] for c in costed]
         totals["width"] += widths
         lines.append(
             f"| {kind} | {len(found)} | {_pct([abs(e) for e in errors])} | "
