@@ -173,14 +173,3 @@ def combine_cells(trace: list[tuple[float, float]], weights: np.ndarray, scale: 
     updated = deltas + spread * (scale.scale - 1.0) * implied / total
     variance = np.maximum(np.diag(cov) - spread**2 / total, 1e-12)
     return [(float(d), float(Z95 * np.sqrt(v))) for d, v in zip(updated, variance)]
-
-
-def combine(trace_delta: float, trace_half_width: float, scale: ProductionScale | None) -> tuple[float, float, str]:
-    """(delta, interval half-width, source) of one cell: the trace delta alone, or combined
-    by inverse variance with production's scale x trace delta (combine_cells of one)."""
-    if trace_half_width <= 0:
-        return trace_delta, trace_half_width, "traces"
-    combined = combine_cells([(trace_delta, trace_half_width)], np.ones(1), scale, trace_delta)
-    if combined is None:
-        return trace_delta, trace_half_width, "traces"
-    return combined[0][0], combined[0][1], "traces+production"

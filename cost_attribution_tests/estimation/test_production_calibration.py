@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from cost_attribution.attribution.treated_share import hourly_grid
-from cost_attribution.estimation.production_calibration import combine, production_scale
+from cost_attribution.estimation.production_calibration import ProductionScale, combine_cells, production_scale
+
+
+def combine(trace_delta: float, trace_half_width: float, scale: ProductionScale | None) -> tuple[float, float, str]:
+    """One cell through combine_cells: (delta, interval half-width, source)."""
+    combined = combine_cells([(trace_delta, trace_half_width)], np.ones(1), scale, trace_delta) if trace_half_width > 0 else None
+    if combined is None:
+        return trace_delta, trace_half_width, "traces"
+    return combined[0][0], combined[0][1], "traces+production"
 
 UTC = dt.timezone.utc
 
