@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution.attribution.member_usage import load_experiment_usage
 from cost_attribution.attribution.deltas import requests_and_work_deltas
 from cost_attribution.attribution.stats import StatsConfig, intended_splits, sample_ratio_mismatch
-from cost_attribution.attribution.treated_share import hourly_grid, share_plot
+from cost_attribution.attribution.treated_share import hourly_grid, share_errors, share_plot
 from cost_attribution.attribution.treated_share import treated_share as share_by_hour
 from cost_attribution.checks import trace_completeness as completeness
 from cost_attribution.partitions import daily_asset, partition_day, trailing_window
@@ -181,9 +181,12 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
         )
         shares = share_by_hour(activity, allocations, experiments, hourly_grid(start, end))
         replace_rows(conn, "main.treated_share", shares.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
+        errors = share_errors(activity, allocations, experiments)
+        replace_rows(conn, "main.treated_share_error", errors.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
     summary = (
         shares.group_by("experiment_id", "cell")
         .agg(pl.col("share").mean().alias("mean_share_window"), pl.col("share").last().alias("share_last_hour"))
+        .join(errors.select("experiment_id", "cell", "share_rel_se"), on=["experiment_id", "cell"], how="left")
         .sort("experiment_id", "cell")
     )
     metadata = {

@@ -87,6 +87,33 @@ def treated_share(
     return pl.concat(frames).with_columns(pl.col("hour").dt.replace_time_zone("UTC")).cast(SHARE_SCHEMA)
 
 
+SHARE_ERROR_SCHEMA = {"experiment_id": pl.Utf8, "cell": pl.Utf8, "share": pl.Float64, "share_rel_se": pl.Float64}
+
+
+def share_errors(activity: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame) -> pl.DataFrame:
+    """SHARE_ERROR_SCHEMA: each cell's share of the traced members' activity once all its
+    members are in, and that share's relative standard error (a ratio of sums over members,
+    delta method). The share is measured on the members the traces sample: a few hundred
+    heavy members in or out of a cell move it by several percent, and production
+    calibration divides by it (estimation.production_calibration)."""
+    activity = activity.sort("member_id")
+    a = activity["root_requests"].to_numpy().astype(float)
+    total = float(a.sum())
+    if total <= 0 or allocations.height == 0:
+        return pl.DataFrame(schema=SHARE_ERROR_SCHEMA)
+    started = allocations.join(experiments.select("experiment_id"), on="experiment_id", how="semi")
+    rows = []
+    for (experiment_id, cell), group in started.group_by("experiment_id", "cell", maintain_order=True):
+        in_cell = activity["member_id"].is_in(group["member_id"].unique()).to_numpy()
+        share = float(a[in_cell].sum()) / total
+        if share <= 0:
+            continue
+        variance = float(np.sum((a * (in_cell - share)) ** 2)) / total**2
+        rows.append({"experiment_id": experiment_id, "cell": cell, "share": share,
+                     "share_rel_se": float(np.sqrt(variance)) / share})
+    return pl.DataFrame(rows, schema=SHARE_ERROR_SCHEMA).sort("experiment_id", "cell")
+
+
 def share_plot(shares: pl.DataFrame) -> str | None:
     """Base64 PNG: each non-empty cell's share of production load over the window."""
     from cost_attribution.plots import figure_to_base64, plt

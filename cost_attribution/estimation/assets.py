@@ -21,7 +21,7 @@ from cost_attribution.estimation.plots import cost_model_plot
 from cost_attribution.estimation.projection import HORIZON_DAYS
 from cost_attribution.partitions import daily_asset, daily_partitions, partition_day, trailing_window
 from cost_attribution.resources import AnalysisSettings
-from cost_attribution.warehouse import markdown_table, read_frame, replace_rows
+from cost_attribution.warehouse import markdown_table, read_frame, replace_rows, table_exists
 
 ESTIMATION = "estimation"
 OWNERS = ["team:finops"]
@@ -220,6 +220,12 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
             caller_shares(load_edge_usage(conn, as_of), usage.member_usage, usage.experiments)
             if settings.shrink_towards_callers else None
         )
+        share_rel_se = {
+            (r["experiment_id"], r["cell"]): r["share_rel_se"]
+            for r in read_frame(
+                conn, "SELECT experiment_id, cell, share_rel_se FROM main.treated_share_error WHERE as_of = ?", [as_of]
+            ).iter_rows(named=True)
+        } if table_exists(conn, "main.treated_share_error") else {}
         services_frame, experiments_frame, universes = project_cells(
             as_of, deltas, models, load, hours, shares,
             scale=HORIZON_DAYS / settings.projection_days,
@@ -229,6 +235,7 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
             interval=settings.dollar_interval,
             point_estimate=settings.point_estimate,
             callers=callers,
+            share_rel_se=share_rel_se,
         )
         replace_rows(conn, "main.cost_projections", services_frame, where={"as_of": as_of})
         replace_rows(conn, "main.experiment_costs", experiments_frame, where={"as_of": as_of})

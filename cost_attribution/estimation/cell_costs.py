@@ -24,7 +24,12 @@ from scipy import stats as sps
 from cost_attribution.attribution.call_graph import CallerShares
 from cost_attribution.estimation import projection, shrinkage
 from cost_attribution.estimation.models import FittedCostModel
-from cost_attribution.estimation.production_calibration import combine_cells, production_scale, reconcile
+from cost_attribution.estimation.production_calibration import (
+    ProductionScale,
+    combine_cells,
+    production_scale,
+    reconcile,
+)
 
 # (experiment_id, cell, control_cell, services, metrics) -> correlation matrix of the deltas, or None
 Correlation = Callable[[str, str, str, list[str], list[str]], "np.ndarray | None"]
@@ -151,13 +156,17 @@ def calibrate_with_production(
     effects: dict[tuple[str, str, str], Effect],
     series: dict[str, tuple[np.ndarray, np.ndarray]],
     share_of: dict[str, dict],
+    share_rel_se: dict[tuple[str, str], float] | None = None,
 ) -> tuple[dict[tuple[str, str, str], Effect], set[tuple[str, str]]]:
     """Each (experiment, service) whose treated share started inside the load history:
     its cells' deltas combined with what production load says (production_calibration),
     where the two agree. Returns the effects and the (experiment, service) pairs whose
     load does not carry the test at all (nothing to take out of it).
     series: service -> (hour starts, hourly load); share_of: service -> {(experiment,
-    cell): share at those hours}."""
+    cell): share at those hours}; share_rel_se: (experiment, cell) -> relative standard
+    error of the cell's share (attribution.treated_share.share_errors). Production's scale
+    is the jump over the traces' sum of share x delta: an error in the shares is an error
+    in the scale, added to the placebo's."""
     groups: dict[tuple[str, str], list[Effect]] = {}
     for effect in effects.values():
         groups.setdefault((effect.experiment_id, effect.service), []).append(effect)
@@ -172,7 +181,9 @@ def calibrate_with_production(
         moved = [e for e in cells if e.significant and e.delta != 0]
         if not implied.any() or not moved:
             continue
-        scale = production_scale(service_hours, values, implied)
+        scale = _with_share_error(
+            production_scale(service_hours, values, implied), cells, shares, experiment_id, share_rel_se or {}
+        )
         trace_relative_se = min(e.best[1] / projection.Z95 / max(abs(e.best[0]), 1e-9) for e in moved)
         verdict = reconcile(scale, trace_relative_se)
         if verdict == "absent":
@@ -194,6 +205,21 @@ def calibrate_with_production(
                 effect = dataclasses.replace(effect, source=f"traces (production {verdict})")
             out[(experiment_id, effect.cell, service)] = effect
     return out, not_in_load
+
+
+def _with_share_error(scale: ProductionScale | None, cells: list[Effect], shares: dict, experiment_id: str,
+                      share_rel_se: dict[tuple[str, str], float]) -> ProductionScale | None:
+    """The scale's standard error with the shares' own (cells' shares err independently:
+    they are disjoint sets of members)."""
+    if scale is None:
+        return None
+    parts = [(shares[(experiment_id, e.cell)].mean() * e.centre, share_rel_se.get((experiment_id, e.cell), 0.0))
+             for e in cells if (experiment_id, e.cell) in shares]
+    total = sum(p for p, _ in parts)
+    if total == 0:
+        return scale
+    relative = float(np.sqrt(sum((p * r) ** 2 for p, r in parts))) / abs(total)
+    return dataclasses.replace(scale, se=float(np.hypot(scale.se, scale.scale * relative)))
 
 
 def _shared_control_correlation(cells: list[Effect]) -> np.ndarray:
@@ -356,6 +382,7 @@ def project_cells(
     interval: str = "fixed",
     point_estimate: str = "shrinkage",
     callers: CallerShares | None = None,
+    share_rel_se: dict[tuple[str, str], float] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(per service, per experiment cell, hourly universes) frames for one as-of day.
 
@@ -368,7 +395,7 @@ def project_cells(
     from posterior draws) or "gate" (significant deltas as measured, others 0). The
     always-valid (sequential) intervals keep the gate: a posterior has no such guarantee.
     callers: the experiments' call graphs (attribution.call_graph); shrinkage then centres
-    each service on the delta its callers imply."""
+    each service on the delta its callers imply. share_rel_se: see calibrate_with_production."""
     all_shares = _share_arrays(shares, hours)
     history_shares = {
         service: {key: values[positions] for key, values in all_shares.items()}
@@ -396,7 +423,7 @@ def project_cells(
     shrinking = point_estimate == "shrinkage" and interval == "fixed"
     if shrinking:
         effects = shrink_effects(effects, callers)
-    effects, not_in_load = calibrate_with_production(effects, history, history_shares)
+    effects, not_in_load = calibrate_with_production(effects, history, history_shares, share_rel_se)
     by_service: dict[str, list[Effect]] = {}
     for effect in effects.values():
         by_service.setdefault(effect.service, []).append(effect)

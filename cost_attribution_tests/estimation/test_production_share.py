@@ -298,3 +298,41 @@ def test_a_static_fleets_unknown_capacity_widens_the_interval_not_the_point():
     # A fleet that scales has its capacity measured: nothing to widen.
     scaling, _, _ = _project(deltas, {"legacy": _linear_model("legacy", 0.01)}, {"legacy": load}, _share_frame(hours, {}), hours)
     assert scaling.row(0, named=True)["ci_high_usd_30d"] == pytest.approx(0.01 * 1000 * 8.0 * to_30d)
+
+
+def test_share_errors_match_the_spread_of_shares_over_member_draws():
+    """The relative standard error of a cell's share (share_errors) against the spread of
+    the share over many draws of which members land in the cell (heavy-tailed activity)."""
+    from cost_attribution.attribution.treated_share import share_errors
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    activity = pl.DataFrame({"member_id": [f"m{i}" for i in range(n)], "root_requests": rng.gamma(0.7, 60.0, n)})
+    experiments = pl.DataFrame({"experiment_id": ["x"]})
+    shares, predicted = [], []
+    for _ in range(300):
+        cells = rng.choice(["control", "treatment", "none"], size=n, p=[0.1, 0.1, 0.8])
+        allocated = activity.with_columns(cell=pl.Series(cells)).filter(pl.col("cell") != "none")
+        allocations = allocated.select(pl.lit("x").alias("experiment_id"), "member_id", "cell")
+        errors = share_errors(activity, allocations, experiments).filter(pl.col("cell") == "treatment").row(0, named=True)
+        shares.append(errors["share"])
+        predicted.append(errors["share_rel_se"])
+    observed = np.std(shares) / np.mean(shares)
+    assert np.median(predicted) == pytest.approx(observed, rel=0.15)
+    assert 0.05 < observed < 0.2  # a tenth of 3000 heavy-tailed members: several percent
+
+
+def test_a_share_error_widens_what_production_can_claim():
+    from cost_attribution.estimation.cell_costs import _with_share_error
+    from cost_attribution.estimation.production_calibration import ProductionScale
+
+    scale = ProductionScale(0.95, 0.0025, 144)
+    from cost_attribution.estimation.cell_costs import Effect
+
+    effects = [Effect("x", c, "svc", "requests", d, d - 1, d + 1, True) for c, d in (("a", 9.5), ("b", 20.0))]
+    shares = {("x", "a"): np.full(10, 0.17), ("x", "b"): np.full(10, 0.16)}
+    widened = _with_share_error(scale, effects, shares, "x", {("x", "a"): 0.06, ("x", "b"): 0.06})
+    parts = np.array([0.17 * 9.5, 0.16 * 20.0])
+    expected = np.hypot(0.0025, 0.95 * 0.06 * np.sqrt(np.sum(parts**2)) / parts.sum())
+    assert widened.se == pytest.approx(expected) and widened.scale == 0.95
+    assert _with_share_error(scale, effects, shares, "x", {}) == scale
