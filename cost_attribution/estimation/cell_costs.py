@@ -272,14 +272,6 @@ def _implied_by_callers(keys: list, slots: dict, totals: np.ndarray, spreads: np
     return np.maximum(implied, shrinkage.MIN_RELATIVE), np.sqrt(variance)
 
 
-def _residual_posterior(delta: np.ndarray, se: np.ndarray, implied: np.ndarray) -> shrinkage.Posterior:
-    """Posterior of each change beyond its implied delta, on log(1 + delta) - log(1 + implied),
-    under one prior fitted on all of them."""
-    x, s = shrinkage.to_log_scale(delta, se)
-    residual = x - np.log1p(implied)
-    return shrinkage.posterior(shrinkage.fit_prior(residual, s), residual, s)
-
-
 def shrink_effects(
     effects: dict[tuple[str, str, str], Effect], callers: CallerShares | None = None
 ) -> dict[tuple[str, str, str], Effect]:
@@ -308,7 +300,7 @@ def shrink_effects(
     delta, se = np.array([d for d, _ in entries]), np.array([e for _, e in entries])
     implied, implied_sd = np.zeros(len(entries)), np.zeros(len(entries))
     for attempt in range(GRAPH_PASSES if callers else 1):
-        post = _residual_posterior(delta, se, implied).widened(implied_sd / (1.0 + implied))
+        post = shrinkage.shrink(delta, se, centre=implied)[1].widened(implied_sd / (1.0 + implied))
         if not callers:
             break
         totals = (1.0 + implied) * (1.0 + post.medians()) - 1.0

@@ -97,6 +97,11 @@ def fit_prior(x: np.ndarray, s: np.ndarray, iterations: int = 1000, tolerance: f
     return Prior(scales, weights)
 
 
+def _component_cdf(x, m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """P(X <= x) for each mixture component N(m, v^2) (a step at m where v is 0), broadcast."""
+    return np.where(v > 0, special.ndtr((x - m) / np.where(v > 0, v, 1.0)), (x >= m).astype(float))
+
+
 @dataclass(frozen=True)
 class Posterior:
     """Per effect, a mixture: component k has weight w[i, k], mean m[i, k], sd v[i, k]
@@ -113,20 +118,14 @@ class Posterior:
     def medians(self) -> np.ndarray:
         """Every effect's posterior median of delta at once (bisection on the log scale);
         exactly 0 wherever the point mass at 0 holds the middle of the distribution."""
-        continuous = self.v > 0
-        sd = np.where(continuous, self.v, 1.0)
-
-        def cdf(x: np.ndarray) -> np.ndarray:
-            below = np.where(continuous, special.ndtr((x[:, None] - self.m) / sd), (x[:, None] >= self.m).astype(float))
-            return np.sum(self.w * below, axis=1)
-
         low = np.min(self.m - 10.0 * self.v, axis=1) - 1e-9
         high = np.max(self.m + 10.0 * self.v, axis=1) + 1e-9
         for _ in range(60):
             middle = (low + high) / 2.0
-            under = cdf(middle) < 0.5
+            under = np.sum(self.w * _component_cdf(middle[:, None], self.m, self.v), axis=1) < 0.5
             low, high = np.where(under, middle, low), np.where(under, high, middle)
-        below_zero = np.sum(np.where(continuous, self.w * special.ndtr(-self.m / sd), 0.0), axis=1)
+        continuous = self.v > 0
+        below_zero = np.sum(np.where(continuous, self.w * _component_cdf(0.0, self.m, self.v), 0.0), axis=1)
         at_zero = (below_zero <= 0.5) & (below_zero + self.point_mass() >= 0.5)
         return np.where(at_zero, 0.0, np.expm1((low + high) / 2.0))
 
@@ -136,13 +135,7 @@ class Posterior:
     def cdf(self, i: int, points: np.ndarray) -> np.ndarray:
         """P(delta <= points) for effect i."""
         x = np.log(np.maximum(1.0 + np.asarray(points, dtype=float), 1.0 + MIN_RELATIVE))
-        sd = np.where(self.v[i] > 0, self.v[i], 1.0)
-        component = np.where(
-            self.v[i][None, :] > 0,
-            special.ndtr((x[:, None] - self.m[i][None, :]) / sd[None, :]),
-            (x[:, None] >= self.m[i][None, :]).astype(float),
-        )
-        return component @ self.w[i]
+        return _component_cdf(x[:, None], self.m[i][None, :], self.v[i][None, :]) @ self.w[i]
 
     def quantile_table(self, i: int, points: int = 801) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, deltas) tabulating effect i's inverse CDF, for np.interp. The
@@ -189,8 +182,14 @@ def posterior(prior: Prior, x: np.ndarray, s: np.ndarray) -> Posterior:
     return Posterior(w, m, v)
 
 
-def shrink(delta: np.ndarray, se: np.ndarray) -> tuple[Prior, Posterior]:
-    """Fit the day's prior on every effect and return it with every effect's posterior."""
+def shrink(delta: np.ndarray, se: np.ndarray, centre: np.ndarray | None = None) -> tuple[Prior, Posterior]:
+    """Fit the day's prior on every effect and return it with every effect's posterior.
+
+    centre (optional, one per effect): the change each effect is shrunk towards instead of
+    none. The prior and posterior are then of the change beyond it, log(1 + delta) -
+    log(1 + centre): a posterior delta d stands for (1 + centre)(1 + d) - 1."""
     x, s = to_log_scale(delta, se)
+    if centre is not None:
+        x = x - np.log1p(np.asarray(centre, dtype=float))
     prior = fit_prior(x, s)
     return prior, posterior(prior, x, s)
