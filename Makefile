@@ -38,8 +38,13 @@ dev: install
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# The suite runs on TEST_WORKERS processes, a test module per worker (module fixtures build
+# their world once): the end-to-end worlds of the slow tests then build two at a time.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q -m "not deploy and not spark"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not deploy and not spark"
 
 ## PostgreSQL + dagster api grpc + webserver + daemon on loopback, with deploy/dagster.yaml.
 test-deploy: install
@@ -51,7 +56,7 @@ test-spark: install
 	$(BIN)/python -m pytest -q -m spark
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not deploy and not spark and not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not deploy and not spark and not slow"
 
 ## After a deliberate change to the asset graph: rewrite the definitions snapshot, then review its diff.
 update-snapshot: install
