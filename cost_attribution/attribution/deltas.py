@@ -129,7 +129,26 @@ def requests_and_work_deltas(
     member_usage: experiment_id, cell, member_id, service, requests, work (null: not measured)
     pre_usage:    experiment_id, member_id, service, pre_requests, pre_work (optional)
     roots:        experiment_id, member_id, service, root_requests over the treated period (optional)
+
+    The composition of `cell_deltas` (which needs nothing across experiments, so it can
+    run one experiment at a time) and `with_fdr` (the one BH family over everything).
     """
+    return with_fdr([cell_deltas(member_usage, allocations, experiments, config, pre_usage, roots)], config)
+
+
+def cell_deltas(
+    member_usage: pl.DataFrame,
+    allocations: pl.DataFrame,
+    experiments: pl.DataFrame,
+    config: StatsConfig,
+    pre_usage: pl.DataFrame | None = None,
+    roots: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """requests_and_work_deltas before the Benjamini-Hochberg step (its q_value,
+    work_q_value and significant are only this call's): every row depends on its own
+    experiment's members only, so calling it per experiment and concatenating gives the
+    rows of one call over all of them. `pre_usage` given (even without rows of this
+    experiment) or not decides the fallback's covariate, as in one call over all."""
     exps = experiments.select("experiment_id", "control_cell")
     fallback_name = "pre-period" if pre_usage is not None else "none"
     joined = _compare_both(member_usage, allocations, exps, config, pre_usage).with_columns(
@@ -145,9 +164,17 @@ def requests_and_work_deltas(
             usable.with_columns(covariate=pl.lit("roots")),
             joined.join(usable.select(KEYS), on=KEYS, how="anti"),
         ])
-    joined = joined.join(work_per_request(member_usage, allocations, exps, config), on=KEYS, how="left").sort(KEYS)
-    if joined.height == 0:
-        return joined
+    return joined.join(work_per_request(member_usage, allocations, exps, config), on=KEYS, how="left").sort(KEYS)
+
+
+def with_fdr(parts: list[pl.DataFrame], config: StatsConfig) -> pl.DataFrame:
+    """`cell_deltas` frames (e.g. one per experiment) as one frame with q_value and
+    work_q_value from one Benjamini-Hochberg family over every pair of every part and both
+    metrics, and significant = either q below config.fdr_q."""
+    parts = [part for part in parts if part.height]
+    if not parts:
+        return pl.DataFrame(schema=DELTA_SCHEMA)
+    joined = pl.concat(parts).sort(KEYS)
     p = np.concatenate([
         joined["p_value"].to_numpy(allow_copy=True).astype(float),
         joined["work_p_value"].to_numpy(allow_copy=True).astype(float),
