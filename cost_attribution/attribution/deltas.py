@@ -39,6 +39,9 @@ ROOTS = "(root requests)"
 # A cell whose members send a different number of root requests (p below this) is not
 # adjusted on them: the adjustment would remove part of the effect.
 ROOT_BALANCE_P = 0.05
+# The root covariate is dense (every member with roots x every service): built for a few
+# services at a time, about this many rows each (each service's comparison is its own).
+COVARIATE_ROWS = 1_000_000
 
 
 def _metric(frame: pl.DataFrame | None, column: str, alias: str) -> pl.DataFrame | None:
@@ -65,6 +68,16 @@ def root_covariate(roots: pl.DataFrame, member_usage: pl.DataFrame) -> pl.DataFr
         .with_columns(pl.col("pre_requests").alias("pre_work"))
         .sort("experiment_id", "member_id", "service")  # reruns sum in the same order
     )
+
+
+def _service_batches(member_usage: pl.DataFrame, roots: pl.DataFrame) -> list[pl.DataFrame]:
+    """member_usage split by service into batches whose root covariate has about
+    COVARIATE_ROWS rows (at least one service each; one batch when there is no usage)."""
+    members = roots.select("experiment_id", "member_id").n_unique()
+    services = member_usage["service"].unique().sort().to_list()
+    per_batch = max(1, COVARIATE_ROWS // max(members, 1))
+    batches = [services[i:i + per_batch] for i in range(0, len(services), per_batch)]
+    return [member_usage.filter(pl.col("service").is_in(batch)) for batch in batches] or [member_usage]
 
 
 def root_balance(roots: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame,
@@ -112,14 +125,9 @@ def work_per_request(member_usage: pl.DataFrame, allocations: pl.DataFrame, expe
     return ratio.select(*KEYS, pl.col("delta").alias("wpr_delta"), pl.col("se").alias("wpr_se"))
 
 
-def requests_and_work_deltas(
-    member_usage: pl.DataFrame,
-    allocations: pl.DataFrame,
-    experiments: pl.DataFrame,
-    config: StatsConfig,
-    pre_usage: pl.DataFrame | None = None,
-    roots: pl.DataFrame | None = None,
-) -> pl.DataFrame:
+def requests_and_work_deltas(member_usage: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame,
+                             config: StatsConfig, pre_usage: pl.DataFrame | None = None,
+                             roots: pl.DataFrame | None = None) -> pl.DataFrame:
     """DELTA_SCHEMA rows: request deltas plus work_delta, work_se, work_ci_low,
     work_ci_high, work_p_value, work_q_value, and the work-per-request part of the work
     delta (wpr_delta, wpr_se; see work_per_request); q_value and work_q_value are one BH
@@ -156,7 +164,10 @@ def cell_deltas(
     )
     if roots is not None and roots.height:
         ratio_config = dataclasses.replace(config, variance_reduction="ratio")
-        ratio = _compare_both(member_usage, allocations, exps, ratio_config, root_covariate(roots, member_usage))
+        ratio = pl.concat([
+            _compare_both(batch, allocations, exps, ratio_config, root_covariate(roots, batch))
+            for batch in _service_batches(member_usage, roots)
+        ])
         balance = root_balance(roots, allocations, exps, config)
         balanced = balance.filter(pl.col("p_value").is_not_null() & (pl.col("p_value") >= ROOT_BALANCE_P))
         usable = ratio.filter(pl.col("delta").is_not_null()).join(balanced, on=["experiment_id", "cell"], how="semi")

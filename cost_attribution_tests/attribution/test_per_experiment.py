@@ -142,3 +142,19 @@ def test_no_experiments_give_an_empty_frame_of_the_delta_schema():
     from cost_attribution.attribution.deltas import DELTA_SCHEMA
 
     assert with_fdr([], StatsConfig()).schema == pl.Schema(DELTA_SCHEMA)
+
+
+def test_the_root_covariate_a_few_services_at_a_time_changes_nothing(warehouse, monkeypatch):
+    import cost_attribution.attribution.deltas as deltas
+
+    scope = usage_scope(warehouse, AS_OF, blind_spot_coverage=0.5)
+    big = next(each_experiment_usage(warehouse, scope))
+    args = (big.member_usage.drop("measured_from"), big.allocations, big.experiments, StatsConfig())
+    whole = with_fdr([cell_deltas(*args, pre_usage=big.pre_usage, roots=big.roots)], StatsConfig())
+    monkeypatch.setattr(deltas, "COVARIATE_ROWS", 2 * big.roots["member_id"].n_unique())
+    assert len(deltas._service_batches(big.member_usage, big.roots)) == 3  # 5 services, 2 a batch
+    batched = with_fdr([cell_deltas(*args, pre_usage=big.pre_usage, roots=big.roots)], StatsConfig())
+    assert batched["covariate"].to_list() == whole["covariate"].to_list() and "roots" in whole["covariate"].to_list()
+    for column, dtype in whole.schema.items():
+        if dtype == pl.Float64:
+            np.testing.assert_allclose(batched[column].to_numpy(), whole[column].to_numpy(), rtol=1e-12, atol=1e-15)
