@@ -12,8 +12,8 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.member_usage import each_experiment_usage, usage_scope
-from cost_attribution.attribution.deltas import cell_deltas, with_fdr
-from cost_attribution.attribution.stats import StatsConfig, intended_splits, sample_ratio_mismatch
+from cost_attribution.attribution.deltas import deltas_by_experiment
+from cost_attribution.attribution.stats import StatsConfig, intended_splits
 from cost_attribution.attribution.treated_share import hourly_grid, share_errors, share_plot
 from cost_attribution.attribution.treated_share import treated_share as share_by_hour
 from cost_attribution.checks import trace_completeness as completeness
@@ -24,10 +24,6 @@ from cost_attribution.warehouse import markdown_table, read_frame, replace_day, 
 ATTRIBUTION = "attribution"
 OWNERS = ["team:platform-data"]
 SRM_CHECK = "sample_ratio_mismatch"
-
-
-_NO_SOURCE = pl.DataFrame(schema={"experiment_id": pl.Utf8, "service": pl.Utf8, "measured_from": pl.Utf8})
-_NO_ALLOCATIONS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "member_id": pl.Utf8, "cell": pl.Utf8})
 
 
 SRM_SPEC = dg.AssetCheckSpec(
@@ -115,27 +111,15 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:
         scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
-        splits = intended_splits(scope.experiments)
-        parts, measured_from, srm = [], [], []
-        for usage in each_experiment_usage(conn, scope):  # one experiment's members in memory at a time
-            parts.append(cell_deltas(
-                usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests", "work"),
-                usage.allocations, usage.experiments, config,
-                pre_usage=usage.pre_usage if scope.has_pre_period else None, roots=usage.roots,
-            ))
-            measured_from.append(usage.member_usage.select("experiment_id", "service", "measured_from").unique(
-                subset=["experiment_id", "service"]
-            ))
-            srm.append(sample_ratio_mismatch(usage.allocations, usage.experiments, splits))
+        deltas, srm = deltas_by_experiment(
+            each_experiment_usage(conn, scope), config, scope.has_pre_period, intended_splits(scope.experiments)
+        )
         deltas = (
-            with_fdr(parts, config)
-            .join(pl.concat(measured_from) if measured_from else _NO_SOURCE, on=["experiment_id", "service"], how="left")
-            .join(scope.coverage.select("service", pl.col("coverage").alias("trace_coverage")), on="service", how="left")
+            deltas.join(scope.coverage.select("service", pl.col("coverage").alias("trace_coverage")), on="service", how="left")
             .with_columns(pl.lit(as_of).alias("as_of"))
             .select("as_of", pl.all().exclude("as_of"))
         )
         replace_rows(conn, "main.usage_deltas", deltas, where={"as_of": as_of})
-        srm = pl.concat(srm) if srm else sample_ratio_mismatch(_NO_ALLOCATIONS, scope.experiments)
         replace_rows(conn, "main.sample_ratio", srm.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
     significant = deltas.filter(pl.col("significant"))
     yield dg.MaterializeResult(

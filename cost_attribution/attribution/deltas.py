@@ -25,11 +25,12 @@ interval widened instead of narrowing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
 
-from cost_attribution.attribution.stats import RESULT_SCHEMA, StatsConfig, compare_cells
+from cost_attribution.attribution.stats import RESULT_SCHEMA, StatsConfig, compare_cells, sample_ratio_mismatch
 from cost_attribution.attribution.stats_inference import benjamini_hochberg
 
 KEYS = ["experiment_id", "cell", "service"]
@@ -198,6 +199,32 @@ def with_fdr(parts: list[pl.DataFrame], config: StatsConfig) -> pl.DataFrame:
         work_q_value=pl.Series(q_work, dtype=pl.Float64, nan_to_null=True),
         significant=pl.Series(significant),
     )
+
+
+def deltas_by_experiment(usages: Iterable, config: StatsConfig, pre_period: bool,
+                         splits: dict[str, dict[str, float]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(deltas, sample ratio) over experiments read one at a time (ExperimentUsage, e.g.
+    member_usage.each_experiment_usage): each experiment's cell_deltas (with `pre_usage`
+    when any experiment has a pre period: `pre_period`), which source its services were
+    measured from (measured_from) and its SRM test (stats.sample_ratio_mismatch with the
+    intended `splits`); then one Benjamini-Hochberg family over all of them (with_fdr).
+    Only one experiment's member rows are held at a time."""
+    parts, sources, srm = [], [_NO_SOURCE], [sample_ratio_mismatch(_NO_ALLOCATIONS, _NO_EXPERIMENTS)]
+    for usage in usages:
+        parts.append(cell_deltas(
+            usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests", "work"),
+            usage.allocations, usage.experiments, config,
+            pre_usage=usage.pre_usage if pre_period else None, roots=usage.roots,
+        ))
+        sources.append(usage.member_usage.select(_NO_SOURCE.columns).unique(subset=["experiment_id", "service"]))
+        srm.append(sample_ratio_mismatch(usage.allocations, usage.experiments, splits))
+    deltas = with_fdr(parts, config).join(pl.concat(sources), on=["experiment_id", "service"], how="left")
+    return deltas, pl.concat(srm)
+
+
+_NO_SOURCE = pl.DataFrame(schema={"experiment_id": pl.Utf8, "service": pl.Utf8, "measured_from": pl.Utf8})
+_NO_ALLOCATIONS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "member_id": pl.Utf8, "cell": pl.Utf8})
+_NO_EXPERIMENTS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "control_cell": pl.Utf8})
 
 
 DELTA_SCHEMA = (RESULT_SCHEMA | {f"work_{c}": pl.Float64 for c in WORK_COLUMNS} | {"covariate": pl.Utf8}

@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from cost_attribution.attribution.call_graph import caller_shares
-from cost_attribution.attribution.deltas import cell_deltas, requests_and_work_deltas, with_fdr
+from cost_attribution.attribution.deltas import cell_deltas, deltas_by_experiment, requests_and_work_deltas, with_fdr
 from cost_attribution.attribution.member_usage import each_experiment_usage, served_requests, usage_scope
-from cost_attribution.attribution.stats import StatsConfig
+from cost_attribution.attribution.stats import StatsConfig, intended_splits
 
 AS_OF = dt.date(2026, 3, 3)
 # An id with a quote: read through a bound parameter, never formatted into the SQL.
@@ -123,8 +123,10 @@ def test_deltas_one_experiment_at_a_time_equal_one_pass_over_all(warehouse):
     )
     parts = [cell_deltas(u.member_usage.drop("measured_from"), u.allocations, u.experiments, config,
                          pre_usage=u.pre_usage, roots=u.roots) for u in usages]
-    apart = with_fdr(parts, config)
-    assert apart.columns == whole.columns and apart.height == whole.height == 10
+    apart, srm = deltas_by_experiment(iter(usages), config, scope.has_pre_period, intended_splits(scope.experiments))
+    assert apart.columns == [*whole.columns, "measured_from"] and apart.height == whole.height == 10
+    assert srm["experiment_id"].to_list() == ["big", ODD] and not srm["mismatch"].any()
+    assert set(apart.filter(pl.col("service") == "blind")["measured_from"]) == {"client"}
     assert set(apart["covariate"].to_list()) == {"roots", "pre-period"}  # `odd` has no roots: its fallback
     for column, dtype in whole.schema.items():
         if dtype == pl.Float64:
