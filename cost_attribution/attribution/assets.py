@@ -11,9 +11,9 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from cost_attribution.attribution.member_usage import load_experiment_usage
-from cost_attribution.attribution.deltas import requests_and_work_deltas
-from cost_attribution.attribution.stats import StatsConfig, intended_splits, sample_ratio_mismatch
+from cost_attribution.attribution.member_usage import each_experiment_usage, usage_scope
+from cost_attribution.attribution.deltas import deltas_by_experiment
+from cost_attribution.attribution.stats import StatsConfig, intended_splits
 from cost_attribution.attribution.treated_share import hourly_grid, share_errors, share_plot
 from cost_attribution.attribution.treated_share import treated_share as share_by_hour
 from cost_attribution.checks import trace_completeness as completeness
@@ -110,26 +110,16 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     as_of = partition_day(context)
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:
-        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
-        deltas = requests_and_work_deltas(
-            usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests", "work"),
-            usage.allocations,
-            usage.experiments,
-            config,
-            pre_usage=usage.pre_usage if usage.pre_usage.height else None,
-            roots=usage.roots,
-        )
-        measured_from = usage.member_usage.select("experiment_id", "service", "measured_from").unique(
-            subset=["experiment_id", "service"]
+        scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        deltas, srm = deltas_by_experiment(
+            each_experiment_usage(conn, scope), config, scope.has_pre_period, intended_splits(scope.experiments)
         )
         deltas = (
-            deltas.join(measured_from, on=["experiment_id", "service"], how="left")
-            .join(usage.coverage.select("service", pl.col("coverage").alias("trace_coverage")), on="service", how="left")
+            deltas.join(scope.coverage.select("service", pl.col("coverage").alias("trace_coverage")), on="service", how="left")
             .with_columns(pl.lit(as_of).alias("as_of"))
             .select("as_of", pl.all().exclude("as_of"))
         )
         replace_rows(conn, "main.usage_deltas", deltas, where={"as_of": as_of})
-        srm = sample_ratio_mismatch(usage.allocations, usage.experiments, intended_splits(usage.experiments))
         replace_rows(conn, "main.sample_ratio", srm.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
     significant = deltas.filter(pl.col("significant"))
     yield dg.MaterializeResult(

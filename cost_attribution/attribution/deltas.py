@@ -25,11 +25,12 @@ interval widened instead of narrowing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
 
-from cost_attribution.attribution.stats import RESULT_SCHEMA, StatsConfig, compare_cells
+from cost_attribution.attribution.stats import RESULT_SCHEMA, StatsConfig, compare_cells, sample_ratio_mismatch
 from cost_attribution.attribution.stats_inference import benjamini_hochberg
 
 KEYS = ["experiment_id", "cell", "service"]
@@ -39,6 +40,9 @@ ROOTS = "(root requests)"
 # A cell whose members send a different number of root requests (p below this) is not
 # adjusted on them: the adjustment would remove part of the effect.
 ROOT_BALANCE_P = 0.05
+# The root covariate is dense (every member with roots x every service): built for a few
+# services at a time, about this many rows each (each service's comparison is its own).
+COVARIATE_ROWS = 1_000_000
 
 
 def _metric(frame: pl.DataFrame | None, column: str, alias: str) -> pl.DataFrame | None:
@@ -65,6 +69,16 @@ def root_covariate(roots: pl.DataFrame, member_usage: pl.DataFrame) -> pl.DataFr
         .with_columns(pl.col("pre_requests").alias("pre_work"))
         .sort("experiment_id", "member_id", "service")  # reruns sum in the same order
     )
+
+
+def _service_batches(member_usage: pl.DataFrame, roots: pl.DataFrame) -> list[pl.DataFrame]:
+    """member_usage split by service into batches whose root covariate has about
+    COVARIATE_ROWS rows (at least one service each; one batch when there is no usage)."""
+    members = roots.select("experiment_id", "member_id").n_unique()
+    services = member_usage["service"].unique().sort().to_list()
+    per_batch = max(1, COVARIATE_ROWS // max(members, 1))
+    batches = [services[i:i + per_batch] for i in range(0, len(services), per_batch)]
+    return [member_usage.filter(pl.col("service").is_in(batch)) for batch in batches] or [member_usage]
 
 
 def root_balance(roots: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame,
@@ -112,14 +126,9 @@ def work_per_request(member_usage: pl.DataFrame, allocations: pl.DataFrame, expe
     return ratio.select(*KEYS, pl.col("delta").alias("wpr_delta"), pl.col("se").alias("wpr_se"))
 
 
-def requests_and_work_deltas(
-    member_usage: pl.DataFrame,
-    allocations: pl.DataFrame,
-    experiments: pl.DataFrame,
-    config: StatsConfig,
-    pre_usage: pl.DataFrame | None = None,
-    roots: pl.DataFrame | None = None,
-) -> pl.DataFrame:
+def requests_and_work_deltas(member_usage: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame,
+                             config: StatsConfig, pre_usage: pl.DataFrame | None = None,
+                             roots: pl.DataFrame | None = None) -> pl.DataFrame:
     """DELTA_SCHEMA rows: request deltas plus work_delta, work_se, work_ci_low,
     work_ci_high, work_p_value, work_q_value, and the work-per-request part of the work
     delta (wpr_delta, wpr_se; see work_per_request); q_value and work_q_value are one BH
@@ -129,7 +138,26 @@ def requests_and_work_deltas(
     member_usage: experiment_id, cell, member_id, service, requests, work (null: not measured)
     pre_usage:    experiment_id, member_id, service, pre_requests, pre_work (optional)
     roots:        experiment_id, member_id, service, root_requests over the treated period (optional)
+
+    The composition of `cell_deltas` (which needs nothing across experiments, so it can
+    run one experiment at a time) and `with_fdr` (the one BH family over everything).
     """
+    return with_fdr([cell_deltas(member_usage, allocations, experiments, config, pre_usage, roots)], config)
+
+
+def cell_deltas(
+    member_usage: pl.DataFrame,
+    allocations: pl.DataFrame,
+    experiments: pl.DataFrame,
+    config: StatsConfig,
+    pre_usage: pl.DataFrame | None = None,
+    roots: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """requests_and_work_deltas before the Benjamini-Hochberg step (its q_value,
+    work_q_value and significant are only this call's): every row depends on its own
+    experiment's members only, so calling it per experiment and concatenating gives the
+    rows of one call over all of them. `pre_usage` given (even without rows of this
+    experiment) or not decides the fallback's covariate, as in one call over all."""
     exps = experiments.select("experiment_id", "control_cell")
     fallback_name = "pre-period" if pre_usage is not None else "none"
     joined = _compare_both(member_usage, allocations, exps, config, pre_usage).with_columns(
@@ -137,7 +165,10 @@ def requests_and_work_deltas(
     )
     if roots is not None and roots.height:
         ratio_config = dataclasses.replace(config, variance_reduction="ratio")
-        ratio = _compare_both(member_usage, allocations, exps, ratio_config, root_covariate(roots, member_usage))
+        ratio = pl.concat([
+            _compare_both(batch, allocations, exps, ratio_config, root_covariate(roots, batch))
+            for batch in _service_batches(member_usage, roots)
+        ])
         balance = root_balance(roots, allocations, exps, config)
         balanced = balance.filter(pl.col("p_value").is_not_null() & (pl.col("p_value") >= ROOT_BALANCE_P))
         usable = ratio.filter(pl.col("delta").is_not_null()).join(balanced, on=["experiment_id", "cell"], how="semi")
@@ -145,9 +176,17 @@ def requests_and_work_deltas(
             usable.with_columns(covariate=pl.lit("roots")),
             joined.join(usable.select(KEYS), on=KEYS, how="anti"),
         ])
-    joined = joined.join(work_per_request(member_usage, allocations, exps, config), on=KEYS, how="left").sort(KEYS)
-    if joined.height == 0:
-        return joined
+    return joined.join(work_per_request(member_usage, allocations, exps, config), on=KEYS, how="left").sort(KEYS)
+
+
+def with_fdr(parts: list[pl.DataFrame], config: StatsConfig) -> pl.DataFrame:
+    """`cell_deltas` frames (e.g. one per experiment) as one frame with q_value and
+    work_q_value from one Benjamini-Hochberg family over every pair of every part and both
+    metrics, and significant = either q below config.fdr_q."""
+    parts = [part for part in parts if part.height]
+    if not parts:
+        return pl.DataFrame(schema=DELTA_SCHEMA)
+    joined = pl.concat(parts).sort(KEYS)
     p = np.concatenate([
         joined["p_value"].to_numpy(allow_copy=True).astype(float),
         joined["work_p_value"].to_numpy(allow_copy=True).astype(float),
@@ -160,6 +199,32 @@ def requests_and_work_deltas(
         work_q_value=pl.Series(q_work, dtype=pl.Float64, nan_to_null=True),
         significant=pl.Series(significant),
     )
+
+
+def deltas_by_experiment(usages: Iterable, config: StatsConfig, pre_period: bool,
+                         splits: dict[str, dict[str, float]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(deltas, sample ratio) over experiments read one at a time (ExperimentUsage, e.g.
+    member_usage.each_experiment_usage): each experiment's cell_deltas (with `pre_usage`
+    when any experiment has a pre period: `pre_period`), which source its services were
+    measured from (measured_from) and its SRM test (stats.sample_ratio_mismatch with the
+    intended `splits`); then one Benjamini-Hochberg family over all of them (with_fdr).
+    Only one experiment's member rows are held at a time."""
+    parts, sources, srm = [], [_NO_SOURCE], [sample_ratio_mismatch(_NO_ALLOCATIONS, _NO_EXPERIMENTS)]
+    for usage in usages:
+        parts.append(cell_deltas(
+            usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests", "work"),
+            usage.allocations, usage.experiments, config,
+            pre_usage=usage.pre_usage if pre_period else None, roots=usage.roots,
+        ))
+        sources.append(usage.member_usage.select(_NO_SOURCE.columns).unique(subset=["experiment_id", "service"]))
+        srm.append(sample_ratio_mismatch(usage.allocations, usage.experiments, splits))
+    deltas = with_fdr(parts, config).join(pl.concat(sources), on=["experiment_id", "service"], how="left")
+    return deltas, pl.concat(srm)
+
+
+_NO_SOURCE = pl.DataFrame(schema={"experiment_id": pl.Utf8, "service": pl.Utf8, "measured_from": pl.Utf8})
+_NO_ALLOCATIONS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "member_id": pl.Utf8, "cell": pl.Utf8})
+_NO_EXPERIMENTS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "control_cell": pl.Utf8})
 
 
 DELTA_SCHEMA = (RESULT_SCHEMA | {f"work_{c}": pl.Float64 for c in WORK_COLUMNS} | {"covariate": pl.Utf8}

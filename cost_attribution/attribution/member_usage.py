@@ -1,12 +1,15 @@
 """Reads the per-member usage an as-of analysis needs out of the warehouse.
 
 One place decides which rows count for an experiment on a given day, so the deltas
-and the dollar-interval covariance always see the same members and volumes.
+and the dollar-interval covariance always see the same members and volumes. Member rows
+are read one experiment at a time (`experiment_usage`): a day's statistics hold one
+experiment's members, never every running test's at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import duckdb
@@ -17,14 +20,11 @@ from cost_attribution.warehouse import quote_ident, read_frame, table_exists
 
 @dataclass
 class ExperimentUsage:
-    experiments: pl.DataFrame  # experiment_id, control_cell, start_date, ...
+    experiments: pl.DataFrame  # experiment_id, control_cell, start_date, ... (the experiment's row)
     allocations: pl.DataFrame  # experiment_id, member_id, cell (allocated by the as-of day)
     member_usage: pl.DataFrame  # experiment_id, cell, member_id, service, requests, work, measured_from
     pre_usage: pl.DataFrame  # experiment_id, member_id, service, pre_requests, pre_work (untreated: CUPED covariate)
     roots: pl.DataFrame  # experiment_id, member_id, service, root_requests (treated period: activity covariate)
-    coverage: pl.DataFrame  # service, coverage over the analysis window
-    window_start: dt.date | None
-    as_of: dt.date
 
 
 def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
@@ -44,11 +44,39 @@ def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
 
 WORK_MEASURES = {"duration": "work", "busy": "busy"}
 
+# The member x service rows an as-of analysis counts, as of ?, of experiments started by
+# ? (params 1-2), each service measured from one source (param 3: the services measured
+# from CLIENT spans; every other service from its SERVER spans).
+_CHOSEN_ROWS = """
+    FROM main.member_service_usage u
+    JOIN raw.experiments e USING (experiment_id)
+    WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+      AND u.source = CASE WHEN list_contains(CAST(? AS VARCHAR[]), u.service) THEN 'client' ELSE 'server' END
+"""
+# A member is treated from its allocated_at (and not before the experiment's start):
+# that usage is the outcome. Its usage before then (period 'pre' from the span models, or
+# trace days before the start) is the same member untreated: the CUPED covariate, never
+# counted as treated.
+_PRE_PERIOD = "(u.period = 'pre' OR (e.start_date IS NOT NULL AND u.dt < e.start_date))"
 
-def load_experiment_usage(
+
+@dataclass
+class UsageScope:
+    """What every experiment's rows are read against on one as-of day (small: no member rows)."""
+
+    experiments: pl.DataFrame  # experiment_id, control_cell, start_date, ... (started by as_of)
+    coverage: pl.DataFrame  # service, coverage over the analysis window
+    client_measured: list[str]  # blind services measured from the CLIENT spans that call them
+    has_pre_period: bool  # any experiment has usage before its members' allocation
+    window_start: dt.date | None
+    as_of: dt.date
+    work_column: str
+
+
+def usage_scope(
     conn: duckdb.DuckDBPyConnection, as_of: dt.date, blind_spot_coverage: float, work_measure: str = "duration"
-) -> ExperimentUsage:
-    """Member-level usage of every running experiment from its start through `as_of`.
+) -> UsageScope:
+    """Which experiments run as of `as_of` and how each service is measured for all of them.
 
     A service whose own SERVER spans mostly miss the member (coverage below
     `blind_spot_coverage`) is measured from the CLIENT spans that call it inside
@@ -67,48 +95,62 @@ def load_experiment_usage(
     if experiments.height and first_day is not None:
         starts = [d for d in experiments["start_date"].to_list() if d is not None]
         window_start = min([*starts, first_day]) if starts else first_day
-    allocations = read_frame(
-        conn,
-        """
-        SELECT a.experiment_id, a.member_id, a.cell
-        FROM raw.allocations a JOIN raw.experiments e USING (experiment_id)
-        WHERE CAST(a.allocated_at AS DATE) <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
-        ORDER BY ALL
-        """,
-        [as_of, as_of],
-    )
-    # A member is treated from its allocated_at (and not before the experiment's start):
-    # that usage is the outcome. Its usage before then (period 'pre' from the span
-    # models, or trace days before the start) is the same member untreated: the CUPED
-    # covariate, never counted as treated.
-    usage = read_frame(
-        conn,
-        f"""
-        SELECT u.experiment_id, u.cell, u.member_id, u.service, u.source,
-               u.period = 'pre' OR (e.start_date IS NOT NULL AND u.dt < e.start_date) AS pre_period,
-               sum(u.requests) AS requests,
-               sum(u.{quote_ident(WORK_MEASURES[work_measure])}) AS work
-        FROM main.member_service_usage u
-        JOIN raw.experiments e USING (experiment_id)
-        WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
-        GROUP BY ALL
-        ORDER BY ALL
-        """,
-        [as_of, as_of],
-    )
     coverage = (
         _service_coverage(conn, window_start, as_of)
         if window_start is not None
         else pl.DataFrame(schema={"service": pl.Utf8, "coverage": pl.Float64, "adjusted_requests": pl.Float64})
     )
     blind = set(coverage.filter(pl.col("coverage").fill_null(0.0) < blind_spot_coverage)["service"].to_list())
-    client_measured = set(usage.filter(pl.col("source") == "client")["service"].unique().to_list())
+    client_measured = {
+        service for (service,) in conn.execute(
+            """
+            SELECT DISTINCT u.service
+            FROM main.member_service_usage u JOIN raw.experiments e USING (experiment_id)
+            WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?) AND u.source = 'client'
+            """,
+            [as_of, as_of],
+        ).fetchall()
+    }
     # Server spans for every service we can see directly; client-side calls for the blind ones.
-    use_client = blind & client_measured
-    chosen = usage.filter(
-        ((pl.col("source") == "server") & ~pl.col("service").is_in(list(use_client)))
-        | ((pl.col("source") == "client") & pl.col("service").is_in(list(use_client)))
-    ).rename({"source": "measured_from"})
+    use_client = sorted(blind & client_measured)
+    [(has_pre,)] = conn.execute(
+        f"SELECT EXISTS (SELECT 1 {_CHOSEN_ROWS} AND {_PRE_PERIOD})", [as_of, as_of, use_client]
+    ).fetchall()
+    return UsageScope(experiments, coverage, use_client, bool(has_pre), window_start, as_of,
+                      WORK_MEASURES[work_measure])
+
+
+def experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str,
+                     covariates: bool = True) -> ExperimentUsage:
+    """One experiment's member-level usage from its start through the scope's as-of day
+    (`covariates=False`: without the pre-period and root rows). Only this experiment's
+    rows are read: memory grows with its members, not with every running test's."""
+    as_of = scope.as_of
+    experiments = scope.experiments.filter(pl.col("experiment_id") == experiment_id)
+    allocations = read_frame(
+        conn,
+        """
+        SELECT a.experiment_id, a.member_id, a.cell
+        FROM raw.allocations a JOIN raw.experiments e USING (experiment_id)
+        WHERE a.experiment_id = ? AND CAST(a.allocated_at AS DATE) <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+        ORDER BY ALL
+        """,
+        [experiment_id, as_of, as_of],
+    )
+    chosen = read_frame(
+        conn,
+        f"""
+        SELECT u.experiment_id, u.cell, u.member_id, u.service, u.source AS measured_from,
+               {_PRE_PERIOD} AS pre_period,
+               sum(u.requests) AS requests,
+               sum(u.{quote_ident(scope.work_column)}) AS work
+        {_CHOSEN_ROWS} AND u.experiment_id = ?
+        {"" if covariates else f"AND NOT {_PRE_PERIOD}"}
+        GROUP BY ALL
+        ORDER BY ALL
+        """,
+        [as_of, as_of, scope.client_measured, experiment_id],
+    )
     outcome = chosen.filter(~pl.col("pre_period")).drop("pre_period")
     pre_usage = (
         chosen.filter(pl.col("pre_period"))
@@ -121,13 +163,34 @@ def load_experiment_usage(
         SELECT r.experiment_id, r.member_id, r.service, sum(r.root_requests) AS root_requests
         FROM main.member_roots r
         JOIN raw.experiments e USING (experiment_id)
-        WHERE r.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+        WHERE r.experiment_id = ? AND r.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
           AND r.period = 'post' AND (e.start_date IS NULL OR r.dt >= e.start_date)
         GROUP BY ALL
         ORDER BY ALL
         """,
-        [as_of, as_of],
-    ) if table_exists(conn, "main.member_roots") else pl.DataFrame(
+        [experiment_id, as_of, as_of],
+    ) if covariates and table_exists(conn, "main.member_roots") else pl.DataFrame(
         schema={"experiment_id": pl.Utf8, "member_id": pl.Utf8, "service": pl.Utf8, "root_requests": pl.Float64}
     )
-    return ExperimentUsage(experiments, allocations, outcome, pre_usage, roots, coverage, window_start, as_of)
+    return ExperimentUsage(experiments, allocations, outcome, pre_usage, roots)
+
+
+def each_experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> Iterator[ExperimentUsage]:
+    """Every running experiment's usage, one experiment at a time, in experiment_id order."""
+    for experiment_id in scope.experiments["experiment_id"].to_list():
+        yield experiment_usage(conn, scope, experiment_id)
+
+
+def served_requests(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> pl.DataFrame:
+    """experiment_id, cell, service, requests: the measured outcome requests of every
+    experiment cell per service (what `experiment_usage` counts, summed in DuckDB)."""
+    return read_frame(
+        conn,
+        f"""
+        SELECT u.experiment_id, u.cell, u.service, sum(u.requests) AS requests
+        {_CHOSEN_ROWS} AND NOT {_PRE_PERIOD}
+        GROUP BY ALL
+        ORDER BY ALL
+        """,
+        [scope.as_of, scope.as_of, scope.client_measured],
+    )

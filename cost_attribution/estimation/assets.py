@@ -3,6 +3,7 @@ two-universe projection of every experiment cell."""
 
 
 import datetime as dt
+import functools
 import json
 
 import dagster as dg
@@ -11,7 +12,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.call_graph import caller_shares
-from cost_attribution.attribution.member_usage import load_experiment_usage
+from cost_attribution.attribution.member_usage import experiment_usage, served_requests, usage_scope
 from cost_attribution.attribution.shift_left import load_edge_usage
 from cost_attribution.attribution.stats import delta_covariance
 from cost_attribution.attribution.treated_share import hourly_grid
@@ -215,10 +216,14 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
         models = load_models(conn, as_of)
         hours, load = load_projection_load(conn, as_of, settings.calibration_days, models)
         shares = read_frame(conn, "SELECT experiment_id, cell, hour, share FROM main.treated_share WHERE as_of = ?", [as_of])
-        usage = load_experiment_usage(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
         callers = (
-            caller_shares(load_edge_usage(conn, as_of), usage.member_usage, usage.experiments)
+            caller_shares(load_edge_usage(conn, as_of), served_requests(conn, scope), scope.experiments)
             if settings.shrink_towards_callers else None
+        )
+        # project_cells asks cell by cell in experiment order: one experiment's members are held at a time.
+        usage_of = functools.lru_cache(maxsize=1)(
+            lambda experiment_id: experiment_usage(conn, scope, experiment_id, covariates=False)
         )
         share_rel_se = {
             (r["experiment_id"], r["cell"]): r["share_rel_se"]
@@ -230,7 +235,7 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
             as_of, deltas, models, load, hours, shares,
             scale=HORIZON_DAYS / settings.projection_days,
             fdr_q=settings.fdr_q,
-            correlation=lambda *key: delta_correlation(usage, *key),
+            correlation=lambda experiment_id, *key: delta_correlation(usage_of(experiment_id), experiment_id, *key),
             projection_hours=24 * settings.projection_days,
             interval=settings.dollar_interval,
             point_estimate=settings.point_estimate,
