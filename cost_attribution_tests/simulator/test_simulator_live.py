@@ -20,26 +20,26 @@ import yaml
 
 from cost_attribution.simulator import (
     CellSpec, ExperimentSpec, WorldConfig, generate_world, live_world_config, small_live_world_config)
-from cost_attribution_tests.simulator.world_files import generate_timed, read_otlp_day, trace_files, valid_spans
+from cost_attribution_tests.simulator.world_files import generate_in, read_otlp_day, trace_files, valid_spans
 
 ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @pytest.fixture(scope="module")
 def live_world(tmp_path_factory) -> tuple[Path, dict, float]:
-    return generate_timed(tmp_path_factory, "small-live", small_live_world_config())
+    return generate_in(tmp_path_factory, "small-live", small_live_world_config())
 
 
 @pytest.fixture(scope="module")
 def live_spans(live_world) -> dict[str, list[dict]]:
-    world, _, _ = live_world
+    world, _ = live_world
     return {day: [s for path in paths for s in valid_spans(read_otlp_day(path)[0])]
             for day, paths in trace_files(world).items()}
 
 
 @pytest.fixture(scope="module")
 def allocations(live_world) -> pl.DataFrame:
-    world, _, _ = live_world
+    world, _ = live_world
     return pl.read_csv(world / "allocations" / "allocations.csv").with_columns(
         at=pl.col("allocated_at").str.to_datetime(ISO, time_zone="UTC"))
 
@@ -66,9 +66,8 @@ def _ns(moment: datetime.datetime) -> int:
 
 # --- generation ---
 
-def test_small_live_world_is_fast_and_reproducible(live_world, tmp_path):
-    world, truth, seconds = live_world
-    assert seconds < 5.0, f"small live world took {seconds:.1f}s"
+def test_small_live_world_is_reproducible(live_world, tmp_path):
+    world, truth = live_world
     again = generate_world(tmp_path / "again", small_live_world_config())
     assert again == truth
     assert (tmp_path / "again" / "usage_metrics" / "requests_hourly.csv").read_bytes() == \
@@ -92,7 +91,7 @@ def test_live_world_config_is_demo_sized_and_turns_every_feature_on():
 # --- catalogs and allocations ---
 
 def test_experiments_yaml_has_cells_weights_kind_and_starts(live_world, allocations):
-    world, truth, _ = live_world
+    world, truth = live_world
     experiments = {e["id"]: e for e in yaml.safe_load((world / "experiments.yaml").read_text())["experiments"]}
     assert experiments["ratings-badge"]["cells"] == ["control", "badge", "badge-large"]
     assert "weights" not in experiments["ratings-badge"]
@@ -133,7 +132,7 @@ def test_allocation_respects_the_intended_weights():
 
 
 def test_ramp_allocates_members_over_time(allocations, live_world):
-    _, truth, _ = live_world
+    _, truth = live_world
     config = small_live_world_config()
     prefetch = next(e for e in config.experiments if e.id == "smarter-prefetch")
     start = datetime.datetime.combine(config.start_of(prefetch), datetime.time(), datetime.timezone.utc)
@@ -188,7 +187,7 @@ def _trace_cells(day_spans: list[dict], allocations: pl.DataFrame, experiment: s
 
 
 def test_duration_ratio_is_the_work_multiplier_and_pre_period_is_untreated(live_spans, allocations, live_world):
-    _, truth, _ = live_world
+    _, truth = live_world
     base = truth["services"]["images-svc"]["cpu_seconds_per_request"] * 1e9
     self_times = defaultdict(list)
     for day_spans in live_spans.values():
@@ -206,7 +205,7 @@ def test_duration_ratio_is_the_work_multiplier_and_pre_period_is_untreated(live_
 
 
 def test_server_duration_is_the_base_work_however_many_calls(live_spans, live_world):
-    _, truth, _ = live_world
+    _, truth = live_world
     for service in ("api-gateway", "recs-svc", "cdn-origin"):
         self_ns = [t for day in live_spans.values() for span, t in _server_durations(day)
                    if span["service"] == service]
@@ -267,7 +266,7 @@ def test_treated_share_from_allocations_and_activity_matches_truth(tmp_path):
 
 
 def test_usage_metrics_carry_each_hours_treated_share(live_world):
-    world, truth, _ = live_world
+    world, truth = live_world
     usage = _usage(world)
     assert usage.columns == ["hour", "service", "requests", "cpu_seconds"]
     hd = np.array(truth["treated_share"]["hd-images"]["hd"]["hourly"])
@@ -288,7 +287,7 @@ def test_usage_metrics_carry_each_hours_treated_share(live_world):
 
 
 def test_autoscaled_fleets_follow_cpu(live_world):
-    world, truth, _ = live_world
+    world, truth = live_world
     usage = _usage(world)
     focus = pl.read_csv(world / "costs" / "focus_hourly.csv.gz")
     app = pl.col("Tags").str.json_path_match("$.app")
@@ -338,7 +337,7 @@ def _truth_costs(world: Path, truth: dict, key: str, service: str) -> tuple[floa
     ("search-personalization:treatment", "profile-svc"),
 ])
 def test_incremental_and_bill_follow_from_the_files(live_world, key, service):
-    world, truth, _ = live_world
+    world, truth = live_world
     incremental, bill = _truth_costs(world, truth, key, service)
     entry = truth["experiments"][key]["services"][service]
     assert entry["incremental_cost_usd_30d"] == pytest.approx(incremental, rel=2e-3, abs=2.0)
@@ -347,7 +346,7 @@ def test_incremental_and_bill_follow_from_the_files(live_world, key, service):
 
 def test_truth_has_the_live_sample_worlds_keys(live_world):
     """Every key of the live sample world's truth.json (issue 15), extras allowed."""
-    _, truth, _ = live_world
+    _, truth = live_world
     assert {"n_spans", "bad_input", "trace_start", "end_date", "experiments", "static_services",
             "drifted_services", "broken_propagation", "deprecated_services", "baseline_cost_usd_30d"} <= set(truth)
     for entry in truth["experiments"].values():
@@ -359,7 +358,7 @@ def test_truth_has_the_live_sample_worlds_keys(live_world):
 
 
 def test_truth_per_cell(live_world):
-    _, truth, _ = live_world
+    _, truth = live_world
     exps = truth["experiments"]
     for key, entry in exps.items():
         assert key == f"{entry['experiment_id']}:{entry['cell']}"
@@ -418,7 +417,7 @@ def test_aa_experiment_may_not_change_anything(tmp_path):
 
 
 def test_business_metrics_per_cell(live_world):
-    world, _, _ = live_world
+    world, _ = live_world
     business = pl.read_csv(world / "business_metrics" / "business_metrics.csv")
     badge = business.filter(pl.col("experiment_id") == "ratings-badge")
     assert sorted(badge["cell"]) == ["badge", "badge-large"]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cost_attribution.simulator import WorldConfig, generate_world, small_world_config
-from cost_attribution_tests.simulator.world_files import generate_timed, read_otlp_day, trace_files, valid_spans
+from cost_attribution_tests.simulator.world_files import generate_in, read_otlp_day, trace_files, valid_spans
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FLAT_COLUMNS = ["trace_id", "span_id", "parent_span_id", "service", "kind", "start_unix_nano",
@@ -37,7 +37,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> tuple[Path, dict, float]:
-    return generate_timed(tmp_path_factory, "small", small_world_config())
+    return generate_in(tmp_path_factory, "small", small_world_config())
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,8 @@ def default_world(tmp_path_factory) -> tuple[Path, dict, dict[str, list[dict]]]:
 
 # --- tests ---
 
-def test_small_world_is_fast_and_has_every_landing_zone_file(small_world):
-    world, truth, seconds = small_world
-    assert seconds < 5.0, f"small world took {seconds:.1f}s"
+def test_small_world_has_every_landing_zone_file(small_world):
+    world, truth = small_world
     for relative in ("allocations/allocations.csv", "experiments.yaml", "services.yaml",
                      "costs/focus_hourly.csv.gz", "usage_metrics/requests_hourly.csv",
                      "business_metrics/business_metrics.csv", "truth.json"):
@@ -64,7 +63,7 @@ def test_small_world_is_fast_and_has_every_landing_zone_file(small_world):
 
 
 def test_same_seed_same_bytes_other_seed_other_world(small_world, tmp_path):
-    world, _, _ = small_world
+    world, _ = small_world
     generate_world(tmp_path / "again", small_world_config())
     assert _digest(tmp_path / "again") == _digest(world)
     other = generate_world(tmp_path / "other", small_world_config(seed=4))
@@ -85,7 +84,7 @@ def _contains_structure(ours, sample) -> bool:
 
 
 def test_truth_has_the_sample_worlds_structure(small_world):
-    _, truth, _ = small_world
+    _, truth = small_world
     sample = json.loads((FIXTURES / "sample_truth.json").read_text())
     ours = _key_structure(truth)
     # Top level and bad_input: the sample's keys all present with the same types (extras allowed).
@@ -104,7 +103,7 @@ def test_truth_has_the_sample_worlds_structure(small_world):
 
 
 def test_dirty_records_are_counted_in_truth_and_everything_else_parses(small_world):
-    world, truth, _ = small_world
+    world, truth = small_world
     totals = Counter()
     for day, paths in trace_files(world).items():
         records, malformed = read_otlp_day(paths[0])
@@ -248,7 +247,7 @@ def test_truth_costs_static_zero_and_deprecated_expensive(default_world):
 
 
 def test_catalogs_and_allocations_precede_the_experiments(small_world):
-    world, truth, _ = small_world
+    world, truth = small_world
     experiments = yaml.safe_load((world / "experiments.yaml").read_text())["experiments"]
     assert {e["id"] for e in experiments} == {k.split(":")[0] for k in truth["experiments"]}
     assert all(str(e["start"]) == truth["experiment_start"] for e in experiments)
@@ -299,7 +298,7 @@ def test_target_spans_per_day_scales_activity_not_production(tmp_path):
 def test_original_world_is_unchanged_by_the_live_features(small_world):
     """small_world_config() (live=False) keeps the numbers it had before live worlds existed:
     the demo, benchmarks and every pinned expectation downstream depend on them."""
-    _, truth, _ = small_world
+    _, truth = small_world
     assert truth["n_spans"] == 14427
     assert {k: v["incremental_cost_usd_30d"] for k, v in truth["experiments"].items()} == {
         "smarter-prefetch:treatment": 5112.52, "aa-calibration:treatment": 0.0, "login-refresh:treatment": 0.0,
