@@ -44,13 +44,16 @@ def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
 
 WORK_MEASURES = {"duration": "work", "busy": "busy"}
 
-# The member x service rows an as-of analysis counts, as of ?, of experiments started by
-# ? (params 1-2), each service measured from one source (param 3: the services measured
-# from CLIENT spans; every other service from its SERVER spans).
-_CHOSEN_ROWS = """
+# The member x service rows of experiments running on an as-of day: as of ?, of
+# experiments started by ? (params 1-2), from either source.
+_RUNNING_ROWS = """
     FROM main.member_service_usage u
     JOIN raw.experiments e USING (experiment_id)
     WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+"""
+# The rows an as-of analysis counts: each service measured from one source (param 3: the
+# services measured from CLIENT spans; every other service from its SERVER spans).
+_CHOSEN_ROWS = _RUNNING_ROWS + """
       AND u.source = CASE WHEN list_contains(CAST(? AS VARCHAR[]), u.service) THEN 'client' ELSE 'server' END
 """
 # A member is treated from its allocated_at (and not before the experiment's start):
@@ -103,12 +106,7 @@ def usage_scope(
     blind = set(coverage.filter(pl.col("coverage").fill_null(0.0) < blind_spot_coverage)["service"].to_list())
     client_measured = {
         service for (service,) in conn.execute(
-            """
-            SELECT DISTINCT u.service
-            FROM main.member_service_usage u JOIN raw.experiments e USING (experiment_id)
-            WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?) AND u.source = 'client'
-            """,
-            [as_of, as_of],
+            f"SELECT DISTINCT u.service {_RUNNING_ROWS} AND u.source = 'client'", [as_of, as_of]
         ).fetchall()
     }
     # Server spans for every service we can see directly; client-side calls for the blind ones.
