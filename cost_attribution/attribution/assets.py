@@ -11,7 +11,8 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from cost_attribution.attribution.member_usage import each_experiment_usage, usage_scope
+from cost_attribution.attribution.member_usage import usage_scope
+from cost_attribution.attribution.usage_moments import each_experiment_moments
 from cost_attribution.attribution.deltas import deltas_by_experiment
 from cost_attribution.attribution.stats import StatsConfig, intended_splits
 from cost_attribution.attribution.treated_share import hourly_grid, share_errors, share_plot
@@ -112,7 +113,7 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     with warehouse.get_connection() as conn:
         scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
         deltas, srm = deltas_by_experiment(
-            each_experiment_usage(conn, scope), config, scope.has_pre_period, intended_splits(scope.experiments)
+            each_experiment_moments(conn, scope), config, scope.has_pre_period, intended_splits(scope.experiments)
         )
         deltas = (
             deltas.join(scope.coverage.select("service", pl.col("coverage").alias("trace_coverage")), on="service", how="left")

@@ -1,7 +1,7 @@
 """Per (experiment, cell, service): how a cell moves a service's request volume and its work.
 
 Two metrics per allocated member, each compared with the same member-level estimator
-(`stats.compare_cells`):
+(`stats.compare_moments` over per-cell sums, `MemberMoments`):
 - requests: adjusted SERVER spans (how many requests the service gets);
 - work: adjusted busy time of those spans in seconds (how much the service works:
   heavier requests move it even when their number does not).
@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Protocol
 
 import numpy as np
 import polars as pl
 
-from cost_attribution.attribution.stats import RESULT_SCHEMA, StatsConfig, compare_cells, sample_ratio_mismatch
+from cost_attribution.attribution.stats import RESULT_SCHEMA, StatsConfig, cell_moments, compare_moments, srm_from_counts
 from cost_attribution.attribution.stats_inference import benjamini_hochberg
 
 KEYS = ["experiment_id", "cell", "service"]
@@ -81,48 +82,109 @@ def _service_batches(member_usage: pl.DataFrame, roots: pl.DataFrame) -> list[pl
     return [member_usage.filter(pl.col("service").is_in(batch)) for batch in batches] or [member_usage]
 
 
-def root_balance(roots: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame,
-                 config: StatsConfig) -> pl.DataFrame:
+MOMENT_SCHEMA = {"experiment_id": pl.Utf8, "cell": pl.Utf8, "service": pl.Utf8, "sum_y": pl.Float64,
+                 "sum_y2": pl.Float64, "sum_x": pl.Float64, "sum_x2": pl.Float64, "sum_xy": pl.Float64}
+COVARIATES = ("none", "pre-period", "roots")
+
+
+class MemberMoments(Protocol):
+    """Per-cell sums of an experiment's members that every comparison of `cell_deltas` is
+    made from (`stats.compare_moments`); from member rows in memory (`FrameMoments`) or
+    summed in the warehouse (`usage_moments.WarehouseMoments`), with the same rows."""
+
+    experiments: pl.DataFrame  # experiment_id, control_cell, ...
+    has_roots: bool  # any member has root requests (the roots covariate can be used)
+
+    def cell_counts(self) -> pl.DataFrame:
+        """experiment_id, cell, n: clean allocated members."""
+
+    def outcome(self, metric: str, covariate: str) -> pl.DataFrame:
+        """MOMENT_SCHEMA of y = the member's `metric` (requests | work) per service and x =
+        its `covariate` (COVARIATES: 0; the same metric before its allocation; its root
+        requests to other services over the treated period, for every service)."""
+
+    def work_per_request(self) -> pl.DataFrame:
+        """MOMENT_SCHEMA of y = work, x = requests, over rows where both are measured."""
+
+    def root_totals(self) -> pl.DataFrame:
+        """MOMENT_SCHEMA of y = the member's root requests (service ROOTS), x = 0."""
+
+    def measured_from(self) -> pl.DataFrame:
+        """experiment_id, service, measured_from: which spans each service was read from."""
+
+
+@dataclasses.dataclass
+class FrameMoments:
+    """MemberMoments of member rows in memory (the frames `cell_deltas` takes)."""
+
+    member_usage: pl.DataFrame  # experiment_id, cell, member_id, service, requests, work[, measured_from]
+    allocations: pl.DataFrame
+    experiments: pl.DataFrame
+    pre_usage: pl.DataFrame | None = None
+    roots: pl.DataFrame | None = None
+
+    @property
+    def has_roots(self) -> bool:
+        return self.roots is not None and self.roots.height > 0
+
+    def cell_counts(self) -> pl.DataFrame:
+        return cell_moments(_NO_USAGE, self.allocations)[0]
+
+    def outcome(self, metric: str, covariate: str) -> pl.DataFrame:
+        if covariate == "roots":
+            return pl.concat([
+                self._moments(_metric(batch, metric, "requests"),
+                              _metric(root_covariate(self.roots, batch), f"pre_{metric}", "pre_requests"))
+                for batch in _service_batches(self.member_usage, self.roots)
+            ])
+        pre = _metric(self.pre_usage, f"pre_{metric}", "pre_requests") if covariate == "pre-period" else None
+        return self._moments(_metric(self.member_usage, metric, "requests"), pre)
+
+    def work_per_request(self) -> pl.DataFrame:
+        measured = self.member_usage.filter(pl.col("work").is_not_null() & pl.col("requests").is_not_null())
+        if measured.height == 0:
+            return pl.DataFrame(schema=MOMENT_SCHEMA)
+        # With its cell, so a row naming another cell than the member's is left out of x as of y.
+        requests = measured.group_by("experiment_id", "cell", "member_id", "service").agg(
+            pl.col("requests").sum().alias("pre_requests"))
+        return self._moments(_metric(measured, "work", "requests"), requests)
+
+    def root_totals(self) -> pl.DataFrame:
+        per_member = self.roots.group_by("experiment_id", "member_id").agg(pl.col("root_requests").sum().alias("requests"))
+        per_member = per_member.join(self.allocations.select("experiment_id", "member_id", "cell"),
+                                     on=["experiment_id", "member_id"])
+        return self._moments(per_member.with_columns(service=pl.lit(ROOTS)), None)
+
+    def measured_from(self) -> pl.DataFrame:
+        return self.member_usage.select(_NO_SOURCE.columns).unique(subset=["experiment_id", "service"])
+
+    def _moments(self, usage: pl.DataFrame, pre: pl.DataFrame | None) -> pl.DataFrame:
+        return cell_moments(usage, self.allocations, pre)[1]
+
+
+def root_balance(source: MemberMoments, cell_n: pl.DataFrame, config: StatsConfig) -> pl.DataFrame:
     """experiment_id, cell, p_value: does the cell change how many root requests members send?"""
-    per_member = roots.group_by("experiment_id", "member_id").agg(pl.col("root_requests").sum().alias("requests"))
-    per_member = per_member.join(allocations.select("experiment_id", "member_id", "cell"), on=["experiment_id", "member_id"])
-    result = compare_cells(per_member.with_columns(service=pl.lit(ROOTS)), allocations, experiments, config)
+    result = compare_moments(cell_n, source.root_totals(), source.experiments, config)
     return result.select("experiment_id", "cell", "p_value")
 
 
-def _compare_both(member_usage, allocations, exps, config, covariate):
-    requests = compare_cells(
-        _metric(member_usage, "requests", "requests"), allocations, exps, config,
-        pre_usage=_metric(covariate, "pre_requests", "pre_requests"),
-    )
-    work = compare_cells(
-        _metric(member_usage, "work", "requests"), allocations, exps, config,
-        pre_usage=_metric(covariate, "pre_work", "pre_requests"),
-    )
+def _compare_both(source: MemberMoments, cell_n: pl.DataFrame, config: StatsConfig, covariate: str) -> pl.DataFrame:
+    adjusted = covariate != "none"
+    requests = compare_moments(cell_n, source.outcome("requests", covariate), source.experiments, config, adjusted)
+    work = compare_moments(cell_n, source.outcome("work", covariate), source.experiments, config, adjusted)
     work = work.select(*KEYS, *[pl.col(c).alias(f"work_{c}") for c in WORK_COLUMNS])
     return requests.join(work, on=KEYS, how="left")
 
 
-def work_per_request(member_usage: pl.DataFrame, allocations: pl.DataFrame, experiments: pl.DataFrame,
-                     config: StatsConfig) -> pl.DataFrame:
+def work_per_request(source: MemberMoments, cell_n: pl.DataFrame, config: StatsConfig) -> pl.DataFrame:
     """experiment_id, cell, service, wpr_delta, wpr_se: the relative change in work per
     request (sum of work / sum of requests per cell, delta method over members). Work per
     root = requests per root x work per request, exactly, so the work delta splits into a
     count part and a weight part; the weight part is measured over every request and is far
     more precise than the work delta itself, which carries the count noise of each member.
     Pricing shrinks the two parts separately (estimation.cell_costs.shrink_effects)."""
-    measured = member_usage.filter(pl.col("work").is_not_null() & pl.col("requests").is_not_null())
-    if measured.height == 0:
-        return pl.DataFrame(schema={**{k: pl.Utf8 for k in KEYS}, "wpr_delta": pl.Float64, "wpr_se": pl.Float64})
-    requests = (
-        measured.group_by("experiment_id", "member_id", "service")
-        .agg(pl.col("requests").sum().alias("pre_requests"))
-        .sort("experiment_id", "member_id", "service")
-    )
-    ratio = compare_cells(
-        _metric(measured, "work", "requests"), allocations, experiments,
-        dataclasses.replace(config, variance_reduction="ratio"), pre_usage=requests,
-    )
+    ratio = compare_moments(cell_n, source.work_per_request(), source.experiments,
+                            dataclasses.replace(config, variance_reduction="ratio"), adjusted=True)
     return ratio.select(*KEYS, pl.col("delta").alias("wpr_delta"), pl.col("se").alias("wpr_se"))
 
 
@@ -158,25 +220,28 @@ def cell_deltas(
     experiment's members only, so calling it per experiment and concatenating gives the
     rows of one call over all of them. `pre_usage` given (even without rows of this
     experiment) or not decides the fallback's covariate, as in one call over all."""
-    exps = experiments.select("experiment_id", "control_cell")
-    fallback_name = "pre-period" if pre_usage is not None else "none"
-    joined = _compare_both(member_usage, allocations, exps, config, pre_usage).with_columns(
-        covariate=pl.lit(fallback_name)
-    )
-    if roots is not None and roots.height:
-        ratio_config = dataclasses.replace(config, variance_reduction="ratio")
-        ratio = pl.concat([
-            _compare_both(batch, allocations, exps, ratio_config, root_covariate(roots, batch))
-            for batch in _service_batches(member_usage, roots)
-        ])
-        balance = root_balance(roots, allocations, exps, config)
+    source = FrameMoments(member_usage, allocations, experiments.select("experiment_id", "control_cell"),
+                          pre_usage, roots)
+    return deltas_from_moments(source, config, pre_period=pre_usage is not None)
+
+
+def deltas_from_moments(source: MemberMoments, config: StatsConfig, pre_period: bool) -> pl.DataFrame:
+    """`cell_deltas` of a MemberMoments source: the per-member estimator with the
+    pre-period covariate (`pre_period`) or none, replaced by the ratio to root requests
+    where the cell leaves root requests balanced, and the work-per-request part."""
+    cell_n = source.cell_counts()
+    fallback_name = "pre-period" if pre_period else "none"
+    joined = _compare_both(source, cell_n, config, fallback_name).with_columns(covariate=pl.lit(fallback_name))
+    if source.has_roots:
+        ratio = _compare_both(source, cell_n, dataclasses.replace(config, variance_reduction="ratio"), "roots")
+        balance = root_balance(source, cell_n, config)
         balanced = balance.filter(pl.col("p_value").is_not_null() & (pl.col("p_value") >= ROOT_BALANCE_P))
         usable = ratio.filter(pl.col("delta").is_not_null()).join(balanced, on=["experiment_id", "cell"], how="semi")
         joined = pl.concat([
             usable.with_columns(covariate=pl.lit("roots")),
             joined.join(usable.select(KEYS), on=KEYS, how="anti"),
         ])
-    return joined.join(work_per_request(member_usage, allocations, exps, config), on=KEYS, how="left").sort(KEYS)
+    return joined.join(work_per_request(source, cell_n, config), on=KEYS, how="left").sort(KEYS)
 
 
 def with_fdr(parts: list[pl.DataFrame], config: StatsConfig) -> pl.DataFrame:
@@ -201,29 +266,27 @@ def with_fdr(parts: list[pl.DataFrame], config: StatsConfig) -> pl.DataFrame:
     )
 
 
-def deltas_by_experiment(usages: Iterable, config: StatsConfig, pre_period: bool,
+def deltas_by_experiment(sources: Iterable[MemberMoments], config: StatsConfig, pre_period: bool,
                          splits: dict[str, dict[str, float]]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(deltas, sample ratio) over experiments read one at a time (ExperimentUsage, e.g.
-    member_usage.each_experiment_usage): each experiment's cell_deltas (with `pre_usage`
-    when any experiment has a pre period: `pre_period`), which source its services were
-    measured from (measured_from) and its SRM test (stats.sample_ratio_mismatch with the
-    intended `splits`); then one Benjamini-Hochberg family over all of them (with_fdr).
-    Only one experiment's member rows are held at a time."""
-    parts, sources, srm = [], [_NO_SOURCE], [sample_ratio_mismatch(_NO_ALLOCATIONS, _NO_EXPERIMENTS)]
-    for usage in usages:
-        parts.append(cell_deltas(
-            usage.member_usage.select("experiment_id", "cell", "member_id", "service", "requests", "work"),
-            usage.allocations, usage.experiments, config,
-            pre_usage=usage.pre_usage if pre_period else None, roots=usage.roots,
-        ))
-        sources.append(usage.member_usage.select(_NO_SOURCE.columns).unique(subset=["experiment_id", "service"]))
-        srm.append(sample_ratio_mismatch(usage.allocations, usage.experiments, splits))
-    deltas = with_fdr(parts, config).join(pl.concat(sources), on=["experiment_id", "service"], how="left")
+    """(deltas, sample ratio) over experiments taken one at a time (MemberMoments, e.g.
+    usage_moments.each_experiment_moments): each experiment's deltas (deltas_from_moments,
+    with the pre-period fallback when any experiment has a pre period: `pre_period`),
+    which source its services were measured from (measured_from) and its SRM test
+    (stats.srm_from_counts with the intended `splits`); then one Benjamini-Hochberg
+    family over all of them (with_fdr)."""
+    parts, sources_of, srm = [], [_NO_SOURCE], [srm_from_counts(_NO_COUNTS, _NO_EXPERIMENTS)]
+    for source in sources:
+        parts.append(deltas_from_moments(source, config, pre_period))
+        sources_of.append(source.measured_from())
+        srm.append(srm_from_counts(source.cell_counts(), source.experiments, splits))
+    deltas = with_fdr(parts, config).join(pl.concat(sources_of), on=["experiment_id", "service"], how="left")
     return deltas, pl.concat(srm)
 
 
 _NO_SOURCE = pl.DataFrame(schema={"experiment_id": pl.Utf8, "service": pl.Utf8, "measured_from": pl.Utf8})
-_NO_ALLOCATIONS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "member_id": pl.Utf8, "cell": pl.Utf8})
+_NO_COUNTS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "cell": pl.Utf8, "n": pl.Int64})
+_NO_USAGE = pl.DataFrame(schema={"experiment_id": pl.Utf8, "cell": pl.Utf8, "member_id": pl.Utf8,
+                                 "service": pl.Utf8, "requests": pl.Float64})
 _NO_EXPERIMENTS = pl.DataFrame(schema={"experiment_id": pl.Utf8, "control_cell": pl.Utf8})
 
 

@@ -1,9 +1,11 @@
 """Reads the per-member usage an as-of analysis needs out of the warehouse.
 
-One place decides which rows count for an experiment on a given day, so the deltas
-and the dollar-interval covariance always see the same members and volumes. Member rows
-are read one experiment at a time (`experiment_usage`): a day's statistics hold one
-experiment's members, never every running test's at once.
+One place decides which rows count for an experiment on a given day (`usage_scope`,
+`CHOSEN_ROWS`, `PRE_PERIOD`), so the deltas and the dollar-interval covariance always see
+the same members and volumes. The statistics never read member rows into Python: they
+read per-cell sums that DuckDB computes from these rows (`usage_moments`).
+`experiment_usage` reads one experiment's member rows themselves, for a person looking
+into an experiment and as the in-memory reference the warehouse sums are tested against.
 """
 
 from __future__ import annotations
@@ -46,21 +48,21 @@ WORK_MEASURES = {"duration": "work", "busy": "busy"}
 
 # The member x service rows of experiments running on an as-of day: as of ?, of
 # experiments started by ? (params 1-2), from either source.
-_RUNNING_ROWS = """
+RUNNING_ROWS = """
     FROM main.member_service_usage u
     JOIN raw.experiments e USING (experiment_id)
     WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
 """
 # The rows an as-of analysis counts: each service measured from one source (param 3: the
 # services measured from CLIENT spans; every other service from its SERVER spans).
-_CHOSEN_ROWS = _RUNNING_ROWS + """
+CHOSEN_ROWS = RUNNING_ROWS + """
       AND u.source = CASE WHEN list_contains(CAST(? AS VARCHAR[]), u.service) THEN 'client' ELSE 'server' END
 """
 # A member is treated from its allocated_at (and not before the experiment's start):
 # that usage is the outcome. Its usage before then (period 'pre' from the span models, or
 # trace days before the start) is the same member untreated: the CUPED covariate, never
 # counted as treated.
-_PRE_PERIOD = "(u.period = 'pre' OR (e.start_date IS NOT NULL AND u.dt < e.start_date))"
+PRE_PERIOD = "(u.period = 'pre' OR (e.start_date IS NOT NULL AND u.dt < e.start_date))"
 
 
 @dataclass
@@ -106,13 +108,13 @@ def usage_scope(
     blind = set(coverage.filter(pl.col("coverage").fill_null(0.0) < blind_spot_coverage)["service"].to_list())
     client_measured = {
         service for (service,) in conn.execute(
-            f"SELECT DISTINCT u.service {_RUNNING_ROWS} AND u.source = 'client'", [as_of, as_of]
+            f"SELECT DISTINCT u.service {RUNNING_ROWS} AND u.source = 'client'", [as_of, as_of]
         ).fetchall()
     }
     # Server spans for every service we can see directly; client-side calls for the blind ones.
     use_client = sorted(blind & client_measured)
     [(has_pre,)] = conn.execute(
-        f"SELECT EXISTS (SELECT 1 {_CHOSEN_ROWS} AND {_PRE_PERIOD})", [as_of, as_of, use_client]
+        f"SELECT EXISTS (SELECT 1 {CHOSEN_ROWS} AND {PRE_PERIOD})", [as_of, as_of, use_client]
     ).fetchall()
     return UsageScope(experiments, coverage, use_client, bool(has_pre), window_start, as_of,
                       WORK_MEASURES[work_measure])
@@ -139,11 +141,11 @@ def experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope, experim
         conn,
         f"""
         SELECT u.experiment_id, u.cell, u.member_id, u.service, u.source AS measured_from,
-               {_PRE_PERIOD} AS pre_period,
+               {PRE_PERIOD} AS pre_period,
                sum(u.requests) AS requests,
                sum(u.{quote_ident(scope.work_column)}) AS work
-        {_CHOSEN_ROWS} AND u.experiment_id = ?
-        {"" if covariates else f"AND NOT {_PRE_PERIOD}"}
+        {CHOSEN_ROWS} AND u.experiment_id = ?
+        {"" if covariates else f"AND NOT {PRE_PERIOD}"}
         GROUP BY ALL
         ORDER BY ALL
         """,
@@ -186,7 +188,7 @@ def served_requests(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> pl.Da
         conn,
         f"""
         SELECT u.experiment_id, u.cell, u.service, sum(u.requests) AS requests
-        {_CHOSEN_ROWS} AND NOT {_PRE_PERIOD}
+        {CHOSEN_ROWS} AND NOT {PRE_PERIOD}
         GROUP BY ALL
         ORDER BY ALL
         """,

@@ -22,7 +22,7 @@ from cost_attribution.attribution import stats_inference as inf
 from cost_attribution.attribution.stats_inference import benjamini_hochberg, sequential_halfwidth
 from cost_attribution.attribution.stats_inputs import clean_allocations, clean_usage, require_columns
 
-__all__ = ["StatsConfig", "compare_cells", "delta_covariance", "intended_splits", "sample_ratio_mismatch",
+__all__ = ["StatsConfig", "compare_cells", "compare_moments", "cell_moments", "delta_covariance", "relative_covariance", "srm_from_counts", "intended_splits", "sample_ratio_mismatch",
            "benjamini_hochberg", "sequential_halfwidth", "RESULT_SCHEMA"]
 
 _VARIANCE_REDUCTIONS = ("none", "cuped", "auto", "ratio")
@@ -101,9 +101,22 @@ def _cell_moments(usage: pl.DataFrame) -> pl.DataFrame:
         sum_x2=(pl.col("x") ** 2).sum(), sum_xy=(pl.col("x") * pl.col("y")).sum())
 
 
-def _comparison_frame(alloc: pl.DataFrame, usage: pl.DataFrame, exps: pl.DataFrame) -> pl.DataFrame:
+def cell_moments(member_usage: pl.DataFrame, allocations: pl.DataFrame,
+                 pre_usage: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(cell_n, moments) of member rows, the input of `compare_moments`: experiment_id,
+    cell, n (clean allocated members) and experiment_id, cell, service, sum_y, sum_y2,
+    sum_x, sum_x2, sum_xy (y the member's requests, x its `pre_usage` or 0). Unusable
+    input rows are excluded with a warning (the counts per source and reason)."""
+    alloc, usage, quarantine = _member_values(member_usage, allocations, pre_usage, pre_usage is not None)
+    if quarantine.height:
+        counts = quarantine.group_by("source", "reason").len().sort("len", descending=True)
+        warnings.warn("experiment stats excluded input rows: " + "; ".join(
+            f"{r['len']} {r['source']}: {r['reason']}" for r in counts.iter_rows(named=True)), stacklevel=3)
+    return alloc.group_by("experiment_id", "cell").agg(n=pl.len().cast(pl.Int64)), _cell_moments(usage)
+
+
+def _comparison_frame(cell_n: pl.DataFrame, moments: pl.DataFrame, exps: pl.DataFrame) -> pl.DataFrame:
     """One row per (experiment, treatment cell, service) with both cells' n and moments."""
-    cell_n = alloc.group_by("experiment_id", "cell").agg(n=pl.len().cast(pl.Int64))
     known = set(exps["experiment_id"].to_list())
     unknown = sorted(set(cell_n["experiment_id"].to_list()) - known)
     if unknown:
@@ -116,7 +129,6 @@ def _comparison_frame(alloc: pl.DataFrame, usage: pl.DataFrame, exps: pl.DataFra
     pairs = (has_control.select("experiment_id", "control_cell", n_control="n")
              .join(cell_n, on="experiment_id").filter(pl.col("cell") != pl.col("control_cell"))
              .rename({"n": "n_treatment"}))
-    moments = _cell_moments(usage)
     services_t = moments.join(pairs.select("experiment_id", "cell"), on=["experiment_id", "cell"]).select(
         "experiment_id", "cell", "service")
     services_c = (moments.rename({"cell": "control_cell"}).select("experiment_id", "control_cell", "service")
@@ -162,19 +174,26 @@ def compare_cells(member_usage: pl.DataFrame, allocations: pl.DataFrame, experim
     significant.  Unusable input rows are excluded with a warning; call
     `stats_inputs.clean_allocations` / `clean_usage` to get them with reasons.
     """
-    use_ratio = config.variance_reduction == "ratio"
-    use_cuped = use_ratio or config.variance_reduction == "cuped" or (
+    use_cuped = config.variance_reduction in ("ratio", "cuped") or (
         config.variance_reduction == "auto" and pre_usage is not None)
     if use_cuped and pre_usage is None:
         raise ValueError(f"variance_reduction={config.variance_reduction!r} needs pre_usage "
                          "(experiment_id, member_id, service, pre_requests)")
+    cell_n, moments = cell_moments(member_usage, allocations, pre_usage if use_cuped else None)
+    return compare_moments(cell_n, moments, experiments, config, adjusted=use_cuped)
+
+
+def compare_moments(cell_n: pl.DataFrame, moments: pl.DataFrame, experiments: pl.DataFrame,
+                    config: StatsConfig = StatsConfig(), adjusted: bool = False) -> pl.DataFrame:
+    """`compare_cells` from per-cell sums (`cell_moments`, or the same sums computed in
+    the warehouse): members never need to be held in memory. `adjusted`: the moments carry
+    a covariate x, used as config.variance_reduction says (ratio, or CUPED)."""
+    use_ratio = config.variance_reduction == "ratio"
+    if use_ratio and not adjusted:
+        raise ValueError("variance_reduction='ratio' needs moments with a denominator (adjusted=True)")
+    use_cuped = adjusted
     exps = _experiments_table(experiments)
-    alloc, usage, quarantine = _member_values(member_usage, allocations, pre_usage, use_cuped)
-    if quarantine.height:
-        counts = quarantine.group_by("source", "reason").len().sort("len", descending=True)
-        warnings.warn("experiment stats excluded input rows: " + "; ".join(
-            f"{r['len']} {r['source']}: {r['reason']}" for r in counts.iter_rows(named=True)), stacklevel=2)
-    frame = _comparison_frame(alloc, usage, exps)
+    frame = _comparison_frame(cell_n, moments, exps)
     if frame.height == 0:
         return pl.DataFrame(schema=RESULT_SCHEMA)
 
@@ -250,14 +269,20 @@ def delta_covariance(member_usage: pl.DataFrame, allocations: pl.DataFrame, expe
         ok = (var_x > 0) & (var_y > 0)
         theta = np.where(ok, cov_xy / np.where(ok, var_x, 1.0), 0.0)
         z_t, z_c = y_t - theta * x_t, y_c - theta * x_c
-    m_t, m_c = y_t.mean(0), y_c.mean(0)
     cov_t = np.atleast_2d(np.cov(z_t, rowvar=False, ddof=1))
     cov_c = np.atleast_2d(np.cov(z_c, rowvar=False, ddof=1))
+    return relative_covariance(y_t.mean(0), y_c.mean(0), cov_t, cov_c, n_t, n_c)
+
+
+def relative_covariance(m_t: np.ndarray, m_c: np.ndarray, cov_t: np.ndarray, cov_c: np.ndarray,
+                        n_t: int, n_c: int) -> np.ndarray:
+    """Delta-method covariance of the relative deltas of k services from each cell's
+    member means (k) and member covariance matrix (k x k): the formula of
+    `delta_covariance`, for sums computed anywhere (e.g. in the warehouse)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_c = np.where(m_c != 0, 1.0 / m_c, np.nan)
-        sigma = (cov_t * np.outer(inv_c, inv_c) / n_t
-                 + cov_c * np.outer(m_t * inv_c**2, m_t * inv_c**2) / n_c)
-    return sigma
+        return (cov_t * np.outer(inv_c, inv_c) / n_t
+                + cov_c * np.outer(m_t * inv_c**2, m_t * inv_c**2) / n_c)
 
 
 def intended_splits(experiments: pl.DataFrame) -> dict[str, dict[str, float]]:
@@ -284,13 +309,20 @@ def sample_ratio_mismatch(allocations: pl.DataFrame, experiments: pl.DataFrame, 
     {cell: n}), chi2, p_value, mismatch (p_value < threshold).  Experiments
     with fewer than two cells get null chi2/p and mismatch False.
     """
-    exps = _experiments_table(experiments)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         alloc, _ = clean_allocations(allocations)
-    counts = alloc.group_by("experiment_id", "cell").len()
+    return srm_from_counts(alloc.group_by("experiment_id", "cell").agg(n=pl.len()), experiments, expected_split,
+                           threshold)
+
+
+def srm_from_counts(cell_n: pl.DataFrame, experiments: pl.DataFrame, expected_split: dict | None = None,
+                    threshold: float = 0.001) -> pl.DataFrame:
+    """`sample_ratio_mismatch` from the clean allocated members per cell (experiment_id,
+    cell, n: what `cell_moments` returns), so the members need not be held."""
+    exps = _experiments_table(experiments)
     by_exp: dict[str, dict[str, int]] = {}
-    for e, c, n in counts.iter_rows():
+    for e, c, n in cell_n.select("experiment_id", "cell", "n").iter_rows():
         by_exp.setdefault(e, {})[c] = int(n)
     out = []
     for exp_id in sorted(exps["experiment_id"].to_list()):  # one row per experiment: loop is over experiments, not members

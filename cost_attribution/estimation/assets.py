@@ -3,7 +3,6 @@ two-universe projection of every experiment cell."""
 
 
 import datetime as dt
-import functools
 import json
 
 import dagster as dg
@@ -12,9 +11,9 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.call_graph import caller_shares
-from cost_attribution.attribution.member_usage import experiment_usage, served_requests, usage_scope
+from cost_attribution.attribution.member_usage import served_requests, usage_scope
+from cost_attribution.attribution.usage_moments import MomentsByExperiment, WarehouseMoments
 from cost_attribution.attribution.shift_left import load_edge_usage
-from cost_attribution.attribution.stats import delta_covariance
 from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.estimation.cell_costs import project_cells
 from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, registry_frame
@@ -221,27 +220,25 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
             caller_shares(load_edge_usage(conn, as_of), served_requests(conn, scope), scope.experiments)
             if settings.shrink_towards_callers else None
         )
-        # project_cells asks cell by cell in experiment order: one experiment's members are held at a time.
-        usage_of = functools.lru_cache(maxsize=1)(
-            lambda experiment_id: experiment_usage(conn, scope, experiment_id, covariates=False)
-        )
         share_rel_se = {
             (r["experiment_id"], r["cell"]): r["share_rel_se"]
             for r in read_frame(
                 conn, "SELECT experiment_id, cell, share_rel_se FROM main.treated_share_error WHERE as_of = ?", [as_of]
             ).iter_rows(named=True)
         } if table_exists(conn, "main.treated_share_error") else {}
-        services_frame, experiments_frame, universes = project_cells(
-            as_of, deltas, models, load, hours, shares,
-            scale=HORIZON_DAYS / settings.projection_days,
-            fdr_q=settings.fdr_q,
-            correlation=lambda experiment_id, *key: delta_correlation(usage_of(experiment_id), experiment_id, *key),
-            projection_hours=24 * settings.projection_days,
-            interval=settings.dollar_interval,
-            point_estimate=settings.point_estimate,
-            callers=callers,
-            share_rel_se=share_rel_se,
-        )
+        # project_cells asks cell by cell in experiment order: one experiment's rows are staged at a time.
+        with MomentsByExperiment(conn, scope) as moments_of:
+            services_frame, experiments_frame, universes = project_cells(
+                as_of, deltas, models, load, hours, shares,
+                scale=HORIZON_DAYS / settings.projection_days,
+                fdr_q=settings.fdr_q,
+                correlation=lambda experiment_id, *key: delta_correlation(moments_of(experiment_id), *key),
+                projection_hours=24 * settings.projection_days,
+                interval=settings.dollar_interval,
+                point_estimate=settings.point_estimate,
+                callers=callers,
+                share_rel_se=share_rel_se,
+            )
         replace_rows(conn, "main.cost_projections", services_frame, where={"as_of": as_of})
         replace_rows(conn, "main.experiment_costs", experiments_frame, where={"as_of": as_of})
         replace_rows(conn, "main.projection_universes", universes, where={"as_of": as_of})
@@ -264,20 +261,13 @@ BASELINES_IN_WORDS = (
 )
 
 
-def delta_correlation(usage, experiment_id, cell, control_cell, services, metrics) -> np.ndarray | None:
+def delta_correlation(moments: WarehouseMoments, cell, control_cell, services, metrics) -> np.ndarray | None:
     """Member-level correlation of the deltas the cell's services are priced with
     (each on its own metric: work or requests)."""
     if len(services) < 2:
         return None
-    metric_of = dict(zip(services, metrics))
-    work_services = [s for s in services if metric_of[s] == "work"]
-    member_usage = usage.member_usage.with_columns(
-        pl.when(pl.col("service").is_in(work_services)).then(pl.col("work")).otherwise(pl.col("requests")).alias("requests")
-    )
-    try:
-        cov = delta_covariance(member_usage, usage.allocations, experiment_id, cell, control_cell, services)
-    except (ValueError, ZeroDivisionError, np.linalg.LinAlgError):
-        return None
+    work_services = [s for s, metric in zip(services, metrics) if metric == "work"]
+    cov = moments.service_covariance(cell, control_cell, list(services), work_services)
     sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
     return cov / np.outer(sd, sd)
 

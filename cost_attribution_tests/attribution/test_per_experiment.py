@@ -6,6 +6,7 @@ all of them (deltas.with_fdr)."""
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 
 import duckdb
 import numpy as np
@@ -16,6 +17,7 @@ from cost_attribution.attribution.call_graph import caller_shares
 from cost_attribution.attribution.deltas import cell_deltas, deltas_by_experiment, requests_and_work_deltas, with_fdr
 from cost_attribution.attribution.member_usage import each_experiment_usage, served_requests, usage_scope
 from cost_attribution.attribution.stats import StatsConfig, intended_splits
+from cost_attribution.attribution.usage_moments import each_experiment_moments
 
 AS_OF = dt.date(2026, 3, 3)
 # An id with a quote: read through a bound parameter, never formatted into the SQL.
@@ -50,7 +52,9 @@ def _world(seed: int = 11):
                                   "work": requests * 0.01 * rng.lognormal(0, 0.2), "busy": requests * 0.005})
             if experiment != ODD:
                 roots.append({"dt": dt.date(2026, 3, 2), "experiment_id": experiment, "member_id": member,
-                              "service": "gateway", "period": "post", "root_requests": float(rng.poisson(activity))})
+                              "service": "gateway", "period": "post",
+                              # adjusted counts (1 / sampling rate), not whole numbers
+                              "root_requests": rng.poisson(activity) / 0.015})
     experiments = pl.DataFrame({
         "experiment_id": ["big", ODD, "late"], "control_cell": ["control"] * 3,
         "cells": ["control,treatment"] * 3, "weights": [None, "[0.5, 0.5]", None],
@@ -123,7 +127,8 @@ def test_deltas_one_experiment_at_a_time_equal_one_pass_over_all(warehouse):
     )
     parts = [cell_deltas(u.member_usage.drop("measured_from"), u.allocations, u.experiments, config,
                          pre_usage=u.pre_usage, roots=u.roots) for u in usages]
-    apart, srm = deltas_by_experiment(iter(usages), config, scope.has_pre_period, intended_splits(scope.experiments))
+    apart, srm = deltas_by_experiment(each_experiment_moments(warehouse, scope), config, scope.has_pre_period,
+                                      intended_splits(scope.experiments))
     assert apart.columns == [*whole.columns, "measured_from"] and apart.height == whole.height == 10
     assert srm["experiment_id"].to_list() == ["big", ODD] and not srm["mismatch"].any()
     assert set(apart.filter(pl.col("service") == "blind")["measured_from"]) == {"client"}
@@ -160,3 +165,104 @@ def test_the_root_covariate_a_few_services_at_a_time_changes_nothing(warehouse, 
     for column, dtype in whole.schema.items():
         if dtype == pl.Float64:
             np.testing.assert_allclose(batched[column].to_numpy(), whole[column].to_numpy(), rtol=1e-12, atol=1e-15)
+
+
+# --- The sums computed in the warehouse (usage_moments) against member rows in memory ---
+
+MOMENTS = ["sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy"]
+
+
+def _dirty_world():
+    """_world with the accidents the statistics must leave out: a member allocated to both
+    cells, usage rows naming the wrong cell, a negative and a NaN value."""
+    world = _world(seed=5)
+    alloc = world["raw.allocations"]
+    world["raw.allocations"] = pl.concat([alloc, alloc.filter(pl.col("member_id") == "m3").with_columns(
+        cell=pl.when(pl.col("cell") == "control").then(pl.lit("treatment")).otherwise(pl.lit("control")))])
+    usage = world["main.member_service_usage"].with_row_index()
+    world["main.member_service_usage"] = usage.with_columns(
+        cell=pl.when(pl.col("index") % 97 == 0).then(pl.lit("treatment")).otherwise(pl.col("cell")),
+        requests=pl.when(pl.col("index") == 10).then(-1.0).otherwise(pl.col("requests")),
+        work=pl.when(pl.col("index") == 11).then(float("nan")).otherwise(pl.col("work")),
+    ).drop("index")
+    return world
+
+
+@pytest.fixture(scope="module", params=["tidy", "dirty"])
+def any_warehouse(request):
+    conn = duckdb.connect()
+    conn.execute("CREATE SCHEMA raw")
+    for name, frame in (_world() if request.param == "tidy" else _dirty_world()).items():
+        conn.register("_f", frame.to_arrow())
+        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
+        conn.unregister("_f")
+    yield conn
+    conn.close()
+
+
+def _same_moments(ours: pl.DataFrame, reference: pl.DataFrame):
+    keys = ["experiment_id", "cell", "service"]
+    ours, reference = ours.sort(keys), reference.sort(keys)
+    assert ours.select(keys).equals(reference.select(keys))
+    for m in MOMENTS:
+        np.testing.assert_allclose(ours[m].to_numpy(), reference[m].to_numpy(), rtol=1e-12, atol=1e-9, err_msg=m)
+
+
+def test_warehouse_sums_equal_the_member_rows_sums(any_warehouse):
+    """Every sum the deltas are made of, from DuckDB (usage_moments) and from the member
+    rows in memory (deltas.FrameMoments over member_usage.experiment_usage), on a tidy
+    world and on one with a member in two cells, rows naming the wrong cell and bad values."""
+    from cost_attribution.attribution.deltas import FrameMoments
+    from cost_attribution.attribution.member_usage import experiment_usage
+
+    scope = usage_scope(any_warehouse, AS_OF, blind_spot_coverage=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dirty world's exclusions: counted in the next test
+        for ours in each_experiment_moments(any_warehouse, scope):
+            rows = experiment_usage(any_warehouse, scope, ours.experiment_id)
+            frames = FrameMoments(rows.member_usage, rows.allocations, rows.experiments, rows.pre_usage, rows.roots)
+            assert ours.cell_counts().sort("cell").equals(frames.cell_counts().sort("cell"))
+            assert ours.has_roots == frames.has_roots == (ours.experiment_id == "big")
+            for metric in ("requests", "work"):
+                for covariate in ("none", "pre-period", *(["roots"] if ours.has_roots else [])):
+                    _same_moments(ours.outcome(metric, covariate), frames.outcome(metric, covariate))
+            _same_moments(ours.work_per_request(), frames.work_per_request())
+            if ours.has_roots:
+                _same_moments(ours.root_totals(), frames.root_totals())
+                # The root service's own covariate (roots to other services) is exactly 0, so
+                # its ratio is undefined and it falls back, as with the member rows.
+                gateway = ours.outcome("requests", "roots").filter(pl.col("service") == "gateway")
+                assert gateway["sum_x"].to_list() == [0.0, 0.0]
+
+
+def test_dirty_rows_are_counted_in_the_warning():
+    conn = duckdb.connect()
+    conn.execute("CREATE SCHEMA raw")
+    for name, frame in _dirty_world().items():
+        conn.register("_f", frame.to_arrow())
+        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
+        conn.unregister("_f")
+    scope = usage_scope(conn, AS_OF, blind_spot_coverage=0.5)
+    with pytest.warns(UserWarning, match=r"'big' stats excluded 1 members allocated to more than one cell") as seen:
+        big = next(each_experiment_moments(conn, scope))
+    assert big.excluded["usage rows of members not (unambiguously) allocated to this cell"] > 10
+    assert big.excluded["usage rows with a null, NaN, infinite or negative value"] >= 1
+    assert "usage rows" in str(seen[0].message)
+
+
+def test_the_correlation_from_warehouse_sums_equals_the_member_matrix(warehouse):
+    from cost_attribution.attribution.member_usage import experiment_usage
+    from cost_attribution.attribution.stats import delta_covariance
+    from cost_attribution.attribution.usage_moments import MomentsByExperiment
+
+    scope = usage_scope(warehouse, AS_OF, blind_spot_coverage=0.5)
+    services, work_services = ["gateway", "recs", "images", "blind"], ["recs"]
+    rows = experiment_usage(warehouse, scope, "big", covariates=False)
+    priced = rows.member_usage.with_columns(
+        pl.when(pl.col("service").is_in(work_services)).then(pl.col("work")).otherwise(pl.col("requests")).alias("requests"))
+    reference = delta_covariance(priced, rows.allocations, "big", "treatment", "control", services)
+    with MomentsByExperiment(warehouse, scope) as moments_of:
+        ours = moments_of("big").service_covariance("treatment", "control", services, work_services)
+        assert moments_of("big") is moments_of("big")
+    np.testing.assert_allclose(ours, reference, rtol=1e-9)
+    assert np.all(ours[~np.eye(len(services), dtype=bool)] > 0)  # services share members: correlated
