@@ -51,8 +51,8 @@ class WarehouseMoments:
         self.conn, self.experiment_id = conn, experiment_id
         self.experiments = scope.experiments.filter(pl.col("experiment_id") == experiment_id)
         k = next(_tables)
-        self._alloc, self._usage, self._pre, self._roots = (
-            quote_ident(f"_moments_{name}_{k}") for name in ("alloc", "usage", "pre", "roots"))
+        self._alloc, self._rows, self._usage, self._pre, self._roots = (
+            quote_ident(f"_moments_{name}_{k}") for name in ("alloc", "rows", "usage", "pre", "roots"))
         self._stage(scope, covariates)
         [(roots,)] = conn.execute(f"SELECT count(*) FROM {self._roots}").fetchall()
         self.has_roots = roots > 0
@@ -77,40 +77,48 @@ class WarehouseMoments:
         )
         # Members in two cells stay in the table (cells > 1) only to be counted as excluded.
         allocated = f"(SELECT member_id, cell FROM {self._alloc} WHERE cells = 1)"
-        chosen = f"SELECT u.* {CHOSEN_ROWS} AND u.experiment_id = ?"
-        params = [as_of, as_of, scope.client_measured, experiment]
+        # The experiment's rows are read out of the day's usage once; the outcome, the
+        # pre-period and the excluded rows are all taken from that copy.
+        rows = self._rows
         work = quote_ident(scope.work_column)
+        self.conn.execute(
+            f"""
+            CREATE TEMP TABLE {rows} AS
+            SELECT u.member_id, u.cell, u.service, u.source, {PRE_PERIOD} AS pre_period,
+                   u.requests, u.{work} AS work
+            {CHOSEN_ROWS} AND u.experiment_id = ? AND (? OR NOT {PRE_PERIOD})
+            """,
+            [as_of, as_of, scope.client_measured, experiment, covariates],
+        )
         self.conn.execute(
             f"""
             CREATE TEMP TABLE {self._usage} AS
             SELECT a.member_id, a.cell, u.service, any_value(u.source) AS measured_from,
-                   sum(u.requests) AS requests, sum(u.{work}) AS work
-            FROM ({chosen} AND NOT {PRE_PERIOD}) u
-            JOIN {allocated} a ON a.member_id = u.member_id AND (u.cell IS NULL OR u.cell = a.cell)
+                   sum(u.requests) AS requests, sum(u.work) AS work
+            FROM {rows} u JOIN {allocated} a ON a.member_id = u.member_id AND (u.cell IS NULL OR u.cell = a.cell)
+            WHERE NOT u.pre_period
             GROUP BY ALL
-            """,
-            params,
+            """
         )
         self.conn.execute(
             f"""
             CREATE TEMP TABLE {self._pre} AS
             SELECT a.member_id, a.cell, u.service,
-                   coalesce(sum(u.requests), 0) AS pre_requests, coalesce(sum(u.{work}), 0) AS pre_work
-            FROM ({chosen} AND {PRE_PERIOD}) u JOIN {allocated} a USING (member_id)
-            WHERE ?
+                   coalesce(sum(u.requests), 0) AS pre_requests, coalesce(sum(u.work), 0) AS pre_work
+            FROM {rows} u JOIN {allocated} a USING (member_id)
+            WHERE u.pre_period
             GROUP BY ALL
-            """,
-            [*params, covariates],
+            """
         )
         [(conflicted,)] = self.conn.execute(f"SELECT count(*) FROM {self._alloc} WHERE cells > 1").fetchall()
         [(unattributed,)] = self.conn.execute(
             f"""
-            SELECT count(*) FROM ({chosen} AND NOT {PRE_PERIOD}) u
+            SELECT count(*) FROM {rows} u
             LEFT JOIN {allocated} a ON a.member_id = u.member_id AND (u.cell IS NULL OR u.cell = a.cell)
-            WHERE a.member_id IS NULL
-            """,
-            params,
+            WHERE NOT u.pre_period AND a.member_id IS NULL
+            """
         ).fetchall()
+        self.conn.execute(f"DROP TABLE {rows}")
         self.conn.execute(f"DELETE FROM {self._alloc} WHERE cells > 1")
         if covariates and table_exists(self.conn, "main.member_roots"):
             self.conn.execute(
@@ -140,7 +148,7 @@ class WarehouseMoments:
         }
 
     def close(self) -> None:
-        for table in (self._alloc, self._usage, self._pre, self._roots):
+        for table in (self._alloc, self._rows, self._usage, self._pre, self._roots):
             self.conn.execute(f"DROP TABLE IF EXISTS {table}")
 
     def _frame(self, sql: str, params: list | None = None, schema: dict = MOMENT_SCHEMA) -> pl.DataFrame:
