@@ -8,7 +8,7 @@ whole day as ONE ExportTraceServiceRequest on one line), then runs, each in its 
 process under /usr/bin/time -v (wall, user+sys CPU, peak RSS of the process):
 
   * ours: `ingest_span_day` (what the raw_spans asset runs), into a fresh DuckDB file
-    with the deployed memory_limit (2GB) and the default chunk size;
+    with the deployed memory_limit (environment.memory_limit()) and the default chunk size;
   * before (with --before <checkout>): that checkout's raw_spans path for a JSON day,
     `read_span_files(partition=True)` + `replace_rows`, into the same kind of file;
   * floor: DuckDB alone parsing the same files (read_json + unnest to one row per span).
@@ -42,7 +42,9 @@ def _worker(mode: str, files: list[Path], db: Path) -> None:
     if mode == "floor":
         print(sum(_duckdb_json(path) for path in files))
         return
-    conn = duckdb.connect(str(db), config={"memory_limit": os.environ.get("COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT", "2GB")})
+    from cost_attribution import environment
+
+    conn = duckdb.connect(str(db), config={"memory_limit": environment.memory_limit()})
     if mode == "ours":
         from cost_attribution.ingest.span_stream import ingest_span_day
 

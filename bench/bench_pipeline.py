@@ -207,7 +207,9 @@ def _child_floor(spans_glob: str, allocations_glob: str, out: Path) -> None:
 
     started = time.time()
     with duckdb.connect() as conn:
-        conn.execute("SET memory_limit = '2GB'")  # the pipeline's cap
+        from cost_attribution import environment
+
+        conn.execute("SET memory_limit = ?", [environment.memory_limit()])  # the pipeline's cap
         rows = conn.execute(FLOOR_SQL, {"spans": spans_glob, "allocations": allocations_glob}).fetchall()
     seconds = time.time() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)

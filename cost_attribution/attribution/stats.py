@@ -3,9 +3,11 @@
 Member-level inference only: each allocated member contributes one number per
 service (adjusted request count; 0 when it had no sampled traffic), so the
 variance reflects between-member noise, overdispersion and trace sampling
-together.  Everything is computed from per-cell sufficient statistics (polars
-group-bys of sums, squares and cross products), then vectorized numpy formulas
-that match GrowthBook gbstats 0.8.0 exactly (see `stats_inference`).
+together.  Everything is computed from per-cell sufficient statistics (sums,
+squares and cross products over members: `cell_moments` from member rows in
+memory, or `usage_moments` in the warehouse), then vectorized numpy formulas
+(`compare_moments`) that match GrowthBook gbstats 0.8.0 exactly (see
+`stats_inference`).
 """
 
 from __future__ import annotations
