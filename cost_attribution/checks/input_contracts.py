@@ -187,16 +187,22 @@ def validate_frame(frame: pl.DataFrame, expectations: list[Expectation], suite_n
             if frame.schema[column].time_zone:
                 frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
     context = _ephemeral_context()
-    batch = (
-        context.data_sources.add_pandas(f"{suite_name}_source")
-        .add_dataframe_asset(suite_name)
-        .add_batch_definition_whole_dataframe("whole_table")
-        .get_batch(batch_parameters={"dataframe": _pandas_frame(frame, timestamp_columns)})
-    )
     suite = gx.ExpectationSuite(name=suite_name)
     for name, kwargs in expectations:
         suite.add_expectation(getattr(gxe, name)(**kwargs))
-    outcome = batch.validate(suite)
+    source = context.data_sources.add_pandas(f"{suite_name}_source")
+    try:
+        batch = (
+            source.add_dataframe_asset(suite_name)
+            .add_batch_definition_whole_dataframe("whole_table")
+            .get_batch(batch_parameters={"dataframe": _pandas_frame(frame, timestamp_columns)})
+        )
+        outcome = batch.validate(suite)
+    finally:
+        # gx.get_context keeps its context for the whole process, and the context its data
+        # sources: the validated frame (1.7M allocations: ~300 MB) would stay referenced for
+        # the rest of the run, beside dbt's DuckDB.
+        context.data_sources.delete(source.name)
     failures = []
     for result in outcome.results:
         if result.success:
