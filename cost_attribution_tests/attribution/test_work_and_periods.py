@@ -48,6 +48,11 @@ def _spans() -> pl.DataFrame:
         _span("t4", "m", "k", "api", "CLIENT", 15 * hour + 20, 15 * hour + 30, peer="svc"),
         _span("t4", "n", "k", "api", "CLIENT", 15 * hour + 40, 15 * hour + 60, peer="svc"),
         _span("t4", "o", "k", "api", "CLIENT", 15 * hour + 70, 15 * hour + 80, peer="svc"),
+        # Trace t5, no member: svc span q's parent never arrived (an orphan); r's parent is q.
+        # Span k of t4 arrives twice (a retried export): its children are still not orphans.
+        _span("t5", "q", "gone", "svc", "SERVER", 16 * hour, 16 * hour + 10),
+        _span("t5", "r", "q", "svc", "CLIENT", 16 * hour + 2, 16 * hour + 4, peer="db"),
+        _span("t4", "k", None, "api", "SERVER", 15 * hour, 15 * hour + 100),
     ]
     return pl.DataFrame(rows)
 
@@ -68,7 +73,7 @@ def warehouse(tmp_path_factory):
             conn.register("_f", frame.to_arrow())
             conn.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _f')
             conn.unregister("_f")
-    run_dbt(path, work, "+usage_by_cell +member_activity")
+    run_dbt(path, work, "+usage_by_cell +member_activity +service_coverage")
     return path
 
 
@@ -108,3 +113,11 @@ def test_usage_before_the_allocation_is_pre_period_never_treated(warehouse):
 def test_root_activity_counts_every_member(warehouse):
     activity = dict(_frame(warehouse, "SELECT member_id, root_requests FROM main.member_activity").iter_rows())
     assert activity == {"m1": 4.0, "m2": 4.0}
+
+
+def test_orphans_are_spans_whose_parent_never_arrived(warehouse):
+    coverage = _frame(warehouse, "SELECT service, spans_with_parent, orphan_spans FROM main.service_coverage")
+    assert {r["service"]: (r["spans_with_parent"], r["orphan_spans"]) for r in coverage.iter_rows(named=True)} == {
+        "api": (9, 0),  # b-e under a, h under g, l-o under k (k twice)
+        "svc": (4, 1),  # f, i, r have their parents; q's parent `gone` never arrived
+    }
