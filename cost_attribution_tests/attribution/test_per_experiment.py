@@ -67,14 +67,19 @@ def _world(seed: int = 11):
             "main.service_coverage": coverage}
 
 
-@pytest.fixture(scope="module")
-def warehouse():
+def _warehouse(world: dict[str, pl.DataFrame]) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect()
     conn.execute("CREATE SCHEMA raw")
-    for name, frame in _world().items():
+    for name, frame in world.items():
         conn.register("_f", frame.to_arrow())
         conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
         conn.unregister("_f")
+    return conn
+
+
+@pytest.fixture(scope="module")
+def warehouse():
+    conn = _warehouse(_world())
     yield conn
     conn.close()
 
@@ -190,12 +195,7 @@ def _dirty_world():
 
 @pytest.fixture(scope="module", params=["tidy", "dirty"])
 def any_warehouse(request):
-    conn = duckdb.connect()
-    conn.execute("CREATE SCHEMA raw")
-    for name, frame in (_world() if request.param == "tidy" else _dirty_world()).items():
-        conn.register("_f", frame.to_arrow())
-        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
-        conn.unregister("_f")
+    conn = _warehouse(_world() if request.param == "tidy" else _dirty_world())
     yield conn
     conn.close()
 
@@ -236,12 +236,7 @@ def test_warehouse_sums_equal_the_member_rows_sums(any_warehouse):
 
 
 def test_dirty_rows_are_counted_in_the_warning():
-    conn = duckdb.connect()
-    conn.execute("CREATE SCHEMA raw")
-    for name, frame in _dirty_world().items():
-        conn.register("_f", frame.to_arrow())
-        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
-        conn.unregister("_f")
+    conn = _warehouse(_dirty_world())
     scope = usage_scope(conn, AS_OF, blind_spot_coverage=0.5)
     with pytest.warns(UserWarning, match=r"'big' stats excluded 1 members allocated to more than one cell") as seen:
         big = next(each_experiment_moments(conn, scope))
