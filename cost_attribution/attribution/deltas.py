@@ -144,7 +144,7 @@ class FrameMoments:
         measured = self.member_usage.filter(pl.col("work").is_not_null() & pl.col("requests").is_not_null())
         if measured.height == 0:
             return pl.DataFrame(schema=MOMENT_SCHEMA)
-        # With its cell, so a row naming another cell than the member's is left out of x as of y.
+        # With its cell: a row naming another cell than the member's is left out of x as it is of y.
         requests = measured.group_by("experiment_id", "cell", "member_id", "service").agg(
             pl.col("requests").sum().alias("pre_requests"))
         return self._moments(_metric(measured, "work", "requests"), requests)
