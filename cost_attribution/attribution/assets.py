@@ -15,8 +15,7 @@ from cost_attribution.attribution.member_usage import usage_scope
 from cost_attribution.attribution.usage_moments import each_experiment_moments
 from cost_attribution.attribution.deltas import deltas_by_experiment
 from cost_attribution.attribution.stats import StatsConfig, intended_splits
-from cost_attribution.attribution.treated_share import hourly_grid, share_errors, share_plot
-from cost_attribution.attribution.treated_share import treated_share as share_by_hour
+from cost_attribution.attribution.treated_share import share_plot, shares_in_warehouse
 from cost_attribution.checks import trace_completeness as completeness
 from cost_attribution.partitions import daily_asset, partition_day, trailing_window
 from cost_attribution.resources import AnalysisSettings
@@ -156,23 +155,8 @@ def treated_share(context: dg.AssetExecutionContext, settings: AnalysisSettings,
     as_of = partition_day(context)
     start, end = trailing_window(as_of, settings.calibration_days)
     with warehouse.get_connection() as conn:
-        activity = read_frame(
-            conn,
-            "SELECT member_id, sum(root_requests) AS root_requests FROM main.member_activity WHERE dt <= ? "
-            "GROUP BY ALL ORDER BY member_id",
-            [as_of],
-        )
-        allocations = read_frame(
-            conn,
-            "SELECT experiment_id, member_id, cell, allocated_at FROM raw.allocations WHERE allocated_at < ? ORDER BY ALL",
-            [end],
-        )
-        experiments = read_frame(
-            conn, "SELECT experiment_id, start_date FROM raw.experiments WHERE start_date IS NULL OR start_date <= ?", [as_of]
-        )
-        shares = share_by_hour(activity, allocations, experiments, hourly_grid(start, end))
+        shares, errors = shares_in_warehouse(conn, as_of, start, end)
         replace_rows(conn, "main.treated_share", shares.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
-        errors = share_errors(activity, allocations, experiments)
         replace_rows(conn, "main.treated_share_error", errors.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
     summary = (
         shares.group_by("experiment_id", "cell")

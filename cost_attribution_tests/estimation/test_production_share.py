@@ -336,3 +336,51 @@ def test_a_share_error_widens_what_production_can_claim():
     expected = np.hypot(0.0025, 0.95 * 0.06 * np.sqrt(np.sum(parts**2)) / parts.sum())
     assert widened.se == pytest.approx(expected) and widened.scale == 0.95
     assert _with_share_error(scale, effects, shares, "x", {}) == scale
+
+
+def test_shares_in_the_warehouse_equal_the_member_frames():
+    """treated_share.shares_in_warehouse (DuckDB, no member rows in Python) against
+    treated_share and share_errors over the same members as frames: members allocated at
+    the same instant, before the start, after the window; an experiment not started; members
+    without activity and activity without an allocation."""
+    import duckdb
+
+    from cost_attribution.attribution.treated_share import share_errors, shares_in_warehouse
+
+    rng = np.random.default_rng(3)
+    start, end = dt.datetime(2026, 6, 1, tzinfo=UTC), dt.datetime(2026, 6, 8, tzinfo=UTC)
+    members = [f"m{i:04d}" for i in range(3000)]
+    activity_days = pl.DataFrame({
+        "member_id": members * 2, "dt": [dt.date(2026, 6, 6)] * 3000 + [dt.date(2026, 6, 7)] * 3000,
+        "root_requests": rng.gamma(0.7, 20.0, 6000) * (rng.random(6000) < 0.8),
+    }).filter(~pl.col("member_id").is_in(members[2900:]))  # 100 allocated members never seen
+    minutes = rng.integers(-3 * 24 * 60, 9 * 24 * 60, 6000) // 30 * 30  # many share an instant
+    allocations = pl.DataFrame({
+        "experiment_id": ["x"] * 3000 + ["y"] * 2000 + ["later"] * 1000,
+        "member_id": members + members[:2000] + members[1000:2000],
+        "cell": rng.choice(["control", "a", "b"], 6000).tolist(),
+        "allocated_at": [start + dt.timedelta(minutes=int(m)) for m in minutes],
+    })
+    experiments = pl.DataFrame({"experiment_id": ["x", "y", "later"],
+                                "start_date": [dt.date(2026, 6, 3), None, dt.date(2026, 7, 9)]})
+    conn = duckdb.connect()
+    conn.execute("CREATE SCHEMA raw")
+    for name, frame in (("main.member_activity", activity_days), ("raw.allocations", allocations),
+                        ("raw.experiments", experiments)):
+        conn.register("_f", frame.to_arrow())
+        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
+        conn.unregister("_f")
+
+    shares, errors = shares_in_warehouse(conn, AS_OF, start, end)
+    activity = activity_days.group_by("member_id").agg(pl.col("root_requests").sum())
+    window = allocations.filter(pl.col("allocated_at") < end)
+    started = experiments.filter(pl.col("start_date").is_null() | (pl.col("start_date") <= AS_OF))
+    expected = treated_share(activity, window, started, hourly_grid(start, end)).sort("experiment_id", "cell", "hour")
+    expected_errors = share_errors(activity, window, started)
+    assert shares.select("experiment_id", "cell", "hour").equals(expected.select("experiment_id", "cell", "hour"))
+    assert set(shares["experiment_id"]) == {"x", "y"}  # `later` has not started
+    np.testing.assert_allclose(shares["share"].to_numpy(), expected["share"].to_numpy(), rtol=1e-12, atol=0)
+    assert 0 < shares["share"].max() < 1
+    assert errors.select("experiment_id", "cell").equals(expected_errors.select("experiment_id", "cell"))
+    for column in ("share", "share_rel_se"):
+        np.testing.assert_allclose(errors[column].to_numpy(), expected_errors[column].to_numpy(), rtol=1e-9)
