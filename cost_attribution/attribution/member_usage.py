@@ -63,6 +63,19 @@ CHOSEN_ROWS = RUNNING_ROWS + """
 # trace days before the start) is the same member untreated: the CUPED covariate, never
 # counted as treated.
 PRE_PERIOD = "(u.period = 'pre' OR (e.start_date IS NOT NULL AND u.dt < e.start_date))"
+# One experiment's allocations made by an as-of day, if it has started by then (params:
+# experiment_id, as_of, as_of).
+ALLOCATED_ROWS = """
+    FROM raw.allocations a JOIN raw.experiments e USING (experiment_id)
+    WHERE a.experiment_id = ? AND CAST(a.allocated_at AS DATE) <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+"""
+# One experiment's root requests over its treated period through an as-of day: the
+# activity covariate (params: experiment_id, as_of, as_of).
+TREATED_ROOTS = """
+    FROM main.member_roots r JOIN raw.experiments e USING (experiment_id)
+    WHERE r.experiment_id = ? AND r.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+      AND r.period = 'post' AND (e.start_date IS NULL OR r.dt >= e.start_date)
+"""
 
 
 @dataclass
@@ -129,12 +142,7 @@ def experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope, experim
     experiments = scope.experiments.filter(pl.col("experiment_id") == experiment_id)
     allocations = read_frame(
         conn,
-        """
-        SELECT a.experiment_id, a.member_id, a.cell
-        FROM raw.allocations a JOIN raw.experiments e USING (experiment_id)
-        WHERE a.experiment_id = ? AND CAST(a.allocated_at AS DATE) <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
-        ORDER BY ALL
-        """,
+        f"SELECT a.experiment_id, a.member_id, a.cell {ALLOCATED_ROWS} ORDER BY ALL",
         [experiment_id, as_of, as_of],
     )
     chosen = read_frame(
@@ -159,15 +167,8 @@ def experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope, experim
     )
     roots = read_frame(
         conn,
-        """
-        SELECT r.experiment_id, r.member_id, r.service, sum(r.root_requests) AS root_requests
-        FROM main.member_roots r
-        JOIN raw.experiments e USING (experiment_id)
-        WHERE r.experiment_id = ? AND r.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
-          AND r.period = 'post' AND (e.start_date IS NULL OR r.dt >= e.start_date)
-        GROUP BY ALL
-        ORDER BY ALL
-        """,
+        f"SELECT r.experiment_id, r.member_id, r.service, sum(r.root_requests) AS root_requests {TREATED_ROOTS} "
+        "GROUP BY ALL ORDER BY ALL",
         [experiment_id, as_of, as_of],
     ) if covariates and table_exists(conn, "main.member_roots") else pl.DataFrame(
         schema={"experiment_id": pl.Utf8, "member_id": pl.Utf8, "service": pl.Utf8, "root_requests": pl.Float64}

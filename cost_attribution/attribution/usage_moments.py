@@ -10,7 +10,7 @@ grow with the number of members. The rows counted are the same as `member_usage`
 - a usage row is counted under its member's allocated cell, and left out when it names
   another cell;
 - a value that is null, NaN, infinite or negative is left out.
-The tests check both give the same deltas (`test_usage_moments.py`).
+The tests check both give the same sums (`attribution/test_per_experiment.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 import polars as pl
 
 from cost_attribution.attribution.deltas import COVARIATES, MOMENT_SCHEMA, ROOTS
-from cost_attribution.attribution.member_usage import CHOSEN_ROWS, PRE_PERIOD, UsageScope
+from cost_attribution.attribution.member_usage import (
+    ALLOCATED_ROWS, CHOSEN_ROWS, PRE_PERIOD, TREATED_ROOTS, UsageScope)
 from cost_attribution.attribution.stats import relative_covariance
 from cost_attribution.warehouse import quote_ident, read_frame, table_exists
 
@@ -42,8 +43,8 @@ _SUMS = "sum(y) AS sum_y, sum(y * y) AS sum_y2, sum(x) AS sum_x, sum(x * x) AS s
 class WarehouseMoments:
     """deltas.MemberMoments of one experiment, summed by DuckDB on `conn`.
 
-    Its member rows are staged once in three temporary tables (allocations, outcome and
-    pre-period usage, root requests) that every sum reads; `close()` drops them.
+    Its member rows are staged once in four temporary tables (clean allocations, outcome
+    usage, pre-period usage, root requests) that every sum reads; `close()` drops them.
     """
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str,
@@ -66,10 +67,7 @@ class WarehouseMoments:
             SELECT member_id, any_value(cell) AS cell, count(*) AS cells
             FROM (
                 SELECT DISTINCT CAST(a.member_id AS VARCHAR) AS member_id, CAST(a.cell AS VARCHAR) AS cell
-                FROM raw.allocations a JOIN raw.experiments e USING (experiment_id)
-                WHERE a.experiment_id = ? AND CAST(a.allocated_at AS DATE) <= ?
-                  AND (e.start_date IS NULL OR e.start_date <= ?)
-                  AND a.member_id IS NOT NULL AND a.cell IS NOT NULL
+                {ALLOCATED_ROWS} AND a.member_id IS NOT NULL AND a.cell IS NOT NULL
             )
             GROUP BY member_id
             """,
@@ -125,11 +123,7 @@ class WarehouseMoments:
                 f"""
                 CREATE TEMP TABLE {self._roots} AS
                 SELECT a.member_id, a.cell, r.service, sum(r.root_requests) AS root_requests
-                FROM main.member_roots r
-                JOIN raw.experiments e USING (experiment_id)
-                JOIN {self._alloc} a ON a.member_id = r.member_id
-                WHERE r.experiment_id = ? AND r.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
-                  AND r.period = 'post' AND (e.start_date IS NULL OR r.dt >= e.start_date)
+                FROM (SELECT r.* {TREATED_ROOTS}) r JOIN {self._alloc} a USING (member_id)
                 GROUP BY ALL
                 """,
                 [experiment, as_of, as_of],
@@ -281,6 +275,7 @@ class WarehouseMoments:
         m_t, cov_t = mean_and_cov(cell, n_t)
         m_c, cov_c = mean_and_cov(control_cell, n_c)
         return relative_covariance(m_t, m_c, cov_t, cov_c, n_t, n_c)
+
 
 def each_experiment_moments(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> Iterator[WarehouseMoments]:
     """Every running experiment's sums, one experiment at a time, in experiment_id order;
