@@ -24,7 +24,8 @@ from cost_attribution.attribution import stats_inference as inf
 from cost_attribution.attribution.stats_inference import benjamini_hochberg, sequential_halfwidth
 from cost_attribution.attribution.stats_inputs import clean_allocations, clean_usage, require_columns
 
-__all__ = ["StatsConfig", "compare_cells", "compare_moments", "cell_moments", "delta_covariance", "relative_covariance", "srm_from_counts", "intended_splits", "sample_ratio_mismatch",
+__all__ = ["StatsConfig", "compare_cells", "compare_moments", "cell_moments", "delta_covariance",
+           "relative_covariance", "srm_from_counts", "intended_splits", "sample_ratio_mismatch",
            "benjamini_hochberg", "sequential_halfwidth", "RESULT_SCHEMA"]
 
 _VARIANCE_REDUCTIONS = ("none", "cuped", "auto", "ratio")
@@ -79,13 +80,14 @@ def _experiments_table(experiments: pl.DataFrame) -> pl.DataFrame:
     return e
 
 
-def _member_values(member_usage, allocations, pre_usage, use_cuped):
-    """Per member x service: y (requests) and x (pre-period requests), on allocated members only."""
+def _member_values(member_usage, allocations, pre_usage):
+    """Per member x service: y (requests) and x (pre_usage's pre_requests, or 0 without it),
+    on allocated members only."""
     alloc, q_alloc = clean_allocations(allocations)
     usage, q_usage = clean_usage(member_usage, alloc)
     usage = usage.rename({"requests": "y"})
     quarantine = [q_alloc, q_usage]
-    if use_cuped:
+    if pre_usage is not None:
         pre, q_pre = clean_usage(pre_usage, alloc, value_column="pre_requests", source="pre_usage")
         quarantine.append(q_pre)
         keys = ["experiment_id", "cell", "member_id", "service"]
@@ -109,7 +111,7 @@ def cell_moments(member_usage: pl.DataFrame, allocations: pl.DataFrame,
     cell, n (clean allocated members) and experiment_id, cell, service, sum_y, sum_y2,
     sum_x, sum_x2, sum_xy (y the member's requests, x its `pre_usage` or 0). Unusable
     input rows are excluded with a warning (the counts per source and reason)."""
-    alloc, usage, quarantine = _member_values(member_usage, allocations, pre_usage, pre_usage is not None)
+    alloc, usage, quarantine = _member_values(member_usage, allocations, pre_usage)
     if quarantine.height:
         counts = quarantine.group_by("source", "reason").len().sort("len", descending=True)
         warnings.warn("experiment stats excluded input rows: " + "; ".join(
@@ -193,7 +195,6 @@ def compare_moments(cell_n: pl.DataFrame, moments: pl.DataFrame, experiments: pl
     use_ratio = config.variance_reduction == "ratio"
     if use_ratio and not adjusted:
         raise ValueError("variance_reduction='ratio' needs moments with a denominator (adjusted=True)")
-    use_cuped = adjusted
     exps = _experiments_table(experiments)
     frame = _comparison_frame(cell_n, moments, exps)
     if frame.height == 0:
@@ -204,7 +205,7 @@ def compare_moments(cell_n: pl.DataFrame, moments: pl.DataFrame, experiments: pl
     plain = inf.relative_effect(control, treatment)
     lo, hi, p = _interval(plain, n_total, config)
     effect, saved_pct = plain, np.zeros(frame.height)
-    if use_cuped:
+    if adjusted:
         effect = (inf.ratio_effect(control, treatment) if use_ratio
                   else inf.relative_effect(control, treatment, inf.pooled_cuped_theta(control, treatment)))
         plain_width = hi - lo
@@ -213,7 +214,7 @@ def compare_moments(cell_n: pl.DataFrame, moments: pl.DataFrame, experiments: pl
             saved_pct = 100.0 * (1.0 - (hi - lo) / plain_width)
     q = benjamini_hochberg(p)
     method = ("sequential" if config.sequential else "delta-method") + (
-        "+ratio" if use_ratio else "+cuped" if use_cuped else "")
+        "+ratio" if use_ratio else "+cuped" if adjusted else "")
     return frame.select(
         "experiment_id", "cell", "control_cell", "service", "n_treatment", "n_control",
     ).with_columns(
@@ -244,7 +245,7 @@ def delta_covariance(member_usage: pl.DataFrame, allocations: pl.DataFrame, expe
     sub_pre = None if pre_usage is None else pre_usage.filter(pl.col("experiment_id") == experiment_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # compare_cells reports exclusions; don't repeat per call
-        alloc, usage, _ = _member_values(sub_usage, sub_alloc, sub_pre, pre_usage is not None)
+        alloc, usage, _ = _member_values(sub_usage, sub_alloc, sub_pre)
     k = len(services)
     svc_index = pl.DataFrame({"service": list(services), "s_idx": np.arange(k)}, schema={"service": pl.String, "s_idx": pl.Int64})
 

@@ -26,7 +26,7 @@ ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @pytest.fixture(scope="module")
-def live_world(tmp_path_factory) -> tuple[Path, dict, float]:
+def live_world(tmp_path_factory) -> tuple[Path, dict]:
     return generate_in(tmp_path_factory, "small-live", small_live_world_config())
 
 

@@ -36,7 +36,7 @@ def _digest(root: Path) -> dict[str, str]:
 # --- worlds, generated once per module ---
 
 @pytest.fixture(scope="module")
-def small_world(tmp_path_factory) -> tuple[Path, dict, float]:
+def small_world(tmp_path_factory) -> tuple[Path, dict]:
     return generate_in(tmp_path_factory, "small", small_world_config())
 
 
