@@ -1,6 +1,10 @@
-{{ config(incremental_strategy=daily_incremental_strategy(), unique_key='dt') }}
--- Every span with its trace's member (null for a trace that never reached one:
--- a blind spot), its adjusted count and its busy time.
+{{ config(materialized='table') }}
+-- Every span of the partition window, narrowed to what the per-member models read: its
+-- trace's member (null for a trace that never reached one: a blind spot), whether it is
+-- a root, its adjusted count and its busy time. A working table of the window, not a
+-- history: span-grain history stays in raw.spans, and rewriting every span's ids here
+-- (trace, span and parent ids: random hex that does not compress) cost more than the
+-- rest of the model (10M spans: 15.5 s written with them, 6.5 s without).
 --
 -- busy_nano: for a SERVER span, the span's duration minus the time its own child
 -- CLIENT calls were in flight (the union of their intervals, clipped to the span): the
@@ -54,11 +58,10 @@ waiting as (
 )
 select
     s.dt,
-    s.trace_id,
-    s.span_id,
-    s.parent_span_id,
+    case when tm.distinct_members = 1 then tm.member_id end as member_id,
     s.service,
     s.kind,
+    s.parent_span_id is null as is_root,
     s.peer_service,
     s.start_unix_nano,
     s.duration_nano,
@@ -66,9 +69,7 @@ select
         when s.kind = 'SERVER' then greatest(s.duration_nano - coalesce(w.waiting_nano, 0), 0)
         else s.duration_nano
     end as busy_nano,
-    s.sampling_probability,
-    s.adjusted_count,
-    case when tm.distinct_members = 1 then tm.member_id end as member_id
+    s.adjusted_count
 from {{ ref('stg_spans') }} as s
 left join {{ ref('trace_members') }} as tm
     on tm.dt = s.dt and tm.trace_id = s.trace_id

@@ -12,5 +12,5 @@ from {{ ref('enriched_spans') }}
 where {{ in_partition_window('dt') }}
   and member_id is not null
   and kind = 'SERVER'
-  and (parent_span_id is null or parent_span_id = '')
+  and is_root
 group by dt, member_id

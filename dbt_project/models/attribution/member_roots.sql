@@ -10,7 +10,7 @@ with roots as (
     where {{ in_partition_window('dt') }}
       and member_id is not null
       and kind = 'SERVER'
-      and (parent_span_id is null or parent_span_id = '')
+      and is_root
 ),
 member_day as (
     select dt, member_id, service, sum(adjusted_count) as root_requests

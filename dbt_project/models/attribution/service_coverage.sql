@@ -2,8 +2,10 @@
 -- Trace completeness per service and day: how much of a service's (adjusted) work
 -- reaches a member, how much starts anonymous traces, how many spans point at a
 -- parent that never arrived.
--- enriched_spans is scanned where needed rather than through a shared CTE, which
--- DuckDB would materialize (see enriched_spans).
+-- The shares come from enriched_spans (which has each span's member); the orphan check
+-- needs span ids, which only the staged spans keep. Each is scanned
+-- where needed rather than through a shared CTE, which DuckDB would materialize (see
+-- enriched_spans).
 with server as (
     select
         s.dt,
@@ -11,8 +13,8 @@ with server as (
         count(*) as server_spans,
         sum(s.adjusted_count) as adjusted_requests,
         sum(case when s.member_id is not null then s.adjusted_count else 0 end) as attributed_requests,
-        sum(case when s.parent_span_id is null then s.adjusted_count else 0 end) as root_requests,
-        sum(case when s.parent_span_id is null and s.member_id is null then s.adjusted_count else 0 end)
+        sum(case when s.is_root then s.adjusted_count else 0 end) as root_requests,
+        sum(case when s.is_root and s.member_id is null then s.adjusted_count else 0 end)
             as anonymous_root_requests
     from {{ ref('enriched_spans') }} as s
     where {{ in_partition_window('s.dt') }} and s.kind = 'SERVER'
@@ -21,7 +23,7 @@ with server as (
 with_parent as (
     select s.dt, s.service, count(*) as spans_with_parent
     from {{ ref('enriched_spans') }} as s
-    where {{ in_partition_window('s.dt') }} and s.parent_span_id is not null
+    where {{ in_partition_window('s.dt') }} and not s.is_root
     group by s.dt, s.service
 ),
 orphans as (
@@ -29,10 +31,10 @@ orphans as (
     -- too) rather than a left join to the distinct known spans, whose DISTINCT over every
     -- span was half the model's time.
     select s.dt, s.service, count(*) as orphan_spans
-    from {{ ref('enriched_spans') }} as s
+    from {{ ref('stg_spans') }} as s
     where {{ in_partition_window('s.dt') }} and s.parent_span_id is not null
         and not exists (
-            select 1 from {{ ref('enriched_spans') }} as k
+            select 1 from {{ ref('stg_spans') }} as k
             where k.dt = s.dt and k.trace_id = s.trace_id and k.span_id = s.parent_span_id
         )
     group by s.dt, s.service

@@ -3,16 +3,19 @@
 -- many of those calls have no SERVER span of the callee in the same trace. A high
 -- unmatched share while the callee shows anonymous roots is a broken edge: the
 -- caller does not propagate trace context to that callee.
--- enriched_spans is scanned twice rather than through a shared CTE, which DuckDB would
--- materialize (see enriched_spans).
+-- It needs trace ids, which only the staged spans keep (enriched_spans drops them), so
+-- the calls take their member from trace_members. The spans are scanned twice rather
+-- than through a shared CTE, which DuckDB would materialize (see enriched_spans).
 with calls as (
-    select dt, trace_id, service as caller, peer_service as callee, adjusted_count
-    from {{ ref('enriched_spans') }}
-    where {{ in_partition_window('dt') }} and kind = 'CLIENT' and peer_service is not null and member_id is not null
+    select s.dt, s.trace_id, s.service as caller, s.peer_service as callee, s.adjusted_count
+    from {{ ref('stg_spans') }} as s
+    inner join {{ ref('trace_members') }} as tm
+        on tm.dt = s.dt and tm.trace_id = s.trace_id and tm.distinct_members = 1
+    where {{ in_partition_window('s.dt') }} and s.kind = 'CLIENT' and s.peer_service is not null
 ),
 callee_servers as (
     select distinct dt, trace_id, service
-    from {{ ref('enriched_spans') }}
+    from {{ ref('stg_spans') }}
     where {{ in_partition_window('dt') }} and kind = 'SERVER'
 )
 select

@@ -1,7 +1,8 @@
-{{ config(incremental_strategy=daily_incremental_strategy(), unique_key='dt') }}
+{{ config(materialized='table') }}
 -- The member of each trace. The root SERVER span carries enduser.id/user.id; every
 -- other span of the trace inherits it through trace_id. A trace with two different
--- members is counted (conflicting_members) and attributed to neither.
+-- members is counted (conflicting_members) and attributed to neither. A working table
+-- of the partition window, like enriched_spans: trace-grain history is not kept.
 select
     dt,
     trace_id,
