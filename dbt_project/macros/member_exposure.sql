@@ -3,7 +3,9 @@
 
   `per_member_day` is aggregated per (dt, member_id, <keys>) already, with the columns
   named in `measures`; `per_span` has rows with dt, member_id, <keys>, start_unix_nano
-  and the span-level expressions `measures` sums (measure name -> expression).
+  and the span-level expressions `measures` sums (measure name -> expression). Only the
+  spans of members allocated on their own day are read from `per_span`: pass it through
+  allocated_on_the_day() so it holds just those.
   Members allocated before that day count all of the day; members allocated during
   the day itself are compared span by span. Aggregating before the join keeps a
   10M-span day cheap: a member sits in several experiments, so a span-level join
@@ -36,4 +38,21 @@
     where s.start_unix_nano {{ time_cmp }} a.allocated_at_unix_nano
     group by s.dt, a.experiment_id, a.cell, s.member_id{% for key in keys %}, s.{{ key }}{% endfor %}
     {%- endfor %}
+{%- endmacro %}
+
+
+{#
+  The rows of `per_span_sql` (a select with dt and member_id) whose member was allocated
+  on that very day: the only spans exposed_member_rows compares one by one. A semi join
+  before anything reads them, so the span-level branch sees a few members' spans instead
+  of the day's (and a model defines its spans as SQL text read twice rather than a CTE
+  read twice, which DuckDB would materialize: every span of the day through its buffer).
+#}
+{% macro allocated_on_the_day(per_span_sql) -%}
+    select s.*
+    from ({{ per_span_sql }}) as s
+    where exists (
+        select 1 from {{ ref('member_exposure') }} as a
+        where a.member_id = s.member_id and a.allocated_date = s.dt
+    )
 {%- endmacro %}

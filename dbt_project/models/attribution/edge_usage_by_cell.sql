@@ -5,21 +5,24 @@
 -- never does is a new runtime dependency the treatment would ship.
 -- Only calls after the member's allocation count (as in member_service_usage, calls
 -- are aggregated per member first; same-day allocations compare span by span).
-with calls as (
+{% set calls %}
     select dt, member_id, service as caller, peer_service as callee, adjusted_count, start_unix_nano
     from {{ ref('enriched_spans') }}
     where {{ in_partition_window('dt') }}
       and kind = 'CLIENT'
       and peer_service is not null
       and member_id is not null
-),
-member_edges as (
+{% endset %}
+with member_edges as (
     select dt, member_id, caller, callee, sum(adjusted_count) as requests, count(*) as sampled_spans
-    from calls
+    from ({{ calls }}) as s
     group by dt, member_id, caller, callee
 ),
+same_day_calls as (
+    {{ allocated_on_the_day(calls) }}
+),
 exposed as (
-    {{ exposed_member_rows('member_edges', 'calls', ['caller', 'callee']) }}
+    {{ exposed_member_rows('member_edges', 'same_day_calls', ['caller', 'callee']) }}
 )
 select
     dt,

@@ -4,21 +4,24 @@
 -- member's allocation, 'post' after). A member's root requests measure how active it
 -- is; the statistics use them as a covariate (regression adjustment) when the cell
 -- leaves them unchanged, which removes most of the between-member noise.
-with roots as (
+{% set roots %}
     select dt, member_id, service, adjusted_count, start_unix_nano
     from {{ ref('enriched_spans') }}
     where {{ in_partition_window('dt') }}
       and member_id is not null
       and kind = 'SERVER'
       and is_root
-),
-member_day as (
+{% endset %}
+with member_day as (
     select dt, member_id, service, sum(adjusted_count) as root_requests
-    from roots
+    from ({{ roots }}) as s
     group by dt, member_id, service
 ),
+same_day_roots as (
+    {{ allocated_on_the_day(roots) }}
+),
 exposed as (
-    {{ exposed_member_rows('member_day', 'roots', ['service'],
+    {{ exposed_member_rows('member_day', 'same_day_roots', ['service'],
                            measures={'root_requests': 'adjusted_count'}, pre_period=true) }}
 )
 select * from exposed

@@ -5,7 +5,7 @@
 -- count. Members are the resampling unit of the latency bootstrap, so the histogram
 -- keeps them apart; per-span rows never leave the warehouse. Spans are bucketed per
 -- member first and joined with the allocations after (see member_service_usage).
-with spans as (
+{% set spans %}
     select
         dt,
         member_id,
@@ -18,13 +18,16 @@ with spans as (
       and kind = 'SERVER'
       and member_id is not null
       and duration_nano > 0
-),
-member_buckets as (
+{% endset %}
+with member_buckets as (
     select dt, member_id, service, duration_bucket, sum(adjusted_count) as requests, count(*) as sampled_spans
-    from spans
+    from ({{ spans }}) as s
     group by dt, member_id, service, duration_bucket
 ),
+same_day_spans as (
+    {{ allocated_on_the_day(spans) }}
+),
 exposed as (
-    {{ exposed_member_rows('member_buckets', 'spans', ['service', 'duration_bucket']) }}
+    {{ exposed_member_rows('member_buckets', 'same_day_spans', ['service', 'duration_bucket']) }}
 )
 select * from exposed

@@ -11,7 +11,7 @@
 -- Spans are aggregated per member and day first and joined with the allocations
 -- after (a member is in several experiments): only members allocated during the day
 -- itself need the span-by-span comparison with allocated_at.
-with units as (
+{% set units %}
     select dt, member_id, service, 'server' as source, adjusted_count, start_unix_nano,
            adjusted_count * duration_nano / 1e9 as work,
            adjusted_count * busy_nano / 1e9 as busy
@@ -25,15 +25,18 @@ with units as (
            cast(null as double) as busy
     from {{ ref('enriched_spans') }}
     where {{ in_partition_window('dt') }} and member_id is not null and kind = 'CLIENT' and peer_service is not null
-),
-member_day as (
+{% endset %}
+with member_day as (
     select dt, member_id, service, source, sum(adjusted_count) as requests, count(*) as sampled_spans,
            sum(work) as work, sum(busy) as busy
-    from units
+    from ({{ units }}) as u
     group by dt, member_id, service, source
 ),
+same_day_units as (
+    {{ allocated_on_the_day(units) }}
+),
 exposed as (
-    {{ exposed_member_rows('member_day', 'units', ['service', 'source'],
+    {{ exposed_member_rows('member_day', 'same_day_units', ['service', 'source'],
                            measures={'requests': 'adjusted_count', 'sampled_spans': '1', 'work': 'work', 'busy': 'busy'},
                            pre_period=true) }}
 )
