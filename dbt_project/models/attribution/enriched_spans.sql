@@ -14,25 +14,25 @@
 -- a span whose calls run inside a fixed amount of work (as in the live sample world)
 -- would look lighter whenever a treatment adds a call. For a CLIENT span: its duration.
 --
+-- Spans are matched to their parents by a hash of the ids (macros/id_keys.sql).
 -- Every CTE is read once and the spans are scanned where they are needed: DuckDB
 -- materializes a CTE that is read twice (a 10M-span day: 6 GB of rows through its
 -- buffer and a third of the model's time); Spark inlines either way.
 with servers as (
-    select dt, trace_id, span_id, service, start_unix_nano, end_unix_nano
+    select dt, {{ id_key('trace_id', 'span_id') }} as span_key, service, start_unix_nano, end_unix_nano
     from {{ ref('stg_spans') }}
     where {{ in_partition_window('dt') }} and kind = 'SERVER'
 ),
 child_calls as (
     select
         c.dt,
-        c.trace_id,
-        s.span_id,
+        s.span_key,
         s.service,
         greatest(c.start_unix_nano, s.start_unix_nano) as call_start,
         least(c.end_unix_nano, s.end_unix_nano) as call_end
     from {{ ref('stg_spans') }} as c
     inner join servers as s
-        on s.dt = c.dt and s.trace_id = c.trace_id and s.span_id = c.parent_span_id and s.service = c.service
+        on s.dt = c.dt and s.span_key = {{ id_key('c.trace_id', 'c.parent_span_id') }} and s.service = c.service
     where {{ in_partition_window('c.dt') }} and c.kind = 'CLIENT'
 ),
 ordered_calls as (
@@ -41,9 +41,9 @@ ordered_calls as (
     -- the call intervals (overlapping calls, a fan-out, count once). One window, exact
     -- integer arithmetic.
     select
-        dt, trace_id, span_id, service, call_start, call_end,
+        dt, span_key, service, call_start, call_end,
         max(call_end) over (
-            partition by dt, trace_id, span_id, service order by call_start, call_end
+            partition by dt, span_key, service order by call_start, call_end
             rows between unbounded preceding and 1 preceding
         ) as earlier_end
     from child_calls
@@ -51,10 +51,10 @@ ordered_calls as (
 ),
 waiting as (
     select
-        dt, trace_id, span_id, service,
+        dt, span_key, service,
         sum(greatest(call_end - greatest(call_start, coalesce(earlier_end, call_start)), 0)) as waiting_nano
     from ordered_calls
-    group by dt, trace_id, span_id, service
+    group by dt, span_key, service
 )
 select
     s.dt,
@@ -74,5 +74,5 @@ from {{ ref('stg_spans') }} as s
 left join {{ ref('trace_members') }} as tm
     on tm.dt = s.dt and tm.trace_id = s.trace_id
 left join waiting as w
-    on s.kind = 'SERVER' and w.dt = s.dt and w.trace_id = s.trace_id and w.span_id = s.span_id and w.service = s.service
+    on s.kind = 'SERVER' and w.dt = s.dt and w.span_key = {{ id_key('s.trace_id', 's.span_id') }} and w.service = s.service
 where {{ in_partition_window('s.dt') }}

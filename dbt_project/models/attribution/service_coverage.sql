@@ -29,13 +29,15 @@ with_parent as (
 orphans as (
     -- A parent that never arrived: an anti join (NOT EXISTS, in a WHERE so Spark takes it
     -- too) rather than a left join to the distinct known spans, whose DISTINCT over every
-    -- span was half the model's time.
+    -- span was half the model's time. Spans are matched by a hash of the ids
+    -- (macros/id_keys.sql).
     select s.dt, s.service, count(*) as orphan_spans
     from {{ ref('stg_spans') }} as s
     where {{ in_partition_window('s.dt') }} and s.parent_span_id is not null
         and not exists (
             select 1 from {{ ref('stg_spans') }} as k
-            where k.dt = s.dt and k.trace_id = s.trace_id and k.span_id = s.parent_span_id
+            where k.dt = s.dt
+                and {{ id_key('k.trace_id', 'k.span_id') }} = {{ id_key('s.trace_id', 's.parent_span_id') }}
         )
     group by s.dt, s.service
 )

@@ -5,16 +5,17 @@
 -- caller does not propagate trace context to that callee.
 -- It needs trace ids, which only the staged spans keep (enriched_spans drops them), so
 -- the calls take their member from trace_members. The spans are scanned twice rather
--- than through a shared CTE, which DuckDB would materialize (see enriched_spans).
+-- than through a shared CTE, which DuckDB would materialize (see enriched_spans), and
+-- matched by a hash of the trace id (macros/id_keys.sql).
 with calls as (
-    select s.dt, s.trace_id, s.service as caller, s.peer_service as callee, s.adjusted_count
+    select s.dt, {{ id_key('s.trace_id') }} as trace_key, s.service as caller, s.peer_service as callee, s.adjusted_count
     from {{ ref('stg_spans') }} as s
     inner join {{ ref('trace_members') }} as tm
         on tm.dt = s.dt and tm.trace_id = s.trace_id and tm.distinct_members = 1
     where {{ in_partition_window('s.dt') }} and s.kind = 'CLIENT' and s.peer_service is not null
 ),
 callee_servers as (
-    select distinct dt, trace_id, service
+    select distinct dt, {{ id_key('trace_id') }} as trace_key, service
     from {{ ref('stg_spans') }}
     where {{ in_partition_window('dt') }} and kind = 'SERVER'
 )
@@ -27,5 +28,5 @@ select
     sum(case when cs.service is null then 1 else 0 end) as unmatched_client_spans
 from calls as c
 left join callee_servers as cs
-    on cs.dt = c.dt and cs.trace_id = c.trace_id and cs.service = c.callee
+    on cs.dt = c.dt and cs.trace_key = c.trace_key and cs.service = c.callee
 group by c.dt, c.caller, c.callee
