@@ -12,7 +12,8 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.member_usage import usage_scope
-from cost_attribution.attribution.usage_moments import each_experiment_moments
+from cost_attribution.attribution.usage_moments import (
+    CROSS_MOMENT_SCHEMA, CROSS_MOMENTS_TABLE, each_experiment_moments)
 from cost_attribution.attribution.deltas import deltas_by_experiment
 from cost_attribution.attribution.stats import StatsConfig, intended_splits
 from cost_attribution.attribution.treated_share import share_plot, shares_in_warehouse
@@ -111,8 +112,17 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:
         scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        cross_moments = []
+
+        def staged_experiments():
+            for moments in each_experiment_moments(conn, scope):
+                yield moments
+                # Its deltas are done and its rows still staged: the sums cost_projections
+                # needs for the correlation between services, kept so it stages nothing.
+                cross_moments.append(moments.cross_moments())
+
         deltas, srm = deltas_by_experiment(
-            each_experiment_moments(conn, scope), config, scope.has_pre_period, intended_splits(scope.experiments)
+            staged_experiments(), config, scope.has_pre_period, intended_splits(scope.experiments)
         )
         deltas = (
             deltas.join(scope.coverage.select("service", pl.col("coverage").alias("trace_coverage")), on="service", how="left")
@@ -121,6 +131,10 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
         )
         replace_rows(conn, "main.usage_deltas", deltas, where={"as_of": as_of})
         replace_rows(conn, "main.sample_ratio", srm.with_columns(pl.lit(as_of).alias("as_of")), where={"as_of": as_of})
+        replace_rows(conn, CROSS_MOMENTS_TABLE,
+                     pl.concat([pl.DataFrame(schema=CROSS_MOMENT_SCHEMA), *cross_moments])
+                     .select(pl.lit(as_of).alias("as_of"), pl.all()),
+                     where={"as_of": as_of})
     significant = deltas.filter(pl.col("significant"))
     yield dg.MaterializeResult(
         metadata={

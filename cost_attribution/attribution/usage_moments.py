@@ -47,19 +47,17 @@ class WarehouseMoments:
     usage, pre-period usage, root requests) that every sum reads; `close()` drops them.
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str,
-                 covariates: bool = True):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str):
         self.conn, self.experiment_id = conn, experiment_id
         self.experiments = scope.experiments.filter(pl.col("experiment_id") == experiment_id)
         k = next(_tables)
         self._alloc, self._rows, self._usage, self._pre, self._roots = (
             quote_ident(f"_moments_{name}_{k}") for name in ("alloc", "rows", "usage", "pre", "roots"))
-        self._stage(scope, covariates)
+        self._stage(scope)
         [(roots,)] = conn.execute(f"SELECT count(*) FROM {self._roots}").fetchall()
         self.has_roots = roots > 0
 
-    def _stage(self, scope: UsageScope, covariates: bool) -> None:
-        """covariates=False: without the pre-period and root rows (the outcome's sums only)."""
+    def _stage(self, scope: UsageScope) -> None:
         as_of, experiment = scope.as_of, self.experiment_id
         self.conn.execute(
             f"""
@@ -84,9 +82,9 @@ class WarehouseMoments:
             CREATE TEMP TABLE {rows} AS
             SELECT u.member_id, u.cell, u.service, u.source, {PRE_PERIOD} AS pre_period,
                    u.requests, u.{work} AS work
-            {CHOSEN_ROWS} AND u.experiment_id = ? AND (? OR NOT {PRE_PERIOD})
+            {CHOSEN_ROWS} AND u.experiment_id = ?
             """,
-            [as_of, as_of, scope.client_measured, experiment, covariates],
+            [as_of, as_of, scope.client_measured, experiment],
         )
         self.conn.execute(
             f"""
@@ -118,7 +116,7 @@ class WarehouseMoments:
         ).fetchall()
         self.conn.execute(f"DROP TABLE {rows}")
         self.conn.execute(f"DELETE FROM {self._alloc} WHERE cells > 1")
-        if covariates and table_exists(self.conn, "main.member_roots"):
+        if table_exists(self.conn, "main.member_roots"):
             self.conn.execute(
                 f"""
                 CREATE TEMP TABLE {self._roots} AS
@@ -236,45 +234,84 @@ class WarehouseMoments:
             [ROOTS],
         )
 
+    def cross_moments(self) -> pl.DataFrame:
+        """Everything the dollar interval's correlation between services needs (CROSS_MOMENT_SCHEMA):
+        per cell, its members, and per pair of services (a, b) the sum of a's requests and
+        work and the cross products of a's and b's (requests x requests, requests x work,
+        work x requests, work x work) over the members with both values. A null, NaN,
+        infinite or negative value is left out, as in every other sum. A few rows per cell
+        and pair; usage_deltas stores them (main.usage_cross_moments) so cost_projections
+        does not stage the experiment's members again."""
+        values = (f"SELECT member_id, cell, service, CASE WHEN {_valid('requests')} THEN requests END AS r, "
+                  f"CASE WHEN {_valid('work')} THEN work END AS w FROM {self._usage}")
+        return self._frame(
+            f"""
+            WITH v AS ({values}),
+            sums AS (SELECT cell, service, sum(r) AS requests_a, sum(w) AS work_a FROM v GROUP BY ALL),
+            pairs AS (
+                SELECT a.cell, a.service AS service_a, b.service AS service_b,
+                       sum(a.r * b.r) AS requests_requests, sum(a.r * b.w) AS requests_work,
+                       sum(a.w * b.r) AS work_requests, sum(a.w * b.w) AS work_work
+                FROM v a JOIN v b USING (member_id, cell)
+                GROUP BY ALL
+            ),
+            members AS (SELECT cell, count(*) AS members FROM {self._alloc} GROUP BY cell)
+            SELECT CAST(? AS VARCHAR) AS experiment_id, m.cell, m.members, p.service_a, p.service_b,
+                   s.requests_a, s.work_a, p.requests_requests, p.requests_work, p.work_requests, p.work_work
+            FROM members m
+            LEFT JOIN pairs p ON p.cell = m.cell
+            LEFT JOIN sums s ON s.cell = p.cell AND s.service = p.service_a
+            ORDER BY ALL
+            """,
+            schema=CROSS_MOMENT_SCHEMA,
+        )
+
     def service_covariance(self, cell: str, control_cell: str, services: list[str],
                            work_services: list[str]) -> np.ndarray:
-        """stats.delta_covariance of `services` (each on work when in `work_services`, else
-        requests), from per-cell sums and cross products of the members' values."""
-        k = len(services)
-        index = {service: i for i, service in enumerate(services)}
-        values = f"""
-            SELECT member_id, cell, service, v FROM (
-                SELECT member_id, cell, service,
-                       CASE WHEN list_contains(CAST(? AS VARCHAR[]), service) THEN work ELSE requests END AS v
-                FROM {self._usage}
-                WHERE cell IN (?, ?) AND list_contains(CAST(? AS VARCHAR[]), service)
-            ) WHERE {_valid("v")}
-        """
-        params = [list(work_services), cell, control_cell, list(services)]
-        counts = dict(self.conn.execute(f"SELECT cell, count(*) FROM {self._alloc} WHERE cell IN (?, ?) GROUP BY cell",
-                                        [cell, control_cell]).fetchall())
-        sums = {c: np.zeros(k) for c in (cell, control_cell)}
-        cross = {c: np.zeros((k, k)) for c in (cell, control_cell)}
-        for c, service, total in self.conn.execute(f"SELECT cell, service, sum(v) FROM ({values}) GROUP BY ALL",
-                                                   params).fetchall():
-            sums[c][index[service]] = total
-        for c, r, s, total in self.conn.execute(
-            f"SELECT a.cell, a.service, b.service, sum(a.v * b.v) FROM ({values}) a JOIN ({values}) b "
-            "USING (member_id, cell) GROUP BY ALL",
-            params + params,
-        ).fetchall():
-            cross[c][index[r], index[s]] = total
-        n_t, n_c = counts.get(cell, 0), counts.get(control_cell, 0)
-        if n_t < 2 or n_c < 2:
-            return np.full((k, k), np.nan)
+        """stats.delta_covariance of `services` (each on work when in `work_services`, else requests)."""
+        return covariance_from_cross_moments(self.cross_moments(), cell, control_cell, services, work_services)
 
-        def mean_and_cov(c: str, n: int):
-            mean = sums[c] / n
-            return mean, (cross[c] - n * np.outer(mean, mean)) / (n - 1)
 
-        m_t, cov_t = mean_and_cov(cell, n_t)
-        m_c, cov_c = mean_and_cov(control_cell, n_c)
-        return relative_covariance(m_t, m_c, cov_t, cov_c, n_t, n_c)
+# Per experiment, cell and pair of services (WarehouseMoments.cross_moments). A cell with
+# members but no usage has one row with null services. usage_deltas writes them per as_of.
+CROSS_MOMENTS_TABLE = "main.usage_cross_moments"
+CROSS_MOMENT_SCHEMA = {
+    "experiment_id": pl.Utf8, "cell": pl.Utf8, "members": pl.Int64, "service_a": pl.Utf8, "service_b": pl.Utf8,
+    "requests_a": pl.Float64, "work_a": pl.Float64, "requests_requests": pl.Float64, "requests_work": pl.Float64,
+    "work_requests": pl.Float64, "work_work": pl.Float64,
+}
+
+
+def covariance_from_cross_moments(cross: pl.DataFrame, cell: str, control_cell: str, services: list[str],
+                                  work_services: list[str]) -> np.ndarray:
+    """stats.delta_covariance of `services`, each priced on work when in `work_services`
+    (else requests), from one experiment's cross moments (CROSS_MOMENT_SCHEMA): per cell the
+    mean vector and covariance matrix of the members' values, then the relative covariance
+    of the deltas. NaN when a cell has fewer than two members."""
+    k = len(services)
+    index = {service: i for i, service in enumerate(services)}
+    metric = {service: "work" if service in work_services else "requests" for service in services}
+    counts, sums, cross_sums = {}, {}, {}
+    for c in (cell, control_cell):
+        rows = cross.filter(pl.col("cell") == c)
+        counts[c] = int(rows["members"][0]) if rows.height else 0
+        sums[c], cross_sums[c] = np.zeros(k), np.zeros((k, k))
+        for row in rows.filter(pl.col("service_a").is_in(services) & pl.col("service_b").is_in(services)).iter_rows(named=True):
+            a, b = row["service_a"], row["service_b"]
+            if a == b:
+                sums[c][index[a]] = row[f"{metric[a]}_a"] or 0.0
+            cross_sums[c][index[a], index[b]] = row[f"{metric[a]}_{metric[b]}"] or 0.0
+    n_t, n_c = counts[cell], counts[control_cell]
+    if n_t < 2 or n_c < 2:
+        return np.full((k, k), np.nan)
+
+    def mean_and_cov(c: str, n: int):
+        mean = sums[c] / n
+        return mean, (cross_sums[c] - n * np.outer(mean, mean)) / (n - 1)
+
+    m_t, cov_t = mean_and_cov(cell, n_t)
+    m_c, cov_c = mean_and_cov(control_cell, n_c)
+    return relative_covariance(m_t, m_c, cov_t, cov_c, n_t, n_c)
 
 
 def each_experiment_moments(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> Iterator[WarehouseMoments]:
@@ -290,29 +327,3 @@ def each_experiment_moments(conn: duckdb.DuckDBPyConnection, scope: UsageScope) 
             yield moments
         finally:
             moments.close()
-
-
-class MomentsByExperiment:
-    """The WarehouseMoments of one experiment at a time, for callers that ask experiment
-    by experiment (the projection's correlations): asking for another experiment drops the
-    previous one's staged rows."""
-
-    def __init__(self, conn: duckdb.DuckDBPyConnection, scope: UsageScope):
-        self.conn, self.scope, self.current = conn, scope, None
-
-    def __call__(self, experiment_id: str) -> WarehouseMoments:
-        if self.current is None or self.current.experiment_id != experiment_id:
-            self.close()
-            self.current = WarehouseMoments(self.conn, self.scope, experiment_id, covariates=False)
-        return self.current
-
-    def close(self) -> None:
-        if self.current is not None:
-            self.current.close()
-            self.current = None
-
-    def __enter__(self) -> MomentsByExperiment:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -12,9 +12,10 @@ from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.call_graph import caller_shares
 from cost_attribution.attribution.member_usage import served_requests, usage_scope
-from cost_attribution.attribution.usage_moments import MomentsByExperiment, WarehouseMoments
 from cost_attribution.attribution.shift_left import load_edge_usage
 from cost_attribution.attribution.treated_share import hourly_grid
+from cost_attribution.attribution.usage_moments import (
+    CROSS_MOMENT_SCHEMA, CROSS_MOMENTS_TABLE, covariance_from_cross_moments)
 from cost_attribution.estimation.cell_costs import project_cells
 from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, registry_frame
 from cost_attribution.estimation.plots import cost_model_plot
@@ -226,19 +227,18 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
                 conn, "SELECT experiment_id, cell, share_rel_se FROM main.treated_share_error WHERE as_of = ?", [as_of]
             ).iter_rows(named=True)
         } if table_exists(conn, "main.treated_share_error") else {}
-        # project_cells asks cell by cell in experiment order: one experiment's rows are staged at a time.
-        with MomentsByExperiment(conn, scope) as moments_of:
-            services_frame, experiments_frame, universes = project_cells(
-                as_of, deltas, models, load, hours, shares,
-                scale=HORIZON_DAYS / settings.projection_days,
-                fdr_q=settings.fdr_q,
-                correlation=lambda experiment_id, *key: delta_correlation(moments_of(experiment_id), *key),
-                projection_hours=24 * settings.projection_days,
-                interval=settings.dollar_interval,
-                point_estimate=settings.point_estimate,
-                callers=callers,
-                share_rel_se=share_rel_se,
-            )
+        cross = cross_moments_by_experiment(conn, as_of, deltas)
+        services_frame, experiments_frame, universes = project_cells(
+            as_of, deltas, models, load, hours, shares,
+            scale=HORIZON_DAYS / settings.projection_days,
+            fdr_q=settings.fdr_q,
+            correlation=lambda experiment_id, *key: delta_correlation(cross[experiment_id], *key),
+            projection_hours=24 * settings.projection_days,
+            interval=settings.dollar_interval,
+            point_estimate=settings.point_estimate,
+            callers=callers,
+            share_rel_se=share_rel_se,
+        )
         replace_rows(conn, "main.cost_projections", services_frame, where={"as_of": as_of})
         replace_rows(conn, "main.experiment_costs", experiments_frame, where={"as_of": as_of})
         replace_rows(conn, "main.projection_universes", universes, where={"as_of": as_of})
@@ -261,13 +261,31 @@ BASELINES_IN_WORDS = (
 )
 
 
-def delta_correlation(moments: WarehouseMoments, cell, control_cell, services, metrics) -> np.ndarray | None:
+def cross_moments_by_experiment(conn, as_of: dt.date, deltas: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """usage_deltas' cross moments of the day (usage_moments.CROSS_MOMENTS_TABLE), per
+    experiment. An experiment with deltas and no cross moments was measured before they
+    were kept: its correlation would silently be dropped, so this stops and says what to rerun."""
+    cross = (
+        read_frame(conn, f"SELECT * EXCLUDE (as_of) FROM {CROSS_MOMENTS_TABLE} WHERE as_of = ?", [as_of])
+        if table_exists(conn, CROSS_MOMENTS_TABLE) else pl.DataFrame(schema=CROSS_MOMENT_SCHEMA)
+    )
+    by_experiment = {key[0]: frame for key, frame in cross.partition_by("experiment_id", as_dict=True).items()}
+    missing = sorted(set(deltas["experiment_id"].to_list()) - set(by_experiment))
+    if missing:
+        raise RuntimeError(
+            f"{CROSS_MOMENTS_TABLE} has no rows for as_of {as_of} and experiments {missing}, which usage_deltas "
+            f"measured: materialize usage_deltas for partition {as_of} again, then cost_projections."
+        )
+    return by_experiment
+
+
+def delta_correlation(cross: pl.DataFrame, cell, control_cell, services, metrics) -> np.ndarray | None:
     """Member-level correlation of the deltas the cell's services are priced with
-    (each on its own metric: work or requests)."""
+    (each on its own metric: work or requests), from the experiment's cross moments."""
     if len(services) < 2:
         return None
     work_services = [s for s, metric in zip(services, metrics) if metric == "work"]
-    cov = moments.service_covariance(cell, control_cell, list(services), work_services)
+    cov = covariance_from_cross_moments(cross, cell, control_cell, list(services), work_services)
     sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
     return cov / np.outer(sd, sd)
 

@@ -248,7 +248,7 @@ def test_dirty_rows_are_counted_in_the_warning():
 def test_the_correlation_from_warehouse_sums_equals_the_member_matrix(warehouse):
     from cost_attribution.attribution.member_usage import experiment_usage
     from cost_attribution.attribution.stats import delta_covariance
-    from cost_attribution.attribution.usage_moments import MomentsByExperiment
+    from cost_attribution.attribution.usage_moments import WarehouseMoments, covariance_from_cross_moments
 
     scope = usage_scope(warehouse, AS_OF, blind_spot_coverage=0.5)
     services, work_services = ["gateway", "recs", "images", "blind"], ["recs"]
@@ -256,8 +256,44 @@ def test_the_correlation_from_warehouse_sums_equals_the_member_matrix(warehouse)
     priced = rows.member_usage.with_columns(
         pl.when(pl.col("service").is_in(work_services)).then(pl.col("work")).otherwise(pl.col("requests")).alias("requests"))
     reference = delta_covariance(priced, rows.allocations, "big", "treatment", "control", services)
-    with MomentsByExperiment(warehouse, scope) as moments_of:
-        ours = moments_of("big").service_covariance("treatment", "control", services, work_services)
-        assert moments_of("big") is moments_of("big")
+    moments = WarehouseMoments(warehouse, scope, "big")
+    try:
+        ours = moments.service_covariance("treatment", "control", services, work_services)
+        cross = moments.cross_moments()
+    finally:
+        moments.close()
     np.testing.assert_allclose(ours, reference, rtol=1e-9)
+    # What usage_deltas stores serves any pricing of the services (cost_projections picks it later).
+    for priced_on_work in ([], ["recs", "gateway"], services):
+        on_work = delta_covariance(
+            rows.member_usage.with_columns(pl.when(pl.col("service").is_in(priced_on_work)).then(pl.col("work"))
+                                           .otherwise(pl.col("requests")).alias("requests")),
+            rows.allocations, "big", "treatment", "control", services)
+        np.testing.assert_allclose(
+            covariance_from_cross_moments(cross, "treatment", "control", services, priced_on_work), on_work, rtol=1e-9)
     assert np.all(ours[~np.eye(len(services), dtype=bool)] > 0)  # services share members: correlated
+
+
+def test_projections_stop_when_the_day_has_deltas_but_no_cross_moments():
+    """A day measured before usage_deltas kept its cross moments: cost_projections would price
+    every cell as if its services were uncorrelated. It stops and names what to rerun."""
+    import datetime as dt
+
+    from cost_attribution.attribution.usage_moments import CROSS_MOMENT_SCHEMA, CROSS_MOMENTS_TABLE
+    from cost_attribution.estimation.assets import cross_moments_by_experiment
+
+    day = dt.date(2026, 3, 9)
+    deltas = pl.DataFrame({"experiment_id": ["big", "small"]})
+    conn = duckdb.connect()
+    with pytest.raises(RuntimeError, match=r"experiments \['big', 'small'\].*materialize usage_deltas for partition 2026-03-09"):
+        cross_moments_by_experiment(conn, day, deltas)
+    conn.execute("CREATE SCHEMA IF NOT EXISTS main")
+    stored = pl.DataFrame({"experiment_id": ["big"], "cell": ["control"], "members": [3]}, schema_overrides={
+        "members": pl.Int64}).with_columns(
+        *[pl.lit(None, dtype=t).alias(c) for c, t in CROSS_MOMENT_SCHEMA.items() if c not in ("experiment_id", "cell", "members")]
+    ).select(pl.lit(day).alias("as_of"), *CROSS_MOMENT_SCHEMA)
+    conn.register("_stored", stored.to_arrow())
+    conn.execute(f"CREATE TABLE {CROSS_MOMENTS_TABLE} AS SELECT * FROM _stored")
+    with pytest.raises(RuntimeError, match=r"experiments \['small'\]"):
+        cross_moments_by_experiment(conn, day, deltas)
+    assert set(cross_moments_by_experiment(conn, day, deltas.head(1))) == {"big"}
