@@ -178,7 +178,7 @@ def test_allocations_written_in_the_warehouse_every_reason_once(tmp_path):
     path = _write(
         tmp_path / "allocations" / "a.csv",
         ALLOCATIONS_HEADER
-        + "m1,exp,control,2026-05-20T00:00:00Z\n"
+        + "m1,exp,control,2026-05-20T01:00:00+02:00\n"  # the UTC day: 2026-05-19
         "m2,exp,treatment,2026-05-21T00:00:00+02:00\n"  # kept: the earliest of m2's three rows
         "m2,exp,treatment,2026-05-20T23:00:00Z\n"
         "m2,exp,treatment,2026-05-19T12:00:00Z\n"
@@ -209,6 +209,7 @@ def test_allocations_written_in_the_warehouse_every_reason_once(tmp_path):
                                   "WHERE table_name = 'allocations'").fetchall())
         leftovers = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchall()[0][0]
     assert rows == 3 and good["member_id"].to_list() == ["m1", "m2", "m8"]
+    assert str(good.row(0, named=True)["allocated_date"]) == "2026-05-19"
     m2 = good.row(1, named=True)
     assert str(m2["allocated_at"]) == "2026-05-19 12:00:00+00:00"
     assert m2["allocated_at_unix_nano"] == 1779192000 * 10**9 and str(m2["allocated_date"]) == "2026-05-19"
