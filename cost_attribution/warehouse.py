@@ -57,15 +57,25 @@ def replace_rows(
     `where=None` replaces the whole table. The table is created from the frame's
     schema the first time. Returns the number of rows inserted.
     """
-    with _staged(conn, table, frame) as target, _transaction(conn):
+    with _registered(conn, frame) as relation:
+        replace_rows_from(conn, table, relation, where)
+    return frame.height
+
+
+def replace_rows_from(
+    conn: duckdb.DuckDBPyConnection, table: str, relation: str, where: Mapping[str, Any] | None = None
+) -> None:
+    """replace_rows for rows that are already in DuckDB: `relation` (the name of a table,
+    view or registered frame, quoted here) holds them, so they are copied by one
+    INSERT ... SELECT inside the warehouse and never pass through Python."""
+    with _staged(conn, table, relation) as target, _transaction(conn):
         if where:
             clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
             conn.execute(f"DELETE FROM {target} WHERE {clause}", list(where.values()))
         else:
             conn.execute(f"DELETE FROM {target}")
-        columns = ", ".join(quote_ident(c) for c in frame.columns)
-        conn.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM _incoming")
-    return frame.height
+        columns = ", ".join(quote_ident(c) for c in _relation_columns(conn, relation))
+        conn.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {qualified(relation)}")
 
 
 def replace_day(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, day: dt.date,
@@ -77,23 +87,33 @@ def replace_day(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame
 
 
 @contextlib.contextmanager
-def _staged(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> Iterator[str]:
-    """`frame` registered as _incoming and `table` existing with its columns; yields the
-    quoted table name."""
-    target = qualified(table)
-    ensure_schema(conn, table)
+def _registered(conn: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> Iterator[str]:
+    """`frame` visible to SQL as _incoming while the block runs."""
     conn.register("_incoming", frame.to_arrow())
     try:
-        if not table_exists(conn, table):
-            # Created in its own transaction: DuckDB 2.0 loses sight of rows inserted into a
-            # table created earlier in the same transaction once they pass ~122,880 (one row
-            # group): SELECT * then sees none in this process.
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM _incoming LIMIT 0")
-        else:
-            _add_new_columns(conn, target)
-        yield target
+        yield "_incoming"
     finally:
         conn.unregister("_incoming")
+
+
+@contextlib.contextmanager
+def _staged(conn: duckdb.DuckDBPyConnection, table: str, relation: str) -> Iterator[str]:
+    """`table` existing with the columns of `relation` (a registered frame, a table or a
+    view); yields the quoted table name."""
+    target = qualified(table)
+    ensure_schema(conn, table)
+    if not table_exists(conn, table):
+        # Created in its own transaction: DuckDB 2.0 loses sight of rows inserted into a
+        # table created earlier in the same transaction once they pass ~122,880 (one row
+        # group): SELECT * then sees none in this process.
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {qualified(relation)} LIMIT 0")
+    else:
+        _add_new_columns(conn, target, relation)
+    yield target
+
+
+def _relation_columns(conn: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
+    return [row[0] for row in conn.execute(f"SELECT * FROM {qualified(relation)} LIMIT 0").description]
 
 
 @contextlib.contextmanager
@@ -107,11 +127,11 @@ def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
         raise
 
 
-def _add_new_columns(conn: duckdb.DuckDBPyConnection, target: str) -> None:
+def _add_new_columns(conn: duckdb.DuckDBPyConnection, target: str, relation: str) -> None:
     """A warehouse written by an older version gains the columns a newer one writes
     (NULL in its old rows) instead of failing the insert."""
     existing = {row[0] for row in conn.execute(f"SELECT * FROM {target} LIMIT 0").description}
-    for name, column_type, *_ in conn.execute("DESCRIBE SELECT * FROM _incoming").fetchall():
+    for name, column_type, *_ in conn.execute(f"DESCRIBE SELECT * FROM {qualified(relation)}").fetchall():
         if name not in existing:
             conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote_ident(name)} {column_type}")
 
@@ -214,7 +234,7 @@ def append_new_rows(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataF
     """Append-only write: insert the rows of `frame` whose `key` columns are not in `table`
     yet; rows already there are never rewritten (a log of decisions). Returns the number
     inserted. Idempotent, so a re-run or a backfill adds nothing it already holds."""
-    with _staged(conn, table, frame) as target, _transaction(conn):
+    with _registered(conn, frame) as relation, _staged(conn, table, relation) as target, _transaction(conn):
         columns = ", ".join(quote_ident(c) for c in frame.columns)
         match = " AND ".join(f"t.{quote_ident(c)} IS NOT DISTINCT FROM i.{quote_ident(c)}" for c in key)
         before = conn.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]

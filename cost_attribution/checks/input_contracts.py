@@ -8,6 +8,14 @@ contract does not stop the run (the check is not blocking): it is an ERROR-sever
 evaluation that the alert sensor forwards to the platform team, with the failing
 expectations (name, column, observed value, unexpected count) in the check metadata.
 
+Memory is bounded by CONTRACT_CHUNK_ROWS, not by the table: a bigger table is validated
+in chunks read from DuckDB one at a time, and the chunk results are merged into one
+(see merge_results). Every expectation is row-level except uniqueness, so the chunks
+partition the table by a hash of the contract's unique key: the rows of a repeated key
+always share a chunk, and per-chunk uniqueness is whole-table uniqueness. The result is
+exact, not a sample. Only the columns the expectations name are read, and the one query
+that orders the table by part runs inside DuckDB's memory limit (it spills beyond it).
+
 Great Expectations is imported lazily: it takes seconds to import, and loading the
 code location (webserver, daemon, every run worker) must not pay for it.
 """
@@ -15,7 +23,10 @@ code location (webserver, daemon, every run worker) must not pay for it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +34,27 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from cost_attribution.warehouse import read_frame, table_exists
+from cost_attribution.warehouse import qualified, quote_ident, read_frame, table_exists
 
 CHECK_NAME = "input_contract"
+
+# Rows Great Expectations validates at a time: the bound on the check's Python memory. GE
+# holds a chunk as a polars frame, a pandas frame and its own copies, about 0.6 KB a row of
+# raw.allocations. On 5M allocation rows (peak RSS of a process at 0.46 GB with Dagster and
+# GE imported, wall time of the check): 100,000 rows
+# 1.06 GB 14.9 s; 250,000 1.14 GB 12.4 s; 1,000,000 1.58 GB 12.0 s; one chunk (before)
+# 2.38 GB 11.8 s. 250,000 is the knee: GE's fixed cost per chunk (~0.1 s) is paid 20 times
+# for 5M rows, and the chunk stays near 150 MB.
+CONTRACT_CHUNK_ROWS = 250_000
+# Expectations that compare rows with each other; every other one judges a row alone.
+UNIQUENESS = {"ExpectCompoundColumnsToBeUnique": "column_list", "ExpectColumnValuesToBeUnique": "column"}
+# The table is split by hash into parts of about chunk_rows / PARTS_PER_CHUNK rows, and
+# consecutive whole parts are packed into each chunk: chunks come out nearly full.
+PARTS_PER_CHUNK = 8
+# Failing values kept per expectation in the check's metadata.
+SAMPLE_SIZE = 5
+# The kwargs that name the columns an expectation reads.
+COLUMN_ARGUMENTS = ("column", "column_list", "column_A", "column_B")
 
 # FOCUS 1.x ChargeCategory vocabulary.
 FOCUS_CHARGE_CATEGORIES = ["Usage", "Purchase", "Tax", "Credit", "Adjustment"]
@@ -176,54 +205,183 @@ def _pandas_frame(frame: pl.DataFrame, timestamp_columns: tuple[str, ...]):
     return pdf
 
 
+class _Validator:
+    """One GE context, suite and dataframe asset, validating frame after frame."""
+
+    def __init__(self, expectations: list[Expectation], suite_name: str, timestamp_columns: tuple[str, ...] = ()):
+        import great_expectations as gx
+        import great_expectations.expectations as gxe
+
+        self.timestamp_columns = timestamp_columns
+        self.context = _ephemeral_context()
+        self.suite = gx.ExpectationSuite(name=suite_name)
+        for name, kwargs in expectations:
+            self.suite.add_expectation(getattr(gxe, name)(**kwargs))
+        self.source = self.context.data_sources.add_pandas(f"{suite_name}_source")
+        self.batches = self.source.add_dataframe_asset(suite_name).add_batch_definition_whole_dataframe("whole_table")
+
+    def validate(self, frame: pl.DataFrame) -> ContractResult:
+        for column in self.timestamp_columns:
+            if column in frame.columns and isinstance(frame.schema[column], pl.Datetime):
+                if frame.schema[column].time_zone:
+                    frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
+        batch = self.batches.get_batch(batch_parameters={"dataframe": _pandas_frame(frame, self.timestamp_columns)})
+        outcome = batch.validate(self.suite)
+        return ContractResult(success=bool(outcome.success), evaluated=len(outcome.results),
+                              failures=[_failure(r) for r in outcome.results if not r.success])
+
+    def close(self) -> None:
+        # gx.get_context keeps its context for the whole process, and the context its data
+        # sources: the last validated frame would stay referenced for the rest of the run,
+        # beside dbt's DuckDB.
+        self.context.data_sources.delete(self.source.name)
+
+
+def _failure(result) -> dict:
+    config = result.expectation_config
+    kwargs = dict(config.kwargs)
+    details = result.result or {}
+    return {
+        "expectation": config.type,
+        "column": _column(kwargs),
+        "observed_value": _jsonable(details.get("observed_value")),
+        "unexpected_count": details.get("unexpected_count"),
+        "unexpected_sample": _jsonable((details.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]),
+        # An expectation that raised (missing column, wrong type) fails with the reason.
+        "exception": (result.exception_info or {}).get("exception_message")
+        if isinstance(result.exception_info, dict) else None,
+    }
+
+
 def validate_frame(frame: pl.DataFrame, expectations: list[Expectation], suite_name: str,
                    timestamp_columns: tuple[str, ...] = ()) -> ContractResult:
     """Run one GE suite on a frame; return the failing expectations in a plain form."""
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
+    return validate_chunks([frame], expectations, suite_name, timestamp_columns)
 
-    for column in timestamp_columns:
-        if column in frame.columns and isinstance(frame.schema[column], pl.Datetime):
-            if frame.schema[column].time_zone:
-                frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
-    context = _ephemeral_context()
-    suite = gx.ExpectationSuite(name=suite_name)
-    for name, kwargs in expectations:
-        suite.add_expectation(getattr(gxe, name)(**kwargs))
-    source = context.data_sources.add_pandas(f"{suite_name}_source")
+
+def validate_chunks(chunks, expectations: list[Expectation], suite_name: str,
+                    timestamp_columns: tuple[str, ...] = ()) -> ContractResult:
+    """One GE suite over frames that together are the table (each a complete group of
+    rows for any unique key), merged into one result (merge_results). Only one frame is
+    alive at a time when `chunks` is an iterator."""
+    validator = _Validator(expectations, suite_name, timestamp_columns)
+    results = []
     try:
-        batch = (
-            source.add_dataframe_asset(suite_name)
-            .add_batch_definition_whole_dataframe("whole_table")
-            .get_batch(batch_parameters={"dataframe": _pandas_frame(frame, timestamp_columns)})
-        )
-        outcome = batch.validate(suite)
+        for chunk in chunks:
+            results.append(validator.validate(chunk))
+            del chunk  # not alive while the next one is read
     finally:
-        # gx.get_context keeps its context for the whole process, and the context its data
-        # sources: the validated frame (1.7M allocations: ~300 MB) would stay referenced for
-        # the rest of the run, beside dbt's DuckDB.
-        context.data_sources.delete(source.name)
+        validator.close()
+    return merge_results(results, expectations)
+
+
+def merge_results(results: list[ContractResult], expectations: list[Expectation]) -> ContractResult:
+    """The chunks' results as the whole table's. success: every chunk's; per failing
+    expectation (in suite order): unexpected_count summed over the chunks, the first
+    SAMPLE_SIZE unexpected values in chunk order, the first exception, and the
+    observed_value of the failing chunks: their one value when they agree (a dtype, say),
+    else the list of their distinct values in chunk order. One chunk's result is only put
+    in suite order (GE reports in an order of its own)."""
+    merged: dict[str, list[dict]] = {}
+    for result in results:
+        for failure in result.failures:
+            merged.setdefault(_failure_key(failure["expectation"], failure["column"]), []).append(failure)
+    order = [_failure_key(_snake(name), _column(kwargs)) for name, kwargs in expectations]
     failures = []
-    for result in outcome.results:
-        if result.success:
+    for key in sorted(merged, key=lambda k: order.index(k) if k in order else len(order)):
+        parts = merged[key]
+        observed = []
+        for part in parts:
+            if part["observed_value"] not in observed:
+                observed.append(part["observed_value"])
+        counts = [p["unexpected_count"] for p in parts if p["unexpected_count"] is not None]
+        failures.append({
+            "expectation": parts[0]["expectation"],
+            "column": parts[0]["column"],
+            "observed_value": observed[0] if len(observed) == 1 else observed,
+            "unexpected_count": sum(counts) if counts else None,
+            "unexpected_sample": [v for p in parts for v in p["unexpected_sample"]][:SAMPLE_SIZE],
+            "exception": next((p["exception"] for p in parts if p["exception"]), None),
+        })
+    return ContractResult(success=all(r.success for r in results), evaluated=len(expectations), failures=failures)
+
+
+def _failure_key(expectation: str, column: Any) -> str:
+    return json.dumps([expectation, column], default=str)
+
+
+def _snake(name: str) -> str:
+    """GE's type of an expectation class: ExpectColumnValuesToBeUnique -> expect_column_values_to_be_unique."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _column(kwargs: dict) -> Any:
+    """The column(s) a failure names, from an expectation's kwargs."""
+    return kwargs.get("column") or kwargs.get("column_list") or [kwargs.get("column_A"), kwargs.get("column_B")]
+
+
+def unique_key(contract: str, expectations: list[Expectation]) -> list[str]:
+    """The columns every uniqueness expectation's key contains: chunks split by a hash of
+    them keep each key's rows together. [] when nothing is unique (any split is exact)."""
+    keys = [kwargs[UNIQUENESS[name]] for name, kwargs in expectations if name in UNIQUENESS]
+    keys = [[key] if isinstance(key, str) else list(key) for key in keys]
+    if not keys:
+        return []
+    common = [column for column in keys[0] if all(column in key for key in keys)]
+    if not common:
+        raise ValueError(f"input contract {contract}: its uniqueness expectations share no column ({keys}), so no "
+                         "split keeps every repeated key in one chunk. Fix: validate one of them in SQL, or give "
+                         "them a common column.")
+    return common
+
+
+def validated_columns(conn, table: str, expectations: list[Expectation]) -> list[str]:
+    """The table's columns the expectations name (all of them if one names none): the only
+    ones GE reads, so the only ones worth reading. A named column the table lacks stays
+    missing, and its expectation fails as it would on the whole table."""
+    named: set[str] = set()
+    for _, kwargs in expectations:
+        columns = [kwargs[a] for a in COLUMN_ARGUMENTS if a in kwargs]
+        if not columns:
+            named = set()
+            break
+        named.update(c for value in columns for c in ([value] if isinstance(value, str) else value))
+    present = [row[0] for row in conn.execute(f"SELECT * FROM {qualified(table)} LIMIT 0").description]
+    return [c for c in present if c in named] if named else present
+
+
+def table_chunks(conn, table: str, rows: int, key: list[str], chunk_rows: int = CONTRACT_CHUNK_ROWS,
+                 columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """`table` as frames of at most `chunk_rows` rows, one alive at a time (beside the
+    batches of the next). A bigger table is streamed from one query sorted by part
+    (hash(key) % k, or rowid % k without a key; DuckDB sorts within its memory limit and
+    spills beyond it), cut only where the part changes, so the rows of a key share a frame.
+    Only a part bigger than chunk_rows (a key repeated about that often) makes a bigger frame."""
+    source = qualified(table)
+    selected = ", ".join(quote_ident(c) for c in columns) if columns else "*"
+    if rows <= chunk_rows:
+        yield read_frame(conn, f"SELECT {selected} FROM {source}")
+        return
+    part = f"hash({', '.join(quote_ident(c) for c in key)}) % ?" if key else "rowid % ?"
+    parts = math.ceil(rows * PARTS_PER_CHUNK / chunk_rows)
+    reader = conn.sql(f"SELECT {selected}, {part} AS _part FROM {source} ORDER BY _part", params=[parts]).to_arrow_reader(
+        max(1, chunk_rows // PARTS_PER_CHUNK))
+    pending: list[pl.DataFrame] = []
+    for batch in reader:
+        pending.append(pl.from_arrow(batch))
+        if sum(frame.height for frame in pending) <= chunk_rows:
             continue
-        config = result.expectation_config
-        kwargs = dict(config.kwargs)
-        details = result.result or {}
-        failures.append(
-            {
-                "expectation": config.type,
-                "column": kwargs.get("column") or kwargs.get("column_list")
-                or [kwargs.get("column_A"), kwargs.get("column_B")],
-                "observed_value": _jsonable(details.get("observed_value")),
-                "unexpected_count": details.get("unexpected_count"),
-                "unexpected_sample": _jsonable((details.get("partial_unexpected_list") or [])[:5]),
-                # An expectation that raised (missing column, wrong type) fails with the reason.
-                "exception": (result.exception_info or {}).get("exception_message")
-                if isinstance(result.exception_info, dict) else None,
-            }
-        )
-    return ContractResult(success=bool(outcome.success), evaluated=len(outcome.results), failures=failures)
+        buffered = pl.concat(pending)
+        while buffered.height > chunk_rows:
+            # The first row that does not fit: its whole part goes to the next chunk.
+            cut = int(buffered["_part"].search_sorted(buffered["_part"][chunk_rows], side="left"))
+            if cut == 0:  # one part alone is bigger than a chunk: it is the chunk
+                cut = int(buffered["_part"].search_sorted(buffered["_part"][0], side="right"))
+            yield buffered.head(cut).drop("_part")
+            buffered = buffered.slice(cut)
+        pending = [buffered]
+    if pending:
+        yield pl.concat(pending).drop("_part")
 
 
 def _failures_markdown(failures: list[dict]) -> str:
@@ -235,7 +393,7 @@ def _failures_markdown(failures: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_contract(contract: InputContract, conn) -> dg.AssetCheckResult:
+def evaluate_contract(contract: InputContract, conn, chunk_rows: int = CONTRACT_CHUNK_ROWS) -> dg.AssetCheckResult:
     if not table_exists(conn, contract.table):
         return dg.AssetCheckResult(
             passed=False,
@@ -245,16 +403,18 @@ def evaluate_contract(contract: InputContract, conn) -> dg.AssetCheckResult:
                                                                         "column": None, "observed_value": None,
                                                                         "unexpected_count": None}])},
         )
-    frame = read_frame(conn, f"SELECT * FROM {contract.table}")
     expectations = contract.expectations(conn)
-    result = validate_frame(frame, expectations, contract.asset, contract.timestamp_columns)
+    (rows,) = conn.execute(f"SELECT count(*) FROM {qualified(contract.table)}").fetchall()[0]
+    columns = validated_columns(conn, contract.table, expectations)
+    chunks = table_chunks(conn, contract.table, rows, unique_key(contract.asset, expectations), chunk_rows, columns)
+    result = validate_chunks(chunks, expectations, contract.asset, contract.timestamp_columns)
     names = sorted({f"{f['expectation']}({f['column']})" for f in result.failures})
     return dg.AssetCheckResult(
         passed=result.success,
         severity=dg.AssetCheckSeverity.ERROR,
         description=None if result.success else f"{contract.table} breaks its contract: {', '.join(names)}",
         metadata={
-            "rows": frame.height,
+            "rows": rows,
             "expectations_evaluated": result.evaluated,
             "expectations_failed": len(result.failures),
             "failed_expectations": dg.MetadataValue.json(result.failures),

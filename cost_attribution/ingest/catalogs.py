@@ -22,7 +22,7 @@ from cost_attribution.ingest.catalog_schema import (  # noqa: F401  (the catalog
     parse_experiments,
     parse_services,
 )
-from cost_attribution.warehouse import read_frame
+from cost_attribution.warehouse import qualified, read_frame, replace_rows_from
 
 INPUT_QUARANTINE_SCHEMA = {
     "source": pl.Utf8,
@@ -87,26 +87,32 @@ def _columns(conn: duckdb.DuckDBPyConnection, scan: str, params: list) -> set[st
     return {r[0] for r in conn.execute(f"DESCRIBE {scan}", params).fetchall()}
 
 
-def _ragged_rows(conn: duckdb.DuckDBPyConnection, source: str) -> pl.DataFrame:
-    """CSV lines with too many or too few fields (DuckDB's rejects tables), one
-    quarantine row per line; read after the scan ran."""
+# Quarantine rows keep at most this many characters of the offending record.
+RAW_CHARS = 2000
+
+# CSV lines with too many or too few fields (DuckDB's rejects tables), one quarantine row
+# per line, of the source bound to the parameter; read after the scan ran.
+_RAGGED_SQL = f"""
+    SELECT CAST(? AS VARCHAR) AS source, s.file_path AS source_file, 'ragged_rows' AS reason,
+           'line ' || CAST(e.line AS VARCHAR) || ': ' || min(e.error_message) AS detail, left(any_value(e.csv_line), {RAW_CHARS}) AS raw
+    FROM temp.{_REJECTS[0]} e JOIN temp.{_REJECTS[1]} s USING (scan_id, file_id)
+    GROUP BY s.file_path, e.line ORDER BY s.file_path, e.line
+"""
+
+
+def _has_rejects(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the last scan left rejects tables (none when no CSV was scanned)."""
     try:
-        rows = read_frame(
-            conn,
-            f"""SELECT s.file_path AS source_file, e.line, min(e.error_message) AS message,
-                       any_value(e.csv_line) AS csv_line
-                FROM temp.{_REJECTS[0]} e JOIN temp.{_REJECTS[1]} s USING (scan_id, file_id)
-                GROUP BY ALL ORDER BY ALL""",
-        )
-    except duckdb.CatalogException:  # no CSV scanned, or none rejected a line
+        conn.execute(f"SELECT 1 FROM temp.{_REJECTS[0]}, temp.{_REJECTS[1]} LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
+
+
+def _ragged_rows(conn: duckdb.DuckDBPyConnection, source: str) -> pl.DataFrame:
+    if not _has_rejects(conn):
         return empty_quarantine()
-    return rows.select(
-        pl.lit(source).alias("source"),
-        pl.col("source_file"),
-        pl.lit("ragged_rows").alias("reason"),
-        pl.format("line {}: {}", pl.col("line"), pl.col("message")).alias("detail"),
-        pl.col("csv_line").str.slice(0, 2000).alias("raw"),
-    ).cast(INPUT_QUARANTINE_SCHEMA)
+    return read_frame(conn, _RAGGED_SQL, [source]).cast(INPUT_QUARANTINE_SCHEMA)
 
 
 def _quarantine_from(frame: pl.DataFrame, source: str, reason_col: str = "reason") -> pl.DataFrame:
@@ -118,7 +124,7 @@ def _quarantine_from(frame: pl.DataFrame, source: str, reason_col: str = "reason
         pl.col("source_file").cast(pl.Utf8),
         pl.col(reason_col).alias("reason"),
         pl.col("detail").cast(pl.Utf8) if "detail" in frame.columns else pl.lit(None, pl.Utf8).alias("detail"),
-        pl.struct(payload_cols).map_elements(lambda s: json.dumps(s, default=str)[:2000], return_dtype=pl.Utf8).alias("raw"),
+        pl.struct(payload_cols).map_elements(lambda s: json.dumps(s, default=str)[:RAW_CHARS], return_dtype=pl.Utf8).alias("raw"),
     )
 
 
@@ -144,6 +150,12 @@ REASON_DETAIL = {
     "missing_metric_fields": "experiment_id or metric is empty",
     "bad_metric_value": "delta_pct is not a finite number",
 }
+
+
+def _detail_sql(reasons: list[str]) -> tuple[str, list[str]]:
+    """REASON_DETAIL of the `reason` column as SQL, with its parameters."""
+    return "CASE reason " + " ".join("WHEN ? THEN ?" for _ in reasons) + " END", [
+        v for reason in reasons for v in (reason, REASON_DETAIL[reason])]
 
 
 def _split(
@@ -330,78 +342,156 @@ ALLOCATION_SCHEMA = {
 }
 
 
+ALLOCATIONS_SOURCE = "allocations"
+# Reasons in precedence order: a row carries the first that applies.
+ALLOCATION_REASONS = ["missing_allocation_fields", "bad_allocated_at", "timestamp_out_of_range", "unknown_experiment",
+                      "unknown_cell", "conflicting_allocations", "duplicate_allocations"]
+# What stage_allocations leaves on the connection: a view and a temporary table.
+CLEAN_ALLOCATIONS, QUARANTINED_ALLOCATIONS = "_allocations_clean", "_allocations_quarantine"
+_CLASSIFIED = "_allocations_classified"
+
+
+def _sensible_range() -> list[dt.datetime]:
+    """[earliest, latest] sensible timestamp, as query parameters ("now" moves with the run)."""
+    return [EARLIEST_SENSIBLE, dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)]
+
+
+def _allocation_scan(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[str, list]:
+    if files:
+        return _scan_sql(conn, files, ["member_id", "experiment_id", "cell", "allocated_at"])
+    empty = ", ".join(f"CAST(NULL AS VARCHAR) AS {c}" for c in ["source_file", "member_id", "experiment_id", "cell",
+                                                                  "allocated_at"])
+    return f"SELECT {empty} WHERE false", []
+
+
+def stage_allocations(
+    conn: duckdb.DuckDBPyConnection, files: list[Path], experiments: str = "raw.experiments",
+    skipped: str | None = None,
+) -> None:
+    """member -> experiment cell, typed and classified inside DuckDB: no frame of all rows
+    in Python. Leaves on `conn` the view CLEAN_ALLOCATIONS (ALLOCATION_SCHEMA) and the
+    temporary table QUARANTINED_ALLOCATIONS (INPUT_QUARANTINE_SCHEMA: the rows set aside with their
+    reason, the scan's ragged CSV lines, and the rows of the relation `skipped` if given).
+
+    A row is set aside with the first reason of ALLOCATION_REASONS that applies: missing
+    fields, an unreadable or implausible allocated_at, an experiment not in `experiments`
+    (a table or view with experiment_id and comma-separated cells) or a cell not among its
+    cells; then, among the rows left, a member allocated to two cells of one experiment
+    loses all its rows for it (its exposure is ambiguous), and an allocation delivered
+    again keeps its earliest row (ties, the same allocation to the microsecond: the row
+    of the first file by name, then of the first spelling of the time).
+    """
+    scan, params = _allocation_scan(conn, files)
+    catalog = qualified(experiments)
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {_CLASSIFIED} AS
+        WITH src AS ({scan}),
+        typed AS (
+            SELECT source_file,
+                   CAST(member_id AS VARCHAR) AS member_id, CAST(experiment_id AS VARCHAR) AS experiment_id,
+                   CAST(cell AS VARCHAR) AS cell, try_cast(allocated_at AS TIMESTAMPTZ) AS allocated_at,
+                   CAST(allocated_at AS VARCHAR) AS raw_allocated_at
+            FROM src
+        ),
+        known_cells AS (SELECT DISTINCT experiment_id, unnest(string_split(cells, ',')) AS cell FROM {catalog}),
+        row_level AS (
+            SELECT t.*, CASE
+                WHEN t.member_id IS NULL OR t.experiment_id IS NULL OR t.cell IS NULL THEN 'missing_allocation_fields'
+                WHEN t.allocated_at IS NULL THEN 'bad_allocated_at'
+                WHEN t.allocated_at < ? OR t.allocated_at > ? THEN 'timestamp_out_of_range'
+                WHEN NOT EXISTS (SELECT 1 FROM {catalog} e WHERE e.experiment_id = t.experiment_id) THEN 'unknown_experiment'
+                WHEN k.cell IS NULL THEN 'unknown_cell'
+            END AS reason
+            FROM typed t LEFT JOIN known_cells k ON k.experiment_id = t.experiment_id AND k.cell = t.cell
+        ),
+        -- Only a key with two valid rows can conflict or repeat (about 1% of keys): the
+        -- window runs on those rows alone, not on every allocation.
+        repeated AS (
+            SELECT experiment_id, member_id FROM row_level WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1
+        )
+        SELECT * FROM row_level r
+        WHERE reason IS NOT NULL
+           OR NOT EXISTS (SELECT 1 FROM repeated p WHERE p.experiment_id = r.experiment_id AND p.member_id = r.member_id)
+        UNION ALL
+        SELECT * EXCLUDE (first_cell, last_cell, nth) REPLACE (
+            CASE WHEN first_cell <> last_cell THEN 'conflicting_allocations'
+                 WHEN nth > 1 THEN 'duplicate_allocations' END AS reason)
+        FROM (
+            SELECT r.*, min(cell) OVER member AS first_cell, max(cell) OVER member AS last_cell,
+                   row_number() OVER (member ORDER BY allocated_at, source_file, raw_allocated_at) AS nth
+            FROM row_level r SEMI JOIN repeated USING (experiment_id, member_id)
+            WHERE r.reason IS NULL
+            WINDOW member AS (PARTITION BY r.experiment_id, r.member_id)
+        )
+        """,
+        [*params, *_sensible_range()],
+    )
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP VIEW {CLEAN_ALLOCATIONS} AS
+        SELECT experiment_id, member_id, cell, allocated_at,
+               epoch_us(allocated_at) * 1000 AS allocated_at_unix_nano,
+               CAST(timezone('UTC', allocated_at) AS DATE) AS allocated_date
+        FROM {_CLASSIFIED} WHERE reason IS NULL
+        """
+    )
+    payload = ", ".join(f"""'"{c}": ' || coalesce(CAST(to_json({c}) AS VARCHAR), 'null')"""
+                        for c in ["member_id", "experiment_id", "cell", "raw_allocated_at"])
+    detail, detail_params = _detail_sql(ALLOCATION_REASONS)
+    # The same record as _quarantine_from writes with json.dumps (non-ASCII stays UTF-8).
+    parts = [f"""SELECT CAST(? AS VARCHAR) AS source, source_file, reason, {detail} AS detail,
+                        left('{{' || concat_ws(', ', {payload}) || '}}', {RAW_CHARS}) AS raw
+                 FROM {_CLASSIFIED} WHERE reason IS NOT NULL"""]
+    quarantine_params = [ALLOCATIONS_SOURCE, *detail_params]
+    if _has_rejects(conn):
+        parts.append(f"SELECT * FROM ({_RAGGED_SQL})")
+        quarantine_params.append(ALLOCATIONS_SOURCE)
+    if skipped:
+        parts.append(f"SELECT source, source_file, reason, detail, raw FROM {qualified(skipped)}")
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {QUARANTINED_ALLOCATIONS} AS {' UNION ALL '.join(parts)}",
+                 quarantine_params)
+
+
+def drop_staged_allocations(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(f"DROP VIEW IF EXISTS temp.{CLEAN_ALLOCATIONS}")
+    for table in (_CLASSIFIED, QUARANTINED_ALLOCATIONS, *_REJECTS):
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+
+
+def ingest_allocations(conn: duckdb.DuckDBPyConnection, files: list[Path], skipped: pl.DataFrame | None = None) -> int:
+    """Replace raw.allocations and the allocations rows of raw.input_quarantine (plus
+    `skipped` files) from `files`, with the known cells of raw.experiments, by
+    INSERT ... SELECT inside the warehouse (see stage_allocations). Returns the number of
+    allocations written."""
+    if skipped is not None:
+        conn.register("_skipped_allocation_files", skipped.to_arrow())
+    try:
+        stage_allocations(conn, files, skipped="_skipped_allocation_files" if skipped is not None else None)
+        replace_rows_from(conn, "raw.allocations", CLEAN_ALLOCATIONS)
+        replace_rows_from(conn, "raw.input_quarantine", QUARANTINED_ALLOCATIONS, where={"source": ALLOCATIONS_SOURCE})
+    finally:
+        drop_staged_allocations(conn)
+        if skipped is not None:
+            conn.unregister("_skipped_allocation_files")
+    return conn.execute("SELECT count(*) FROM raw.allocations").fetchall()[0][0]
+
+
 def load_allocations(
     conn: duckdb.DuckDBPyConnection, files: list[Path], experiments: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """member -> experiment cell. Quarantines rows with missing fields, unknown
-    experiments or cells, and members allocated to two cells of one experiment
-    (their exposure is ambiguous, so all their rows for that experiment go)."""
-    if not files:
-        return pl.DataFrame(schema=ALLOCATION_SCHEMA), empty_quarantine()
-    scan, params = _scan_sql(conn, files, ["member_id", "experiment_id", "cell", "allocated_at"])
-    typed = read_frame(
-        conn,
-        f"""
-        WITH src AS ({scan})
-        SELECT source_file, CAST(member_id AS VARCHAR) AS member_id, CAST(experiment_id AS VARCHAR) AS experiment_id,
-               CAST(cell AS VARCHAR) AS cell, try_cast(allocated_at AS TIMESTAMPTZ) AS allocated_at,
-               CAST(allocated_at AS VARCHAR) AS raw_allocated_at
-        FROM src
-        """,
-        params,
-    )
-    known_cells = {
-        row["experiment_id"]: set(row["cells"].split(",")) for row in experiments.iter_rows(named=True)
-    }
-    # One vectorized lookup of (experiment, cell) (was a Python call per row: 1.7M rows, seconds).
-    pairs = pl.DataFrame(
-        [(experiment, cell) for experiment, cells in known_cells.items() for cell in cells],
-        schema={"experiment_id": pl.Utf8, "cell": pl.Utf8}, orient="row",
-    ).with_columns(pl.lit(True).alias("_known_cell"))
-    typed = typed.join(pairs, on=["experiment_id", "cell"], how="left", maintain_order="left")
-    cell_ok = pl.col("_known_cell").fill_null(False)
-    typed = typed.with_columns(
-        pl.when(pl.col("member_id").is_null() | pl.col("experiment_id").is_null() | pl.col("cell").is_null())
-        .then(pl.lit("missing_allocation_fields"))
-        .when(pl.col("allocated_at").is_null())
-        .then(pl.lit("bad_allocated_at"))
-        .when(_out_of_range("allocated_at"))
-        .then(pl.lit("timestamp_out_of_range"))
-        .when(~pl.col("experiment_id").is_in(list(known_cells)))
-        .then(pl.lit("unknown_experiment"))
-        .when(~cell_ok)
-        .then(pl.lit("unknown_cell"))
-        .alias("reason")
-    ).drop("_known_cell")
-    valid = typed.filter(pl.col("reason").is_null())
-    conflicting = (
-        valid.group_by("experiment_id", "member_id")
-        .agg(pl.col("cell").n_unique().alias("n_cells"))
-        .filter(pl.col("n_cells") > 1)
-        .select("experiment_id", "member_id", pl.lit(True).alias("conflict"))
-    )
-    typed = (
-        typed.join(conflicting, on=["experiment_id", "member_id"], how="left")
-        .with_columns(
-            pl.when(pl.col("reason").is_null() & pl.col("conflict").fill_null(False))
-            .then(pl.lit("conflicting_allocations"))
-            .otherwise(pl.col("reason"))
-            .alias("reason")
-        )
-        .drop("conflict")
-    )
-    # The same allocation delivered twice is one allocation: keep the earliest, count the rest.
-    typed = typed.sort("allocated_at", nulls_last=True).with_columns(
-        pl.when(pl.col("reason").is_null() & (pl.int_range(pl.len()).over("experiment_id", "member_id") > 0))
-        .then(pl.lit("duplicate_allocations"))
-        .otherwise(pl.col("reason"))
-        .alias("reason")
-    )
-    typed = typed.with_columns(pl.col("allocated_at").dt.convert_time_zone("UTC").dt.cast_time_unit("us")).with_columns(
-        (pl.col("allocated_at").dt.epoch("us") * 1000).alias("allocated_at_unix_nano"),
-        pl.col("allocated_at").dt.date().alias("allocated_date"),
-    )
-    return _split(conn, typed, ALLOCATION_SCHEMA, "allocations", ["member_id", "experiment_id", "cell", "raw_allocated_at"])
+    """stage_allocations with the catalog as a frame, read back as (clean rows, quarantined
+    rows): for benches and tests that want the frames. The asset writes with
+    ingest_allocations and never holds them."""
+    conn.register("_experiment_catalog", experiments.select("experiment_id", "cells").to_arrow())
+    try:
+        stage_allocations(conn, files, "_experiment_catalog")
+        clean = read_frame(conn, f"SELECT * FROM {CLEAN_ALLOCATIONS} ORDER BY allocated_at, experiment_id, member_id")
+        quarantined = read_frame(conn, f"SELECT * FROM {QUARANTINED_ALLOCATIONS}")
+    finally:
+        drop_staged_allocations(conn)
+        conn.unregister("_experiment_catalog")
+    return clean.cast(ALLOCATION_SCHEMA), quarantined.cast(INPUT_QUARANTINE_SCHEMA)
 
 
 BUSINESS_SCHEMA = {
@@ -441,7 +531,8 @@ def load_business_metrics(conn: duckdb.DuckDBPyConnection, files: list[Path]) ->
 
 def cells_without_members(experiments: pl.DataFrame, allocations: pl.DataFrame) -> list[dict]:
     """[{experiment_id, cell}] for every catalog cell no allocated member is in (an
-    experiment with an empty control cannot be compared, and must not vanish unsaid)."""
+    experiment with an empty control cannot be compared, and must not vanish unsaid).
+    `allocations` needs only experiment_id and cell: the rows, or their counts per cell."""
     if experiments.is_empty():
         return []
     present = set(allocations.select("experiment_id", "cell").unique().iter_rows())

@@ -13,7 +13,14 @@ import pytest
 import yaml
 from dagster_duckdb import DuckDBResource
 
-from cost_attribution.checks.input_contracts import CONTRACTS, build_input_contract_checks, evaluate_contract
+from cost_attribution.checks.input_contracts import (
+    CONTRACT_CHUNK_ROWS,
+    CONTRACTS,
+    build_input_contract_checks,
+    evaluate_contract,
+    table_chunks,
+    unique_key,
+)
 from cost_attribution.ingest.assets import experiments, services
 from cost_attribution.resources import LandingZone
 from cost_attribution.warehouse import replace_rows
@@ -23,11 +30,11 @@ UTC = dt.timezone.utc
 H0 = dt.datetime(2026, 10, 30, 0, tzinfo=UTC)
 
 
-def _failures(asset: str, tables: dict[str, pl.DataFrame]) -> tuple[bool, list[dict]]:
+def _failures(asset: str, tables: dict[str, pl.DataFrame], chunk_rows: int = CONTRACT_CHUNK_ROWS) -> tuple[bool, list[dict]]:
     with duckdb.connect() as conn:
         for table, frame in tables.items():
             replace_rows(conn, table, frame)
-        result = evaluate_contract(CONTRACT[asset], conn)
+        result = evaluate_contract(CONTRACT[asset], conn, chunk_rows)
     return result.passed, result.metadata["failed_expectations"].value
 
 
@@ -86,6 +93,86 @@ def test_unknown_charge_category_and_inverted_period_fail():
     assert ("expect_column_pair_values_a_to_be_greater_than_b", "['charge_period_end', 'charge_period_start']") in names
     in_set = next(f for f in failures if f["expectation"] == "expect_column_values_to_be_in_set")
     assert in_set["unexpected_count"] == 1 and in_set["unexpected_sample"] == ["Refund"]
+
+
+def _experiments() -> pl.DataFrame:
+    return pl.DataFrame({"experiment_id": ["exp-a"], "name": ["a"], "control_cell": ["control"],
+                         "cells": ["control,treatment"], "start_date": [dt.date(2026, 10, 1)],
+                         "owner": [None]}, schema_overrides={"owner": pl.Utf8})
+
+
+def _many_allocations(n: int, **override) -> pl.DataFrame:
+    columns = {
+        "experiment_id": ["exp-a"] * n,
+        "member_id": [f"m{i}" for i in range(n)],
+        "cell": ["control", "treatment"] * (n // 2),
+        "allocated_at": [H0 + dt.timedelta(minutes=i) for i in range(n)],
+        "allocated_at_unix_nano": list(range(n)),
+    }
+    return pl.DataFrame({**columns, **override})
+
+
+def test_a_duplicate_key_far_apart_shares_a_chunk_and_is_caught():
+    """The first and the last of 60 rows repeat one key; with chunks of at most 10 rows
+    the table is validated in several chunks, and the duplicate still fails uniqueness."""
+    members = [f"m{i}" for i in range(59)] + ["m0"]
+    tables = {"raw.experiments": _experiments(), "raw.allocations": _many_allocations(60, member_id=members)}
+    with duckdb.connect() as conn:
+        for table, frame in tables.items():
+            replace_rows(conn, table, frame)
+        key = unique_key("allocations", CONTRACT["allocations"].expectations(conn))
+        chunks = list(table_chunks(conn, "raw.allocations", 60, key, chunk_rows=10))
+    assert key == ["experiment_id", "member_id"]
+    assert len(chunks) >= 6 and max(c.height for c in chunks) <= 10 and sum(c.height for c in chunks) == 60
+    assert sum(c.filter(pl.col("member_id") == "m0").height == 2 for c in chunks) == 1  # both rows in one chunk
+    passed, failures = _failures("allocations", tables, chunk_rows=10)
+    assert not passed
+    assert [(f["expectation"], f["column"], f["unexpected_count"]) for f in failures] == [
+        ("expect_compound_columns_to_be_unique", ["experiment_id", "member_id"], 2)]
+
+
+def _dirty_tables(asset: str) -> dict[str, pl.DataFrame]:
+    n = 40
+    if asset == "allocations":
+        return {"raw.experiments": _experiments(), "raw.allocations": _many_allocations(
+            n, experiment_id=["exp-a"] * 30 + ["exp-zzz"] * 5 + ["exp-a"] * 5,
+            member_id=[f"m{i % 38}" for i in range(n)],
+            allocated_at=[dt.datetime(1970, 1, 1, tzinfo=UTC) if i % 13 == 0 else H0 for i in range(n)])}
+    if asset == "usage_metrics":
+        return {"raw.usage_metrics": pl.DataFrame({
+            "hour": [H0 + dt.timedelta(hours=i % 38) for i in range(n)],
+            "service": ["api", "images"] * (n // 2),
+            "requests": [-1.0 if i % 9 == 0 else float(i) for i in range(n)]})}
+    rows = pl.concat([_focus()] * (n // 3))
+    return {"raw.focus_costs": rows.with_columns(
+        charge_category=pl.Series(["Refund" if i % 10 == 1 else "Usage" for i in range(rows.height)]),
+        charge_period_end=pl.Series([H0 - dt.timedelta(hours=1) if i % 12 == 5 else H0 + dt.timedelta(hours=1)
+                                     for i in range(rows.height)]))}
+
+
+@pytest.mark.parametrize("asset", ["allocations", "usage_metrics", "focus_costs"])
+def test_chunks_give_the_one_chunk_result(asset):
+    """Dirty tables (duplicate keys, values out of set and range) checked whole and in
+    chunks of at most 7 rows: the same failures, counts and observed values; the samples
+    are the same values (in chunk order rather than table order)."""
+    tables = _dirty_tables(asset)
+    whole = _failures(asset, tables)
+    chunked = _failures(asset, tables, chunk_rows=7)
+    assert not whole[0] and not chunked[0]
+
+    def comparable(failures):
+        return [{**f, "unexpected_sample": sorted(map(str, f["unexpected_sample"]))} for f in failures]
+
+    assert all(f["unexpected_count"] <= 5 for f in whole[1])  # so that the samples are every value
+    assert comparable(chunked[1]) == comparable(whole[1])
+
+
+def test_uniqueness_on_disjoint_keys_cannot_be_chunked():
+    with pytest.raises(ValueError, match="share no column"):
+        unique_key("x", [("ExpectColumnValuesToBeUnique", {"column": "a"}),
+                         ("ExpectCompoundColumnsToBeUnique", {"column_list": ["b", "c"]})])
+    assert unique_key("x", [("ExpectColumnValuesToBeUnique", {"column": "a"}),
+                            ("ExpectCompoundColumnsToBeUnique", {"column_list": ["b", "a"]})]) == ["a"]
 
 
 # 1970: compared vectorized (datetime64[ns]); years 1 and 2999 are outside that dtype's

@@ -1,6 +1,7 @@
 """Landing-zone tables: typed, dirty rows quarantined with a reason, nothing lost."""
 
 import gzip
+import json
 from pathlib import Path
 
 import duckdb
@@ -158,3 +159,91 @@ def test_service_booleans_are_read_not_truthy():
     assert catalogs.parse_services(text)["deprecated"].to_list() == [False, True]
     with pytest.raises(catalogs.CatalogError, match="line 3: service 'a': deprecated: Input should be a valid boolean"):
         catalogs.parse_services('services:\n  - name: a\n    deprecated: "maybe"\n')
+
+
+def _allocation_catalog(conn) -> None:
+    experiments = catalogs.parse_experiments({"experiments": [
+        {"id": "exp", "control_cell": "control", "cells": ["control", "treatment"], "start": "2026-05-28"}]})
+    conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    conn.execute("CREATE TABLE raw.experiments AS SELECT * FROM experiments")
+
+
+ALLOCATIONS_HEADER = "member_id,experiment_id,cell,allocated_at\n"
+
+
+def test_allocations_written_in_the_warehouse_every_reason_once(tmp_path):
+    """ingest_allocations (the asset's path): every reason, in precedence order, the
+    earliest of a repeated allocation kept, ragged lines and skipped files quarantined,
+    and a second run replaces rather than appends."""
+    path = _write(
+        tmp_path / "allocations" / "a.csv",
+        ALLOCATIONS_HEADER
+        + "m1,exp,control,2026-05-20T01:00:00+02:00\n"  # the UTC day: 2026-05-19
+        "m2,exp,treatment,2026-05-21T00:00:00+02:00\n"  # kept: the earliest of m2's three rows
+        "m2,exp,treatment,2026-05-20T23:00:00Z\n"
+        "m2,exp,treatment,2026-05-19T12:00:00Z\n"
+        "m3,exp,control,2026-05-20T00:00:00Z\n"
+        "m3,exp,treatment,2026-05-21T00:00:00Z\n"
+        ",exp,control,2026-05-20T00:00:00Z\n"           # missing fields beat every other reason
+        "m4,other,bogus,yesterday\n"                    # bad time beats unknown experiment and cell
+        "m5,other,control,1970-01-01T00:00:00Z\n"       # out of range beats unknown experiment
+        "m6,other,control,2026-05-20T00:00:00Z\n"
+        "m7,exp,bogus,2026-05-20T00:00:00Z\n"
+        "m8,exp,control,1999-12-31T00:00:00Z\n"         # an earlier quarantined row does not make
+        "m8,exp,bogus,2026-05-01T00:00:00Z\n"           # m8's valid row a duplicate, nor a conflict
+        "m8,exp,control,2026-05-20T00:00:00Z\n"
+        "m9,exp,control,2026-05-20T00:00:00Z,extra\n",  # ragged
+    )
+    skipped = pl.DataFrame([{"source": "allocations", "source_file": "x.bin", "reason": "unread_files",
+                             "detail": "not a table", "raw": ""}], schema=catalogs.INPUT_QUARANTINE_SCHEMA)
+    with duckdb.connect() as conn:
+        _allocation_catalog(conn)
+        conn.execute("CREATE TABLE raw.input_quarantine (source VARCHAR, source_file VARCHAR, reason VARCHAR, "
+                     "detail VARCHAR, raw VARCHAR)")
+        conn.execute("INSERT INTO raw.input_quarantine VALUES ('costs', 'c.csv', 'bad_tags', NULL, '')")
+        for _ in range(2):
+            rows = catalogs.ingest_allocations(conn, [path], skipped)
+        good = pl.from_arrow(conn.sql("SELECT * FROM raw.allocations ORDER BY member_id").arrow())
+        bad = pl.from_arrow(conn.sql("SELECT * FROM raw.input_quarantine ORDER BY source, reason, raw").arrow())
+        types = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                  "WHERE table_name = 'allocations'").fetchall())
+        leftovers = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchall()[0][0]
+    assert rows == 3 and good["member_id"].to_list() == ["m1", "m2", "m8"]
+    assert str(good.row(0, named=True)["allocated_date"]) == "2026-05-19"
+    m2 = good.row(1, named=True)
+    assert str(m2["allocated_at"]) == "2026-05-19 12:00:00+00:00"
+    assert m2["allocated_at_unix_nano"] == 1779192000 * 10**9 and str(m2["allocated_date"]) == "2026-05-19"
+    assert types == {"experiment_id": "VARCHAR", "member_id": "VARCHAR", "cell": "VARCHAR",
+                     "allocated_at": "TIMESTAMP WITH TIME ZONE", "allocated_at_unix_nano": "BIGINT",
+                     "allocated_date": "DATE"}
+    reasons = [(r["reason"], r["raw"]) for r in bad.filter(pl.col("source") == "allocations").iter_rows(named=True)]
+    as_json = sorted((reason, json.loads(raw)["member_id"] if raw.startswith("{") else raw) for reason, raw in reasons)
+    assert as_json == [
+        ("bad_allocated_at", "m4"),
+        ("conflicting_allocations", "m3"), ("conflicting_allocations", "m3"),
+        ("duplicate_allocations", "m2"), ("duplicate_allocations", "m2"),
+        ("missing_allocation_fields", None),
+        ("ragged_rows", "m9,exp,control,2026-05-20T00:00:00Z,extra"),
+        ("timestamp_out_of_range", "m5"), ("timestamp_out_of_range", "m8"),
+        ("unknown_cell", "m7"), ("unknown_cell", "m8"),
+        ("unknown_experiment", "m6"),
+        ("unread_files", ""),
+    ]
+    m4 = bad.filter(pl.col("reason") == "bad_allocated_at").row(0, named=True)
+    assert m4["raw"] == '{"member_id": "m4", "experiment_id": "other", "cell": "bogus", "raw_allocated_at": "yesterday"}'
+    assert m4["detail"] == catalogs.REASON_DETAIL["bad_allocated_at"] and m4["source_file"] == str(path)
+    assert bad.filter(pl.col("source") == "costs").height == 1  # another source's rows are left alone
+    assert leftovers == 0
+
+
+def test_allocations_from_parquet_and_from_nothing(tmp_path):
+    path = tmp_path / "allocations" / "a.parquet"
+    path.parent.mkdir()
+    pl.DataFrame({"member_id": ["m1", "m2"], "experiment_id": ["exp", "exp"], "cell": ["control", "nope"],
+                  "allocated_at": ["2026-05-20T00:00:00Z"] * 2}).write_parquet(path)
+    with duckdb.connect() as conn:
+        _allocation_catalog(conn)
+        assert catalogs.ingest_allocations(conn, [path]) == 1
+        assert conn.execute("SELECT reason FROM raw.input_quarantine").fetchall() == [("unknown_cell",)]
+        assert catalogs.ingest_allocations(conn, []) == 0
+        assert conn.execute("SELECT count(*) FROM raw.input_quarantine").fetchall() == [(0,)]
