@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
+from dagster_dbt.compat import DBT_PYTHON_VERSION
 from dagster_dbt.dbt_project import using_dagster_dev
+from packaging import version
 
 from cost_attribution import environment
 
@@ -35,11 +37,25 @@ def dbt_project(target: str | None = None) -> DbtProject:
     return DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR, target=target or environment.dbt_target())
 
 
+class VenvDbtCliResource(DbtCliResource):
+    """DbtCliResource that takes the version of the venv's own dbt from its installed
+    dbt-core instead of running `dbt --version` before every dbt command. That command
+    asks PyPI for the latest dbt-core and adapter releases (three requests, 1 s timeout
+    each): a network call a run must not make, and 3-4 s of every span_models step. Any
+    other dbt executable is still asked."""
+
+    @functools.cached_property
+    def _cli_version(self) -> version.Version:
+        if DBT_PYTHON_VERSION is not None and Path(self.dbt_executable) == Path(sys.executable).parent / "dbt":
+            return DBT_PYTHON_VERSION
+        return DbtCliResource._cli_version.func(self)
+
+
 def dbt_resource(target: str | None = None) -> DbtCliResource:
     # The target by configuration, per deployment (as hooli-data-eng-pipelines does
     # for its local vs warehouse targets): DBT_TARGET=duckdb | spark.
     project = dbt_project(target)
-    return DbtCliResource(project_dir=project, dbt_executable=dbt_executable(), target=project.target)
+    return VenvDbtCliResource(project_dir=project, dbt_executable=dbt_executable(), target=project.target)
 
 
 def ensure_manifest(project: DbtProject) -> Path:
