@@ -1,5 +1,6 @@
-"""The dbt resource must not reach the network before a dbt command: dagster-dbt asks the
-executable for its version with `dbt --version`, which queries PyPI."""
+"""The dbt resource must not reach the network before a dbt command (dagster-dbt asks the
+executable for its version with `dbt --version`, which queries PyPI) nor build a dbt adapter
+in the Dagster process that nothing uses."""
 
 from __future__ import annotations
 
@@ -36,3 +37,13 @@ def test_another_dbt_executable_is_still_asked(monkeypatch, tmp_path):
     resource = type(dbt_resource())(project_dir=str(dbt_resource().project_dir), dbt_executable=str(other))
     assert str(resource._cli_version) == "1.9.4"
     assert calls == [[str(other), "--version"]]
+
+
+def test_no_dbt_adapter_is_built_in_the_dagster_process(monkeypatch):
+    import dagster_dbt.core.resource as module
+
+    def build_adapter(self, args):
+        raise AssertionError("built a dbt adapter")
+
+    monkeypatch.setattr(module.DbtCliResource, "_initialize_dbt_core_adapter", build_adapter)
+    assert dbt_resource()._initialize_dbt_core_adapter(["build"]) is None
