@@ -238,7 +238,8 @@ class WarehouseMoments:
         """Everything the dollar interval's correlation between services needs (CROSS_MOMENT_SCHEMA):
         per cell, its members, and per pair of services (a, b) the sum of a's requests and
         work and the cross products of a's and b's (requests x requests, requests x work,
-        work x requests, work x work) over the members with both values. A null, NaN,
+        work x requests, work x work) over the members with both values; a pair once, with
+        a <= b (the products are symmetric). A null, NaN,
         infinite or negative value is left out, as in every other sum. A few rows per cell
         and pair; usage_deltas stores them (main.usage_cross_moments) so cost_projections
         does not stage the experiment's members again."""
@@ -252,7 +253,7 @@ class WarehouseMoments:
                 SELECT a.cell, a.service AS service_a, b.service AS service_b,
                        sum(a.r * b.r) AS requests_requests, sum(a.r * b.w) AS requests_work,
                        sum(a.w * b.r) AS work_requests, sum(a.w * b.w) AS work_work
-                FROM v a JOIN v b USING (member_id, cell)
+                FROM v a JOIN v b ON b.member_id = a.member_id AND b.cell = a.cell AND b.service >= a.service
                 GROUP BY ALL
             ),
             members AS (SELECT cell, count(*) AS members FROM {self._alloc} GROUP BY cell)
@@ -300,7 +301,8 @@ def covariance_from_cross_moments(cross: pl.DataFrame, cell: str, control_cell: 
             a, b = row["service_a"], row["service_b"]
             if a == b:
                 sums[c][index[a]] = row[f"{metric[a]}_a"] or 0.0
-            cross_sums[c][index[a], index[b]] = row[f"{metric[a]}_{metric[b]}"] or 0.0
+            # Stored once per pair (a <= b): sum(a.x * b.y) fills both halves of the matrix.
+            cross_sums[c][index[a], index[b]] = cross_sums[c][index[b], index[a]] = row[f"{metric[a]}_{metric[b]}"] or 0.0
     n_t, n_c = counts[cell], counts[control_cell]
     if n_t < 2 or n_c < 2:
         return np.full((k, k), np.nan)
