@@ -9,6 +9,8 @@ docs/settings.md lists every variable beside the analysis settings it feeds.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # Paths: the landing zone, the DuckDB warehouse, the lake of the spark target.
 LANDING_ENV = "COST_ATTRIBUTION_LANDING"
@@ -25,6 +27,10 @@ INGEST_CHUNK_ENV = "COST_ATTRIBUTION_INGEST_CHUNK_SPANS"
 # (bench/README.md, "Daily pipeline at scale").
 MEMORY_LIMIT_ENV = "COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
+# The whole run's memory: the Dagster process and the dbt process it starts. Each DuckDB
+# gets what is left of it when it starts, up to the cap above (cost_attribution/memory.py).
+MEMORY_BUDGET_ENV = "COST_ATTRIBUTION_MEMORY_BUDGET"
+DEFAULT_MEMORY_BUDGET = "2GB"
 # The dbt target (dbt_project/profiles.yml): duckdb, or spark to run the span models on Spark.
 DBT_TARGET_ENV = "DBT_TARGET"
 DEFAULT_DBT_TARGET = "duckdb"
@@ -56,12 +62,31 @@ def is_set(name: str) -> bool:
     return bool(os.environ.get(name))
 
 
+@contextmanager
+def overridden(name: str, value: str) -> Iterator[None]:
+    """The variable set to `value` inside the block (for a subprocess started there, which
+    takes this process's environment), then back to what it was."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def dbt_target() -> str:
     return get(DBT_TARGET_ENV, DEFAULT_DBT_TARGET)
 
 
 def memory_limit() -> str:
     return get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
+
+
+def memory_budget() -> str:
+    return get(MEMORY_BUDGET_ENV, DEFAULT_MEMORY_BUDGET)
 
 
 def ingest_chunk_spans(default: int) -> int:

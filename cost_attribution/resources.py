@@ -5,6 +5,8 @@ comes from resource config (env vars in deployment, explicit values in tests).""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -13,6 +15,7 @@ from pydantic import Field
 
 from cost_attribution import environment, formats
 from cost_attribution.dbt_project import dbt_resource
+from cost_attribution.memory import IN_PROCESS_RESERVE, MemoryBudget, mb, parse_size
 from cost_attribution.ingest.spans import DEFAULT_SAMPLING_PROBABILITY_FLOOR
 
 
@@ -160,6 +163,28 @@ LANDING_ENV = environment.LANDING_ENV
 WAREHOUSE_ENV = environment.WAREHOUSE_ENV
 
 
+class WarehouseResource(DuckDBResource):
+    """The DuckDB warehouse, kept within the run's memory budget: each connection's
+    memory_limit is what the budget leaves when it opens (memory.MemoryBudget), up to the
+    cap in connection_config. Deployed from COST_ATTRIBUTION_MEMORY_BUDGET and
+    COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT."""
+
+    memory_budget: str = Field(default=environment.DEFAULT_MEMORY_BUDGET,
+                               description="the whole run's memory: this process and the dbt process it starts")
+
+    def budget(self) -> MemoryBudget:
+        cap = (self.connection_config or {}).get("memory_limit", environment.DEFAULT_MEMORY_LIMIT)
+        return MemoryBudget(parse_size(self.memory_budget, environment.MEMORY_BUDGET_ENV),
+                            parse_size(str(cap), environment.MEMORY_LIMIT_ENV))
+
+    @contextmanager
+    def get_connection(self) -> Iterator:
+        share = mb(self.budget().duckdb_share(IN_PROCESS_RESERVE))
+        with super().get_connection() as conn:
+            conn.execute("SET memory_limit = ?", [share])
+            yield conn
+
+
 def default_resources(landing: Path | None = None, warehouse: Path | None = None) -> dict:
     """Resources as deployed: paths given here (the CLI, tests), else environment
     variables (the Makefile, docker-compose) read when a run starts."""
@@ -167,10 +192,11 @@ def default_resources(landing: Path | None = None, warehouse: Path | None = None
         "landing": LandingZone(root=str(landing) if landing else dg.EnvVar(LANDING_ENV),
                                ingest_chunk_spans=environment.ingest_chunk_spans(
                                    LandingZone.model_fields["ingest_chunk_spans"].default)),
-        "warehouse": DuckDBResource(
+        "warehouse": WarehouseResource(
             database=str(warehouse) if warehouse else dg.EnvVar(WAREHOUSE_ENV),
             # The same cap as dbt's connection (dbt_project/profiles.yml): spill, don't swell.
             connection_config={"memory_limit": environment.memory_limit()},
+            memory_budget=environment.memory_budget(),
         ),
         "dbt": dbt_resource(),
         "settings": AnalysisSettings(cost_alert_threshold_usd=environment.cost_threshold_usd()),

@@ -10,7 +10,8 @@ DuckDB for the one-machine assets (spark_target.py, docs/scaling_out.md)."""
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -20,6 +21,8 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution import environment
 from cost_attribution.attribution import spark_target
 from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest
+from cost_attribution.memory import DBT_PROCESS_RESERVE, mb
+from cost_attribution.resources import WarehouseResource
 from cost_attribution.partitions import daily_partitions
 
 __all__ = ["DBT_PROJECT_DIR", "build_span_models", "dbt_executable", "dbt_vars"]
@@ -60,6 +63,20 @@ def build_span_models() -> dg.AssetsDefinition:
     return span_models
 
 
+@contextmanager
+def _dbt_memory_limit(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> Iterator[None]:
+    """dbt's DuckDB gets what the run's memory budget leaves beside this process (profiles.yml
+    reads COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT), set only while dbt starts: the dbt process
+    takes its environment from this one's."""
+    if not isinstance(warehouse, WarehouseResource):
+        yield
+        return
+    share = mb(warehouse.budget().duckdb_share(DBT_PROCESS_RESERVE))
+    context.log.info(f"dbt's DuckDB memory_limit: {share} (memory budget {warehouse.memory_budget})")
+    with environment.overridden(environment.MEMORY_LIMIT_ENV, share):
+        yield
+
+
 def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
     window = context.partition_time_window
     on_spark = (dbt.target or environment.dbt_target()) == environment.SPARK_TARGET
@@ -69,7 +86,8 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         with warehouse.get_connection() as conn:
             exported = spark_target.export_raw_sources(conn, lake, spark_target.window_days(start, end))
         context.log.info(f"spark target: raw sources exported to {lake / 'raw'}: {exported}")
-    invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(window, warehouse.database))], context=context)
+    with _dbt_memory_limit(context, warehouse):
+        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(window, warehouse.database))], context=context)
     yield from invocation.stream()
     if on_spark:
         models = spark_target.aggregate_models(spark_target.built_models(invocation.get_artifact("run_results.json")))
