@@ -1,5 +1,6 @@
-"""The dbt project beside the package: where it is, which dbt runs it, its manifest and
-the DbtCliResource. Floor 1 (docs/style.md): resources and the dbt assets both ask here.
+"""The dbt project beside the package: where it is, which dbt runs it, its manifest, the
+parse dbt saves between runs and the DbtCliResource. Floor 1 (docs/style.md): resources
+and the dbt assets both ask here.
 
 Nothing runs at import time: the manifest is parsed, when it is missing or under
 `dagster dev`, only when the dbt assets are first built (attribution/dbt_assets.py)."""
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 from dagster_dbt.compat import DBT_PYTHON_VERSION
+from dagster_dbt.core.dbt_cli_invocation import PARTIAL_PARSE_FILE_NAME
 from dagster_dbt.dbt_project import using_dagster_dev
 from packaging import version
 
@@ -78,3 +80,24 @@ def ensure_manifest(project: DbtProject) -> Path:
             check=True, stdout=subprocess.DEVNULL,
         )
     return project.manifest_path
+
+
+def keep_parse(invocation_target: Path, project_target: Path) -> bool:
+    """Keep the parse a dbt command saved (partial_parse.msgpack) where dagster-dbt looks
+    for one before the next command: dbt then re-reads only changed files instead of the
+    whole project (2-3 s). dbt itself checks that the saved parse still fits (same vars,
+    profile, files) and parses in full when it does not. Replaced atomically: two runs may
+    finish together. False when there was nothing to keep or the project is read-only."""
+    saved = invocation_target / PARTIAL_PARSE_FILE_NAME
+    if not saved.exists():
+        return False
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=project_target, prefix=".partial_parse.", delete=False) as tmp, saved.open("rb") as src:
+            shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, project_target / PARTIAL_PARSE_FILE_NAME)
+    except OSError:
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+        return False
+    return True

@@ -9,7 +9,7 @@ docs/settings.md lists every variable beside the analysis settings it feeds.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 # Paths: the landing zone, the DuckDB warehouse, the lake of the spark target.
@@ -27,6 +27,11 @@ INGEST_CHUNK_ENV = "COST_ATTRIBUTION_INGEST_CHUNK_SPANS"
 # (bench/README.md, "Daily pipeline at scale").
 MEMORY_LIMIT_ENV = "COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
+# The partition window a dbt build covers, [min, max) (macros/partition_window.sql), set by
+# the span_models asset for its dbt process: environment, not --vars, because dbt re-parses
+# the whole project whenever its command-line vars change (bench/README.md).
+DBT_MIN_DATE_ENV = "COST_ATTRIBUTION_DBT_MIN_DATE"
+DBT_MAX_DATE_ENV = "COST_ATTRIBUTION_DBT_MAX_DATE"
 # The whole run's memory: the Dagster process and the dbt process it starts. Each DuckDB
 # gets what is left of it when it starts, up to the cap above (cost_attribution/memory.py).
 MEMORY_BUDGET_ENV = "COST_ATTRIBUTION_MEMORY_BUDGET"
@@ -63,18 +68,19 @@ def is_set(name: str) -> bool:
 
 
 @contextmanager
-def overridden(name: str, value: str) -> Iterator[None]:
-    """The variable set to `value` inside the block (for a subprocess started there, which
-    takes this process's environment), then back to what it was."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
+def overridden(values: Mapping[str, str]) -> Iterator[None]:
+    """The variables set to `values` inside the block (for a subprocess started there, which
+    takes this process's environment), then back to what they were."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def dbt_target() -> str:

@@ -1,7 +1,8 @@
 """The span-level SQL (enrich, attribute, aggregate) as dbt models, one Dagster
-asset each, partitioned like the spans. dbt receives the partition window as vars,
-so a backfill over a range is one `dbt build` per partition and each model replaces
-exactly its days.
+asset each, partitioned like the spans. dbt receives the partition window in its
+environment (as vars, a new day would make dbt parse the whole project again), so a
+backfill over a range is one `dbt build` per partition and each model replaces exactly
+its days.
 
 The dbt target is DBT_TARGET (profiles.yml): `duckdb` (default) builds the models in
 the DuckDB warehouse; `spark` builds them on Spark and copies the aggregates back into
@@ -20,19 +21,25 @@ from dagster_duckdb import DuckDBResource
 
 from cost_attribution import environment
 from cost_attribution.attribution import spark_target
-from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest
+from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest, keep_parse
 from cost_attribution.memory import DBT_PROCESS_RESERVE, mb
 from cost_attribution.resources import WarehouseResource
 from cost_attribution.partitions import daily_partitions
 
-__all__ = ["DBT_PROJECT_DIR", "build_span_models", "dbt_executable", "dbt_vars"]
+__all__ = ["DBT_PROJECT_DIR", "build_span_models", "dbt_executable", "dbt_vars", "dbt_window_env"]
 
 
-def dbt_vars(window: dg.TimeWindow, warehouse_path: str) -> dict[str, str]:
-    """The partition window as the dbt vars macros/partition_window.sql reads, [min_date,
-    max_date), and the warehouse file profiles.yml connects to (the warehouse resource's)."""
-    return {"min_date": window.start.strftime("%Y-%m-%d"), "max_date": window.end.strftime("%Y-%m-%d"),
-            "warehouse_path": warehouse_path}
+def dbt_vars(warehouse_path: str) -> dict[str, str]:
+    """The dbt vars: the warehouse file profiles.yml connects to (the warehouse resource's).
+    The same for every partition, so dbt's saved parse of the project stays valid."""
+    return {"warehouse_path": warehouse_path}
+
+
+def dbt_window_env(window: dg.TimeWindow) -> dict[str, str]:
+    """The partition window macros/partition_window.sql reads when a model compiles,
+    [min_date, max_date), as environment variables of the dbt process."""
+    return {environment.DBT_MIN_DATE_ENV: window.start.strftime("%Y-%m-%d"),
+            environment.DBT_MAX_DATE_ENV: window.end.strftime("%Y-%m-%d")}
 
 
 class CostAttributionTranslator(DagsterDbtTranslator):
@@ -73,7 +80,7 @@ def _dbt_memory_limit(context: dg.AssetExecutionContext, warehouse: DuckDBResour
         return
     share = mb(warehouse.budget().duckdb_share(DBT_PROCESS_RESERVE))
     context.log.info(f"dbt's DuckDB memory_limit: {share} (memory budget {warehouse.memory_budget})")
-    with environment.overridden(environment.MEMORY_LIMIT_ENV, share):
+    with environment.overridden({environment.MEMORY_LIMIT_ENV: share}):
         yield
 
 
@@ -86,9 +93,10 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         with warehouse.get_connection() as conn:
             exported = spark_target.export_raw_sources(conn, lake, spark_target.window_days(start, end))
         context.log.info(f"spark target: raw sources exported to {lake / 'raw'}: {exported}")
-    with _dbt_memory_limit(context, warehouse):
-        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(window, warehouse.database))], context=context)
+    with _dbt_memory_limit(context, warehouse), environment.overridden(dbt_window_env(window)):
+        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(warehouse.database))], context=context)
     yield from invocation.stream()
+    keep_parse(invocation.target_path, dbt_project().target_path)
     if on_spark:
         models = spark_target.aggregate_models(spark_target.built_models(invocation.get_artifact("run_results.json")))
         with warehouse.get_connection() as conn:

@@ -1,0 +1,68 @@
+"""A daily dbt build must not parse the whole project again because the day changed: the
+partition window and DuckDB's memory cap reach dbt in its environment, read only when a
+node compiles, so the parse dbt saved yesterday (partial_parse.msgpack) still fits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from cost_attribution import environment
+from cost_attribution.attribution.dbt_assets import dbt_vars
+from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, keep_parse
+
+
+def _dbt(command: list[str], target: Path, warehouse: Path, window: tuple[str, str], memory: str) -> list[dict]:
+    env = {**os.environ, environment.DBT_MIN_DATE_ENV: window[0], environment.DBT_MAX_DATE_ENV: window[1],
+           environment.MEMORY_LIMIT_ENV: memory, environment.DBT_TARGET_ENV: environment.DEFAULT_DBT_TARGET}
+    done = subprocess.run(
+        [dbt_executable(), *command, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
+         "--target-path", str(target), "--log-format", "json", "--log-path", str(target / "logs"),
+         "--vars", json.dumps(dbt_vars(str(warehouse)))],
+        cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True, check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def _event_names(events: list[dict]) -> set[str]:
+    return {e.get("info", {}).get("name") for e in events}
+
+
+def test_a_new_day_and_memory_share_reuse_the_saved_parse(tmp_path):
+    target, warehouse = tmp_path / "target", tmp_path / "warehouse.duckdb"
+    _dbt(["parse"], target, warehouse, ("2026-03-02", "2026-03-03"), "700MB")  # nothing saved yet: a full parse
+
+    second = _dbt(["compile", "--select", "trace_members"], target, warehouse, ("2026-03-05", "2026-03-06"), "900MB")
+    names = _event_names(second)
+    assert "UnableToPartialParse" not in names, [e["info"]["msg"] for e in second if e["info"]["name"] == "UnableToPartialParse"]
+    compiled = next(target.glob("compiled/**/trace_members.sql")).read_text()
+    assert "cast('2026-03-05' as date)" in compiled and "cast('2026-03-06' as date)" in compiled
+    assert "2026-03-02" not in compiled
+
+    # dbt's own check still works: another warehouse is another profile, parsed in full.
+    third = _dbt(["parse"], target, tmp_path / "other.duckdb", ("2026-03-05", "2026-03-06"), "900MB")
+    assert "UnableToPartialParse" in _event_names(third)
+
+
+def test_keep_parse_replaces_the_projects_saved_parse(tmp_path):
+    invocation, project = tmp_path / "invocation", tmp_path / "project"
+    invocation.mkdir()
+    project.mkdir()
+    assert not keep_parse(invocation, project)  # the command saved nothing: nothing kept
+    (invocation / "partial_parse.msgpack").write_bytes(b"new parse")
+    (project / "partial_parse.msgpack").write_bytes(b"old parse")
+    assert keep_parse(invocation, project)
+    assert (project / "partial_parse.msgpack").read_bytes() == b"new parse"
+    assert [p.name for p in project.iterdir()] == ["partial_parse.msgpack"]  # no temporary left behind
+
+
+def test_keep_parse_where_it_cannot_write_keeps_nothing_and_does_not_fail(tmp_path):
+    invocation = tmp_path / "invocation"
+    invocation.mkdir()
+    (invocation / "partial_parse.msgpack").write_bytes(b"parse")
+    not_a_directory = tmp_path / "target"
+    not_a_directory.write_text("")
+    assert not keep_parse(invocation, not_a_directory)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["invocation", "target"]
