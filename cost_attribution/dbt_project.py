@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 from dagster_dbt.compat import DBT_PYTHON_VERSION
-from dagster_dbt.core.dbt_cli_invocation import PARTIAL_PARSE_FILE_NAME
+from dagster_dbt.core.dbt_cli_invocation import PARTIAL_PARSE_FILE_NAME, _get_dbt_target_path
 from dagster_dbt.dbt_project import using_dagster_dev
 from packaging import version
 
@@ -82,7 +82,14 @@ def ensure_manifest(project: DbtProject) -> Path:
     return project.manifest_path
 
 
-def keep_parse(invocation_target: Path, project_target: Path) -> bool:
+def saved_parse_dir() -> Path:
+    """Where dagster-dbt looks for a saved parse to copy into each command's target
+    directory: DBT_TARGET_PATH (default `target`), relative to the project directory."""
+    target = _get_dbt_target_path()
+    return target if target.is_absolute() else DBT_PROJECT_DIR / target
+
+
+def keep_parse(invocation_target: Path, project_target: Path | None = None) -> bool:
     """Keep the parse a dbt command saved (partial_parse.msgpack) where dagster-dbt looks
     for one before the next command: dbt then re-reads only changed files instead of the
     whole project (2-3 s). dbt itself checks that the saved parse still fits (same vars,
@@ -91,10 +98,12 @@ def keep_parse(invocation_target: Path, project_target: Path) -> bool:
     saved = invocation_target / PARTIAL_PARSE_FILE_NAME
     if not saved.exists():
         return False
+    project_target = project_target or saved_parse_dir()
     tmp = None
     try:
         with tempfile.NamedTemporaryFile(dir=project_target, prefix=".partial_parse.", delete=False) as tmp, saved.open("rb") as src:
             shutil.copyfileobj(src, tmp)
+        shutil.copymode(saved, tmp.name)  # a temporary file is private (0600); dbt's is not
         os.replace(tmp.name, project_target / PARTIAL_PARSE_FILE_NAME)
     except OSError:
         if tmp is not None:

@@ -96,7 +96,7 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
     with _dbt_memory_limit(context, warehouse), environment.overridden(dbt_window_env(window)):
         invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(warehouse.database))], context=context)
     yield from invocation.stream()
-    keep_parse(invocation.target_path, dbt_project().target_path)
+    keep_parse(invocation.target_path)
     if on_spark:
         models = spark_target.aggregate_models(spark_target.built_models(invocation.get_artifact("run_results.json")))
         with warehouse.get_connection() as conn:

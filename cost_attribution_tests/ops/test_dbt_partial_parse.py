@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cost_attribution import environment
 from cost_attribution.attribution.dbt_assets import dbt_vars
-from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, keep_parse
+from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, keep_parse, saved_parse_dir
 
 
 def _dbt(command: list[str], target: Path, warehouse: Path, window: tuple[str, str], memory: str) -> list[dict]:
@@ -66,3 +66,17 @@ def test_keep_parse_where_it_cannot_write_keeps_nothing_and_does_not_fail(tmp_pa
     not_a_directory.write_text("")
     assert not keep_parse(invocation, not_a_directory)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["invocation", "target"]
+
+
+def test_the_parse_is_kept_where_dagster_dbt_looks_for_it(monkeypatch, tmp_path):
+    """Not relative to whatever directory the run happens to be in."""
+    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
+    assert saved_parse_dir() == DBT_PROJECT_DIR / "target"
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "elsewhere"))
+    assert saved_parse_dir() == tmp_path / "elsewhere"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "invocation").mkdir()
+    (tmp_path / "invocation" / "partial_parse.msgpack").write_bytes(b"parse")
+    monkeypatch.chdir(tmp_path / "invocation")
+    assert keep_parse(tmp_path / "invocation")
+    assert (tmp_path / "elsewhere" / "partial_parse.msgpack").read_bytes() == b"parse"
