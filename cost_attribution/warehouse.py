@@ -26,6 +26,12 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(text: str) -> str:
+    """A SQL string literal, for the few places DuckDB takes no parameter (DDL: a view's
+    file list, COPY ... TO)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def qualified(table: str) -> str:
     """'schema.table' -> quoted "schema"."table" (a bare name stays in main)."""
     return ".".join(quote_ident(part) for part in table.split("."))

@@ -5,23 +5,22 @@
 Same rows in raw.spans and raw.span_quarantine as ``read_span_files`` + ``replace_rows``
 (the polars path, whose rules live in ``readers.raw_spans.finalize_frame`` and
 ``split_duplicates``), but validated, normalised and deduplicated by SQL over
-``read_parquet`` so the day's spans stream from the files into the table instead of
-being materialised as a polars frame first. A 10M-span day (21 files, 2 cores, load ~1.8):
+``read_parquet`` so the day's spans stream from the files into the day's file of the span
+lake (span_lake.py) instead of being materialised as a polars frame first. A 10M-span day (21 files, 2 cores, load ~1.8):
 11.6 s and 1.0 GB peak RSS, against 23.5 s and 8.0 GB for the polars path.
 
 Passes over the files: (1) validate every row, keeping only the locations of rejected
 rows and the hashes of keys accepted more than once; (2) re-read just those rows (for
 quarantine text and file order) and rank the duplicates; (3) write every other row.
-Nothing written is deleted again in the transaction: DuckDB then rewrites all the rows
-appended in it at COMMIT (+13 s for 10M spans).
 
 A file whose schema the SQL rules do not cover exactly (binary ids, string or datetime
 timestamps, string sampling probabilities, missing columns, unreadable) is read by the
 polars reader instead and its spans join the same cross-file dedupe, in file order.
 
-Everything happens in one transaction: the day's old rows are deleted and the new ones
-inserted, so a rerun replaces the day and a failure leaves the previous state.
-File paths and values are bound parameters; identifiers are quoted.
+One transaction: the day's old quarantine rows are replaced and raw.spans is pointed at
+the new span file, so a rerun replaces the day and a failure leaves the previous state.
+File paths and values are bound parameters; identifiers are quoted (the span file's path
+is a quoted literal: COPY takes no parameter there).
 """
 
 from __future__ import annotations
@@ -45,11 +44,12 @@ from cost_attribution.ingest.spans import (
     SPAN_SCHEMA,
     partition_bounds_nanos,
 )
+from cost_attribution.ingest import span_lake
 from cost_attribution.warehouse import quote_ident, rollback_quietly
 
 _log = logging.getLogger(__name__)
 
-SPANS_TABLE = "raw.spans"
+SPANS_TABLE = span_lake.SPANS_VIEW
 QUARANTINE_TABLE = "raw.span_quarantine"
 
 # DuckDB types the SQL rules reproduce exactly (anything else -> polars reader).
@@ -394,7 +394,7 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
         _log.debug("%s: %.2f s", label, time.perf_counter() - started)
         return rows
 
-    spans_table, quarantine_table = _qualified(SPANS_TABLE), _qualified(QUARANTINE_TABLE)
+    quarantine_table = _qualified(QUARANTINE_TABLE)
     span_columns = ", ".join(quote_ident(c) for c in _SPAN_COLUMNS)
     quarantine_columns = ", ".join(quote_ident(c) for c in _QUARANTINE_COLUMNS)
     candidate = f"hash({_KEY}) IN (SELECT h FROM _pq_dupkeys)"
@@ -407,11 +407,11 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
     try:
         try:
             begin_day_replacement(conn, dt)
-            inserted = 0
+            lake = span_lake.lake_dir(conn)
+            inserted, day_file = 0, None
             if pass_one or has_fallback:
-                # DuckDB rewrites every row appended in a transaction at COMMIT if any of them
-                # was deleted again (10M spans: +13 s), so nothing is inserted that is removed
-                # later: rejects and duplicates are found first, then the spans written once.
+                # Rejects and duplicates are found first, then the spans written once (a file
+                # is written front to back: nothing in it can be taken out again).
                 # 1. Validating pass, no output but two small sets: the locations of rejected
                 #    rows, and the hashes of keys accepted more than once (8 bytes a span).
                 run("find rejects and repeated keys", f"""CREATE OR REPLACE TEMP TABLE _pq_prepass AS
@@ -436,7 +436,7 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
                     SELECT _file_idx * {_LOCATION_STRIDE} + _row AS loc FROM _pq_dups WHERE _rn > 1""")
                 # 4. The writing pass: every row but the rejected and duplicate ones (known by
                 #    location, so the filter runs on two scan columns before the id checks, which
-                #    then run once, for the rows written), straight into the table.
+                #    then run once, for the rows written), straight into the day's span file.
                 run("excluded locations", "CREATE OR REPLACE TEMP TABLE _pq_excluded AS "
                     "SELECT loc FROM _pq_rejects UNION ALL SELECT loc FROM _pq_losers")
                 excluded = [row[0] for row in run("excluded list", f"SELECT loc FROM _pq_excluded LIMIT {_EXCLUDED_LIST_MAX + 1}")]
@@ -448,8 +448,11 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
                     keep = f"NOT list_contains($excluded, {location})"
                 else:
                     keep = f"{location} NOT IN (SELECT loc FROM _pq_excluded)"
-                inserted = run("insert spans", f"INSERT INTO {spans_table} ({span_columns}) "
-                               f"SELECT {span_columns} FROM ({_union(pass_one, keep, keep if has_fallback else None)})")[0][0]
+                kept = f"SELECT {span_columns} FROM ({_union(pass_one, keep, keep if has_fallback else None)})"
+                started = time.perf_counter()
+                day_file, inserted = span_lake.write_day_file(
+                    conn, dt, kept, {k: v for k, v in params.items() if f"${k}" in kept}, lake)
+                _log.debug("write the day's span file: %.2f s", time.perf_counter() - started)
                 # Both passes must have seen the same rows (a file rewritten meanwhile would not).
                 total = sum(
                     run("count rows", f"SELECT count(*) FROM read_parquet($files_{g}, hive_partitioning = false)")[0][0]
@@ -471,10 +474,12 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
             counts = conn.execute(
                 f"SELECT reason, count(*) FROM {quarantine_table} WHERE dt = ? GROUP BY reason ORDER BY reason", [dt]
             ).fetchall()
+            replaced = span_lake.publish_day(conn, dt, day_file)
             run("commit", "COMMIT")
         except BaseException:
             rollback_quietly(conn)
             raise
+        span_lake.remove_unreferenced(conn, dt, lake, replaced)
     finally:
         for name in ("_pq_prepass", "_pq_dupkeys", "_pq_rejects", "_pq_special", "_pq_dups", "_pq_losers", "_pq_excluded"):
             conn.execute(f"DROP TABLE IF EXISTS temp.{quote_ident(name)}")
@@ -486,13 +491,15 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
 
 
 def begin_day_replacement(conn: duckdb.DuckDBPyConnection, dt: datetime.date) -> None:
-    """Open the transaction that replaces day `dt` of raw.spans / raw.span_quarantine:
-    tables created if need be, the day's old rows deleted (the caller commits or rolls back)."""
-    conn.execute("CREATE SCHEMA IF NOT EXISTS " + quote_ident(SPANS_TABLE.split(".")[0]))
+    """Open the transaction that replaces day `dt` of raw.spans / raw.span_quarantine: the
+    quarantine table and the span lake's bookkeeping created if need be (span_lake), the
+    day's old quarantine rows deleted. The caller writes the day's span file, publishes it
+    (span_lake.publish_day) and commits or rolls back; then span_lake.remove_unreferenced."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS " + quote_ident(QUARANTINE_TABLE.split(".")[0]))
     conn.execute("BEGIN TRANSACTION")
-    for table, schema in ((SPANS_TABLE, SPAN_SCHEMA), (QUARANTINE_TABLE, QUARANTINE_SCHEMA)):
-        conn.execute(_create_table_sql(table, schema))
-        conn.execute(f"DELETE FROM {_qualified(table)} WHERE dt = ?", [dt])
+    span_lake.ensure_span_files(conn)
+    conn.execute(_create_table_sql(QUARANTINE_TABLE, QUARANTINE_SCHEMA))
+    conn.execute(f"DELETE FROM {_qualified(QUARANTINE_TABLE)} WHERE dt = ?", [dt])
 
 
 def _settings(conn: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, object]:

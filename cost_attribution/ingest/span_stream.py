@@ -1,4 +1,5 @@
-"""A day of trace files of any format -> raw.spans / raw.span_quarantine in bounded memory.
+"""A day of trace files of any format -> raw.spans (the day's file of the span lake) /
+raw.span_quarantine in bounded memory.
 
     ingest_span_day(conn, files, dt, chunk_spans, sampling_floor) -> {"spans": n, <quarantine reason>: n, ...}
 
@@ -6,15 +7,17 @@ Same rows as ``read_span_files(files, dt, partition=True, sampling_floor=...)`` 
 in-memory path, kept for one-file reads and tests), but the day is never held whole:
 every file is read in chunks of about ``chunk_spans`` spans (readers.stream_partition_file),
 each validated chunk is written as one Parquet file to a staging directory (under
-TMPDIR, about 250 bytes of disk a span, removed afterwards), and DuckDB
-(under the connection's memory_limit) then finds the cross-file duplicates and appends
-the rest. Python memory is bounded by the chunk size (plus, for one huge OTLP document,
-its largest resourceSpans entry), not by the day or the file.
+TMPDIR, about 250 bytes of disk a span, removed afterwards), and DuckDB (under the
+connection's memory_limit) then finds the cross-file duplicates and writes the rest as
+the day's file of the span lake (span_lake.py). Python memory is bounded by the chunk
+size (plus, for one huge OTLP document, its largest resourceSpans entry), not by the day
+or the file.
 
 Duplicates, (trace_id, span_id, service, kind) seen again in the same or a later file:
 only the keys whose hash repeats are read back (normally none or few) and ranked by
 ``split_duplicates`` itself, so the kept copy and the quarantine text are those of the
-in-memory path. One transaction: a rerun replaces the day, a failure keeps the old one.
+in-memory path. One transaction (the quarantine rows and the lake's pointer to the day's
+file): a rerun replaces the day, a failure keeps the old one.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ import polars as pl
 
 from cost_attribution.ingest.parquet_sql import (
     QUARANTINE_TABLE,
-    SPANS_TABLE,
     _qualified,
     _restore,
     _settings,
     begin_day_replacement,
 )
+from cost_attribution.ingest import span_lake
 from cost_attribution.ingest.readers import stream_partition_file
 from cost_attribution.ingest.readers.collector import DEFAULT_CHUNK_SIZE
 from cost_attribution.ingest.readers.raw_spans import split_duplicates
@@ -98,7 +101,7 @@ def ingest_span_day(
 
 
 def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.date) -> dict[str, int]:
-    spans_table, quarantine_table = _qualified(SPANS_TABLE), _qualified(QUARANTINE_TABLE)
+    quarantine_table = _qualified(QUARANTINE_TABLE)
     span_columns = ", ".join(quote_ident(c) for c in SPAN_SCHEMA)
     quarantine_columns = ", ".join(quote_ident(c) for c in QUARANTINE_SCHEMA)
     staged_spans = str(stager.folder / "spans-*.parquet")
@@ -109,7 +112,8 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
     try:
         try:
             begin_day_replacement(conn, dt)
-            inserted = 0
+            lake = span_lake.lake_dir(conn)
+            inserted, day_file = 0, None
             if stager.span_files:
                 # Rows whose key hash (hashed by polars when staged) repeats (8 bytes a span in DuckDB),
                 # then the exact ranking of just those rows by split_duplicates.
@@ -130,10 +134,8 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
                 registered = True
                 keep = ("true" if losers.is_empty() else
                         "NOT EXISTS (SELECT 1 FROM _ss_losers AS l WHERE l._file_idx = s._file_idx AND l._row = s._row)")
-                inserted = conn.execute(
-                    f"INSERT INTO {spans_table} ({span_columns}) SELECT {span_columns} FROM read_parquet($spans) AS s WHERE {keep}",
-                    {"spans": staged_spans},
-                ).fetchall()[0][0]
+                day_file, inserted = span_lake.write_day_file(
+                    conn, dt, f"SELECT {span_columns} FROM read_parquet($spans) AS s WHERE {keep}", {"spans": staged_spans}, lake)
                 conn.execute(f"INSERT INTO {quarantine_table} ({quarantine_columns}) SELECT {quarantine_columns} FROM _ss_duplicates")
             if stager.quarantine_files:
                 conn.execute(
@@ -143,10 +145,12 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
             counts = conn.execute(
                 f"SELECT reason, count(*) FROM {quarantine_table} WHERE dt = ? GROUP BY reason ORDER BY reason", [dt]
             ).fetchall()
+            replaced = span_lake.publish_day(conn, dt, day_file)
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)
             raise
+        span_lake.remove_unreferenced(conn, dt, lake, replaced)
     finally:
         if registered:
             conn.unregister("_ss_losers")

@@ -9,6 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from cost_attribution.ingest import span_lake
 from cost_attribution.ingest.parquet_sql import fast_path_schema, ingest_parquet_day
 from cost_attribution.ingest.readers import read_span_files
 from cost_attribution.warehouse import replace_rows
@@ -151,7 +152,9 @@ def test_rerunning_a_day_replaces_it(tmp_path):
     conn = duckdb.connect()
     other_day = pl.DataFrame([GOOD], schema=FRAME_SCHEMA)
     first = ingest_parquet_day(conn, files, DT)
-    conn.execute("INSERT INTO raw.spans SELECT DATE '2026-05-27', * EXCLUDE (dt) FROM raw.spans")
+    other = datetime.date(2026, 5, 27)  # another day in the lake, which the rerun must leave alone
+    other_file, _ = span_lake.write_day_file(conn, other, "SELECT DATE '2026-05-27' AS dt, * EXCLUDE (dt) FROM raw.spans")
+    span_lake.publish_day(conn, other, other_file)
     settings = "SELECT current_setting('preserve_insertion_order'), current_setting('memory_limit')"
     before = conn.execute(settings).fetchall()
     second = ingest_parquet_day(conn, files, DT, memory_limit="1GB")

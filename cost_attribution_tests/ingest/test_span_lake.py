@@ -1,0 +1,125 @@
+"""raw.spans as files (ingest/span_lake.py): a day is replaced atomically with its
+quarantine, nothing is left behind, and a warehouse written before the lake moves in."""
+
+from __future__ import annotations
+
+import datetime
+
+import duckdb
+import pytest
+
+from cost_attribution.ingest import span_lake
+from cost_attribution.ingest.parquet_sql import begin_day_replacement
+
+DAY = datetime.date(2026, 5, 28)
+OTHER = datetime.date(2026, 5, 29)
+
+
+def _spans(dt: datetime.date, n: int) -> str:
+    """A select of n spans of day dt with the lake's columns."""
+    return (f"SELECT DATE '{dt.isoformat()}' AS dt, lpad(i::VARCHAR, 32, '0') AS trace_id, lpad(i::VARCHAR, 16, '0') AS span_id, "
+            "NULL::VARCHAR AS parent_span_id, 'api' AS service, 'SERVER' AS kind, 'GET' AS name, i::BIGINT AS start_unix_nano, "
+            f"i::BIGINT + 5 AS end_unix_nano, NULL::VARCHAR AS peer_service, 'm' || i AS member_id, 1.0 AS sampling_probability "
+            f"FROM range({n}) t(i)")
+
+
+def _replace(conn, dt: datetime.date, n: int, fail: bool = False):
+    """What the ingest does for a day: begin, write the file, publish, commit (or fail), clean up."""
+    lake = span_lake.lake_dir(conn)
+    begin_day_replacement(conn, dt)
+    try:
+        path, written = span_lake.write_day_file(conn, dt, _spans(dt, n), lake=lake)
+        replaced = span_lake.publish_day(conn, dt, path)
+        if fail:
+            raise RuntimeError("the run died here")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    span_lake.remove_unreferenced(conn, dt, lake, replaced)
+    return path, written
+
+
+def _files(warehouse) -> list:
+    return sorted(p.name for p in (warehouse.parent / (warehouse.name + ".lake")).rglob("*.parquet"))
+
+
+def test_a_rerun_replaces_the_day_and_removes_the_old_file(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    conn = duckdb.connect(str(warehouse))
+    first, _ = _replace(conn, DAY, 3)
+    _replace(conn, OTHER, 2)
+    second, written = _replace(conn, DAY, 5)
+    assert written == 5
+    assert conn.execute("SELECT dt, count(*) FROM raw.spans GROUP BY dt ORDER BY dt").fetchall() == [(DAY, 5), (OTHER, 2)]
+    assert not first.exists() and second.exists()
+    assert len(_files(warehouse)) == 2
+    assert second.parent == tmp_path / "w.duckdb.lake" / "spans" / f"dt={DAY.isoformat()}"
+
+
+def test_a_run_that_dies_before_commit_keeps_the_old_day_and_its_file_is_removed_next_time(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    conn = duckdb.connect(str(warehouse))
+    kept, _ = _replace(conn, DAY, 3)
+    with pytest.raises(RuntimeError, match="died"):
+        _replace(conn, DAY, 7, fail=True)
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
+    assert kept.exists() and len(_files(warehouse)) == 2  # the dead run's file is still there, unreferenced
+    newest, _ = _replace(conn, DAY, 4)
+    assert _files(warehouse) == [newest.name]
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(4,)]
+
+
+def test_an_empty_lake_is_a_typed_empty_view_and_a_day_without_spans_has_no_file(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    conn.execute("BEGIN")
+    span_lake.ensure_span_files(conn)
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(0,)]
+    types = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                              "WHERE table_schema = 'raw' AND table_name = 'spans'").fetchall())
+    assert list(types) == span_lake.span_columns()
+    assert (types["dt"], types["start_unix_nano"], types["sampling_probability"]) == ("DATE", "BIGINT", "DOUBLE")
+    _replace(conn, DAY, 2)
+    conn.execute("BEGIN")
+    replaced = span_lake.publish_day(conn, DAY, None)
+    conn.execute("COMMIT")
+    span_lake.remove_unreferenced(conn, DAY, span_lake.lake_dir(conn), replaced)
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(0,)]
+    assert _files(tmp_path / "w.duckdb") == []
+
+
+def test_a_warehouse_whose_spans_are_a_table_moves_them_into_the_lake(tmp_path):
+    warehouse = tmp_path / "old.duckdb"
+    conn = duckdb.connect(str(warehouse))
+    conn.execute("CREATE SCHEMA raw")
+    conn.execute(f"CREATE TABLE raw.spans AS {_spans(DAY, 3)} UNION ALL {_spans(OTHER, 4)}")
+    before = conn.execute("SELECT * FROM raw.spans ORDER BY dt, span_id").fetchall()
+    _replace(conn, OTHER, 6)  # the first ingest after the upgrade
+    assert conn.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'spans'").fetchall() == [("VIEW",)]
+    assert conn.execute("SELECT * FROM raw.spans WHERE dt = ? ORDER BY span_id", [DAY]).fetchall() == [r for r in before if r[0] == DAY]
+    assert conn.execute("SELECT count(*) FROM raw.spans WHERE dt = ?", [OTHER]).fetchall() == [(6,)]
+    assert len(_files(warehouse)) == 2
+
+
+def test_a_path_with_a_quote_is_a_literal_not_sql(tmp_path):
+    folder = tmp_path / "it's here; DROP TABLE x"
+    folder.mkdir()
+    conn = duckdb.connect(str(folder / "w.duckdb"))
+    _replace(conn, DAY, 2)
+    _replace(conn, DAY, 3)
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
+    assert len(_files(folder / "w.duckdb")) == 1
+
+
+def test_a_copied_warehouse_still_reads_the_lake_it_was_written_with(tmp_path):
+    import shutil
+
+    warehouse = tmp_path / "w.duckdb"
+    conn = duckdb.connect(str(warehouse))
+    _replace(conn, DAY, 3)
+    conn.close()
+    (tmp_path / "copy").mkdir()
+    shutil.copy(warehouse, tmp_path / "copy" / "w.duckdb")
+    with duckdb.connect(str(tmp_path / "copy" / "w.duckdb"), read_only=True) as copy:
+        assert copy.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
