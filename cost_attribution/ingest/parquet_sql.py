@@ -474,12 +474,12 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
             counts = conn.execute(
                 f"SELECT reason, count(*) FROM {quarantine_table} WHERE dt = ? GROUP BY reason ORDER BY reason", [dt]
             ).fetchall()
-            replaced = span_lake.publish_day(conn, dt, day_file)
+            span_lake.publish_day(conn, dt, day_file)
             run("commit", "COMMIT")
         except BaseException:
             rollback_quietly(conn)
             raise
-        span_lake.remove_unreferenced(conn, dt, lake, replaced)
+        span_lake.remove_unreferenced(conn, dt, lake)
     finally:
         for name in ("_pq_prepass", "_pq_dupkeys", "_pq_rejects", "_pq_special", "_pq_dups", "_pq_losers", "_pq_excluded"):
             conn.execute(f"DROP TABLE IF EXISTS temp.{quote_ident(name)}")

@@ -16,8 +16,9 @@ are deleted. A crash before COMMIT leaves the old day and an unreferenced file, 
 after it the new day and an unreferenced file: both are removed by the next replacement of
 that day (`remove_unreferenced`).
 
-raw.span_files holds absolute paths: a warehouse copied elsewhere still reads its lake
-where it was; one moved with its lake reads the new place after its next ingest of a day.
+raw.span_files holds absolute paths: a warehouse copied elsewhere still reads the lake it
+was written with (and never deletes from it: a replaced day's new file goes to the copy's
+own lake); one moved with its lake reads the new place once each day is ingested again.
 An in-memory database (tests) keeps its lake in a temporary directory.
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import duckdb
 
 from cost_attribution.ingest.spans import SPAN_SCHEMA
-from cost_attribution.warehouse import qualified, quote_ident, quote_literal
+from cost_attribution.warehouse import qualified, quote_ident, quote_literal, table_exists
 
 SPANS_VIEW = "raw.spans"
 SPAN_FILES_TABLE = "raw.span_files"
@@ -52,11 +53,16 @@ def _sql_type(name: str) -> str:
 
 
 def lake_dir(conn: duckdb.DuckDBPyConnection) -> Path:
-    """The lake of the connection's database file; a fresh temporary one for an in-memory database."""
+    """This database's own lake: beside its file; for an in-memory database the temporary
+    directory its earlier days went to, else a new one."""
     path = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
-    if not path:
-        return Path(tempfile.mkdtemp(prefix="cost-attribution-lake-"))
-    return Path(str(Path(path).absolute()) + LAKE_SUFFIX)
+    if path:
+        return Path(str(Path(path).absolute()) + LAKE_SUFFIX)
+    if table_exists(conn, SPAN_FILES_TABLE):
+        known = conn.execute(f"SELECT path FROM {qualified(SPAN_FILES_TABLE)} LIMIT 1").fetchall()
+        if known:
+            return Path(known[0][0]).parents[2]  # <lake>/spans/dt=.../<file>
+    return Path(tempfile.mkdtemp(prefix="cost-attribution-lake-"))
 
 
 def day_dir(lake: Path, dt: datetime.date) -> Path:
@@ -99,15 +105,13 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
         render_view(conn)
 
 
-def publish_day(conn: duckdb.DuckDBPyConnection, dt: datetime.date, path: Path | None) -> str | None:
+def publish_day(conn: duckdb.DuckDBPyConnection, dt: datetime.date, path: Path | None) -> None:
     """Point day `dt` of raw.spans at `path` (None: the day has no spans). Inside the
-    caller's transaction, after ensure_span_files. Returns the file the day had before."""
-    previous = conn.execute(f"SELECT path FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ?", [dt]).fetchall()
+    caller's transaction, after ensure_span_files."""
     conn.execute(f"DELETE FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ?", [dt])
     if path is not None:
         conn.execute(f"INSERT INTO {qualified(SPAN_FILES_TABLE)} VALUES (?, ?)", [dt, str(path)])
     render_view(conn)
-    return previous[0][0] if previous else None
 
 
 def render_view(conn: duckdb.DuckDBPyConnection) -> None:
@@ -123,17 +127,16 @@ def render_view(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(f"CREATE OR REPLACE VIEW {qualified(SPANS_VIEW)} AS {body}")
 
 
-def remove_unreferenced(conn: duckdb.DuckDBPyConnection, dt: datetime.date, lake: Path,
-                        replaced: str | None = None) -> list[Path]:
-    """After COMMIT: delete the file the day had before (`replaced`, from publish_day) and
-    any file of day `dt` in `lake` that raw.span_files does not name (one a crashed run
-    left). Returns what was deleted."""
-    current = {row[0] for row in conn.execute(f"SELECT path FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ?", [dt]).fetchall()}
+def remove_unreferenced(conn: duckdb.DuckDBPyConnection, dt: datetime.date, lake: Path) -> list[Path]:
+    """After COMMIT: delete the files of day `dt` in this database's own `lake` that
+    raw.span_files does not name: the file the day had before, or one a crashed run left.
+    Never a file elsewhere: a copied warehouse names its original's files until it
+    replaces a day, and they are the original's. Returns what was deleted."""
     folder = day_dir(lake, dt)
-    candidates = set(folder.glob("*.parquet")) if folder.is_dir() else set()
-    if replaced is not None:
-        candidates.add(Path(replaced))
-    removed = sorted(p for p in candidates if str(p) not in current and p.exists())
+    if not folder.is_dir():
+        return []
+    current = {row[0] for row in conn.execute(f"SELECT path FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ?", [dt]).fetchall()}
+    removed = sorted(p for p in folder.glob("*.parquet") if str(p) not in current)
     for path in removed:
         path.unlink(missing_ok=True)
     return removed

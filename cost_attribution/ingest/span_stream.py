@@ -145,12 +145,12 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
             counts = conn.execute(
                 f"SELECT reason, count(*) FROM {quarantine_table} WHERE dt = ? GROUP BY reason ORDER BY reason", [dt]
             ).fetchall()
-            replaced = span_lake.publish_day(conn, dt, day_file)
+            span_lake.publish_day(conn, dt, day_file)
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)
             raise
-        span_lake.remove_unreferenced(conn, dt, lake, replaced)
+        span_lake.remove_unreferenced(conn, dt, lake)
     finally:
         if registered:
             conn.unregister("_ss_losers")

@@ -29,14 +29,14 @@ def _replace(conn, dt: datetime.date, n: int, fail: bool = False):
     begin_day_replacement(conn, dt)
     try:
         path, written = span_lake.write_day_file(conn, dt, _spans(dt, n), lake=lake)
-        replaced = span_lake.publish_day(conn, dt, path)
+        span_lake.publish_day(conn, dt, path)
         if fail:
             raise RuntimeError("the run died here")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    span_lake.remove_unreferenced(conn, dt, lake, replaced)
+    span_lake.remove_unreferenced(conn, dt, lake)
     return path, written
 
 
@@ -82,9 +82,9 @@ def test_an_empty_lake_is_a_typed_empty_view_and_a_day_without_spans_has_no_file
     assert (types["dt"], types["start_unix_nano"], types["sampling_probability"]) == ("DATE", "BIGINT", "DOUBLE")
     _replace(conn, DAY, 2)
     conn.execute("BEGIN")
-    replaced = span_lake.publish_day(conn, DAY, None)
+    span_lake.publish_day(conn, DAY, None)
     conn.execute("COMMIT")
-    span_lake.remove_unreferenced(conn, DAY, span_lake.lake_dir(conn), replaced)
+    span_lake.remove_unreferenced(conn, DAY, span_lake.lake_dir(conn))
     assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(0,)]
     assert _files(tmp_path / "w.duckdb") == []
 
@@ -112,14 +112,30 @@ def test_a_path_with_a_quote_is_a_literal_not_sql(tmp_path):
     assert len(_files(folder / "w.duckdb")) == 1
 
 
-def test_a_copied_warehouse_still_reads_the_lake_it_was_written_with(tmp_path):
+def test_a_copied_warehouse_reads_the_original_lake_and_a_rerun_on_it_leaves_the_original_alone(tmp_path):
+    """Tests and benches copy a warehouse file and run again on the copy: the copy reads the
+    files it was written with, writes its own, and never deletes the original's."""
     import shutil
 
     warehouse = tmp_path / "w.duckdb"
     conn = duckdb.connect(str(warehouse))
-    _replace(conn, DAY, 3)
+    original, _ = _replace(conn, DAY, 3)
     conn.close()
     (tmp_path / "copy").mkdir()
-    shutil.copy(warehouse, tmp_path / "copy" / "w.duckdb")
-    with duckdb.connect(str(tmp_path / "copy" / "w.duckdb"), read_only=True) as copy:
-        assert copy.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
+    copy = tmp_path / "copy" / "w.duckdb"
+    shutil.copy(warehouse, copy)
+    with duckdb.connect(str(copy)) as conn:
+        assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
+        rerun, _ = _replace(conn, DAY, 4)
+        assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(4,)]
+    assert original.exists() and rerun.parent == tmp_path / "copy" / "w.duckdb.lake" / "spans" / f"dt={DAY.isoformat()}"
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
+
+
+def test_an_in_memory_database_keeps_one_lake_and_removes_what_it_replaced():
+    conn = duckdb.connect()
+    first, _ = _replace(conn, DAY, 2)
+    second, _ = _replace(conn, DAY, 3)
+    assert second.parent == first.parent and not first.exists()
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
