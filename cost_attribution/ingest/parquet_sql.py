@@ -6,8 +6,9 @@ Same rows in raw.spans and raw.span_quarantine as ``read_span_files`` + ``replac
 (the polars path, whose rules live in ``readers.raw_spans.finalize_frame`` and
 ``split_duplicates``), but validated, normalised and deduplicated by SQL over
 ``read_parquet`` so the day's spans stream from the files into the day's file of the span
-lake (span_lake.py) instead of being materialised as a polars frame first. A 10M-span day (21 files, 2 cores, load ~1.8):
-11.6 s and 1.0 GB peak RSS, against 23.5 s and 8.0 GB for the polars path.
+lake (span_lake.py) instead of being materialised as a polars frame first. A 10M-span day
+(21 files, 2 cores, load ~1.8): 11.6 s and 1.0 GB peak RSS, against 23.5 s and 8.0 GB for
+the polars path.
 
 Passes over the files: (1) validate every row, keeping only the locations of rejected
 rows and the hashes of keys accepted more than once; (2) re-read just those rows (for
@@ -42,6 +43,7 @@ from cost_attribution.ingest.spans import (
     QUARANTINE_SCHEMA,
     RAW_TEXT_LIMIT,
     SPAN_SCHEMA,
+    duckdb_type,
     partition_bounds_nanos,
 )
 from cost_attribution.ingest import span_lake
@@ -71,8 +73,6 @@ UNICODE_WHITESPACE = (
 _LOCATION_STRIDE = 1 << 40
 _EXCLUDED_LIST_MAX = 1000
 
-_SQL_TYPES = {pl.Date: "DATE", pl.Utf8: "VARCHAR", pl.Int64: "BIGINT", pl.Float64: "DOUBLE"}
-
 # Same order and texts as finalize_frame's reason_and_detail (first match wins).
 _RULE_REASONS = (
     "bad_ids",
@@ -88,16 +88,9 @@ _RULE_REASONS = (
 )
 
 
-def _sql_type(dtype: pl.DataType) -> str:
-    for polars_type, sql in _SQL_TYPES.items():
-        if dtype == polars_type:
-            return sql
-    raise TypeError(f"no DuckDB type for {dtype}")
-
-
 def _create_table_sql(table: str, schema: dict[str, pl.DataType]) -> str:
     """The table replace_rows would create from a frame of `schema` (same names and types)."""
-    columns = ", ".join(f"{quote_ident(name)} {_sql_type(dtype)}" for name, dtype in schema.items())
+    columns = ", ".join(f"{quote_ident(name)} {duckdb_type(dtype)}" for name, dtype in schema.items())
     return f"CREATE TABLE IF NOT EXISTS {_qualified(table)} ({columns})"
 
 
@@ -388,9 +381,12 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
         conn.register("_pq_fallback_spans", fallback_spans.to_arrow())
         conn.register("_pq_fallback_quarantine", fallback_quarantine.to_arrow())
 
+    def bound(sql: str) -> dict:
+        return {k: v for k, v in params.items() if f"${k}" in sql}
+
     def run(label: str, sql: str) -> list[tuple]:
         started = time.perf_counter()
-        rows = conn.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchall()
+        rows = conn.execute(sql, bound(sql)).fetchall()
         _log.debug("%s: %.2f s", label, time.perf_counter() - started)
         return rows
 
@@ -406,8 +402,7 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
         conn.execute("SET memory_limit = ?", [memory_limit])
     try:
         try:
-            begin_day_replacement(conn, dt)
-            lake = span_lake.lake_dir(conn)
+            lake = begin_day_replacement(conn, dt)
             inserted, day_file = 0, None
             if pass_one or has_fallback:
                 # Rejects and duplicates are found first, then the spans written once (a file
@@ -450,8 +445,7 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
                     keep = f"{location} NOT IN (SELECT loc FROM _pq_excluded)"
                 kept = f"SELECT {span_columns} FROM ({_union(pass_one, keep, keep if has_fallback else None)})"
                 started = time.perf_counter()
-                day_file, inserted = span_lake.write_day_file(
-                    conn, dt, kept, {k: v for k, v in params.items() if f"${k}" in kept}, lake)
+                day_file, inserted = span_lake.write_day_file(conn, dt, kept, bound(kept), lake)
                 _log.debug("write the day's span file: %.2f s", time.perf_counter() - started)
                 # Both passes must have seen the same rows (a file rewritten meanwhile would not).
                 total = sum(
@@ -490,16 +484,18 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
     return {"spans": int(inserted), **{str(reason): int(n) for reason, n in counts}}
 
 
-def begin_day_replacement(conn: duckdb.DuckDBPyConnection, dt: datetime.date) -> None:
+def begin_day_replacement(conn: duckdb.DuckDBPyConnection, dt: datetime.date) -> Path:
     """Open the transaction that replaces day `dt` of raw.spans / raw.span_quarantine: the
     quarantine table and the span lake's bookkeeping created if need be (span_lake), the
-    day's old quarantine rows deleted. The caller writes the day's span file, publishes it
-    (span_lake.publish_day) and commits or rolls back; then span_lake.remove_unreferenced."""
+    day's old quarantine rows deleted. Returns the warehouse's lake: the caller writes the
+    day's span file there, publishes it (span_lake.publish_day) and commits or rolls back;
+    then span_lake.remove_unreferenced."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS " + quote_ident(QUARANTINE_TABLE.split(".")[0]))
     conn.execute("BEGIN TRANSACTION")
     span_lake.ensure_span_files(conn)
     conn.execute(_create_table_sql(QUARANTINE_TABLE, QUARANTINE_SCHEMA))
     conn.execute(f"DELETE FROM {_qualified(QUARANTINE_TABLE)} WHERE dt = ?", [dt])
+    return span_lake.lake_dir(conn)
 
 
 def _settings(conn: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict[str, object]:

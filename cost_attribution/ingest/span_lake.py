@@ -31,7 +31,7 @@ from pathlib import Path
 
 import duckdb
 
-from cost_attribution.ingest.spans import SPAN_SCHEMA
+from cost_attribution.ingest.spans import SPAN_SCHEMA, duckdb_type
 from cost_attribution.warehouse import qualified, quote_ident, quote_literal, table_exists
 
 SPANS_VIEW = "raw.spans"
@@ -41,15 +41,8 @@ LAKE_SUFFIX = ".lake"
 # 3.4 s uncompressed (0.64 GB); the span models read each day once or twice.
 COMPRESSION = "snappy"
 
-_SQL_TYPES = {"Date": "DATE", "String": "VARCHAR", "Int64": "BIGINT", "Float64": "DOUBLE"}
-
-
 def span_columns() -> list[str]:
     return list(SPAN_SCHEMA)
-
-
-def _sql_type(name: str) -> str:
-    return _SQL_TYPES[type(SPAN_SCHEMA[name]).__name__]
 
 
 def lake_dir(conn: duckdb.DuckDBPyConnection) -> Path:
@@ -123,7 +116,7 @@ def render_view(conn: duckdb.DuckDBPyConnection) -> None:
         files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
         body = f"SELECT {columns} FROM read_parquet({files}, hive_partitioning = false)"
     else:
-        body = "SELECT " + ", ".join(f"CAST(NULL AS {_sql_type(c)}) AS {quote_ident(c)}" for c in span_columns()) + " WHERE false"
+        body = "SELECT " + ", ".join(f"CAST(NULL AS {duckdb_type(dtype)}) AS {quote_ident(c)}" for c, dtype in SPAN_SCHEMA.items()) + " WHERE false"
     conn.execute(f"CREATE OR REPLACE VIEW {qualified(SPANS_VIEW)} AS {body}")
 
 

@@ -111,8 +111,7 @@ def _load_day(conn: duckdb.DuckDBPyConnection, stager: _Stager, dt: datetime.dat
     registered = False
     try:
         try:
-            begin_day_replacement(conn, dt)
-            lake = span_lake.lake_dir(conn)
+            lake = begin_day_replacement(conn, dt)
             inserted, day_file = 0, None
             if stager.span_files:
                 # Rows whose key hash (hashed by polars when staged) repeats (8 bytes a span in DuckDB),

@@ -39,6 +39,18 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "raw": pl.Utf8(),  # offending record text, at most RAW_TEXT_LIMIT chars
 }
 
+# The DuckDB type of each column type the two schemas use (the quarantine table's DDL,
+# the span lake's empty view).
+_DUCKDB_TYPES = {pl.Date: "DATE", pl.Utf8: "VARCHAR", pl.Int64: "BIGINT", pl.Float64: "DOUBLE"}
+
+
+def duckdb_type(dtype: pl.DataType) -> str:
+    for polars_type, sql in _DUCKDB_TYPES.items():
+        if dtype == polars_type:
+            return sql
+    raise TypeError(f"no DuckDB type for {dtype}")
+
+
 QUARANTINE_REASONS = (
     "malformed_lines",
     "duplicate_spans",

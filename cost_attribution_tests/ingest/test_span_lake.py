@@ -25,8 +25,7 @@ def _spans(dt: datetime.date, n: int) -> str:
 
 def _replace(conn, dt: datetime.date, n: int, fail: bool = False):
     """What the ingest does for a day: begin, write the file, publish, commit (or fail), clean up."""
-    lake = span_lake.lake_dir(conn)
-    begin_day_replacement(conn, dt)
+    lake = begin_day_replacement(conn, dt)
     try:
         path, written = span_lake.write_day_file(conn, dt, _spans(dt, n), lake=lake)
         span_lake.publish_day(conn, dt, path)
