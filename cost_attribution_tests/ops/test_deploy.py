@@ -251,16 +251,10 @@ def _instance(deployment):
     """The same instance the services use (Postgres), opened from the test process."""
     import dagster as dg
 
-    saved = {k: os.environ.get(k) for k in deployment["env"] if k.startswith("DAGSTER_")}
-    os.environ.update({k: deployment["env"][k] for k in saved})
-    try:
+    from cost_attribution import environment
+
+    with environment.overridden({k: v for k, v in deployment["env"].items() if k.startswith("DAGSTER_")}):
         return dg.DagsterInstance.get()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_run_through_graphql_client(deployment):
