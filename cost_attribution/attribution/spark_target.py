@@ -4,9 +4,11 @@ The span-level SQL runs on Spark; everything downstream of the dbt models stays 
 the DuckDB warehouse on one machine. Around one `dbt build` on Spark:
 
 1. export_raw_sources(): the ingest assets' normalised output (raw.spans for the
-   window's days, raw.allocations, raw.experiments) is written as Parquet under
+   window's days, raw.allocations, raw.experiments) is placed as Parquet under
    <lake>/raw/; the dbt on-run-start hook (macros/spark_sources.sql) registers those
-   files as the external tables raw.* that source('raw', ...) resolves to.
+   files as the external tables raw.* that source('raw', ...) resolves to. The spans
+   are the span lake's own files (ingest/span_lake.py), hard-linked, not copied:
+   Spark reads the very files DuckDB's raw.spans view reads.
 2. dbt builds the models on Spark into <lake>/warehouse/main.db/<model>/dt=.../ .
 3. import_model_tables(): the window's partitions of every per-member / per-service
    aggregate (everything but the span-grain models) are read from Spark's Parquet and
@@ -21,6 +23,7 @@ same rule profiles.yml and macros/spark_sources.sql apply.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +31,7 @@ from pathlib import Path
 import duckdb
 
 from cost_attribution import environment
+from cost_attribution.ingest import span_lake
 from cost_attribution.warehouse import qualified, table_exists
 
 # Span-grain models: as large as the spans, they stay in the lake. Every other model
@@ -70,24 +74,42 @@ def _replace_dir(path: Path) -> Path:
 
 
 def export_raw_sources(conn: duckdb.DuckDBPyConnection, lake: Path, days: Iterable[dt.date]) -> dict[str, int]:
-    """Write the raw sources the models read as Parquet under <lake>/raw/.
+    """Place the raw sources the models read as Parquet under <lake>/raw/.
 
-    raw.spans: one dt=YYYY-MM-DD directory per day of the window (each replaced
-    whole; other days are left as they are). raw.allocations / raw.experiments: small
-    and refreshed whole on every run, like their ingest assets. Returns rows written.
+    raw.spans: one dt=YYYY-MM-DD directory per day of the window (each replaced whole;
+    other days are left as they are) holding that day's span lake files, hard-linked
+    (copied where the two directories are on different file systems): like Spark's own
+    layout, they have no dt column. A day the lake cannot hand over as it is (a delivered
+    file kept with its own columns and skipped rows, a file from before the day left the
+    files, no span lake at all: raw.spans a table) is written out through raw.spans. raw.allocations /
+    raw.experiments: small and refreshed whole on every run, like their ingest assets.
+    Returns rows placed.
     """
     raw = lake / "raw"
     written: dict[str, int] = {"spans": 0}
     for day in days:
         day_dir = _replace_dir(raw / "spans" / f"dt={day.isoformat()}")
-        select = f"SELECT * EXCLUDE (dt) FROM raw.spans WHERE dt = DATE '{day.isoformat()}'"
-        conn.execute(f"COPY ({select}) TO {_sql_string(day_dir / 'part-0000.parquet')} (FORMAT parquet)")
+        files = span_lake.files_as_they_are(conn, day)
+        if files is None:
+            select = f"SELECT * EXCLUDE (dt) FROM raw.spans WHERE dt = DATE '{day.isoformat()}'"
+            conn.execute(f"COPY ({select}) TO {_sql_string(day_dir / 'part-0000.parquet')} (FORMAT parquet)")
+        for number, source in enumerate(files or []):
+            _link_or_copy(source, day_dir / f"part-{number:04d}.parquet")
         written["spans"] += conn.execute(f"SELECT count(*) FROM raw.spans WHERE dt = DATE '{day.isoformat()}'").fetchall()[0][0]
     for table in RAW_TABLES:
         out = _replace_dir(raw / table)
         conn.execute(f"COPY (SELECT * FROM raw.{table}) TO {_sql_string(out / 'part-0000.parquet')} (FORMAT parquet)")
         written[table] = conn.execute(f"SELECT count(*) FROM raw.{table}").fetchall()[0][0]
     return written
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link: no copy, and the span lake replacing its day (a new file, the old one
+    unlinked) leaves this one intact until the next export replaces the day here."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, target)
 
 
 def aggregate_models(model_names: Iterable[str]) -> list[str]:

@@ -11,8 +11,14 @@ lake (span_lake.py) instead of being materialised as a polars frame first. A 10M
 the polars path.
 
 Passes over the files: (1) validate every row, keeping only the locations of rejected
-rows and the hashes of keys accepted more than once; (2) re-read just those rows (for
-quarantine text and file order) and rank the duplicates; (3) write every other row.
+rows and the hashes of keys accepted more than once, and count the accepted rows that
+normalising would change; (2) re-read just those rows (for quarantine text and file
+order) and rank the duplicates; (3) write every other row. A clean delivery skips (3):
+when every accepted row is already in the lake's normal form (lowercase ids, canonical
+kind, trimmed service, a peer only on outbound spans), no file needs the polars reader
+and at most a thousand rows are left out, the files are copied into the lake as they
+are and the view skips the left-out rows by row number (span_lake.DayFile). At 10M spans
+that is a byte copy instead of decoding and re-encoding every span (bench/README.md).
 
 A file whose schema the SQL rules do not cover exactly (binary ids, string or datetime
 timestamps, string sampling probabilities, missing columns, unreadable) is read by the
@@ -196,7 +202,7 @@ def _group_relation(group: int, schema: tuple[tuple[str, str], ...], rows_of_int
             NULLIF({hex_id("s_raw", 16)}, '{"0" * 16}') AS sid,
             {hex_id("p_raw", 16)} AS pc,
             $kinds[kind_raw] AS kind_norm,
-            svc_raw IS NULL OR trim(svc_raw, $ws) = '' AS svc_missing
+            trim(svc_raw, $ws) AS svc_trim
         FROM ({l1}) AS l1
     """
     return f"""
@@ -210,11 +216,15 @@ def _group_relation(group: int, schema: tuple[tuple[str, str], ...], rows_of_int
                 WHEN kind_norm IS NULL THEN 3
                 WHEN st IS NULL OR en IS NULL OR st <= 0 OR en <= 0 THEN 4
                 WHEN en < st THEN 5
-                WHEN svc_missing THEN 6
+                WHEN svc_raw IS NULL OR svc_trim = '' THEN 6
                 WHEN attr IS NOT NULL AND NOT (attr > 0 AND attr <= 1) THEN 7
                 WHEN COALESCE(attr, 1.0) < $sampling_floor THEN 8
                 WHEN st < $low OR st >= $high THEN 9
-            END AS _rule
+            END AS _rule,
+            -- An accepted row the lake would store differently from how it was delivered.
+            t_raw <> tid OR s_raw <> sid OR p_raw IS DISTINCT FROM NULLIF(pc, '{"0" * 16}')
+                OR svc_raw <> svc_trim OR kind_raw <> kind_norm
+                OR (peer_raw IS NOT NULL AND kind_norm NOT IN ('CLIENT', 'PRODUCER')) AS _abnormal
         FROM ({l2}) AS l2
     """
 
@@ -250,12 +260,12 @@ def _span_select(relation: str, where: str) -> str:
     order, location, `_rule` and (for rejected rows) the quarantine reason/detail/raw."""
     return f"""
         SELECT
-            _file_idx, _row, _source_file, _rule,
+            _file_idx, _row, _source_file, _rule, _abnormal,
             CAST($dt AS DATE) AS dt,
             tid AS trace_id,
             sid AS span_id,
             NULLIF(pc, '{"0" * 16}') AS parent_span_id,
-            trim(svc_raw, $ws) AS service,
+            svc_trim AS service,
             kind_norm AS kind,
             name,
             st AS start_unix_nano,
@@ -278,7 +288,8 @@ def _union(groups: list[str], where: str, fallback_where: str | None) -> str:
         columns = ", ".join(quote_ident(c) for c in _SPAN_COLUMNS)
         no_quarantine = "CAST(NULL AS VARCHAR) AS reason, CAST(NULL AS VARCHAR) AS detail, CAST(NULL AS VARCHAR) AS raw"
         parts.append(
-            f"SELECT _file_idx, _row, _source_file, CAST(NULL AS INTEGER) AS _rule, {columns}, {no_quarantine} "
+            f"SELECT _file_idx, _row, _source_file, CAST(NULL AS INTEGER) AS _rule, CAST(NULL AS BOOLEAN) AS _abnormal, "
+            f"{columns}, {no_quarantine} "
             f"FROM _pq_fallback_spans WHERE {fallback_where}"
         )
     return " UNION ALL ".join(f"({part})" for part in parts)
@@ -384,9 +395,9 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
     def bound(sql: str) -> dict:
         return {k: v for k, v in params.items() if f"${k}" in sql}
 
-    def run(label: str, sql: str) -> list[tuple]:
+    def run(label: str, sql: str, extra: dict | None = None) -> list[tuple]:
         started = time.perf_counter()
-        rows = conn.execute(sql, bound(sql)).fetchall()
+        rows = conn.execute(sql, bound(sql) | (extra or {})).fetchall()
         _log.debug("%s: %.2f s", label, time.perf_counter() - started)
         return rows
 
@@ -403,20 +414,31 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
     try:
         try:
             lake = begin_day_replacement(conn, dt)
-            inserted, day_file = 0, None
+            inserted, day_files = 0, []
+            delivered = {path: _identity(path) for _, path, _ in fast}
             if pass_one or has_fallback:
                 # Rejects and duplicates are found first, then the spans written once (a file
                 # is written front to back: nothing in it can be taken out again).
                 # 1. Validating pass, no output but two small sets: the locations of rejected
-                #    rows, and the hashes of keys accepted more than once (8 bytes a span).
+                #    rows, and the hashes of keys accepted more than once (8 bytes a span);
+                #    and, over the whole day (the empty grouping set), how many accepted rows
+                #    are not in the lake's normal form.
                 run("find rejects and repeated keys", f"""CREATE OR REPLACE TEMP TABLE _pq_prepass AS
-                    SELECT CASE WHEN _rule IS NULL THEN hash({_KEY}) END AS h,
-                        list(_file_idx * {_LOCATION_STRIDE} + _row) FILTER (WHERE _rule IS NOT NULL) AS locs
-                    FROM ({_union(pass_one, 'true', accepted_fallback)})
-                    GROUP BY 1 HAVING count(*) > 1 OR h IS NULL""")
-                run("duplicate keys", "CREATE OR REPLACE TEMP TABLE _pq_dupkeys AS SELECT h FROM _pq_prepass WHERE h IS NOT NULL")
+                    SELECT h, GROUPING(h) = 1 AS whole_day,
+                        list(loc) FILTER (WHERE _rule IS NOT NULL) AS locs,
+                        count(*) FILTER (WHERE _rule IS NULL AND _abnormal) AS abnormal
+                    FROM (
+                        SELECT CASE WHEN _rule IS NULL THEN hash({_KEY}) END AS h, _rule, _abnormal,
+                               _file_idx * {_LOCATION_STRIDE} + _row AS loc
+                        FROM ({_union(pass_one, 'true', accepted_fallback)})
+                    )
+                    GROUP BY GROUPING SETS ((h), ())
+                    HAVING GROUPING(h) = 1 OR count(*) > 1 OR h IS NULL""")
+                run("duplicate keys", "CREATE OR REPLACE TEMP TABLE _pq_dupkeys AS "
+                    "SELECT h FROM _pq_prepass WHERE NOT whole_day AND h IS NOT NULL")
                 run("reject locations", "CREATE OR REPLACE TEMP TABLE _pq_rejects AS "
-                    "SELECT unnest(locs) AS loc FROM _pq_prepass WHERE h IS NULL")
+                    "SELECT unnest(locs) AS loc FROM _pq_prepass WHERE NOT whole_day AND h IS NULL")
+                [(abnormal,)] = run("rows to normalise", "SELECT abnormal FROM _pq_prepass WHERE whole_day")
                 # 2. Only the rows of interest (duplicate candidates, rejects) read again and
                 #    fully validated, for their quarantine text and file order.
                 run("rejects and candidates", "CREATE OR REPLACE TEMP TABLE _pq_special AS " + _union(
@@ -435,27 +457,30 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
                 run("excluded locations", "CREATE OR REPLACE TEMP TABLE _pq_excluded AS "
                     "SELECT loc FROM _pq_rejects UNION ALL SELECT loc FROM _pq_losers")
                 excluded = [row[0] for row in run("excluded list", f"SELECT loc FROM _pq_excluded LIMIT {_EXCLUDED_LIST_MAX + 1}")]
-                location = f"_file_idx * {_LOCATION_STRIDE} + _row"
-                if not excluded:
-                    keep = "true"
-                elif len(excluded) <= _EXCLUDED_LIST_MAX:  # a constant list beats an anti-join over 10M rows
-                    params["excluded"] = excluded
-                    keep = f"NOT list_contains($excluded, {location})"
-                else:
-                    keep = f"{location} NOT IN (SELECT loc FROM _pq_excluded)"
-                kept = f"SELECT {span_columns} FROM ({_union(pass_one, keep, keep if has_fallback else None)})"
-                started = time.perf_counter()
-                day_file, inserted = span_lake.write_day_file(conn, dt, kept, bound(kept), lake)
-                _log.debug("write the day's span file: %.2f s", time.perf_counter() - started)
-                # Both passes must have seen the same rows (a file rewritten meanwhile would not).
-                total = sum(
-                    run("count rows", f"SELECT count(*) FROM read_parquet($files_{g}, hive_partitioning = false)")[0][0]
-                    for g in range(len(pass_one))
-                ) + (fallback_spans.height if has_fallback else 0)
                 n_excluded = run("count excluded", "SELECT count(*) FROM _pq_excluded")[0][0]
-                if inserted + n_excluded != total:
-                    raise RuntimeError(f"{dt}: Parquet files changed while being ingested "
-                                       f"({inserted} written + {n_excluded} left out != {total} rows)")
+                started = time.perf_counter()
+                if not has_fallback and not abnormal and len(excluded) <= _EXCLUDED_LIST_MAX:
+                    day_files = _copy_in(fast, excluded, dt, lake, delivered)
+                    inserted = sum(_row_counts(conn, [f.path for f in day_files])) - n_excluded
+                    _log.debug("copy the delivered files into the lake: %.2f s", time.perf_counter() - started)
+                else:
+                    location = f"_file_idx * {_LOCATION_STRIDE} + _row"
+                    if not excluded:
+                        keep = "true"
+                    elif len(excluded) <= _EXCLUDED_LIST_MAX:  # a constant list beats an anti-join over 10M rows
+                        params["excluded"] = excluded
+                        keep = f"NOT list_contains($excluded, {location})"
+                    else:
+                        keep = f"{location} NOT IN (SELECT loc FROM _pq_excluded)"
+                    kept = f"SELECT {span_columns} FROM ({_union(pass_one, keep, keep if has_fallback else None)})"
+                    day_file, inserted = span_lake.write_day_file(conn, dt, kept, bound(kept), lake)
+                    day_files = [span_lake.DayFile(day_file)]
+                    _log.debug("write the day's span file: %.2f s", time.perf_counter() - started)
+                    # Both passes must have seen the same rows (a file rewritten meanwhile would not).
+                    total = sum(_row_counts(conn, [p for _, p, _ in fast])) + (fallback_spans.height if has_fallback else 0)
+                    if inserted + n_excluded != total:
+                        raise RuntimeError(f"{dt}: Parquet files changed while being ingested "
+                                           f"({inserted} written + {n_excluded} left out != {total} rows)")
                 parts = [
                     "SELECT dt, _source_file AS source_file, CAST(NULL AS BIGINT) AS line_no, reason, detail, "
                     "trace_id, span_id, raw FROM _pq_special WHERE _rule IS NOT NULL",
@@ -468,7 +493,7 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
             counts = conn.execute(
                 f"SELECT reason, count(*) FROM {quarantine_table} WHERE dt = ? GROUP BY reason ORDER BY reason", [dt]
             ).fetchall()
-            span_lake.publish_day(conn, dt, day_file)
+            span_lake.publish_day(conn, dt, day_files)
             run("commit", "COMMIT")
         except BaseException:
             rollback_quietly(conn)
@@ -482,6 +507,40 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
             conn.unregister("_pq_fallback_quarantine")
         _restore(conn, previous)
     return {"spans": int(inserted), **{str(reason): int(n) for reason, n in counts}}
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns
+
+
+def _row_counts(conn: duckdb.DuckDBPyConnection, paths: Sequence[Path]) -> list[int]:
+    """Rows per file, from the Parquet footers."""
+    if not paths:
+        return []
+    rows = dict(conn.execute(
+        "SELECT file_name, num_rows FROM parquet_file_metadata($files)",
+        {"files": [str(p) for p in paths]}).fetchall())
+    return [int(rows[str(p)]) for p in paths]
+
+
+def _copy_in(fast: Sequence[tuple[int, Path, tuple]], excluded: Sequence[int],
+             dt: datetime.date, lake: Path, delivered: dict[Path, tuple[int, int]]) -> list[span_lake.DayFile]:
+    """The delivered files copied into the day's lake directory as they are, each with the
+    span columns it has and the rows validation left out (by row number in the file).
+    A file that changed since validation read it (size or modification time) fails the
+    day, as the rewriting path does when its passes disagree."""
+    skipped: dict[int, list[int]] = {}
+    for location in excluded:
+        skipped.setdefault(location // _LOCATION_STRIDE, []).append(location % _LOCATION_STRIDE)
+    files = []
+    for order, path, schema in fast:
+        copy = span_lake.copy_in(dt, path, lake)
+        if _identity(path) != delivered[path] or copy.stat().st_size != delivered[path][0]:
+            raise RuntimeError(f"{dt}: {path} changed while being ingested (size or modification time): run the day again")
+        columns = tuple(name for name, _ in schema if name in SPAN_SCHEMA and name != "dt")
+        files.append(span_lake.DayFile(copy, columns, tuple(sorted(skipped.get(order, [])))))
+    return files
 
 
 def begin_day_replacement(conn: duckdb.DuckDBPyConnection, dt: datetime.date) -> Path:

@@ -1,7 +1,10 @@
-"""raw.spans lives in files: each day's cleaned spans are one Parquet file in the lake beside
-the warehouse, and raw.spans is a view over the current file of every day.
+"""raw.spans lives in files: each day's cleaned spans are Parquet files in the lake beside
+the warehouse, and raw.spans is a view over the current files of every day.
 
     <warehouse file>.lake/spans/dt=YYYY-MM-DD/<uuid>.parquet
+
+The day is the directory's, not a column of the files (the layout Spark and Hive partition
+by: spark_target links the files as they are); the view adds it from raw.span_files.
 
 The span models (dbt, on DuckDB) read the view; the same files are what an engine that
 reads Parquet (Spark, Trino) would query. Why not a table: at 10M spans, appending the day
@@ -16,6 +19,14 @@ are deleted. A crash before COMMIT leaves the old day and an unreferenced file, 
 after it the new day and an unreferenced file: both are removed by the next replacement of
 that day (`remove_unreferenced`).
 
+A clean flat-Parquet delivery is not rewritten (parquet_sql.py): once validation has
+shown its accepted rows are already in the lake's normal form, the delivered files are
+copied into the day's directory byte for byte. raw.span_files says how to read each file:
+which of the span columns it has (`source_columns`: the view casts them to the lake's
+types and fills the others; NULL for a file written before the day left the files, which
+has them all, dt too) and which rows validation left out (`skip_rows`, by row number in
+the file: quarantined or duplicate; NULL for none).
+
 raw.span_files holds absolute paths: a warehouse copied elsewhere still reads the lake it
 was written with (and never deletes from it: a replaced day's new file goes to the copy's
 own lake); one moved with its lake reads the new place once each day is ingested again.
@@ -25,8 +36,11 @@ An in-memory database (tests) keeps its lake in a temporary directory.
 from __future__ import annotations
 
 import datetime
+import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -43,6 +57,19 @@ COMPRESSION = "snappy"
 
 def span_columns() -> list[str]:
     return list(SPAN_SCHEMA)
+
+
+# What a file the lake writes holds: every span column but the day.
+FILE_COLUMNS = tuple(c for c in SPAN_SCHEMA if c != "dt")
+
+
+@dataclass(frozen=True)
+class DayFile:
+    """One file of a day in the lake: the span columns it has (a delivered file copied in
+    as it came may lack the optional ones) and the row numbers the view leaves out."""
+    path: Path
+    source_columns: tuple[str, ...] = FILE_COLUMNS
+    skip_rows: tuple[int, ...] = ()
 
 
 def lake_dir(conn: duckdb.DuckDBPyConnection) -> Path:
@@ -64,24 +91,46 @@ def day_dir(lake: Path, dt: datetime.date) -> Path:
 
 def write_day_file(conn: duckdb.DuckDBPyConnection, dt: datetime.date, select_sql: str,
                    params: dict | None = None, lake: Path | None = None) -> tuple[Path, int]:
-    """Write the rows of `select_sql` (the span columns, in order) as a new, not yet visible
-    file of day `dt`. Returns (file, rows written)."""
+    """Write the rows of `select_sql` (with the span columns) as a new, not yet visible
+    file of day `dt`: the lake's columns and types, without dt. Returns (file, rows written)."""
     folder = day_dir(lake or lake_dir(conn), dt)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.parquet"
+    columns = ", ".join(f"CAST({quote_ident(c)} AS {duckdb_type(SPAN_SCHEMA[c])}) AS {quote_ident(c)}" for c in FILE_COLUMNS)
     written = conn.execute(
-        f"COPY ({select_sql}) TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION {COMPRESSION})",
+        f"COPY (SELECT {columns} FROM ({select_sql})) TO {quote_literal(str(path))} "
+        f"(FORMAT parquet, COMPRESSION {COMPRESSION})",
         params or {},
     ).fetchall()[0][0]
     return path, int(written)
 
 
+def copy_in(dt: datetime.date, source: Path, lake: Path) -> Path:
+    """A delivered file copied byte for byte as a new, not yet visible file of day `dt`."""
+    folder = day_dir(lake, dt)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.parquet"
+    shutil.copyfile(source, path)
+    return path
+
+
+_SPAN_FILES_COLUMNS = "dt DATE NOT NULL, path VARCHAR NOT NULL, source_columns VARCHAR[], skip_rows BIGINT[]"
+
+
 def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
     """raw.span_files and the raw.spans view exist; a warehouse whose raw.spans is still a
-    table (written before the lake) has every day of it moved into the lake first. Call
-    inside the transaction that replaces a day: the move commits or rolls back with it."""
+    table (written before the lake) has every day of it moved into the lake first, and
+    one whose raw.span_files has one file a day (before delivered files were kept as
+    they are) gets the newer table. Call inside the transaction that replaces a day:
+    the move commits or rolls back with it."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {qualified(SPAN_FILES_TABLE)} (dt DATE PRIMARY KEY, path VARCHAR NOT NULL)")
+    table = qualified(SPAN_FILES_TABLE)
+    if table_exists(conn, SPAN_FILES_TABLE) and "source_columns" not in _columns(conn, SPAN_FILES_TABLE):
+        conn.execute(f"ALTER TABLE {table} RENAME TO span_files_one_a_day")
+        conn.execute(f"CREATE TABLE {table} ({_SPAN_FILES_COLUMNS})")
+        conn.execute(f"INSERT INTO {table} (dt, path) SELECT dt, path FROM raw.span_files_one_a_day")
+        conn.execute("DROP TABLE raw.span_files_one_a_day")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_SPAN_FILES_COLUMNS})")
     kind = conn.execute(
         "SELECT table_type FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'spans'"
     ).fetchall()
@@ -91,33 +140,96 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
         days = [row[0] for row in conn.execute(f"SELECT DISTINCT dt FROM {qualified(SPANS_VIEW)} ORDER BY dt").fetchall()]
         for dt in days:
             path, _ = write_day_file(conn, dt, f"SELECT {columns} FROM {qualified(SPANS_VIEW)} WHERE dt = $dt", {"dt": dt}, lake)
-            conn.execute(f"INSERT INTO {qualified(SPAN_FILES_TABLE)} VALUES (?, ?)", [dt, str(path)])
+            conn.execute(f"INSERT INTO {table} (dt, path, source_columns) VALUES (?, ?, ?)", [dt, str(path), list(FILE_COLUMNS)])
         conn.execute(f"DROP TABLE {qualified(SPANS_VIEW)}")
-        render_view(conn)
-    elif not kind:
-        render_view(conn)
-
-
-def publish_day(conn: duckdb.DuckDBPyConnection, dt: datetime.date, path: Path | None) -> None:
-    """Point day `dt` of raw.spans at `path` (None: the day has no spans). Inside the
-    caller's transaction, after ensure_span_files."""
-    conn.execute(f"DELETE FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ?", [dt])
-    if path is not None:
-        conn.execute(f"INSERT INTO {qualified(SPAN_FILES_TABLE)} VALUES (?, ?)", [dt, str(path)])
     render_view(conn)
 
 
+def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    schema, name = table.split(".")
+    return {row[0] for row in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?", [schema, name]
+    ).fetchall()}
+
+
+def publish_day(conn: duckdb.DuckDBPyConnection, dt: datetime.date, files: Path | Sequence[DayFile] | None) -> None:
+    """Point day `dt` of raw.spans at `files` (a file the lake wrote, or DayFiles; None or
+    none: the day has no spans). Inside the caller's transaction, after ensure_span_files."""
+    if files is None:
+        files = []
+    elif isinstance(files, Path):
+        files = [DayFile(files)]
+    conn.execute(f"DELETE FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ?", [dt])
+    for file in files:
+        conn.execute(f"INSERT INTO {qualified(SPAN_FILES_TABLE)} VALUES (?, ?, ?, ?)",
+                     [dt, str(file.path), list(file.source_columns), list(file.skip_rows) or None])
+    render_view(conn)
+
+
+def files_as_they_are(conn: duckdb.DuckDBPyConnection, dt: datetime.date) -> list[Path] | None:
+    """The files of day `dt` when another engine can read them as they are: every row
+    counts and each file has exactly the lake's columns and types (FILE_COLUMNS; [] for a
+    day without spans). None when the day needs the view: rows to skip, a delivered file
+    (its own columns and widths), a file with the dt column, or no span lake at all
+    (raw.spans is a table)."""
+    if not table_exists(conn, SPAN_FILES_TABLE):
+        return None
+    rows = conn.execute(f"SELECT path, skip_rows IS NULL FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ? ORDER BY path",
+                        [dt]).fetchall()
+    if not all(every_row for _, every_row in rows):
+        return None
+    expected = [(c, duckdb_type(SPAN_SCHEMA[c])) for c in FILE_COLUMNS]
+    for path, _ in rows:
+        schema = conn.execute("DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)", [path]).fetchall()
+        if [(str(r[0]), str(r[1])) for r in schema] != expected:
+            return None
+    return [Path(path) for path, _ in rows]
+
+
 def render_view(conn: duckdb.DuckDBPyConnection) -> None:
-    """raw.spans := the files raw.span_files names (typed and empty when it names none).
-    DDL takes no parameters: the paths are quoted as string literals."""
-    paths = [row[0] for row in conn.execute(f"SELECT path FROM {qualified(SPAN_FILES_TABLE)} ORDER BY dt").fetchall()]
-    columns = ", ".join(quote_ident(c) for c in span_columns())
-    if paths:
-        files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
-        body = f"SELECT {columns} FROM read_parquet({files}, hive_partitioning = false)"
+    """raw.spans := the files raw.span_files names (typed and empty when it names none):
+    one scan per day and column set, or per file when it has rows to skip. The day is a
+    constant of its scan, so a query for some days skips the others' files unopened.
+    DDL takes no parameters: paths and days are quoted as literals, row numbers are
+    integers."""
+    groups = conn.execute(
+        f"SELECT dt, source_columns, list(path ORDER BY path), skip_rows FROM {qualified(SPAN_FILES_TABLE)} "
+        "GROUP BY dt, source_columns, skip_rows, CASE WHEN skip_rows IS NOT NULL THEN path END ORDER BY ALL"
+    ).fetchall()
+    if groups:
+        body = " UNION ALL ".join(_day_select(*group) for group in groups)
     else:
         body = "SELECT " + ", ".join(f"CAST(NULL AS {duckdb_type(dtype)}) AS {quote_ident(c)}" for c, dtype in SPAN_SCHEMA.items()) + " WHERE false"
     conn.execute(f"CREATE OR REPLACE VIEW {qualified(SPANS_VIEW)} AS {body}")
+
+
+def _literal_list(paths: Sequence[str]) -> str:
+    return "[" + ", ".join(quote_literal(str(p)) for p in paths) + "]"
+
+
+def _day_select(dt: datetime.date, source_columns: Sequence[str] | None, paths: Sequence[str],
+                skip_rows: Sequence[int] | None) -> str:
+    """The span columns of some files of day `dt` as the lake's types: dt the day's, a column
+    the files lack NULL (sampling_probability 1.0, as validation read it)."""
+    have = set(span_columns() if source_columns is None else source_columns)
+    selected = []
+    for column, dtype in SPAN_SCHEMA.items():
+        sql_type = duckdb_type(dtype)
+        if column == "dt":
+            value = f"CAST({quote_literal(dt.isoformat())} AS DATE)"
+        elif column in have:
+            value = f"CAST({quote_ident(column)} AS {sql_type})"
+        else:
+            value = f"CAST(NULL AS {sql_type})"
+        if column == "sampling_probability":
+            value = f"COALESCE({value}, 1.0)"
+        selected.append(f"{value} AS {quote_ident(column)}")
+    # union_by_name: files of one column set may still differ in width (INTEGER / BIGINT times).
+    source = f"read_parquet({_literal_list(paths)}, hive_partitioning = false, union_by_name = true"
+    if skip_rows:
+        rows = ", ".join(str(int(r)) for r in skip_rows)
+        return f"SELECT {', '.join(selected)} FROM {source}, file_row_number = true) WHERE file_row_number NOT IN ({rows})"
+    return f"SELECT {', '.join(selected)} FROM {source})"
 
 
 def remove_unreferenced(conn: duckdb.DuckDBPyConnection, dt: datetime.date, lake: Path) -> list[Path]:

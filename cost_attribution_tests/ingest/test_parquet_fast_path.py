@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections import Counter
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -249,3 +250,88 @@ def test_raw_spans_asset_takes_the_fast_path_for_parquet_only_days(tmp_path):
     with duckdb.connect(warehouse, read_only=True) as conn:
         assert conn.execute("SELECT dt, count(*) FROM raw.spans GROUP BY dt ORDER BY dt").fetchall() == [
             (parquet_day, 2), (mixed_day, 3)]
+
+
+# A span the lake stores exactly as delivered: lowercase ids, a canonical kind, a trimmed
+# service, no peer on a SERVER span. GOOD is not (its peer_service).
+CLEAN = GOOD | {"peer_service": None}
+
+
+def _day_files(conn):
+    return conn.execute("SELECT path, source_columns, skip_rows FROM raw.span_files ORDER BY path").fetchall()
+
+
+def test_a_clean_delivery_is_copied_into_the_lake_not_rewritten(tmp_path):
+    """Accepted rows already in normal form: the files are copied byte for byte, the view
+    leaves out the quarantined and duplicate rows by row number, and reads exactly what
+    the polars path would have stored (assert_same_as_polars)."""
+    first = [CLEAN, CLEAN | {"span_id": "b" * 16, "kind": "CLIENT", "peer_service": "db", "parent_span_id": "a" * 16},
+             CLEAN | {"span_id": "c" * 16, "kind": "nope"}]
+    second = [CLEAN | {"span_id": "d" * 16, "sampling_probability": None}, dict(CLEAN)]  # row 1 repeats first[0]
+    files = [_write(tmp_path / "part-0000.parquet", first), _write(tmp_path / "part-0001.parquet", second)]
+    conn, quarantine = assert_same_as_polars(files)
+    assert sorted(quarantine["reason"]) == ["bad_kinds", "duplicate_spans"]
+    day_files = _day_files(conn)
+    assert len(day_files) == 2
+    by_content = {Path(path).read_bytes(): (columns, skipped) for path, columns, skipped in day_files}
+    assert by_content[files[0].read_bytes()] == (list(FRAME_SCHEMA), [2])  # the file's columns, its row 2 left out
+    assert by_content[files[1].read_bytes()] == (list(FRAME_SCHEMA), [1])
+    assert conn.execute("SELECT sampling_probability FROM raw.spans WHERE span_id = ?", ["d" * 16]).fetchall() == [(1.0,)]
+    # A day's spans come back the same from the lake's files alone (the delivered files may go).
+    for path in files:
+        path.unlink()
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
+
+
+@pytest.mark.parametrize("change", [
+    {"trace_id": T1.upper()}, {"span_id": "A" * 16}, {"parent_span_id": ""}, {"parent_span_id": "0" * 16},
+    {"parent_span_id": "B" * 16}, {"service": " api"}, {"kind": "server"}, {"kind": "SPAN_KIND_SERVER"},
+    {"peer_service": "db"},  # a peer on a SERVER span is dropped
+], ids=lambda change: next(iter(change)) + "=" + repr(next(iter(change.values()))))
+def test_one_row_to_normalise_makes_the_day_a_rewritten_file(tmp_path, change):
+    rows = [CLEAN, CLEAN | {"span_id": "b" * 16} | change]
+    conn, _ = assert_same_as_polars([_write(tmp_path / "a.parquet", rows)])
+    [(path, columns, skipped)] = _day_files(conn)
+    assert (columns, skipped) == (list(span_lake.FILE_COLUMNS), None)  # a file the lake wrote
+    assert Path(path).read_bytes() != (tmp_path / "a.parquet").read_bytes()
+
+
+def test_narrow_and_wide_deliveries_are_read_through_the_lake_types(tmp_path):
+    """Files without the optional columns, with an extra one, with INTEGER times and
+    FLOAT probabilities: copied in, and the view casts and fills them as the rewrite did."""
+    narrow = pl.DataFrame([CLEAN], schema=FRAME_SCHEMA).drop("peer_service", "member_id", "sampling_probability",
+                                                               "parent_span_id")
+    narrow.with_columns(pl.lit("op").alias("name"), pl.lit(7).alias("extra")).write_parquet(tmp_path / "a.parquet")
+    narrow_types = pl.DataFrame([CLEAN | {"span_id": "b" * 16}], schema=FRAME_SCHEMA | {"sampling_probability": pl.Float32})
+    narrow_types.write_parquet(tmp_path / "b.parquet")
+    conn, _ = assert_same_as_polars([tmp_path / "a.parquet", tmp_path / "b.parquet"])
+    assert [columns for _, columns, _ in _day_files(conn)] == [
+        ["trace_id", "span_id", "service", "kind", "start_unix_nano", "end_unix_nano", "name"], list(FRAME_SCHEMA)]
+
+
+def test_more_rows_left_out_than_a_view_should_list_make_a_rewritten_file(tmp_path, monkeypatch):
+    import cost_attribution.ingest.parquet_sql as parquet_sql
+
+    monkeypatch.setattr(parquet_sql, "_EXCLUDED_LIST_MAX", 1)
+    rows = [CLEAN, CLEAN | {"span_id": "b" * 16, "kind": "x"}, CLEAN | {"span_id": "c" * 16, "kind": "y"}]
+    conn, _ = assert_same_as_polars([_write(tmp_path / "a.parquet", rows)])
+    assert [columns for _, columns, _ in _day_files(conn)] == [list(span_lake.FILE_COLUMNS)]
+
+
+def test_a_file_that_changes_while_the_day_is_ingested_fails_the_day_and_keeps_the_last_one(tmp_path, monkeypatch):
+    import os
+
+    path = _write(tmp_path / "a.parquet", [CLEAN])
+    conn = duckdb.connect()
+    assert ingest_parquet_day(conn, [path], DT) == {"spans": 1}
+    real_copy = span_lake.copy_in
+
+    def redelivered_meanwhile(dt, source, lake):
+        _write(source, [CLEAN, CLEAN | {"span_id": "b" * 16}])
+        os.utime(source, ns=(1, 1))
+        return real_copy(dt, source, lake)
+
+    monkeypatch.setattr(span_lake, "copy_in", redelivered_meanwhile)
+    with pytest.raises(RuntimeError, match="changed while being ingested"):
+        ingest_parquet_day(conn, [path], DT)
+    assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(1,)]

@@ -138,3 +138,27 @@ def test_an_in_memory_database_keeps_one_lake_and_removes_what_it_replaced():
     second, _ = _replace(conn, DAY, 3)
     assert second.parent == first.parent and not first.exists()
     assert conn.execute("SELECT count(*) FROM raw.spans").fetchall() == [(3,)]
+
+
+def test_a_lake_of_one_file_a_day_with_its_dt_column_is_read_as_before_and_moves_to_the_new_table(tmp_path):
+    """Warehouses written before a day could hold several files (raw.span_files keyed by
+    dt, files with a dt column): their days read the same, and another engine is not
+    handed those files as they are (their dt column is not Spark's layout)."""
+    warehouse = tmp_path / "w.duckdb"
+    conn = duckdb.connect(str(warehouse))
+    conn.execute("CREATE SCHEMA raw")
+    old_file = tmp_path / "w.duckdb.lake" / "spans" / f"dt={DAY.isoformat()}" / "old.parquet"
+    old_file.parent.mkdir(parents=True)
+    conn.execute(f"COPY ({_spans(DAY, 3)}) TO '{old_file}' (FORMAT parquet)")
+    conn.execute("CREATE TABLE raw.span_files (dt DATE PRIMARY KEY, path VARCHAR NOT NULL)")
+    conn.execute("INSERT INTO raw.span_files VALUES (?, ?)", [DAY, str(old_file)])
+    conn.execute(f"CREATE VIEW raw.spans AS SELECT * FROM read_parquet('{old_file}', hive_partitioning = false)")
+    before = conn.execute("SELECT * FROM raw.spans ORDER BY span_id").fetchall()
+    _replace(conn, OTHER, 2)  # the first ingest after the upgrade
+    assert conn.execute("SELECT * FROM raw.spans WHERE dt = ? ORDER BY span_id", [DAY]).fetchall() == before
+    assert conn.execute("SELECT count(*) FROM raw.spans WHERE dt = ?", [OTHER]).fetchall() == [(2,)]
+    assert span_lake.files_as_they_are(conn, DAY) is None
+    [new_file] = span_lake.files_as_they_are(conn, OTHER)
+    assert "dt" not in [r[0] for r in conn.execute(
+        "DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)", [str(new_file)]).fetchall()]
+    assert conn.execute("SELECT count(*) FROM raw.span_files").fetchall() == [(2,)]

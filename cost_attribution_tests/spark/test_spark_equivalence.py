@@ -1,7 +1,7 @@
 """The same dbt models on DuckDB and on Spark (local pyspark session) give the same
 tables, and `cost-attribution run` gives the same report on either target.
 
-One small flat-Parquet world is run through the CLI twice, DBT_TARGET=duckdb and
+One small world (flat Parquet and OTLP JSON) is run through the CLI twice, DBT_TARGET=duckdb and
 DBT_TARGET=spark (the issue's acceptance command), in subprocesses so each run loads
 its own Definitions. Spark's tables are read straight from the Parquet it wrote, so
 the model comparison does not depend on the copy back into DuckDB; that copy is
@@ -72,8 +72,11 @@ def runs(tmp_path_factory) -> Runs:
     landing = root / "landing"
     # Seed 3: a world where the latency bootstrap sees member rows in a different order
     # on the two targets (the report matches only once the readers sort: see the report).
-    generate_world(landing, dataclasses.replace(small_world_config(seed=3), span_formats=("parquet",)))
-    assert sorted(p.suffix for p in landing.glob("traces/dt=*/*")) == [".parquet"] * len(list(landing.glob("traces/dt=*/*")))
+    # Flat Parquet and OTLP JSON side by side: the ingest writes each day's spans as a file
+    # of its span lake (a Parquet-only day would be kept as delivered), and Spark reads
+    # those very files (spark_target.export_raw_sources links them).
+    generate_world(landing, dataclasses.replace(small_world_config(seed=3), span_formats=("parquet", "otlp_json")))
+    assert {p.suffix for p in landing.glob("traces/dt=*/*")} == {".parquet", ".gz"}
     duckdb_warehouse = root / "duckdb" / "warehouse.duckdb"
     spark_warehouse = root / "spark" / "warehouse.duckdb"
     _run(landing, duckdb_warehouse, "duckdb")

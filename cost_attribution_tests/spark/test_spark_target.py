@@ -1,6 +1,7 @@
 """The spark target's glue without Spark: where the lake is, the raw-source export and
 the copy of Spark's partitions back into DuckDB (Spark's table layout is written here
-by DuckDB: Parquet files under dt=YYYY-MM-DD/ without the dt column)."""
+by DuckDB: Parquet files under dt=YYYY-MM-DD/ without the dt column); the span lake's
+files placed for Spark by hard link."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from cost_attribution import environment
 from cost_attribution.attribution import spark_target
 from cost_attribution.dbt_project import DBT_PROJECT_DIR
+from cost_attribution.ingest import span_lake
+from cost_attribution.ingest.parquet_sql import begin_day_replacement
 
 DAYS = [dt.date(2026, 10, 29), dt.date(2026, 10, 30), dt.date(2026, 10, 31)]
 
@@ -64,6 +67,42 @@ def test_export_raw_sources_writes_the_window_days_only(tmp_path):
     assert day == [(10, 1)]
     columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet('{lake}/raw/spans/dt=2026-10-31/*.parquet', hive_partitioning = false)").fetchall()]
     assert columns == ["span_no"]  # dt lives in the directory name, as Spark partitions it
+
+
+def test_export_links_the_span_lake_files_instead_of_copying_them(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    for day, n in ((DAYS[0], 3), (DAYS[1], 5)):
+        lake = begin_day_replacement(conn, day)
+        path, _ = span_lake.write_day_file(conn, day, _lake_spans(day, n), lake=lake)
+        span_lake.publish_day(conn, day, path)
+        conn.execute("COMMIT")
+    begin_day_replacement(conn, DAYS[2])
+    span_lake.publish_day(conn, DAYS[2], None)  # a day without spans: no file
+    conn.execute("COMMIT")
+    conn.execute("CREATE TABLE raw.allocations AS SELECT 'm1' AS member_id")
+    conn.execute("CREATE TABLE raw.experiments AS SELECT 'e1' AS experiment_id")
+    spark_lake = tmp_path / "spark"
+    written = spark_target.export_raw_sources(conn, spark_lake, DAYS)
+    assert written == {"spans": 8, "allocations": 1, "experiments": 1}
+    [placed] = (spark_lake / "raw" / "spans" / f"dt={DAYS[1].isoformat()}").iterdir()
+    [current] = span_lake.files_as_they_are(conn, DAYS[1])
+    assert placed.samefile(current)  # the same file, not a copy
+    assert list((spark_lake / "raw" / "spans" / f"dt={DAYS[2].isoformat()}").iterdir()) == []
+    # The span lake replacing the day later leaves the placed file readable until the next export.
+    lake = begin_day_replacement(conn, DAYS[1])
+    path, _ = span_lake.write_day_file(conn, DAYS[1], _lake_spans(DAYS[1], 7), lake=lake)
+    span_lake.publish_day(conn, DAYS[1], path)
+    conn.execute("COMMIT")
+    span_lake.remove_unreferenced(conn, DAYS[1], lake)
+    assert not current.exists()
+    assert conn.execute(f"SELECT count(*) FROM read_parquet('{placed}')").fetchall() == [(5,)]
+
+
+def _lake_spans(day: dt.date, n: int) -> str:
+    return (f"SELECT DATE '{day.isoformat()}' AS dt, lpad(i::VARCHAR, 32, '0') AS trace_id, lpad(i::VARCHAR, 16, '0') AS span_id, "
+            "NULL::VARCHAR AS parent_span_id, 'api' AS service, 'SERVER' AS kind, 'GET' AS name, i::BIGINT + 1 AS start_unix_nano, "
+            "i::BIGINT + 5 AS end_unix_nano, NULL::VARCHAR AS peer_service, 'm' || i AS member_id, 1.0 AS sampling_probability "
+            f"FROM range({n}) t(i)")
 
 
 def _spark_partition(lake: Path, model: str, day: dt.date, rows: list[tuple[str, float]]) -> None:
