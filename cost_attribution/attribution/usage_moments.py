@@ -38,6 +38,7 @@ def _valid(column: str) -> str:
 
 
 _SUMS = "sum(y) AS sum_y, sum(y * y) AS sum_y2, sum(x) AS sum_x, sum(x * x) AS sum_x2, sum(x * y) AS sum_xy"
+_SUM_NAMES = ("sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy")
 
 
 class WarehouseMoments:
@@ -56,6 +57,7 @@ class WarehouseMoments:
         self._stage(scope)
         [(roots,)] = conn.execute(f"SELECT count(*) FROM {self._roots}").fetchall()
         self.has_roots = roots > 0
+        self._root_ratio_sums: pl.DataFrame | None = None
 
     def _stage(self, scope: UsageScope) -> None:
         as_of, experiment = scope.as_of, self.experiment_id
@@ -180,14 +182,29 @@ class WarehouseMoments:
                 GROUP BY ALL
                 """
             )
-        return self._frame(self._root_ratio_sql(outcome))
+        if self._root_ratio_sums is None:
+            self._root_ratio_sums = self._frame(self._root_ratio_sql(), schema=_ROOT_RATIO_SCHEMA)
+        sums = [f"{metric}_{name}" if name in ("sum_y", "sum_y2", "sum_xy") else name for name in _SUM_NAMES]
+        return self._root_ratio_sums.filter(pl.col(f"{metric}_rows")).select(
+            "experiment_id", "cell", "service", *(pl.col(a).alias(b) for a, b in zip(sums, _SUM_NAMES)))
 
-    def _root_ratio_sql(self, outcome: str) -> str:
+    def _root_ratio_sql(self) -> str:
         # x = the member's root requests to services other than this one, for every member
         # with roots and every service the experiment's members used: a dense member x
         # service grid, built and summed inside DuckDB. (Summing R and correcting by the
         # sparse rows would be cheaper, but the root service's x is exactly 0 only when
-        # each member's R - o is taken member by member.)
+        # each member's R - o is taken member by member.) Both metrics in one pass over the
+        # grid: a row that is there for one metric only adds 0 to the other's sums (its y
+        # is 0, its x 0 unless the grid has it anyway), so each metric's sums are the ones
+        # its own outcome rows would give; a (cell, service) with no row for a metric
+        # (`<metric>_rows` false) is left out of its sums, as its own query would.
+        valid = {m: _valid(quote_ident(m)) for m in _METRICS}
+        outcome = (f"SELECT member_id, cell, service, "
+                   + ", ".join(f"CASE WHEN {valid[m]} THEN {quote_ident(m)} END AS y_{m}" for m in _METRICS)
+                   + f" FROM {self._usage} WHERE " + " OR ".join(valid.values()))
+        per_metric = ", ".join(
+            f"sum(y_{m}) AS {m}_sum_y, sum(y_{m} * y_{m}) AS {m}_sum_y2, sum(x * y_{m}) AS {m}_sum_xy, "
+            f"bool_or(has_y_{m} OR has_x) AS {m}_rows" for m in _METRICS)
         return f"""
             WITH member_roots AS (SELECT member_id, cell, sum(root_requests) AS r FROM {self._roots} GROUP BY ALL),
             own AS (SELECT member_id, cell, service, sum(root_requests) AS o FROM {self._roots} GROUP BY ALL),
@@ -197,9 +214,10 @@ class WarehouseMoments:
                 CROSS JOIN (SELECT DISTINCT service FROM {self._usage}) s
                 LEFT JOIN own USING (member_id, cell, service)
             )
-            SELECT ? AS experiment_id, cell, service, {_SUMS}
+            SELECT ? AS experiment_id, cell, service, sum(x) AS sum_x, sum(x * x) AS sum_x2, {per_metric}
             FROM (
-                SELECT cell, service, coalesce(o.y, 0.0) AS y, coalesce(c.x, 0.0) AS x
+                SELECT cell, service, coalesce(c.x, 0.0) AS x, c.x IS NOT NULL AS has_x,
+                       {", ".join(f"coalesce(o.y_{m}, 0.0) AS y_{m}, o.y_{m} IS NOT NULL AS has_y_{m}" for m in _METRICS)}
                 FROM ({outcome}) o FULL JOIN (SELECT * FROM covariate WHERE {_valid("x")}) c
                 USING (member_id, cell, service)
             )
@@ -272,6 +290,11 @@ class WarehouseMoments:
         """stats.delta_covariance of `services` (each on work when in `work_services`, else requests)."""
         return covariance_from_cross_moments(self.cross_moments(), cell, control_cell, services, work_services)
 
+
+# The root-requests covariate's sums of both metrics at once (WarehouseMoments._root_ratio_sql).
+_ROOT_RATIO_SCHEMA = {"experiment_id": pl.Utf8, "cell": pl.Utf8, "service": pl.Utf8, "sum_x": pl.Float64,
+                      "sum_x2": pl.Float64} | {f"{m}_{name}": dtype for m in _METRICS for name, dtype in (
+                          ("sum_y", pl.Float64), ("sum_y2", pl.Float64), ("sum_xy", pl.Float64), ("rows", pl.Boolean))}
 
 # Per experiment, cell and pair of services (WarehouseMoments.cross_moments). A cell with
 # members but no usage has one row with null services. usage_deltas writes them per as_of.
