@@ -68,6 +68,11 @@ FROM member_service AS m JOIN read_csv($allocations, header = true, all_varchar 
 GROUP BY ALL
 """
 
+# The dbt models the floor query does the work of (each trace's member, spans per member
+# and service, the allocations join, per cell); the others add busy time, latency,
+# completeness and call edges, which the floor does not compute.
+ATTRIBUTION_MODELS = ("trace_members", "enriched_spans", "member_service_usage", "usage_by_cell")
+
 # Dagster steps -> the stages the targets talk about.
 STAGES = {
     "ingest": {"raw_spans", "span_quarantine", "allocations", "experiments", "services", "focus_costs",
@@ -219,7 +224,28 @@ def _child_pipeline(landing: Path, warehouse: Path, out: Path, dagster_home: Pat
         "peak_rss_self_with_event_readback": self_rss,
         "peak_rss_children_getrusage": children_rss,
         "steps": steps,
+        "dbt_nodes": _dbt_node_seconds(summary.get("run_ids", [])),
     }, indent=1, default=str))
+
+
+def _dbt_node_seconds(run_ids: list[str]) -> dict[str, float]:
+    """Seconds per dbt node of the run's build (dbt's run_results.json in the target
+    directory dagster-dbt gave the invocation: span_models-<run id>-...): models by
+    name, data tests summed as "data tests"."""
+    from cost_attribution.dbt_project import DBT_PROJECT_DIR
+
+    for run_id in run_ids:
+        for folder in sorted((DBT_PROJECT_DIR / "target").glob(f"span_models-{run_id[:7]}-*")):
+            results = folder / "run_results.json"
+            if not results.exists():
+                continue
+            seconds: dict[str, float] = {}
+            for node in json.loads(results.read_text())["results"]:
+                kind, name = node["unique_id"].split(".")[0], node["unique_id"].split(".")[-1]
+                key = name if kind == "model" else "data tests" if kind == "test" else kind
+                seconds[key] = seconds.get(key, 0.0) + node["execution_time"]
+            return seconds
+    return {}
 
 
 def _child_floor(spans_glob: str, allocations_glob: str, out: Path) -> None:
@@ -337,6 +363,15 @@ def markdown(results: dict, spans: int, command: str) -> str:
                          f"{floor.get('cpu_seconds', 0.0):.1f} | "
                          f"{_gb(floor['peak_rss'])} | | dbt / floor = {ratio:.0f}x "
                          f"({'OK' if ratio <= TARGET_FLOOR_RATIO else 'MISSED'}) |")
+        nodes = result.get("dbt_nodes") or {}
+        if nodes:
+            listed = ", ".join(f"{name} {sec:.1f}" for name, sec in sorted(nodes.items(), key=lambda kv: -kv[1]) if sec >= 0.05)
+            lines += ["", f"dbt nodes, seconds (dbt's run_results; {sum(nodes.values()):.1f} s of the step's "
+                      f"{sum(r['seconds'] for r in stage_table(result) if r['stage'] == 'dbt span models'):.1f} s): {listed}."]
+            attribution = sum(nodes.get(name, 0.0) for name in ATTRIBUTION_MODELS)
+            if floor and floor["seconds"]:
+                lines.append(f"The attribution models alone ({', '.join(ATTRIBUTION_MODELS)}): {attribution:.1f} s, "
+                             f"{attribution / floor['seconds']:.1f}x the floor.")
         made = (f"generated in {result['generate_seconds']:.0f} s" if result["generate_seconds"]
                 else "reused from an earlier generation (--reuse)")
         lines += ["", f"World {made}; generation is not part of the run.", ""]
