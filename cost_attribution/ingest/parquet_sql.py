@@ -16,9 +16,10 @@ normalising would change; (2) re-read just those rows (for quarantine text and f
 order) and rank the duplicates; (3) write every other row. A clean delivery skips (3):
 when every accepted row is already in the lake's normal form (lowercase ids, canonical
 kind, trimmed service, a peer only on outbound spans), no file needs the polars reader
-and at most a thousand rows are left out, the files are copied into the lake as they
-are and the view skips the left-out rows by row number (span_lake.DayFile). At 10M spans
-that is a byte copy instead of decoding and re-encoding every span (bench/README.md).
+and at most a thousand rows in at most 16 files are left out, the files are copied into
+the lake as they are and the view skips the left-out rows by row number
+(span_lake.DayFile). At 10M spans that is a byte copy instead of decoding and
+re-encoding every span (bench/README.md).
 
 A file whose schema the SQL rules do not cover exactly (binary ids, string or datetime
 timestamps, string sampling probabilities, missing columns, unreadable) is read by the
@@ -78,6 +79,9 @@ UNICODE_WHITESPACE = (
 # (file order, row) packed into one BIGINT to locate a row.
 _LOCATION_STRIDE = 1 << 40
 _EXCLUDED_LIST_MAX = 1000
+# A delivered file with rows to skip is a scan of its own in raw.spans (span_lake): a day
+# with more such files is rewritten instead, so the view stays a few scans a day.
+_SKIPPING_FILES_MAX = 16
 
 # Same order and texts as finalize_frame's reason_and_detail (first match wins).
 _RULE_REASONS = (
@@ -459,7 +463,9 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
                 excluded = [row[0] for row in run("excluded list", f"SELECT loc FROM _pq_excluded LIMIT {_EXCLUDED_LIST_MAX + 1}")]
                 n_excluded = run("count excluded", "SELECT count(*) FROM _pq_excluded")[0][0]
                 started = time.perf_counter()
-                if not has_fallback and not abnormal and len(excluded) <= _EXCLUDED_LIST_MAX:
+                skipping_files = {location // _LOCATION_STRIDE for location in excluded}
+                if (not has_fallback and not abnormal and len(excluded) <= _EXCLUDED_LIST_MAX
+                        and len(skipping_files) <= _SKIPPING_FILES_MAX):
                     day_files = _copy_in(fast, excluded, dt, lake, delivered)
                     inserted = sum(_row_counts(conn, [f.path for f in day_files])) - n_excluded
                     _log.debug("copy the delivered files into the lake: %.2f s", time.perf_counter() - started)
