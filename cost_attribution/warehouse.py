@@ -80,7 +80,7 @@ def replace_rows_from(
             conn.execute(f"DELETE FROM {target} WHERE {clause}", list(where.values()))
         else:
             conn.execute(f"DELETE FROM {target}")
-        columns = ", ".join(quote_ident(c) for c in _relation_columns(conn, relation))
+        columns = ", ".join(quote_ident(c) for c in relation_columns(conn, relation))
         conn.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {qualified(relation)}")
 
 
@@ -118,7 +118,7 @@ def _staged(conn: duckdb.DuckDBPyConnection, table: str, relation: str) -> Itera
     yield target
 
 
-def _relation_columns(conn: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
+def relation_columns(conn: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
     return [row[0] for row in conn.execute(f"SELECT * FROM {qualified(relation)} LIMIT 0").description]
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import duckdb
 
 from cost_attribution.ingest.spans import SPAN_SCHEMA, duckdb_type
-from cost_attribution.warehouse import qualified, quote_ident, quote_literal, table_exists
+from cost_attribution.warehouse import qualified, quote_ident, quote_literal, relation_columns, table_exists
 
 SPANS_VIEW = "raw.spans"
 SPAN_FILES_TABLE = "raw.span_files"
@@ -125,7 +125,7 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
     the move commits or rolls back with it."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
     table = qualified(SPAN_FILES_TABLE)
-    if table_exists(conn, SPAN_FILES_TABLE) and "source_columns" not in _columns(conn, SPAN_FILES_TABLE):
+    if table_exists(conn, SPAN_FILES_TABLE) and "source_columns" not in relation_columns(conn, SPAN_FILES_TABLE):
         conn.execute(f"ALTER TABLE {table} RENAME TO span_files_one_a_day")
         conn.execute(f"CREATE TABLE {table} ({_SPAN_FILES_COLUMNS})")
         conn.execute(f"INSERT INTO {table} (dt, path) SELECT dt, path FROM raw.span_files_one_a_day")
@@ -143,13 +143,6 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
             conn.execute(f"INSERT INTO {table} (dt, path, source_columns) VALUES (?, ?, ?)", [dt, str(path), list(FILE_COLUMNS)])
         conn.execute(f"DROP TABLE {qualified(SPANS_VIEW)}")
     render_view(conn)
-
-
-def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    schema, name = table.split(".")
-    return {row[0] for row in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?", [schema, name]
-    ).fetchall()}
 
 
 def publish_day(conn: duckdb.DuckDBPyConnection, dt: datetime.date, files: Path | Sequence[DayFile] | None) -> None:
