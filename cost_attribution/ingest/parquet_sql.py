@@ -399,9 +399,9 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
     def bound(sql: str) -> dict:
         return {k: v for k, v in params.items() if f"${k}" in sql}
 
-    def run(label: str, sql: str, extra: dict | None = None) -> list[tuple]:
+    def run(label: str, sql: str) -> list[tuple]:
         started = time.perf_counter()
-        rows = conn.execute(sql, bound(sql) | (extra or {})).fetchall()
+        rows = conn.execute(sql, bound(sql)).fetchall()
         _log.debug("%s: %.2f s", label, time.perf_counter() - started)
         return rows
 
