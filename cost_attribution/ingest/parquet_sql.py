@@ -463,10 +463,10 @@ def _ingest(conn, fast, fallback, dt, memory_limit, sampling_floor: float) -> di
                 excluded = [row[0] for row in run("excluded list", f"SELECT loc FROM _pq_excluded LIMIT {_EXCLUDED_LIST_MAX + 1}")]
                 n_excluded = run("count excluded", "SELECT count(*) FROM _pq_excluded")[0][0]
                 started = time.perf_counter()
-                skipping_files = {location // _LOCATION_STRIDE for location in excluded}
+                skipped = _rows_by_file(excluded)
                 if (not has_fallback and not abnormal and len(excluded) <= _EXCLUDED_LIST_MAX
-                        and len(skipping_files) <= _SKIPPING_FILES_MAX):
-                    day_files = _copy_in(fast, excluded, dt, lake, delivered)
+                        and len(skipped) <= _SKIPPING_FILES_MAX):
+                    day_files = _copy_in(fast, skipped, dt, lake, delivered)
                     inserted = sum(_row_counts(conn, [f.path for f in day_files])) - n_excluded
                     _log.debug("copy the delivered files into the lake: %.2f s", time.perf_counter() - started)
                 else:
@@ -530,15 +530,20 @@ def _row_counts(conn: duckdb.DuckDBPyConnection, paths: Sequence[Path]) -> list[
     return [int(rows[str(p)]) for p in paths]
 
 
-def _copy_in(fast: Sequence[tuple[int, Path, tuple]], excluded: Sequence[int],
+def _rows_by_file(locations: Sequence[int]) -> dict[int, list[int]]:
+    """Packed (file order, row) locations as {file order: rows}."""
+    rows: dict[int, list[int]] = {}
+    for location in locations:
+        rows.setdefault(location // _LOCATION_STRIDE, []).append(location % _LOCATION_STRIDE)
+    return rows
+
+
+def _copy_in(fast: Sequence[tuple[int, Path, tuple]], skipped: dict[int, list[int]],
              dt: datetime.date, lake: Path, delivered: dict[Path, tuple[int, int]]) -> list[span_lake.DayFile]:
     """The delivered files copied into the day's lake directory as they are, each with the
-    span columns it has and the rows validation left out (by row number in the file).
+    span columns it has and the rows validation left out (`skipped`: rows by file order).
     A file that changed since validation read it (size or modification time) fails the
     day, as the rewriting path does when its passes disagree."""
-    skipped: dict[int, list[int]] = {}
-    for location in excluded:
-        skipped.setdefault(location // _LOCATION_STRIDE, []).append(location % _LOCATION_STRIDE)
     files = []
     for order, path, schema in fast:
         copy = span_lake.copy_in(dt, path, lake)

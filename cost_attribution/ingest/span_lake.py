@@ -93,9 +93,7 @@ def write_day_file(conn: duckdb.DuckDBPyConnection, dt: datetime.date, select_sq
                    params: dict | None = None, lake: Path | None = None) -> tuple[Path, int]:
     """Write the rows of `select_sql` (with the span columns) as a new, not yet visible
     file of day `dt`: the lake's columns and types, without dt. Returns (file, rows written)."""
-    folder = day_dir(lake or lake_dir(conn), dt)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}.parquet"
+    path = _new_file(lake or lake_dir(conn), dt)
     columns = ", ".join(f"CAST({quote_ident(c)} AS {duckdb_type(SPAN_SCHEMA[c])}) AS {quote_ident(c)}" for c in FILE_COLUMNS)
     written = conn.execute(
         f"COPY (SELECT {columns} FROM ({select_sql})) TO {quote_literal(str(path))} "
@@ -107,11 +105,16 @@ def write_day_file(conn: duckdb.DuckDBPyConnection, dt: datetime.date, select_sq
 
 def copy_in(dt: datetime.date, source: Path, lake: Path) -> Path:
     """A delivered file copied byte for byte as a new, not yet visible file of day `dt`."""
-    folder = day_dir(lake, dt)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}.parquet"
+    path = _new_file(lake, dt)
     shutil.copyfile(source, path)
     return path
+
+
+def _new_file(lake: Path, dt: datetime.date) -> Path:
+    """A name no file of day `dt` has yet, its directory made."""
+    folder = day_dir(lake, dt)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex}.parquet"
 
 
 _SPAN_FILES_COLUMNS = "dt DATE NOT NULL, path VARCHAR NOT NULL, source_columns VARCHAR[], skip_rows BIGINT[]"
@@ -125,7 +128,8 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
     the move commits or rolls back with it."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
     table = qualified(SPAN_FILES_TABLE)
-    if table_exists(conn, SPAN_FILES_TABLE) and "source_columns" not in relation_columns(conn, SPAN_FILES_TABLE):
+    one_a_day = table_exists(conn, SPAN_FILES_TABLE) and "source_columns" not in relation_columns(conn, SPAN_FILES_TABLE)
+    if one_a_day:
         conn.execute(f"ALTER TABLE {table} RENAME TO span_files_one_a_day")
         conn.execute(f"CREATE TABLE {table} ({_SPAN_FILES_COLUMNS})")
         conn.execute(f"INSERT INTO {table} (dt, path) SELECT dt, path FROM raw.span_files_one_a_day")
@@ -140,9 +144,16 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
         days = [row[0] for row in conn.execute(f"SELECT DISTINCT dt FROM {qualified(SPANS_VIEW)} ORDER BY dt").fetchall()]
         for dt in days:
             path, _ = write_day_file(conn, dt, f"SELECT {columns} FROM {qualified(SPANS_VIEW)} WHERE dt = $dt", {"dt": dt}, lake)
-            conn.execute(f"INSERT INTO {table} (dt, path, source_columns) VALUES (?, ?, ?)", [dt, str(path), list(FILE_COLUMNS)])
+            _record(conn, dt, DayFile(path))
         conn.execute(f"DROP TABLE {qualified(SPANS_VIEW)}")
-    render_view(conn)
+        render_view(conn)
+    elif one_a_day or not kind:
+        render_view(conn)
+
+
+def _record(conn: duckdb.DuckDBPyConnection, dt: datetime.date, file: DayFile) -> None:
+    conn.execute(f"INSERT INTO {qualified(SPAN_FILES_TABLE)} VALUES (?, ?, ?, ?)",
+                 [dt, str(file.path), list(file.source_columns), list(file.skip_rows) or None])
 
 
 def publish_day(conn: duckdb.DuckDBPyConnection, dt: datetime.date, files: Path | Sequence[DayFile] | None) -> None:
@@ -154,8 +165,7 @@ def publish_day(conn: duckdb.DuckDBPyConnection, dt: datetime.date, files: Path 
         files = [DayFile(files)]
     conn.execute(f"DELETE FROM {qualified(SPAN_FILES_TABLE)} WHERE dt = ?", [dt])
     for file in files:
-        conn.execute(f"INSERT INTO {qualified(SPAN_FILES_TABLE)} VALUES (?, ?, ?, ?)",
-                     [dt, str(file.path), list(file.source_columns), list(file.skip_rows) or None])
+        _record(conn, dt, file)
     render_view(conn)
 
 
