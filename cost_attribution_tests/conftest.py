@@ -29,3 +29,16 @@ def small_world_run(small_world, tmp_path_factory):
     warehouse = tmp_path_factory.mktemp("small_world_warehouse") / "warehouse.duckdb"
     summary, report = run_world(landing, warehouse)
     return landing, warehouse, truth, report, summary
+
+
+@pytest.fixture(scope="session")
+def small_live_world_run(tmp_path_factory):
+    """run_pipeline over small_live_world_config (ramps started during the traces, three
+    cells, pre-period traces); returns (root, warehouse, report): report.html beside it."""
+    from cost_attribution.simulator import generate_world, small_live_world_config
+
+    root = tmp_path_factory.mktemp("small_live_world")
+    generate_world(root / "landing", small_live_world_config())
+    summary, report = run_world(root / "landing", root / "warehouse.duckdb")
+    assert not summary["failed"]
+    return root, root / "warehouse.duckdb", report

@@ -21,6 +21,7 @@ from dagster_duckdb import DuckDBResource
 
 from cost_attribution import environment
 from cost_attribution.attribution import spark_target
+from cost_attribution.attribution.member_rows import move_member_history
 from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest, keep_parse
 from cost_attribution.memory import DBT_PROCESS_RESERVE, mb
 from cost_attribution.resources import WarehouseResource
@@ -93,6 +94,11 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         with warehouse.get_connection() as conn:
             exported = spark_target.export_raw_sources(conn, lake, spark_target.window_days(start, end))
         context.log.info(f"spark target: raw sources exported to {lake / 'raw'}: {exported}")
+    else:
+        with warehouse.get_connection() as conn:
+            moved = move_member_history(conn)
+        if moved:
+            context.log.info(f"per-member history moved out of the old tables (member days): {moved}")
     with _dbt_memory_limit(context, warehouse), environment.overridden(dbt_window_env(window)):
         invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(warehouse.database))], context=context)
     yield from invocation.stream()

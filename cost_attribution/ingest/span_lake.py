@@ -30,11 +30,13 @@ the file: quarantined or duplicate; NULL for none).
 raw.span_files holds absolute paths: a warehouse copied elsewhere still reads the lake it
 was written with (and never deletes from it: a replaced day's new file goes to the copy's
 own lake); one moved with its lake reads the new place once each day is ingested again.
-An in-memory database (tests) keeps its lake in a temporary directory.
+An in-memory database (tests) keeps its lake in a temporary directory, removed when the
+process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import shutil
 import tempfile
@@ -82,7 +84,10 @@ def lake_dir(conn: duckdb.DuckDBPyConnection) -> Path:
         known = conn.execute(f"SELECT path FROM {qualified(SPAN_FILES_TABLE)} LIMIT 1").fetchall()
         if known:
             return Path(known[0][0]).parents[2]  # <lake>/spans/dt=.../<file>
-    return Path(tempfile.mkdtemp(prefix="cost-attribution-lake-"))
+    # An in-memory database ends with the process: so does its lake.
+    lake = Path(tempfile.mkdtemp(prefix="cost-attribution-lake-"))
+    atexit.register(shutil.rmtree, lake, ignore_errors=True)
+    return lake
 
 
 def day_dir(lake: Path, dt: datetime.date) -> Path:

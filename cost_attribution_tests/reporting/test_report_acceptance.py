@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from cost_attribution_tests.worlds import run_world
-
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -21,13 +19,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture(scope="module")
-def live_report(tmp_path_factory):
-    from cost_attribution.simulator import generate_world, small_live_world_config
-
-    root = tmp_path_factory.mktemp("live_report")
-    generate_world(root / "landing", small_live_world_config())
-    summary, report = run_world(root / "landing", root / "warehouse.duckdb")
-    assert not summary["failed"]
+def live_report(small_live_world_run):
+    root, _, report = small_live_world_run
     return root / "report.html", report
 
 
