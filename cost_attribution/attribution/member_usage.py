@@ -48,10 +48,11 @@ WORK_MEASURES = {"duration": "work", "busy": "busy"}
 
 # The member x service rows of experiments running on an as-of day: as of ?, of
 # experiments started by ? (params 1-2), from either source.
-RUNNING_ROWS = """
+_RUNNING = "u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)"
+RUNNING_ROWS = f"""
     FROM main.member_service_usage u
     JOIN raw.experiments e USING (experiment_id)
-    WHERE u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)
+    WHERE {_RUNNING}
 """
 # The rows an as-of analysis counts: each service measured from one source (param 3: the
 # services measured from CLIENT spans; every other service from its SERVER spans).
@@ -108,7 +109,21 @@ def usage_scope(
         "SELECT * FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY experiment_id",
         [as_of],
     )
-    first_day = read_frame(conn, "SELECT min(dt) AS d FROM main.member_service_usage")["d"][0]
+    # One pass over the member rows (a view joined when read) for everything the scope
+    # needs of them: the first day, which services are seen from CLIENT spans, which rows
+    # are before a member's treatment.
+    sources = read_frame(
+        conn,
+        f"""
+        SELECT u.service, u.source, min(u.dt) AS first_day,
+               bool_or(e.experiment_id IS NOT NULL AND {_RUNNING}) AS running,
+               bool_or(e.experiment_id IS NOT NULL AND {_RUNNING} AND {PRE_PERIOD}) AS running_pre_period
+        FROM main.member_service_usage u LEFT JOIN raw.experiments e USING (experiment_id)
+        GROUP BY ALL
+        """,
+        [as_of, as_of, as_of, as_of],
+    )
+    first_day = sources["first_day"].min()
     window_start = first_day
     if experiments.height and first_day is not None:
         starts = [d for d in experiments["start_date"].to_list() if d is not None]
@@ -119,16 +134,12 @@ def usage_scope(
         else pl.DataFrame(schema={"service": pl.Utf8, "coverage": pl.Float64, "adjusted_requests": pl.Float64})
     )
     blind = set(coverage.filter(pl.col("coverage").fill_null(0.0) < blind_spot_coverage)["service"].to_list())
-    client_measured = {
-        service for (service,) in conn.execute(
-            f"SELECT DISTINCT u.service {RUNNING_ROWS} AND u.source = 'client'", [as_of, as_of]
-        ).fetchall()
-    }
+    running = sources.filter(pl.col("running"))
+    client_measured = set(running.filter(pl.col("source") == "client")["service"].to_list())
     # Server spans for every service we can see directly; client-side calls for the blind ones.
     use_client = sorted(blind & client_measured)
-    [(has_pre,)] = conn.execute(
-        f"SELECT EXISTS (SELECT 1 {CHOSEN_ROWS} AND {PRE_PERIOD})", [as_of, as_of, use_client]
-    ).fetchall()
+    chosen = pl.when(pl.col("service").is_in(use_client)).then(pl.lit("client")).otherwise(pl.lit("server"))
+    has_pre = running.filter((pl.col("source") == chosen) & pl.col("running_pre_period")).height > 0
     return UsageScope(experiments, coverage, use_client, bool(has_pre), window_start, as_of,
                       WORK_MEASURES[work_measure])
 

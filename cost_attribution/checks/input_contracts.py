@@ -362,7 +362,8 @@ def table_chunks(conn, table: str, rows: int, key: list[str], chunk_rows: int = 
     if rows <= chunk_rows:
         yield read_frame(conn, f"SELECT {selected} FROM {source}")
         return
-    part = f"hash({', '.join(quote_ident(c) for c in key)}) % ?" if key else "rowid % ?"
+    # The divisor typed: an untyped parameter makes DuckDB's modulo several times slower.
+    part = f"hash({', '.join(quote_ident(c) for c in key)}) % CAST(? AS UBIGINT)" if key else "rowid % CAST(? AS BIGINT)"
     parts = math.ceil(rows * PARTS_PER_CHUNK / chunk_rows)
     reader = conn.sql(f"SELECT {selected}, {part} AS _part FROM {source} ORDER BY _part", params=[parts]).to_arrow_reader(
         max(1, chunk_rows // PARTS_PER_CHUNK))
