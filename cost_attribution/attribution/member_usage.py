@@ -111,14 +111,16 @@ def usage_scope(
     )
     # One pass over the member rows (a view joined when read) for everything the scope
     # needs of them: the first day, which services are seen from CLIENT spans, which rows
-    # are before a member's treatment.
+    # are before a member's treatment (the conditions evaluated on the few distinct
+    # experiment x service x source x day x period combinations, not on every row).
     sources = read_frame(
         conn,
         f"""
         SELECT u.service, u.source, min(u.dt) AS first_day,
                bool_or(e.experiment_id IS NOT NULL AND {_RUNNING}) AS running,
                bool_or(e.experiment_id IS NOT NULL AND {_RUNNING} AND {PRE_PERIOD}) AS running_pre_period
-        FROM main.member_service_usage u LEFT JOIN raw.experiments e USING (experiment_id)
+        FROM (SELECT DISTINCT experiment_id, service, source, dt, period FROM main.member_service_usage) u
+        LEFT JOIN raw.experiments e USING (experiment_id)
         GROUP BY ALL
         """,
         [as_of, as_of, as_of, as_of],
