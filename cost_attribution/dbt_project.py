@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
@@ -87,6 +88,34 @@ def saved_parse_dir() -> Path:
     directory: DBT_TARGET_PATH (default `target`), relative to the project directory."""
     target = _get_dbt_target_path()
     return target if target.is_absolute() else DBT_PROJECT_DIR / target
+
+
+# dagster-dbt gives every dbt command a directory of its own under target/ (logs,
+# run_results, compiled SQL: ~2 MB) and never removes one: a month of daily runs' is kept
+# for looking into a failed day, older ones are removed after each build. A directory
+# touched within the last day stays whatever the count: another run's dbt may be using it.
+KEPT_DBT_INVOCATIONS = 30
+PRUNE_AFTER_SECONDS = 24 * 3600
+
+
+def prune_invocations(current: Path, project_target: Path | None = None,
+                      keep: int = KEPT_DBT_INVOCATIONS) -> list[Path]:
+    """Remove the command directories under the project's target beyond the newest `keep`
+    (the one just used, `current`, counts and stays) that are older than a day. A command
+    directory is one dbt wrote a manifest into; target/ itself and anything else in it
+    are left alone. Returns what was removed."""
+    project_target = project_target or saved_parse_dir()
+    try:
+        commands = [(d.stat().st_mtime, d) for d in project_target.iterdir()
+                    if d.is_dir() and d.resolve() != current.resolve() and (d / "manifest.json").exists()]
+    except OSError:
+        return []
+    commands.sort(reverse=True)
+    cutoff = time.time() - PRUNE_AFTER_SECONDS
+    removed = [d for mtime, d in commands[max(keep - 1, 0):] if mtime < cutoff]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return removed
 
 
 def keep_parse(invocation_target: Path, project_target: Path | None = None) -> bool:

@@ -22,7 +22,8 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution import environment
 from cost_attribution.attribution import spark_target
 from cost_attribution.attribution.member_rows import move_member_history
-from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest, keep_parse
+from cost_attribution.dbt_project import (
+    DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest, keep_parse, prune_invocations)
 from cost_attribution.memory import DBT_PROCESS_RESERVE, mb
 from cost_attribution.resources import WarehouseResource
 from cost_attribution.partitions import daily_partitions
@@ -103,6 +104,7 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(warehouse.database))], context=context)
     yield from invocation.stream()
     keep_parse(invocation.target_path)
+    prune_invocations(invocation.target_path)
     if on_spark:
         models = spark_target.aggregate_models(spark_target.built_models(invocation.get_artifact("run_results.json")))
         with warehouse.get_connection() as conn:

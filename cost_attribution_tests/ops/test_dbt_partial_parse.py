@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cost_attribution import environment
 from cost_attribution.attribution.dbt_assets import dbt_vars
-from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, keep_parse, saved_parse_dir
+from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, keep_parse, prune_invocations, saved_parse_dir
 
 
 def _dbt(command: list[str], target: Path, warehouse: Path, window: tuple[str, str], memory: str) -> list[dict]:
@@ -80,3 +80,39 @@ def test_the_parse_is_kept_where_dagster_dbt_looks_for_it(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path / "invocation")
     assert keep_parse(tmp_path / "invocation")
     assert (tmp_path / "elsewhere" / "partial_parse.msgpack").read_bytes() == b"parse"
+
+
+def _command_dirs(project: Path, n: int) -> list[Path]:
+    commands = []
+    for i in range(n):
+        command = project / f"span_models-run{i}"
+        command.mkdir()
+        (command / "manifest.json").write_text("{}")
+        os.utime(command, (1_000_000 + i, 1_000_000 + i))  # long ago, run0 the oldest
+        commands.append(command)
+    return commands
+
+
+def test_old_command_directories_beyond_the_newest_are_pruned(tmp_path):
+    project = tmp_path / "target"
+    project.mkdir()
+    (project / "partial_parse.msgpack").write_bytes(b"parse")
+    (project / "manifest.json").write_text("{}")
+    (project / "notes").mkdir()  # not a dbt command's directory: no manifest
+    commands = _command_dirs(project, 6)
+    current = commands[0]  # the oldest by time, but the one just used: it counts and stays
+    removed = prune_invocations(current, project, keep=3)
+    assert sorted(p.name for p in removed) == ["span_models-run1", "span_models-run2", "span_models-run3"]
+    assert sorted(p.name for p in project.iterdir()) == [
+        "manifest.json", "notes", "partial_parse.msgpack", "span_models-run0", "span_models-run4", "span_models-run5"]
+    assert prune_invocations(current, tmp_path / "missing") == []
+
+
+def test_a_command_directory_touched_within_a_day_is_never_pruned(tmp_path):
+    project = tmp_path / "target"
+    project.mkdir()
+    commands = _command_dirs(project, 4)
+    os.utime(commands[1], None)  # now: another run's dbt may be writing into it
+    removed = prune_invocations(commands[0], project, keep=1)
+    assert sorted(p.name for p in removed) == ["span_models-run2", "span_models-run3"]
+    assert sorted(p.name for p in project.iterdir()) == ["span_models-run0", "span_models-run1"]
