@@ -31,8 +31,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
 # (0.27-0.30 GB on OTLP JSON days; 0.375 GB on the 30M-span Parquet day, whose 350 MB
 # reserve put the process tree at 2.01 GB; 0.38 GB on the 30M-span JSON day once the
 # span models had four more nodes, 20 MB short of a 400 MB reserve: 450 MB leaves room);
-# an in-process step's result sets, frames and
-# DuckDB's overshoot (latency_impact at 30M spans: 0.35-0.4 GB beyond its DuckDB share).
+# an in-process step's result sets, frames and DuckDB's overshoot (latency_impact at 30M
+# spans: 0.35-0.4 GB beyond its DuckDB share).
 DBT_PROCESS_RESERVE = 450 * 10**6
 IN_PROCESS_RESERVE = 400 * 10**6
 # Below this DuckDB spends its time spilling; a budget that leaves less is too small.

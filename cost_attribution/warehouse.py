@@ -42,14 +42,19 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, table: str) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.split('.')[0])}")
 
 
-def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-    schema, _, name = table.rpartition(".")
+def relation_type(conn: duckdb.DuckDBPyConnection, relation: str) -> str | None:
+    """'BASE TABLE', 'VIEW' (information_schema's words) or None when there is no such relation."""
+    schema, _, name = relation.rpartition(".")
     # fetchall, not fetchone: DuckDB 2 refuses new work while a result is unfinished.
     rows = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        "SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
         [schema or "main", name],
     ).fetchall()
-    return bool(rows and rows[0][0])
+    return rows[0][0] if rows else None
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return relation_type(conn, table) is not None
 
 
 def replace_rows(
@@ -74,7 +79,7 @@ def replace_rows_from(
     """replace_rows for rows that are already in DuckDB: `relation` (the name of a table,
     view or registered frame, quoted here) holds them, so they are copied by one
     INSERT ... SELECT inside the warehouse and never pass through Python."""
-    with _staged(conn, table, relation) as target, _transaction(conn):
+    with _staged(conn, table, relation) as target, transaction(conn):
         if where:
             clause = " AND ".join(f"{quote_ident(col)} = ?" for col in where)
             conn.execute(f"DELETE FROM {target} WHERE {clause}", list(where.values()))
@@ -123,7 +128,8 @@ def relation_columns(conn: duckdb.DuckDBPyConnection, relation: str) -> list[str
 
 
 @contextlib.contextmanager
-def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back (quietly: the first error is the one raised) on any error."""
     conn.execute("BEGIN TRANSACTION")
     try:
         yield
@@ -240,7 +246,7 @@ def append_new_rows(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataF
     """Append-only write: insert the rows of `frame` whose `key` columns are not in `table`
     yet; rows already there are never rewritten (a log of decisions). Returns the number
     inserted. Idempotent, so a re-run or a backfill adds nothing it already holds."""
-    with _registered(conn, frame) as relation, _staged(conn, table, relation) as target, _transaction(conn):
+    with _registered(conn, frame) as relation, _staged(conn, table, relation) as target, transaction(conn):
         columns = ", ".join(quote_ident(c) for c in frame.columns)
         match = " AND ".join(f"t.{quote_ident(c)} IS NOT DISTINCT FROM i.{quote_ident(c)}" for c in key)
         before = conn.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cost_attribution.warehouse import quote_ident, qualified, relation_columns, table_exists
+from cost_attribution.warehouse import quote_ident, qualified, relation_columns, relation_type, table_exists, transaction
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class MemberRows:
     def move_history(self, conn: duckdb.DuckDBPyConnection) -> int:
         """Split the old table into the per-member tables; returns the member days kept
         (0 when there is nothing to move: a new warehouse, or one moved already)."""
-        if _relation_type(conn, self.joined) != "BASE TABLE" or table_exists(conn, self.member_days):
+        if relation_type(conn, self.joined) != "BASE TABLE" or table_exists(conn, self.member_days):
             return 0
         keys = ", ".join(f"r.{k}" for k in self.keys)
         sums = ", ".join(
@@ -44,8 +44,7 @@ class MemberRows:
             for m in self.measures
         )
         whole = "true" if self.whole_allocation_day else "NOT same_day"
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(conn):
             conn.execute(
                 f"""
                 CREATE TEMP TABLE _old_member_rows AS
@@ -75,10 +74,6 @@ class MemberRows:
                 f"SELECT count(*) FROM (SELECT DISTINCT dt, member_id FROM {qualified(self.member_days)})"
             ).fetchall()
             conn.execute("DROP TABLE _old_member_rows")
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
         return int(days)
 
 
@@ -95,13 +90,4 @@ MEMBER_ROWS = (
 def move_member_history(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Every old per-member x experiment table's history moved (member days per table)."""
     return {rows.joined: moved for rows in MEMBER_ROWS if (moved := rows.move_history(conn))}
-
-
-def _relation_type(conn: duckdb.DuckDBPyConnection, relation: str) -> str | None:
-    schema, _, name = relation.rpartition(".")
-    rows = conn.execute(
-        "SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema or "main", name],
-    ).fetchall()
-    return rows[0][0] if rows else None
 

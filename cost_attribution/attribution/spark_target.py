@@ -32,7 +32,7 @@ import duckdb
 
 from cost_attribution import environment
 from cost_attribution.ingest import span_lake
-from cost_attribution.warehouse import qualified, table_exists
+from cost_attribution.warehouse import qualified, table_exists, transaction
 
 # Span-grain models: as large as the spans, they stay in the lake. Every other model
 # is an aggregate the one-machine assets read, copied back into DuckDB.
@@ -146,8 +146,7 @@ def import_model_tables(
             raise FileNotFoundError(f"{table_dir}: no Spark table for dbt model {model!r}")
         files = _partition_files(table_dir, start, end)
         target = qualified(f"{SPARK_SCHEMA}.{model}")
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(conn):
             if files:
                 source = (
                     f"read_parquet([{', '.join(_sql_string(f) for f in files)}], "
@@ -161,10 +160,6 @@ def import_model_tables(
                 conn.execute(f"DELETE FROM {target} WHERE dt >= ? AND dt < ?", [start, end])
             if files:
                 conn.execute(f"INSERT INTO {target} BY NAME SELECT {ordered} FROM {source}")
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
         copied[model] = (
             conn.execute(f"SELECT count(*) FROM {target} WHERE dt >= ? AND dt < ?", [start, end]).fetchall()[0][0]
             if table_exists(conn, f"{SPARK_SCHEMA}.{model}")

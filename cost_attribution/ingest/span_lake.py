@@ -48,7 +48,7 @@ from pathlib import Path
 import duckdb
 
 from cost_attribution.ingest.spans import SPAN_SCHEMA, duckdb_type
-from cost_attribution.warehouse import qualified, quote_ident, quote_literal, relation_columns, table_exists
+from cost_attribution.warehouse import qualified, quote_ident, quote_literal, relation_columns, relation_type, table_exists
 
 SPANS_VIEW = "raw.spans"
 SPAN_FILES_TABLE = "raw.span_files"
@@ -140,10 +140,8 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"INSERT INTO {table} (dt, path) SELECT dt, path FROM raw.span_files_one_a_day")
         conn.execute("DROP TABLE raw.span_files_one_a_day")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_SPAN_FILES_COLUMNS})")
-    kind = conn.execute(
-        "SELECT table_type FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'spans'"
-    ).fetchall()
-    if kind and kind[0][0] == "BASE TABLE":
+    spans = relation_type(conn, SPANS_VIEW)
+    if spans == "BASE TABLE":
         columns = ", ".join(quote_ident(c) for c in span_columns())
         lake = lake_dir(conn)
         days = [row[0] for row in conn.execute(f"SELECT DISTINCT dt FROM {qualified(SPANS_VIEW)} ORDER BY dt").fetchall()]
@@ -152,7 +150,7 @@ def ensure_span_files(conn: duckdb.DuckDBPyConnection) -> None:
             _record(conn, dt, DayFile(path))
         conn.execute(f"DROP TABLE {qualified(SPANS_VIEW)}")
         render_view(conn)
-    elif one_a_day or not kind:
+    elif one_a_day or spans is None:
         render_view(conn)
 
 
