@@ -63,6 +63,24 @@
 {%- endmacro %}
 
 
+{# The rows of a model joined per member x experiment (member_service_usage,
+   member_service_latency): the per-member days joined with the allocations, then the
+   allocation days as same_days stores them, in one column order. Where the model is a
+   table (not member_rows_as_view()), only the partition window's days. #}
+{% macro joined_member_rows(member_days, same_days, keys, measure_names, pre_period=false) -%}
+    {%- set columns = keys + measure_names + (['period'] if pre_period else []) -%}
+    {%- set window = '' if member_rows_as_view() else 'where ' ~ in_partition_window('dt') -%}
+    select * from (
+        {{ exposed_member_days(member_days, keys, measure_names, pre_period) }}
+    ) as member_days
+    {{ window }}
+    union all
+    select dt, experiment_id, cell, member_id, {{ columns | join(', ') }}
+    from {{ same_days }}
+    {{ window }}
+{%- endmacro %}
+
+
 {#
   The rows of `per_span_sql` (a select with dt and member_id) whose member was allocated
   on that very day: the only spans exposed_member_rows compares one by one. A semi join

@@ -1,5 +1,4 @@
-{% set as_view = member_rows_as_view() %}
-{{ config(materialized='view' if as_view else 'incremental',
+{{ config(materialized='view' if member_rows_as_view() else 'incremental',
           incremental_strategy=daily_incremental_strategy(), unique_key='dt') }}
 -- SERVER-span latency per allocated member, experiment cell, service and day, as a
 -- histogram on a fixed log grid: bucket b holds durations in
@@ -8,12 +7,5 @@
 -- keeps them apart; per-span rows never leave the warehouse. Only spans after the
 -- member's allocation: whole days from member_day_latency, the allocation day from
 -- same_day_latency. A view on DuckDB, like member_service_usage.
-{% set window = '' if as_view else 'where ' ~ in_partition_window('dt') %}
-select * from (
-    {{ exposed_member_days(ref('member_day_latency'), ['service', 'duration_bucket'], ['requests', 'sampled_spans']) }}
-) as member_days
-{{ window }}
-union all
-select dt, experiment_id, cell, member_id, service, duration_bucket, requests, sampled_spans
-from {{ ref('same_day_latency') }}
-{{ window }}
+{{ joined_member_rows(ref('member_day_latency'), ref('same_day_latency'), ['service', 'duration_bucket'],
+                      ['requests', 'sampled_spans']) }}

@@ -1,5 +1,4 @@
-{% set as_view = member_rows_as_view() %}
-{{ config(materialized='view' if as_view else 'incremental',
+{{ config(materialized='view' if member_rows_as_view() else 'incremental',
           incremental_strategy=daily_incremental_strategy(), unique_key='dt') }}
 -- Adjusted request volume and work per allocated member, experiment cell, service,
 -- source and day (sources and measures: macros/member_spans.sql).
@@ -8,13 +7,5 @@
 -- A member's days before or after its allocation day come whole from member_day_usage;
 -- its allocation day, split at allocated_at, from same_day_usage. A view on DuckDB
 -- (macros/member_exposure.sql, member_rows_as_view): every day, joined when read.
-{% set columns = ['service', 'source', 'requests', 'sampled_spans', 'work', 'busy', 'period'] %}
-{% set window = '' if as_view else 'where ' ~ in_partition_window('dt') %}
-select * from (
-    {{ exposed_member_days(ref('member_day_usage'), ['service', 'source'], member_usage_measures().keys() | list, pre_period=true) }}
-) as member_days
-{{ window }}
-union all
-select dt, experiment_id, cell, member_id, {{ columns | join(', ') }}
-from {{ ref('same_day_usage') }}
-{{ window }}
+{{ joined_member_rows(ref('member_day_usage'), ref('same_day_usage'), ['service', 'source'],
+                      member_usage_measures().keys() | list, pre_period=true) }}
