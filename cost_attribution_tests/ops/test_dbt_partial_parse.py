@@ -116,3 +116,12 @@ def test_a_command_directory_touched_within_a_day_is_never_pruned(tmp_path):
     removed = prune_invocations(commands[0], project, keep=1)
     assert sorted(p.name for p in removed) == ["span_models-run2", "span_models-run3"]
     assert sorted(p.name for p in project.iterdir()) == ["span_models-run0", "span_models-run1"]
+
+
+def test_dbt_sends_no_usage_events(tmp_path):
+    # No network at run time: dbt's anonymous usage tracking is off in dbt_project.yml
+    # (with it on, every command sends events to dbt Labs, or waits for the send to fail).
+    events = _dbt(["parse", "--log-level", "debug"], tmp_path / "target", tmp_path / "warehouse.duckdb",
+                  ("2026-03-02", "2026-03-03"), "700MB")
+    assert events, "dbt logged nothing"
+    assert "SendingEvent" not in _event_names(events)
