@@ -8,13 +8,21 @@ contract does not stop the run (the check is not blocking): it is an ERROR-sever
 evaluation that the alert sensor forwards to the platform team, with the failing
 expectations (name, column, observed value, unexpected count) in the check metadata.
 
-Memory is bounded by CONTRACT_CHUNK_ROWS, not by the table: a bigger table is validated
+A table bigger than CONTRACT_CHUNK_ROWS is narrowed in SQL first (suspect_rows): for
+each expectation, DuckDB selects every row it could fail on (a superset: a null, a value
+outside the set or range or at its edge, a repeated key), and GE judges those rows plus
+SUSPECT_SAMPLE_ROWS of the others, instead of every row (1.7M allocations: 0.2 s against
+1.2-1.4 s). The counts are the whole table's, because no row outside the
+suspects can fail; a contract with an expectation that has no such SQL (a regex: Python's
+and DuckDB's dialects differ) is validated on every row.
+
+Memory is bounded by CONTRACT_CHUNK_ROWS, not by the table: what GE reads is validated
 in chunks read from DuckDB one at a time, and the chunk results are merged into one
 (see merge_results). Every expectation is row-level except uniqueness, so the chunks
-partition the table by a hash of the contract's unique key: the rows of a repeated key
+partition the rows by a hash of the contract's unique key: the rows of a repeated key
 always share a chunk, and per-chunk uniqueness is whole-table uniqueness. The result is
 exact, not a sample. Only the columns the expectations name are read, and the one query
-that orders the table by part runs inside DuckDB's memory limit (it spills beyond it).
+that orders the rows by part runs inside DuckDB's memory limit (it spills beyond it).
 
 Great Expectations is imported lazily: it takes seconds to import, and loading the
 code location (webserver, daemon, every run worker) must not pay for it.
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
@@ -53,6 +62,9 @@ UNIQUENESS = {"ExpectCompoundColumnsToBeUnique": "column_list", "ExpectColumnVal
 PARTS_PER_CHUNK = 8
 # Failing values kept per expectation in the check's metadata.
 SAMPLE_SIZE = 5
+# Rows no expectation can fail on that GE still reads beside a big table's suspects: a
+# frame of real rows for the dtype expectations, and never an empty one.
+SUSPECT_SAMPLE_ROWS = 1000
 # The kwargs that name the columns an expectation reads.
 COLUMN_ARGUMENTS = ("column", "column_list", "column_A", "column_B")
 
@@ -350,6 +362,97 @@ def validated_columns(conn, table: str, expectations: list[Expectation]) -> list
     return [c for c in present if c in named] if named else present
 
 
+# The temporary table a big table's suspect rows (and the sample beside them) are written to.
+SUSPECTS_TABLE = "_contract_suspects"
+_FLOAT_TYPES = {"FLOAT", "DOUBLE"}
+
+
+class _NoSql(Exception):
+    """An expectation (or its column) whose failing rows SQL cannot pick out exactly."""
+
+
+def _suspect_condition(name: str, kwargs: dict, types: dict[str, str]) -> tuple[str, list]:
+    """SQL true for every row `name` could fail on (more is harmless: GE judges them), and
+    its parameters. Nulls, NaN and infinities are always suspects (pandas counts NaN as
+    missing, and a null changes a column's dtype); so do values at a range's bounds, and
+    within a day of a datetime bound (a time zone cannot move a value further)."""
+
+    def column(key: str) -> str:
+        if kwargs.get(key) not in types:
+            raise _NoSql  # a missing column: GE reports it, reading the whole table
+        return quote_ident(kwargs[key])
+
+    def odd(key: str) -> str:
+        q = column(key)
+        return f"{q} IS NULL" + (f" OR isnan({q}) OR isinf({q})" if types[kwargs[key]] in _FLOAT_TYPES else "")
+
+    if name in ("ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToBeInTypeList"):
+        return odd("column"), []
+    if name == "ExpectColumnValuesToBeInSet":
+        values = list(kwargs["value_set"])
+        if not values:
+            return "true", []
+        return f"{odd('column')} OR NOT list_contains(?, {column('column')})", [values]
+    if name == "ExpectColumnValuesToBeBetween":
+        condition, params = odd("column"), []
+        day = dt.timedelta(days=1)
+        for bound, op, shift in (("min_value", "<=", day), ("max_value", ">=", -day)):
+            value = kwargs.get(bound)
+            if value is not None:
+                condition += f" OR {column('column')} {op} ?"
+                params.append(value + shift if isinstance(value, dt.datetime) else value)
+        return condition, params
+    if name == "ExpectColumnPairValuesAToBeGreaterThanB":
+        return f"{odd('column_A')} OR {odd('column_B')} OR NOT ({column('column_A')} > {column('column_B')})", []
+    raise _NoSql
+
+
+def suspect_rows(conn, table: str, expectations: list[Expectation], columns: list[str]) -> int | None:
+    """Write SUSPECTS_TABLE: `columns` of every row of `table` some expectation could fail
+    on (a null key or one that repeats for uniqueness, _suspect_condition for the rest),
+    then up to SUSPECT_SAMPLE_ROWS other rows (none sharing a key with a suspect, so no row
+    is read twice). Its row count, or None (nothing left behind) when an expectation has
+    no such SQL: the caller then validates every row."""
+    types = {row[0]: row[1] for row in conn.execute(f"DESCRIBE {qualified(table)}").fetchall()}
+    conditions, params, keys = [], [], []
+    try:
+        for name, kwargs in expectations:
+            if name in UNIQUENESS:
+                key = kwargs[UNIQUENESS[name]]
+                key = [key] if isinstance(key, str) else list(key)
+                if any(k not in types for k in key):
+                    raise _NoSql
+                keys.append([quote_ident(k) for k in key])
+                continue
+            condition, values = _suspect_condition(name, kwargs, types)
+            conditions.append(condition)
+            params += values
+    except _NoSql:
+        return None
+    source, suspects = qualified(table), quote_ident(SUSPECTS_TABLE)
+    # A condition that comes out null (a null compared) counts as suspect.
+    suspect = " OR ".join(f"coalesce({c}, true)" for c in conditions) or "false"
+    null_key = " OR ".join(f"{q} IS NULL" for key in keys for q in key) or "false"
+
+    def matches(other: str, key: list[str]) -> str:
+        return " AND ".join(f"{other}.{q} = t.{q}" for q in key)
+
+    repeated = "".join(
+        f" OR EXISTS (SELECT 1 FROM (SELECT {', '.join(key)} FROM {source} GROUP BY ALL HAVING count(*) > 1) AS d "
+        f"WHERE {matches('d', key)})" for key in keys)
+    apart = "".join(f" AND NOT EXISTS (SELECT 1 FROM {suspects} AS s WHERE {matches('s', key)})" for key in keys)
+    selected = ", ".join(f"t.{quote_ident(c)}" for c in columns)
+    try:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {suspects} AS SELECT {selected} FROM {source} AS t "
+                     f"WHERE {suspect} OR {null_key}{repeated}", params)
+        conn.execute(f"INSERT INTO {suspects} SELECT {selected} FROM {source} AS t "
+                     f"WHERE NOT ({suspect}) AND NOT ({null_key}){apart} LIMIT {int(SUSPECT_SAMPLE_ROWS)}", params)
+    except duckdb.Error:  # a bound or set of another type than the column: GE says what is wrong
+        conn.execute(f"DROP TABLE IF EXISTS {suspects}")
+        return None
+    return conn.execute(f"SELECT count(*) FROM {suspects}").fetchall()[0][0]
+
+
 def table_chunks(conn, table: str, rows: int, key: list[str], chunk_rows: int = CONTRACT_CHUNK_ROWS,
                  columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
     """`table` as frames of at most `chunk_rows` rows, one alive at a time (beside the
@@ -407,8 +510,18 @@ def evaluate_contract(contract: InputContract, conn, chunk_rows: int = CONTRACT_
     expectations = contract.expectations(conn)
     (rows,) = conn.execute(f"SELECT count(*) FROM {qualified(contract.table)}").fetchall()[0]
     columns = validated_columns(conn, contract.table, expectations)
-    chunks = table_chunks(conn, contract.table, rows, unique_key(contract.asset, expectations), chunk_rows, columns)
-    result = validate_chunks(chunks, expectations, contract.asset, contract.timestamp_columns)
+    key = unique_key(contract.asset, expectations)
+    source, read = contract.table, rows
+    if rows > chunk_rows:
+        suspects = suspect_rows(conn, contract.table, expectations, columns)
+        if suspects is not None:
+            source, read = SUSPECTS_TABLE, suspects
+    try:
+        chunks = table_chunks(conn, source, read, key, chunk_rows, columns)
+        result = validate_chunks(chunks, expectations, contract.asset, contract.timestamp_columns)
+    finally:
+        if source == SUSPECTS_TABLE:
+            conn.execute(f"DROP TABLE IF EXISTS {quote_ident(SUSPECTS_TABLE)}")
     names = sorted({f"{f['expectation']}({f['column']})" for f in result.failures})
     return dg.AssetCheckResult(
         passed=result.success,
@@ -416,6 +529,8 @@ def evaluate_contract(contract: InputContract, conn, chunk_rows: int = CONTRACT_
         description=None if result.success else f"{contract.table} breaks its contract: {', '.join(names)}",
         metadata={
             "rows": rows,
+            # Fewer than `rows` when SQL picked out every row that could fail (suspect_rows).
+            "rows_read_by_great_expectations": read,
             "expectations_evaluated": result.evaluated,
             "expectations_failed": len(result.failures),
             "failed_expectations": dg.MetadataValue.json(result.failures),

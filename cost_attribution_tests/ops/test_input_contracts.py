@@ -228,3 +228,62 @@ def test_asset_check_on_the_ingest_asset(tmp_path, single_cell):
         assert set(evaluations) == {"experiments", "services"}
         assert evaluations["experiments"].passed
         assert evaluations["experiments"].metadata["failed_expectations"].value == []
+
+
+def _big_dirty_tables(asset: str) -> dict[str, pl.DataFrame]:
+    """300 rows, a few of them bad in every way an expectation looks at (and some at the
+    edge of a range, which are fine)."""
+    n = 300
+    if asset == "allocations":
+        return {"raw.experiments": _experiments(), "raw.allocations": _many_allocations(
+            n, experiment_id=["exp-zzz" if i % 97 == 3 else None if i == 150 else "exp-a" for i in range(n)],
+            member_id=[f"m{i % 290}" if i < 295 else None for i in range(n)],
+            cell=[None if i == 7 else "control" for i in range(n)],
+            allocated_at=[dt.datetime(1999, 12, 31, 23, tzinfo=UTC) if i == 11
+                          else dt.datetime(2000, 1, 1, 0, 30, tzinfo=UTC) if i == 12
+                          else dt.datetime(2999, 1, 1, tzinfo=UTC) if i == 13
+                          else None if i == 14 else H0 for i in range(n)])}
+    return {"raw.usage_metrics": pl.DataFrame({
+        "hour": [None if i == 5 else dt.datetime(1970, 1, 1, tzinfo=UTC) if i == 6
+                 else H0 + dt.timedelta(hours=i % 280) for i in range(n)],
+        "service": ["api"] * n,
+        "requests": [float("nan") if i == 20 else float("inf") if i == 21 else -1.0 if i == 22
+                     else None if i == 23 else 0.0 if i % 50 == 0 else float(i) for i in range(n)]})}
+
+
+@pytest.mark.parametrize("asset", ["allocations", "usage_metrics"])
+def test_a_big_table_is_judged_on_its_suspect_rows_with_the_whole_tables_counts(asset, monkeypatch):
+    """Above chunk_rows, SQL picks out every row an expectation could fail on and GE reads
+    only those (and a sample): the same failures, counts and observed values as GE reading
+    every row."""
+    import cost_attribution.checks.input_contracts as contracts
+
+    monkeypatch.setattr(contracts, "SUSPECT_SAMPLE_ROWS", 5)
+    tables = _big_dirty_tables(asset)
+    with duckdb.connect() as conn:
+        for table, frame in tables.items():
+            replace_rows(conn, table, frame)
+        whole = evaluate_contract(CONTRACT[asset], conn, chunk_rows=1000)
+        narrowed = evaluate_contract(CONTRACT[asset], conn, chunk_rows=50)
+        leftover = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+                                [contracts.SUSPECTS_TABLE]).fetchall()[0][0]
+    assert whole.metadata["rows_read_by_great_expectations"].value == 300
+    assert 5 < narrowed.metadata["rows_read_by_great_expectations"].value < 60
+    assert leftover == 0
+    assert not whole.passed and not narrowed.passed
+
+    def comparable(result):
+        return [{k: v for k, v in f.items() if k != "unexpected_sample"} for f in result.metadata["failed_expectations"].value]
+
+    assert len(comparable(whole)) >= 3
+    assert comparable(narrowed) == comparable(whole)
+
+
+def test_a_contract_with_a_regex_reads_every_row():
+    """No SQL for a regex that means the same as Python's: focus_costs is read whole."""
+    tables = _dirty_tables("focus_costs")
+    with duckdb.connect() as conn:
+        for table, frame in tables.items():
+            replace_rows(conn, table, frame)
+        result = evaluate_contract(CONTRACT["focus_costs"], conn, chunk_rows=7)
+    assert result.metadata["rows_read_by_great_expectations"].value == result.metadata["rows"].value
