@@ -24,13 +24,19 @@ same_day_calls as (
 exposed as (
     {{ exposed_member_rows('member_edges', 'same_day_calls', ['caller', 'callee']) }}
 )
+-- A member is one row of `exposed` per day, cell and edge: member_edges and the same-day
+-- branch are grouped by member, the branches take the days after / of its allocation, and
+-- raw.allocations holds one row per experiment and member (the allocations ingest sets
+-- conflicts aside and keeps the earliest of repeats). So its rows count the members, as
+-- in usage_by_cell; a count(distinct) was half the model's time (10M spans: 0.6 s
+-- against 1.1 s).
 select
     dt,
     experiment_id,
     cell,
     caller,
     callee,
-    count(distinct member_id) as active_members,
+    count(*) as active_members,
     sum(requests) as requests,
     cast(sum(sampled_spans) as bigint) as sampled_spans
 from exposed
