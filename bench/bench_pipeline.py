@@ -270,7 +270,8 @@ def _child_floor(spans_glob: str, allocations_glob: str, out: Path) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
-def generate(landing: Path, spans: int, members: int, fmt: str, reuse: bool, dirty: bool) -> tuple[float, dict]:
+def generate(landing: Path, spans: int, members: int, fmt: str, reuse: bool, dirty: bool,
+             days: int = 1) -> tuple[float, dict]:
     marker = landing / "truth.json"
     if reuse and marker.exists():
         return 0.0, json.loads(marker.read_text())
@@ -279,7 +280,7 @@ def generate(landing: Path, spans: int, members: int, fmt: str, reuse: bool, dir
     from cost_attribution.simulator import WorldConfig, generate_world
 
     started = time.time()
-    config = WorldConfig(seed=7, trace_days=1, target_spans_per_day=spans, n_members=members, span_formats=(fmt,),
+    config = WorldConfig(seed=7, trace_days=days, target_spans_per_day=spans, n_members=members, span_formats=(fmt,),
                          dirty_records=dirty)
     truth = generate_world(landing, config)
     return time.time() - started, truth
@@ -319,6 +320,10 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f}"
 
 
+def _days_text(days: int) -> str:
+    return "One trace day" if days == 1 else f"{days} trace days (the as-of analyses run for each)"
+
+
 def markdown(results: dict, spans: int, command: str) -> str:
     members = results.get("members")
     lines = [
@@ -326,7 +331,7 @@ def markdown(results: dict, spans: int, command: str) -> str:
         "",
         f"Measured {results.get('measured_at') or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), load average before the run "
-        f"{results.get('load_before', 'n/a')}. One trace day from the project's simulator (target_spans_per_day={spans:,}"
+        f"{results.get('load_before', 'n/a')}. {_days_text(results.get('days', 1))} from the project's simulator (target_spans_per_day={spans:,}"
         + (f", n_members={members:,}" if members else "")
         + "; the span counts actually written are in each table's title), "
         "28 days of cost history; the daily pipeline exactly as `cost-attribution run` runs it "
@@ -431,6 +436,9 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=None,
                         help="members in the world (default: one per 15 target spans, at least 4,700)")
     parser.add_argument("--formats", nargs="+", default=["parquet", "otlp_json"], choices=["parquet", "otlp_json"])
+    parser.add_argument("--days", type=int, default=1,
+                        help="trace days (each of --spans): the as-of analyses run for every day, so their "
+                             "time by day shows how a daily run grows as the experiments age")
     parser.add_argument("--workdir", default="/tmp/bench-pipeline")
     parser.add_argument("--reuse", action="store_true", help="reuse generated worlds of a previous run")
     parser.add_argument("--no-dirty-records", action="store_true",
@@ -442,7 +450,10 @@ def main() -> int:
     args = parser.parse_args()
     members = args.members or max(4_700, args.spans // 15)
     command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {members} --formats {' '.join(args.formats)}"
+               + (f" --days {args.days}" if args.days > 1 else "")
                + (" --no-dirty-records" if args.no_dirty_records else "") + " --readme bench/README.md")
+    # A world of several days is kept apart from the one-day world of the same size.
+    name = f"{args.spans}-{members}" + (f"-{args.days}d" if args.days > 1 else "")
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {saved.get('members') or members} "
@@ -465,14 +476,14 @@ def main() -> int:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"formats": {}, "floor": {}, "members": members, "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+    results: dict = {"formats": {}, "floor": {}, "members": members, "days": args.days, "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for fmt in args.formats:
-        landing = work / f"world-{fmt}-{args.spans}-{members}"
-        gen_seconds, truth = generate(landing, args.spans, members, fmt, args.reuse, not args.no_dirty_records)
+        landing = work / f"world-{fmt}-{name}"
+        gen_seconds, truth = generate(landing, args.spans, members, fmt, args.reuse, not args.no_dirty_records, args.days)
         files = list((landing / "traces").rglob("*.*"))
         print(f"[{fmt}] world: {truth['n_spans']:,} spans, generated in {gen_seconds:.0f}s", file=sys.stderr)
-        run_dir = work / f"run-{fmt}-{args.spans}-{members}"
+        run_dir = work / f"run-{fmt}-{name}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir()
@@ -485,12 +496,15 @@ def main() -> int:
         results["formats"][fmt] = result
         print(f"[{fmt}] run: {result['wall_seconds']:.1f}s, peak RSS {_gb(result['peak_rss'])} GB, "
               f"failed={result['summary']['failed']}", file=sys.stderr)
+        if args.days > 1:
+            print(f"[{fmt}] as-of analyses by day (s): "
+                  + ", ".join(f"{d['day']} {d['seconds']}" for d in result["summary"]["days"]), file=sys.stderr)
         if fmt == "parquet":
             floor_out = run_dir / "floor.json"
             _run_child(["--child", "floor", str(landing / "traces" / "*" / "*.parquet"),
                         str(landing / "allocations" / "*.csv"), str(floor_out)])
             results["floor"][fmt] = json.loads(floor_out.read_text())
-    (work / f"results-{'-'.join(args.formats)}-{args.spans}-{members}.json").write_text(
+    (work / f"results-{'-'.join(args.formats)}-{name}.json").write_text(
         json.dumps(results, indent=1, default=str))
     section = markdown(results, args.spans, command)
     print(section)
