@@ -58,7 +58,7 @@ waiting as (
 )
 select
     s.dt,
-    case when tm.distinct_members = 1 then tm.member_id end as member_id,
+    case when tm.single_member then tm.member_id end as member_id,
     s.service,
     s.kind,
     s.parent_span_id is null as is_root,

@@ -1,13 +1,15 @@
 {{ config(materialized='table') }}
 -- The member of each trace. The root SERVER span carries enduser.id/user.id; every
 -- other span of the trace inherits it through trace_id. A trace with two different
--- members is counted (conflicting_members) and attributed to neither. A working table
--- of the partition window, like enriched_spans: trace-grain history is not kept.
+-- members (single_member false) is attributed to neither: min = max tells it apart at half
+-- the cost of counting its distinct members (10M spans: 0.15 s against 0.25-0.3 s). A
+-- working table of the partition window, like enriched_spans: trace-grain history is not
+-- kept.
 select
     dt,
     trace_id,
     min(member_id) as member_id,
-    count(distinct member_id) as distinct_members
+    min(member_id) = max(member_id) as single_member
 from {{ ref('stg_spans') }}
 where {{ in_partition_window('dt') }}
   and member_id is not null
