@@ -287,3 +287,19 @@ def test_a_contract_with_a_regex_reads_every_row():
             replace_rows(conn, table, frame)
         result = evaluate_contract(CONTRACT["focus_costs"], conn, chunk_rows=7)
     assert result.metadata["rows_read_by_great_expectations"].value == result.metadata["rows"].value
+
+
+def test_an_expectation_judged_on_a_share_of_the_rows_needs_every_row(monkeypatch):
+    """`mostly` (pass when that share of rows passes) is judged over the rows GE reads: with
+    it, no narrowing. Without it, the suspects of not-null on requests are its null, NaN and
+    infinite values (3 rows), beside the sample."""
+    import cost_attribution.checks.input_contracts as contracts
+
+    monkeypatch.setattr(contracts, "SUSPECT_SAMPLE_ROWS", 5)
+    with duckdb.connect() as conn:
+        replace_rows(conn, "raw.usage_metrics", _big_dirty_tables("usage_metrics")["raw.usage_metrics"])
+        columns = ["hour", "service", "requests"]
+        not_null = ("ExpectColumnValuesToNotBeNull", {"column": "requests"})
+        assert contracts.suspect_rows(conn, "raw.usage_metrics", [not_null], columns) == 3 + 5
+        mostly = ("ExpectColumnValuesToNotBeNull", {"column": "requests", "mostly": 0.9})
+        assert contracts.suspect_rows(conn, "raw.usage_metrics", [mostly], columns) is None
