@@ -35,6 +35,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,11 +333,16 @@ def _column(kwargs: dict) -> Any:
     return kwargs.get("column") or kwargs.get("column_list") or [kwargs.get("column_A"), kwargs.get("column_B")]
 
 
+def uniqueness_key(name: str, kwargs: dict) -> list[str]:
+    """The columns a uniqueness expectation (one of UNIQUENESS) keeps unique."""
+    key = kwargs[UNIQUENESS[name]]
+    return [key] if isinstance(key, str) else list(key)
+
+
 def unique_key(contract: str, expectations: list[Expectation]) -> list[str]:
     """The columns every uniqueness expectation's key contains: chunks split by a hash of
     them keep each key's rows together. [] when nothing is unique (any split is exact)."""
-    keys = [kwargs[UNIQUENESS[name]] for name, kwargs in expectations if name in UNIQUENESS]
-    keys = [[key] if isinstance(key, str) else list(key) for key in keys]
+    keys = [uniqueness_key(name, kwargs) for name, kwargs in expectations if name in UNIQUENESS]
     if not keys:
         return []
     common = [column for column in keys[0] if all(column in key for key in keys)]
@@ -420,8 +426,7 @@ def suspect_rows(conn, table: str, expectations: list[Expectation], columns: lis
             if kwargs.get("mostly", 1) != 1 or kwargs.get("row_condition"):
                 raise _NoSql  # judged as a share of (some of) the rows: GE needs every row
             if name in UNIQUENESS:
-                key = kwargs[UNIQUENESS[name]]
-                key = [key] if isinstance(key, str) else list(key)
+                key = uniqueness_key(name, kwargs)
                 if any(k not in types for k in key):
                     raise _NoSql
                 keys.append([quote_ident(k) for k in key])
@@ -453,6 +458,22 @@ def suspect_rows(conn, table: str, expectations: list[Expectation], columns: lis
         conn.execute(f"DROP TABLE IF EXISTS {suspects}")
         return None
     return conn.execute(f"SELECT count(*) FROM {suspects}").fetchall()[0][0]
+
+
+@contextmanager
+def _rows_to_judge(conn, table: str, rows: int, expectations: list[Expectation], columns: list[str],
+                   chunk_rows: int) -> Iterator[tuple[str, int]]:
+    """(relation, rows) Great Expectations reads: `table` itself, or, when it has more
+    than chunk_rows rows and SQL can pick out its suspects, SUSPECTS_TABLE (suspect_rows),
+    dropped afterwards."""
+    suspects = suspect_rows(conn, table, expectations, columns) if rows > chunk_rows else None
+    if suspects is None:
+        yield table, rows
+        return
+    try:
+        yield SUSPECTS_TABLE, suspects
+    finally:
+        conn.execute(f"DROP TABLE IF EXISTS {quote_ident(SUSPECTS_TABLE)}")
 
 
 def table_chunks(conn, table: str, rows: int, key: list[str], chunk_rows: int = CONTRACT_CHUNK_ROWS,
@@ -513,17 +534,9 @@ def evaluate_contract(contract: InputContract, conn, chunk_rows: int = CONTRACT_
     (rows,) = conn.execute(f"SELECT count(*) FROM {qualified(contract.table)}").fetchall()[0]
     columns = validated_columns(conn, contract.table, expectations)
     key = unique_key(contract.asset, expectations)
-    source, read = contract.table, rows
-    if rows > chunk_rows:
-        suspects = suspect_rows(conn, contract.table, expectations, columns)
-        if suspects is not None:
-            source, read = SUSPECTS_TABLE, suspects
-    try:
+    with _rows_to_judge(conn, contract.table, rows, expectations, columns, chunk_rows) as (source, read):
         chunks = table_chunks(conn, source, read, key, chunk_rows, columns)
         result = validate_chunks(chunks, expectations, contract.asset, contract.timestamp_columns)
-    finally:
-        if source == SUSPECTS_TABLE:
-            conn.execute(f"DROP TABLE IF EXISTS {quote_ident(SUSPECTS_TABLE)}")
     names = sorted({f"{f['expectation']}({f['column']})" for f in result.failures})
     return dg.AssetCheckResult(
         passed=result.success,
