@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from cost_attribution.attribution.member_rows import MEMBER_ROWS, move_member_history
+from cost_attribution.warehouse import relation_type
 from cost_attribution_tests.shift_left.synthetic_world import run_dbt
 
 pytestmark = pytest.mark.timeout(600)
@@ -70,10 +71,7 @@ def test_the_views_give_back_the_old_tables_rows(old_warehouse):
     run_dbt(old, work, " ".join(rows.joined.split(".")[1] for rows in MEMBER_ROWS))
     with duckdb.connect(str(old), read_only=True) as conn:
         for rows in MEMBER_ROWS:
-            [(kind,)] = conn.execute(
-                "SELECT table_type FROM information_schema.tables WHERE table_name = ?", [rows.joined.split(".")[1]]
-            ).fetchall()
-            assert kind == "VIEW"
+            assert relation_type(conn, rows.joined) == "VIEW"
             got = _rows(conn, rows.joined).select(expected[rows.joined].columns)
             assert got.equals(expected[rows.joined]), rows.joined
 
