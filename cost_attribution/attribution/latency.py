@@ -23,13 +23,15 @@ is the plain member bootstrap.
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from cost_attribution.warehouse import read_frame, table_exists
+from cost_attribution.attribution.latency_window import LATENCY_HISTOGRAMS, LATENCY_MEMBERS, refresh_latency
+from cost_attribution.warehouse import qualified, read_frame, table_exists
 
 BUCKETS_PER_E = 25.0  # must match dbt_project/macros/member_spans.sql
 QUANTILES = (0.5, 0.95)
@@ -190,60 +192,26 @@ def _all_pairs(histograms, experiments, draws, seed, min_members, unit, counts) 
     return rows
 
 
-# One experiment's latency rows from its start through an as-of day (params: as_of,
-# experiment_id).
-_WINDOW = """
-    FROM main.member_service_latency l
-    JOIN raw.experiments e USING (experiment_id)
-    WHERE l.dt <= ? AND (e.start_date IS NULL OR l.dt >= e.start_date) AND l.experiment_id = ?
-"""
+class LatencyHistograms(NamedTuple):
+    histograms: pl.DataFrame  # per experiment, cell, service, member group and duration bucket
+    members: pl.DataFrame  # experiment_id, cell, service, members
+    window: str = "none"  # how latency_window brought the sums to the day (refresh), "none": no latency rows
 
 
 def load_latency_histograms(
     conn: duckdb.DuckDBPyConnection, as_of: dt.date, groups: int = MEMBER_GROUPS
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(histograms per member group, members per experiment cell x service) of every
-    started experiment from its start through `as_of`.
-
-    Read one experiment at a time: member_service_latency joins the members' days with
-    the allocations when read, and with one experiment's allocations the join and the
-    sums fit the memory budget that every experiment's at once spilled out of (30M spans,
-    2M members: 12.5 s against 15 s; 10M spans: 2.7 against 3.1 s)."""
+) -> LatencyHistograms:
+    """The histograms per member group and the members per experiment cell x service of
+    every started experiment from its start through `as_of`, from the sums latency_window
+    carries from day to day (brought to `as_of` first)."""
     if not table_exists(conn, LATENCY_TABLE):
-        return pl.DataFrame(), pl.DataFrame()
-    experiments = [row[0] for row in conn.execute(
-        "SELECT experiment_id FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY ALL",
-        [as_of]).fetchall()]
-    histograms, members = [], []
-    for experiment_id in experiments:
-        # The divisor typed: with an untyped parameter DuckDB's modulo made this query
-        # twice as slow (10M spans: 2.0 vs 1.0 s).
-        histograms.append(read_frame(
-            conn,
-            f"""
-            SELECT l.experiment_id, l.cell, l.service,
-                   CAST(hash(l.member_id) % CAST(? AS UBIGINT) AS INTEGER) AS member_group,
-                   l.duration_bucket, CAST(sum(l.requests) AS DOUBLE) AS requests,
-                   CAST(sum(l.sampled_spans) AS BIGINT) AS sampled_spans
-            {_WINDOW}
-            GROUP BY ALL
-            """,
-            [groups, as_of, experiment_id],
-        ))  # in no particular order: latency_impact gives the same answer for any order of these rows
-        # Distinct members as a grouping, not count(DISTINCT): less memory, a little faster.
-        members.append(read_frame(
-            conn,
-            f"""
-            SELECT experiment_id, cell, service, CAST(count(*) AS BIGINT) AS members
-            FROM (SELECT l.experiment_id, l.cell, l.service, l.member_id {_WINDOW} GROUP BY ALL)
-            GROUP BY ALL
-            ORDER BY ALL
-            """,
-            [as_of, experiment_id],
-        ))
-    return _stacked(histograms), _stacked(members)
-
-
-def _stacked(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    frames = [frame for frame in frames if frame.height] or frames[:1]
-    return pl.concat(frames) if frames else pl.DataFrame()
+        return LatencyHistograms(pl.DataFrame(), pl.DataFrame())
+    window = refresh_latency(conn, as_of, groups)
+    # in no particular order: latency_impact gives the same answer for any order of these rows
+    histograms = read_frame(conn, f"SELECT * FROM {qualified(LATENCY_HISTOGRAMS)}")
+    members = read_frame(
+        conn,
+        f"SELECT experiment_id, cell, service, CAST(count(*) AS BIGINT) AS members FROM {qualified(LATENCY_MEMBERS)} "
+        "GROUP BY ALL ORDER BY ALL",
+    )
+    return LatencyHistograms(histograms, members, window)

@@ -19,7 +19,7 @@ def latency_impact(context: dg.AssetExecutionContext, warehouse: DuckDBResource)
     members (not spans). Stored in main.latency_impact; the report shows it beside each service's cost."""
     as_of = partition_day(context)
     with warehouse.get_connection() as conn:
-        histograms, member_counts = load_latency_histograms(conn, as_of)
+        histograms, member_counts, window = load_latency_histograms(conn, as_of)
         experiments = read_frame(
             conn,
             "SELECT experiment_id, control_cell FROM raw.experiments WHERE start_date IS NULL OR start_date <= ?",
@@ -32,6 +32,9 @@ def latency_impact(context: dg.AssetExecutionContext, warehouse: DuckDBResource)
         metadata={
             "dagster/row_count": impact.height,
             "significant_pairs": moved.height,
+            # 'advanced': yesterday's sums plus today's rows; 'rebuilt': summed again over
+            # every day (the first run, a re-ingested day, a day skipped: attribution/latency_window.py).
+            "histograms": window,
             "significant": dg.MetadataValue.md(
                 markdown_table(moved.select("experiment_id", "cell", "service", "p50_delta", "p50_ci_low",
                                             "p50_ci_high", "p95_delta", "p95_ci_low", "p95_ci_high"))

@@ -27,8 +27,8 @@ def test_histogram_quantiles_match_exact_quantiles():
 
 
 def test_treatment_slowdown_is_measured_with_interval(synthetic_warehouse):
-    with duckdb.connect(str(synthetic_warehouse), read_only=True) as conn:
-        histograms, members = load_latency_histograms(conn, DAY)
+    with duckdb.connect(str(synthetic_warehouse)) as conn:  # read-write: loading brings latency_window to DAY
+        histograms, members, _ = load_latency_histograms(conn, DAY)
         experiments = pl.from_arrow(conn.sql("SELECT experiment_id, control_cell FROM raw.experiments").to_arrow_table())
     impact = latency_impact(histograms, experiments, draws=300, member_counts=members)
     search = impact.filter((pl.col("experiment_id") == "search-rank") & (pl.col("service") == "search-svc")).row(0, named=True)
@@ -44,8 +44,8 @@ def test_treatment_slowdown_is_measured_with_interval(synthetic_warehouse):
 def test_the_answer_does_not_depend_on_the_order_of_the_histogram_rows(synthetic_warehouse):
     """load_latency_histograms returns its rows in no particular order (sorting 1.4M rows
     cost DuckDB 0.35 s at 10M spans): the same rows in any order give the same intervals."""
-    with duckdb.connect(str(synthetic_warehouse), read_only=True) as conn:
-        histograms, members = load_latency_histograms(conn, DAY)
+    with duckdb.connect(str(synthetic_warehouse)) as conn:  # read-write: loading brings latency_window to DAY
+        histograms, members, _ = load_latency_histograms(conn, DAY)
         experiments = pl.from_arrow(conn.sql("SELECT experiment_id, control_cell FROM raw.experiments").to_arrow_table())
     sorted_rows = latency_impact(histograms.sort(pl.all()), experiments, draws=200, member_counts=members)
     for seed in (1, 2):

@@ -1,0 +1,192 @@
+"""Every started experiment's latency histograms through an as-of day, carried from one day
+to the next instead of summed again over every day of the experiment.
+
+latency_impact compares each experiment's request-weighted duration histograms per group
+of members from the experiment's start through the as-of day. Summed from the member rows
+every day, that reads every day of every running experiment's latency rows again: with
+10M spans a day it took 3.4, 7.4, 10.1 and 13.6 s on an experiment's first four days
+(bench/README.md, `--days`). The window keeps the sums (per member group: small) and who
+is in them in the warehouse, with the as-of day they are for and a digest of what they
+were made of (per input and day: its rows and a hash of them): 4.4, 6.7, 5.7 and 6.4 s.
+The next day's sums are the kept ones plus that day's rows, when nothing they were made
+of has changed since; anything else (a re-ingested day, a late allocation row, an
+experiment's start moved, a day skipped or an older day asked for, other member groups)
+sums them again from the member rows. Either way they are the same (tests:
+test_latency_window.py).
+
+A day adds exactly its own rows because latency has no pre-period: a row counts from the
+experiment's start and the member's allocation on, and neither depends on a later day.
+The usage statistics are not carried this way: their member totals are as fine as the
+rows they are summed from, and writing them back every day cost more than re-reading the
+days saved (bench/README.md, fifth stop).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+
+from cost_attribution.attribution.member_rows import MEMBER_ROWS
+from cost_attribution.warehouse import qualified, quote_ident, relation_columns, relation_type, table_exists, transaction
+
+STATE_TABLE = "main.latency_window_state"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A set of kept tables (`build` writes them as of a day from the member rows,
+    `advance` adds one day to them) and the relations they are made of (`inputs`:
+    relation -> its day column, given the connection)."""
+
+    name: str
+    inputs: Callable[[duckdb.DuckDBPyConnection], dict[str, str]]
+    build: Callable[[duckdb.DuckDBPyConnection, dt.date], None]
+    advance: Callable[[duckdb.DuckDBPyConnection, dt.date], None]
+    params: str = ""  # anything else the kept tables depend on (e.g. latency's member groups)
+
+
+def digest(conn: duckdb.DuckDBPyConnection, inputs: dict[str, str], as_of: dt.date) -> list[list]:
+    """[relation, day, rows, hash] for every day through `as_of` (and rows without a day) of
+    every input: one scan of each, hashing whole rows, so any change to a row shows."""
+    parts = []
+    for relation, day in sorted(inputs.items()):
+        columns = ", ".join(quote_ident(c) for c in relation_columns(conn, relation))
+        rows = conn.execute(
+            f"""
+            SELECT CAST({day} AS DATE) AS day, count(*) AS n, CAST(sum(hash({columns})) AS VARCHAR) AS h
+            FROM {qualified(relation)}
+            WHERE CAST({day} AS DATE) <= ? OR {day} IS NULL
+            GROUP BY ALL
+            """,
+            [as_of],
+        ).fetchall()
+        parts += [[relation, day.isoformat() if day else None, n, h] for day, n, h in rows]
+    return sorted(parts, key=lambda p: (p[0], p[1] or ""))
+
+
+def _through(parts: list[list], day: dt.date) -> list[list]:
+    return [p for p in parts if p[1] is None or p[1] <= day.isoformat()]
+
+
+def _kept(conn: duckdb.DuckDBPyConnection, name: str) -> tuple[dt.date, str] | None:
+    if not table_exists(conn, STATE_TABLE):
+        return None
+    rows = conn.execute(f"SELECT as_of, digest FROM {qualified(STATE_TABLE)} WHERE window_name = ?", [name]).fetchall()
+    return rows[0] if rows else None
+
+
+def _fingerprint(window: Window, parts: list[list]) -> str:
+    return json.dumps({"params": window.params, "inputs": parts}, sort_keys=True)
+
+
+def refresh(conn: duckdb.DuckDBPyConnection, window: Window, as_of: dt.date) -> str:
+    """Bring the window's tables to `as_of`: 'kept' (they are for that day and made of the
+    same rows), 'advanced' (they were for the day before and nothing they were made of has
+    changed: one day added) or 'rebuilt' (summed from the member rows)."""
+    parts = digest(conn, window.inputs(conn), as_of)
+    now = _fingerprint(window, parts)
+    kept = _kept(conn, window.name)
+    if kept is not None and kept == (as_of, now):
+        return "kept"
+    day_before = as_of - dt.timedelta(days=1)
+    advance = kept is not None and kept == (day_before, _fingerprint(window, _through(parts, day_before)))
+    with transaction(conn):
+        (window.advance if advance else window.build)(conn, as_of)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {qualified(STATE_TABLE)} "
+                     "(window_name VARCHAR PRIMARY KEY, as_of DATE, digest VARCHAR)")
+        conn.execute(f"INSERT OR REPLACE INTO {qualified(STATE_TABLE)} VALUES (?, ?, ?)", [window.name, as_of, now])
+    return "advanced" if advance else "rebuilt"
+
+
+LATENCY_HISTOGRAMS = "main.latency_window_histograms"
+LATENCY_MEMBERS = "main.latency_window_members"
+# The latency rows an as-of analysis counts (params: as_of): from the experiment's start
+# through the day. There is no pre-period, so a day adds exactly its own rows.
+LATENCY_ROWS = """
+    FROM main.member_service_latency l JOIN raw.experiments e USING (experiment_id)
+    WHERE l.dt <= ? AND (e.start_date IS NULL OR l.dt >= e.start_date)
+"""
+
+
+def _latency_inputs(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    latency = MEMBER_ROWS[1]
+    member_rows = ([latency.member_days, latency.same_days] if relation_type(conn, latency.joined) == "VIEW"
+                   else [latency.joined])
+    return {relation: "dt" for relation in member_rows} | {"raw.allocations": "allocated_at",
+                                                          "raw.experiments": "start_date"}
+
+
+def _latency_sums(groups: int, rows: str) -> str:
+    # The divisor typed: with an untyped parameter DuckDB's modulo made this query twice
+    # as slow (10M spans: 2.0 vs 1.0 s).
+    return f"""
+        SELECT l.experiment_id, l.cell, l.service,
+               CAST(hash(l.member_id) % CAST({int(groups)} AS UBIGINT) AS INTEGER) AS member_group,
+               l.duration_bucket, CAST(sum(l.requests) AS DOUBLE) AS requests,
+               CAST(sum(l.sampled_spans) AS BIGINT) AS sampled_spans
+        {rows}
+        GROUP BY ALL
+    """
+
+
+def _latency_members(rows: str) -> str:
+    return f"SELECT DISTINCT l.experiment_id, l.cell, l.service, l.member_id {rows}"
+
+
+def _started(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT experiment_id FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY ALL",
+        [as_of]).fetchall()]
+
+
+def latency_window(groups: int) -> Window:
+    """LATENCY_HISTOGRAMS (experiment_id, cell, service, member_group, duration_bucket,
+    requests, sampled_spans: every started experiment's latency rows through the day, per
+    group of members, `groups` groups by a hash of the member) and LATENCY_MEMBERS
+    (experiment_id, cell, service, member_id: who is in them)."""
+    histograms, members = qualified(LATENCY_HISTOGRAMS), qualified(LATENCY_MEMBERS)
+    one = f"{LATENCY_ROWS} AND l.experiment_id = ?"
+
+    # One experiment at a time: with one experiment's allocations the view's join and the
+    # sums fit the memory budget that every experiment's at once spilled out of (30M
+    # spans, 2M members: 12.5 s against 15 s; a day's advance at 10M spans: 4.5 s against
+    # about 9).
+    def build(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> None:
+        conn.execute(f"CREATE OR REPLACE TABLE {histograms} AS {_latency_sums(groups, LATENCY_ROWS)} LIMIT 0", [as_of])
+        conn.execute(f"CREATE OR REPLACE TABLE {members} AS {_latency_members(LATENCY_ROWS)} LIMIT 0", [as_of])
+        for experiment_id in _started(conn, as_of):
+            conn.execute(f"INSERT INTO {histograms} {_latency_sums(groups, one)}", [as_of, experiment_id])
+            conn.execute(f"INSERT INTO {members} {_latency_members(one)}", [as_of, experiment_id])
+
+    def advance(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> None:
+        day = f"{one} AND l.dt = ?"
+        added = quote_ident("_latency_window_day")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {added} AS SELECT * FROM {histograms} LIMIT 0")
+        for experiment_id in _started(conn, as_of):
+            conn.execute(f"INSERT INTO {added} {_latency_sums(groups, day)}", [as_of, experiment_id, as_of])
+            conn.execute(
+                f"INSERT INTO {members} {_latency_members(day)} "
+                f"EXCEPT SELECT * FROM {members} WHERE experiment_id = ?",
+                [as_of, experiment_id, as_of, experiment_id],
+            )
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TABLE {histograms} AS
+            SELECT experiment_id, cell, service, member_group, duration_bucket,
+                   CAST(sum(requests) AS DOUBLE) AS requests, CAST(sum(sampled_spans) AS BIGINT) AS sampled_spans
+            FROM (SELECT * FROM {histograms} UNION ALL SELECT * FROM {added})
+            GROUP BY ALL
+            """
+        )
+        conn.execute(f"DROP TABLE {added}")
+
+    return Window("latency", _latency_inputs, build, advance, params=f"groups={int(groups)}")
+
+
+def refresh_latency(conn: duckdb.DuckDBPyConnection, as_of: dt.date, groups: int) -> str:
+    """LATENCY_HISTOGRAMS and LATENCY_MEMBERS as of `as_of` (latency_window); see `refresh`."""
+    return refresh(conn, latency_window(groups), as_of)
