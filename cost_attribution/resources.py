@@ -16,6 +16,7 @@ from pydantic import Field
 from cost_attribution import environment, formats
 from cost_attribution.dbt_project import dbt_resource
 from cost_attribution.memory import IN_PROCESS_RESERVE, MemoryBudget, mb, parse_size
+from cost_attribution.attribution.member_usage import PRE_PERIOD_DAYS
 from cost_attribution.ingest.spans import DEFAULT_SAMPLING_PROBABILITY_FLOOR
 
 
@@ -138,6 +139,10 @@ class AnalysisSettings(dg.ConfigurableResource):
     # would stand for millions, so it is quarantined (sampling_probability_below_floor)
     # rather than trusted. Both ingest paths apply it (the polars readers, the DuckDB one).
     sampling_probability_floor: float = Field(default=DEFAULT_SAMPLING_PROBABILITY_FLOOR, gt=0, le=1, allow_inf_nan=False)
+    # CUPED's pre-period: a member's rows from this many days before its experiment's start
+    # (and, allocated later, up to its allocation) are the covariate; older days are not
+    # read, so the as-of analyses do not grow with the warehouse's history.
+    pre_period_days: int = Field(default=PRE_PERIOD_DAYS, ge=0)
     # Work per request: "duration" (SERVER span duration, the contract's definition) or
     # "busy" (duration minus the time the span's own calls were in flight).
     work_measure: str = "duration"

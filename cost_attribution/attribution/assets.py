@@ -111,7 +111,8 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     as_of = partition_day(context)
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:
-        scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure,
+                            settings.pre_period_days)
         cross_moments = []
 
         def staged_experiments():

@@ -46,15 +46,22 @@ def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
 
 WORK_MEASURES = {"duration": "work", "busy": "busy"}
 
+# How many days before an experiment's start a member's rows count as its pre-period (the
+# CUPED covariate): AnalysisSettings.pre_period_days. The analysis reads no older day, so
+# its cost does not grow with the warehouse's history.
+PRE_PERIOD_DAYS = 14
+
 # The member x service rows of experiments running on an as-of day: as of ?, of
-# experiments started by ? (params 1-2), from either source.
-_RUNNING = "u.dt <= ? AND (e.start_date IS NULL OR e.start_date <= ?)"
+# experiments started by ?, from ? days before the start on (params 1-3: UsageScope.running),
+# from either source. Without a start date, every day through the as-of day.
+_RUNNING = ("u.dt <= ? AND (e.start_date IS NULL OR "
+            "(e.start_date <= ? AND u.dt >= e.start_date - CAST(? AS INTEGER)))")
 RUNNING_ROWS = f"""
     FROM main.member_service_usage u
     JOIN raw.experiments e USING (experiment_id)
     WHERE {_RUNNING}
 """
-# The rows an as-of analysis counts: each service measured from one source (param 3: the
+# The rows an as-of analysis counts: each service measured from one source (param 4: the
 # services measured from CLIENT spans; every other service from its SERVER spans).
 CHOSEN_ROWS = RUNNING_ROWS + """
       AND u.source = CASE WHEN list_contains(CAST(? AS VARCHAR[]), u.service) THEN 'client' ELSE 'server' END
@@ -90,17 +97,24 @@ class UsageScope:
     window_start: dt.date | None
     as_of: dt.date
     work_column: str
+    pre_period_days: int = PRE_PERIOD_DAYS
+
+    def running(self) -> list:
+        """The parameters of RUNNING_ROWS and CHOSEN_ROWS' first three placeholders."""
+        return [self.as_of, self.as_of, self.pre_period_days]
 
 
 def usage_scope(
-    conn: duckdb.DuckDBPyConnection, as_of: dt.date, blind_spot_coverage: float, work_measure: str = "duration"
+    conn: duckdb.DuckDBPyConnection, as_of: dt.date, blind_spot_coverage: float, work_measure: str = "duration",
+    pre_period_days: int = PRE_PERIOD_DAYS,
 ) -> UsageScope:
     """Which experiments run as of `as_of` and how each service is measured for all of them.
 
     A service whose own SERVER spans mostly miss the member (coverage below
     `blind_spot_coverage`) is measured from the CLIENT spans that call it inside
     attributed traces instead, when there are any: the caller still knows the member.
-    `work_measure` picks the work column: SERVER span duration or busy time.
+    `work_measure` picks the work column: SERVER span duration or busy time;
+    `pre_period_days`, how far before an experiment's start its members' rows are read.
     """
     if work_measure not in WORK_MEASURES:
         raise ValueError(f"work_measure must be one of {sorted(WORK_MEASURES)}, got {work_measure!r}")
@@ -112,18 +126,27 @@ def usage_scope(
     # One pass over the member rows (a view joined when read) for everything the scope
     # needs of them: the first day, which services are seen from CLIENT spans, which rows
     # are before a member's treatment (the conditions evaluated on the few distinct
-    # experiment x service x source x day x period combinations, not on every row).
+    # experiment x service x source x day x period combinations, not on every row). Only
+    # the days the running experiments read: from the earliest start less the pre-period
+    # (every day when one has no start date) through the as-of day.
+    starts = experiments["start_date"].to_list()
+    earliest = (min(starts) - dt.timedelta(days=pre_period_days)
+                if starts and all(d is not None for d in starts) else None)
+    running = f"e.experiment_id IS NOT NULL AND {_RUNNING}"
     sources = read_frame(
         conn,
         f"""
         SELECT u.service, u.source, min(u.dt) AS first_day,
-               bool_or(e.experiment_id IS NOT NULL AND {_RUNNING}) AS running,
-               bool_or(e.experiment_id IS NOT NULL AND {_RUNNING} AND {PRE_PERIOD}) AS running_pre_period
-        FROM (SELECT DISTINCT experiment_id, service, source, dt, period FROM main.member_service_usage) u
+               bool_or({running}) AS running,
+               bool_or({running} AND {PRE_PERIOD}) AS running_pre_period
+        FROM (
+            SELECT DISTINCT experiment_id, service, source, dt, period FROM main.member_service_usage
+            WHERE dt <= ? AND (CAST(? AS DATE) IS NULL OR dt >= ?)
+        ) u
         LEFT JOIN raw.experiments e USING (experiment_id)
         GROUP BY ALL
         """,
-        [as_of, as_of, as_of, as_of],
+        [as_of, as_of, pre_period_days] * 2 + [as_of, earliest, earliest],
     )
     first_day = sources["first_day"].min()
     window_start = first_day
@@ -143,7 +166,7 @@ def usage_scope(
     chosen = pl.when(pl.col("service").is_in(use_client)).then(pl.lit("client")).otherwise(pl.lit("server"))
     has_pre = running.filter((pl.col("source") == chosen) & pl.col("running_pre_period")).height > 0
     return UsageScope(experiments, coverage, use_client, bool(has_pre), window_start, as_of,
-                      WORK_MEASURES[work_measure])
+                      WORK_MEASURES[work_measure], pre_period_days)
 
 
 def experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str,
@@ -170,7 +193,7 @@ def experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope, experim
         GROUP BY ALL
         ORDER BY ALL
         """,
-        [as_of, as_of, scope.client_measured, experiment_id],
+        [*scope.running(), scope.client_measured, experiment_id],
     )
     outcome = chosen.filter(~pl.col("pre_period")).drop("pre_period")
     pre_usage = (
@@ -206,5 +229,5 @@ def served_requests(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> pl.Da
         GROUP BY ALL
         ORDER BY ALL
         """,
-        [scope.as_of, scope.as_of, scope.client_measured],
+        [*scope.running(), scope.client_measured],
     )

@@ -86,7 +86,7 @@ class WarehouseMoments:
                    u.requests, u.{work} AS work
             {CHOSEN_ROWS} AND u.experiment_id = ?
             """,
-            [as_of, as_of, scope.client_measured, experiment],
+            [*scope.running(), scope.client_measured, experiment],
         )
         self.conn.execute(
             f"""

@@ -216,7 +216,8 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
         models = load_models(conn, as_of)
         hours, load = load_projection_load(conn, as_of, settings.calibration_days, models)
         shares = read_frame(conn, "SELECT experiment_id, cell, hour, share FROM main.treated_share WHERE as_of = ?", [as_of])
-        scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure)
+        scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure,
+                            settings.pre_period_days)
         callers = (
             caller_shares(load_edge_usage(conn, as_of), served_requests(conn, scope), scope.experiments)
             if settings.shrink_towards_callers else None

@@ -297,3 +297,31 @@ def test_projections_stop_when_the_day_has_deltas_but_no_cross_moments():
     with pytest.raises(RuntimeError, match=r"experiments \['small'\]"):
         cross_moments_by_experiment(conn, day, deltas)
     assert set(cross_moments_by_experiment(conn, day, deltas.head(1))) == {"big"}
+
+
+def test_the_pre_period_reaches_back_pre_period_days_before_the_start_and_no_further():
+    """Rows older than the start less pre_period_days are not read: not as the covariate,
+    not for the scope (so a long history costs the as-of analyses nothing)."""
+    world = _world()
+    usage = world["main.member_service_usage"]
+    old = usage.filter(pl.col("experiment_id") == "big", pl.col("period") == "pre").with_columns(
+        dt=pl.lit(dt.date(2026, 2, 1)), requests=pl.col("requests") * 1000, source=pl.lit("client"))
+    world["main.member_service_usage"] = pl.concat([usage, old])
+    conn = _warehouse(world)
+
+    def pre_requests(days: int):
+        scope = usage_scope(conn, AS_OF, blind_spot_coverage=0.5, pre_period_days=days)
+        big = experiment_usage(conn, scope, "big")
+        return scope, big.pre_usage["pre_requests"].sum()
+
+    from cost_attribution.attribution.member_usage import experiment_usage
+    reference = usage_scope(_warehouse(_world()), AS_OF, blind_spot_coverage=0.5)
+    scope, near = pre_requests(14)  # 2026-03-01 less 14 days: 2026-02-15
+    assert near == experiment_usage(_warehouse(_world()), reference, "big").pre_usage["pre_requests"].sum()
+    assert scope.window_start == reference.window_start == dt.date(2026, 3, 1)
+    assert scope.client_measured == reference.client_measured  # the old CLIENT rows not seen either
+    far_scope, far = pre_requests(60)
+    assert far > 10 * near and far_scope.window_start == dt.date(2026, 2, 1)
+    staged = each_experiment_moments(conn, scope)  # kept: its rows are dropped when it goes
+    moments = next(staged)
+    assert moments.outcome("requests", "pre-period")["sum_x"].sum() == pytest.approx(near)
