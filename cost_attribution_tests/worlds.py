@@ -14,3 +14,17 @@ def run_world(landing: Path, warehouse: Path, latest_only: bool = False,
 
     summary = run_pipeline(landing, warehouse, quiet=True, latest_only=latest_only, analyses_only=analyses_only)
     return summary, json.loads((warehouse.parent / "report.json").read_text())
+
+
+def warehouse_of(tables: dict) -> "duckdb.DuckDBPyConnection":  # noqa: F821
+    """An in-memory warehouse holding these tables ("schema.table" -> polars frame), for
+    tests of the SQL over a few hand-made rows."""
+    import duckdb
+
+    conn = duckdb.connect()
+    conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    for name, frame in tables.items():
+        conn.register("_f", frame.to_arrow())
+        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
+        conn.unregister("_f")
+    return conn

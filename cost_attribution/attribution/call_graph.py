@@ -26,7 +26,7 @@ def caller_shares(edges: pl.DataFrame, member_usage: pl.DataFrame, experiments: 
 
     edges: experiment_id, cell, caller, callee, requests (calls seen as CLIENT spans,
     shift_left.load_edge_usage); member_usage: experiment_id, cell, service, requests (the
-    callee's measured requests, per member or already summed: member_usage.served_requests); experiments:
+    callee's measured requests, per member or already summed: usage_moments.served_requests); experiments:
     experiment_id, control_cell. A callee's requests are at least its callers' calls (a
     callee whose own spans miss members is measured from those calls)."""
     if not edges.height or not experiments.height:

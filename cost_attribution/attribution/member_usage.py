@@ -216,18 +216,3 @@ def each_experiment_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope) ->
     """Every running experiment's usage, one experiment at a time, in experiment_id order."""
     for experiment_id in scope.experiments["experiment_id"].to_list():
         yield experiment_usage(conn, scope, experiment_id)
-
-
-def served_requests(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> pl.DataFrame:
-    """experiment_id, cell, service, requests: the measured outcome requests of every
-    experiment cell per service (what `experiment_usage` counts, summed in DuckDB)."""
-    return read_frame(
-        conn,
-        f"""
-        SELECT u.experiment_id, u.cell, u.service, sum(u.requests) AS requests
-        {CHOSEN_ROWS} AND NOT {PRE_PERIOD}
-        GROUP BY ALL
-        ORDER BY ALL
-        """,
-        [*scope.running(), scope.client_measured],
-    )

@@ -306,6 +306,18 @@ CROSS_MOMENT_SCHEMA = {
 }
 
 
+def served_requests(cross: pl.DataFrame) -> pl.DataFrame:
+    """experiment_id, cell, service, requests: each cell's measured requests per service
+    over its members (the outcome the deltas compare, summed), read off the cross moments'
+    diagonal (CROSS_MOMENT_SCHEMA): the projections take them from usage_deltas' rows of
+    the day instead of reading the experiment's member rows again."""
+    return (
+        cross.filter(pl.col("service_a").is_not_null() & (pl.col("service_a") == pl.col("service_b")))
+        .select("experiment_id", "cell", pl.col("service_a").alias("service"), pl.col("requests_a").alias("requests"))
+        .sort("experiment_id", "cell", "service")
+    )
+
+
 def covariance_from_cross_moments(cross: pl.DataFrame, cell: str, control_cell: str, services: list[str],
                                   work_services: list[str]) -> np.ndarray:
     """stats.delta_covariance of `services`, each priced on work when in `work_services`

@@ -11,11 +11,10 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.call_graph import caller_shares
-from cost_attribution.attribution.member_usage import served_requests, usage_scope
 from cost_attribution.attribution.shift_left import load_edge_usage
 from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.attribution.usage_moments import (
-    CROSS_MOMENT_SCHEMA, CROSS_MOMENTS_TABLE, covariance_from_cross_moments)
+    CROSS_MOMENT_SCHEMA, CROSS_MOMENTS_TABLE, covariance_from_cross_moments, served_requests)
 from cost_attribution.estimation.cell_costs import project_cells
 from cost_attribution.estimation.models import FittedCostModel, ModelConfig, fit_all, registry_frame
 from cost_attribution.estimation.plots import cost_model_plot
@@ -216,10 +215,14 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
         models = load_models(conn, as_of)
         hours, load = load_projection_load(conn, as_of, settings.calibration_days, models)
         shares = read_frame(conn, "SELECT experiment_id, cell, hour, share FROM main.treated_share WHERE as_of = ?", [as_of])
-        scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure,
-                            settings.pre_period_days)
+        cross = cross_moments_by_experiment(conn, as_of, deltas)
+        # Each callee's served requests from usage_deltas' sums of the day: the experiment's
+        # member rows are not read again.
         callers = (
-            caller_shares(load_edge_usage(conn, as_of), served_requests(conn, scope), scope.experiments)
+            caller_shares(load_edge_usage(conn, as_of),
+                          served_requests(pl.concat([pl.DataFrame(schema=CROSS_MOMENT_SCHEMA), *cross.values()])),
+                          read_frame(conn, "SELECT experiment_id, control_cell FROM raw.experiments "
+                                           "WHERE start_date IS NULL OR start_date <= ?", [as_of]))
             if settings.shrink_towards_callers else None
         )
         share_rel_se = {
@@ -228,7 +231,6 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
                 conn, "SELECT experiment_id, cell, share_rel_se FROM main.treated_share_error WHERE as_of = ?", [as_of]
             ).iter_rows(named=True)
         } if table_exists(conn, "main.treated_share_error") else {}
-        cross = cross_moments_by_experiment(conn, as_of, deltas)
         services_frame, experiments_frame, universes = project_cells(
             as_of, deltas, models, load, hours, shares,
             scale=HORIZON_DAYS / settings.projection_days,

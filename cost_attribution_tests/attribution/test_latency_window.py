@@ -15,6 +15,7 @@ import pytest
 from cost_attribution.attribution import latency_window
 from cost_attribution.attribution.latency import MEMBER_GROUPS
 from cost_attribution.attribution.latency_window import LATENCY_HISTOGRAMS, LATENCY_MEMBERS, STATE_TABLE, refresh_latency
+from cost_attribution_tests.worlds import warehouse_of
 
 DAY0 = dt.date(2026, 5, 1)
 DAYS = [DAY0 + dt.timedelta(days=i) for i in range(8)]
@@ -50,14 +51,6 @@ def _world(seed: int = 3) -> dict[str, pl.DataFrame]:
             "main.member_service_latency": pl.DataFrame(latency)}
 
 
-def _connect(world: dict[str, pl.DataFrame]) -> duckdb.DuckDBPyConnection:
-    conn = duckdb.connect()
-    conn.execute("CREATE SCHEMA raw")
-    for name, frame in world.items():
-        conn.register("_f", frame.to_arrow())
-        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
-        conn.unregister("_f")
-    return conn
 
 
 def _frames(conn) -> dict[str, pl.DataFrame]:
@@ -98,7 +91,7 @@ def world():
 
 
 def test_day_by_day_sums_equal_the_sums_made_again(world):
-    carried, fresh = _connect(world), _connect(world)
+    carried, fresh = warehouse_of(world), warehouse_of(world)
     seen = []
     for day in DAYS:
         seen.append(refresh_latency(carried, day, GROUPS))
@@ -116,7 +109,7 @@ def test_day_by_day_sums_equal_the_sums_made_again(world):
 
 @pytest.mark.parametrize("change", ["a day re-ingested", "a late allocation", "a start moved"])
 def test_a_change_to_what_the_sums_were_made_of_makes_them_again(world, change):
-    conn = _connect(world)
+    conn = warehouse_of(world)
     for day in DAYS[:4]:
         refresh_latency(conn, day, GROUPS)
     if change == "a day re-ingested":
@@ -130,19 +123,19 @@ def test_a_change_to_what_the_sums_were_made_of_makes_them_again(world, change):
     else:
         conn.execute("UPDATE raw.experiments SET start_date = ? WHERE experiment_id = 'ramp'", [DAYS[1]])
     assert refresh_latency(conn, DAYS[4], GROUPS) == "rebuilt"
-    _assert_same(_sums(conn), _made_again(_connect(_frames(conn)), DAYS[4]))
+    _assert_same(_sums(conn), _made_again(warehouse_of(_frames(conn)), DAYS[4]))
 
 
 def test_a_skipped_or_earlier_day_makes_them_again(world):
-    conn = _connect(world)
+    conn = warehouse_of(world)
     refresh_latency(conn, DAYS[2], GROUPS)
     assert refresh_latency(conn, DAYS[4], GROUPS) == "rebuilt"  # DAYS[3] skipped
     assert refresh_latency(conn, DAYS[1], GROUPS) == "rebuilt"
-    _assert_same(_sums(conn), _made_again(_connect(world), DAYS[1]))
+    _assert_same(_sums(conn), _made_again(warehouse_of(world), DAYS[1]))
 
 
 def test_the_digest_sees_any_changed_row_and_only_days_through_the_as_of_day(world):
-    conn = _connect(world)
+    conn = warehouse_of(world)
     inputs = {"main.member_service_latency": "dt"}
     before = latency_window.digest(conn, inputs, DAYS[3])
     assert {p[1] for p in before} == {d.isoformat() for d in DAYS[:4]}

@@ -15,9 +15,10 @@ import pytest
 
 from cost_attribution.attribution.call_graph import caller_shares
 from cost_attribution.attribution.deltas import cell_deltas, deltas_by_experiment, requests_and_work_deltas, with_fdr
-from cost_attribution.attribution.member_usage import each_experiment_usage, served_requests, usage_scope
+from cost_attribution.attribution.member_usage import each_experiment_usage, usage_scope
 from cost_attribution.attribution.stats import StatsConfig, intended_splits
-from cost_attribution.attribution.usage_moments import each_experiment_moments
+from cost_attribution.attribution.usage_moments import each_experiment_moments, served_requests
+from cost_attribution_tests.worlds import warehouse_of
 
 AS_OF = dt.date(2026, 3, 3)
 # An id with a quote: read through a bound parameter, never formatted into the SQL.
@@ -67,19 +68,11 @@ def _world(seed: int = 11):
             "main.service_coverage": coverage}
 
 
-def _warehouse(world: dict[str, pl.DataFrame]) -> duckdb.DuckDBPyConnection:
-    conn = duckdb.connect()
-    conn.execute("CREATE SCHEMA raw")
-    for name, frame in world.items():
-        conn.register("_f", frame.to_arrow())
-        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
-        conn.unregister("_f")
-    return conn
 
 
 @pytest.fixture(scope="module")
 def warehouse():
-    conn = _warehouse(_world())
+    conn = warehouse_of(_world())
     yield conn
     conn.close()
 
@@ -110,15 +103,23 @@ def test_each_experiment_reads_only_its_own_rows_measured_as_scoped(warehouse):
     assert odd.pre_usage.height == 0 and odd.roots.height == 0
 
 
-def test_served_requests_are_the_outcome_rows_summed_in_duckdb(warehouse):
+def test_served_requests_are_the_outcome_rows_summed(warehouse):
+    """What the projections weigh callers by: each cell's requests per service, read off
+    the cross moments usage_deltas keeps, equal the member rows summed."""
     scope = usage_scope(warehouse, AS_OF, blind_spot_coverage=0.5)
     members = pl.concat([u.member_usage for u in each_experiment_usage(warehouse, scope)])
     summed = members.group_by("experiment_id", "cell", "service").agg(pl.col("requests").sum()).sort(pl.all())
-    assert served_requests(warehouse, scope).sort(pl.all()).equals(summed)
+    cross = pl.concat([moments.cross_moments() for moments in each_experiment_moments(warehouse, scope)])
+    served = served_requests(cross)
+    assert served.select("experiment_id", "cell", "service").equals(summed.select("experiment_id", "cell", "service"))
+    np.testing.assert_allclose(served["requests"].to_numpy(), summed["requests"].to_numpy(), rtol=1e-12)
     edges = pl.DataFrame({"experiment_id": ["big", "big"], "cell": ["control", "control"],
                           "caller": ["gateway", "recs"], "callee": ["recs", "images"], "requests": [400.0, 150.0]})
-    assert caller_shares(edges, served_requests(warehouse, scope), scope.experiments) == caller_shares(
-        edges, members, scope.experiments)
+    ours, reference = caller_shares(edges, served, scope.experiments), caller_shares(edges, members, scope.experiments)
+    assert ours.keys() == reference.keys() and ours
+    for key, callers in reference.items():
+        assert [c for c, _ in ours[key]] == [c for c, _ in callers]
+        np.testing.assert_allclose([share for _, share in ours[key]], [share for _, share in callers], rtol=1e-12)
 
 
 def test_deltas_one_experiment_at_a_time_equal_one_pass_over_all(warehouse):
@@ -195,7 +196,7 @@ def _dirty_world():
 
 @pytest.fixture(scope="module", params=["tidy", "dirty"])
 def any_warehouse(request):
-    conn = _warehouse(_world() if request.param == "tidy" else _dirty_world())
+    conn = warehouse_of(_world() if request.param == "tidy" else _dirty_world())
     yield conn
     conn.close()
 
@@ -236,7 +237,7 @@ def test_warehouse_sums_equal_the_member_rows_sums(any_warehouse):
 
 
 def test_dirty_rows_are_counted_in_the_warning():
-    conn = _warehouse(_dirty_world())
+    conn = warehouse_of(_dirty_world())
     scope = usage_scope(conn, AS_OF, blind_spot_coverage=0.5)
     with pytest.warns(UserWarning, match=r"'big' stats excluded 1 members allocated to more than one cell") as seen:
         big = next(each_experiment_moments(conn, scope))
@@ -307,7 +308,7 @@ def test_the_pre_period_reaches_back_pre_period_days_before_the_start_and_no_fur
     old = usage.filter(pl.col("experiment_id") == "big", pl.col("period") == "pre").with_columns(
         dt=pl.lit(dt.date(2026, 2, 1)), requests=pl.col("requests") * 1000, source=pl.lit("client"))
     world["main.member_service_usage"] = pl.concat([usage, old])
-    conn = _warehouse(world)
+    conn = warehouse_of(world)
 
     def pre_requests(days: int):
         scope = usage_scope(conn, AS_OF, blind_spot_coverage=0.5, pre_period_days=days)
@@ -315,9 +316,9 @@ def test_the_pre_period_reaches_back_pre_period_days_before_the_start_and_no_fur
         return scope, big.pre_usage["pre_requests"].sum()
 
     from cost_attribution.attribution.member_usage import experiment_usage
-    reference = usage_scope(_warehouse(_world()), AS_OF, blind_spot_coverage=0.5)
+    reference = usage_scope(warehouse_of(_world()), AS_OF, blind_spot_coverage=0.5)
     scope, near = pre_requests(14)  # 2026-03-01 less 14 days: 2026-02-15
-    assert near == experiment_usage(_warehouse(_world()), reference, "big").pre_usage["pre_requests"].sum()
+    assert near == experiment_usage(warehouse_of(_world()), reference, "big").pre_usage["pre_requests"].sum()
     assert scope.window_start == reference.window_start == dt.date(2026, 3, 1)
     assert scope.client_measured == reference.client_measured  # the old CLIENT rows not seen either
     far_scope, far = pre_requests(60)
