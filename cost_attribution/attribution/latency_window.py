@@ -7,7 +7,7 @@ every day, that reads every day of every running experiment's latency rows again
 10M spans a day it took 3.4, 7.4, 10.1 and 13.6 s on an experiment's first four days
 (bench/README.md, `--days`). The window keeps the sums (per member group: small) and who
 is in them in the warehouse, with the as-of day they are for and a digest of what they
-were made of (per input and day: its rows and a hash of them): 4.4, 6.7, 5.7 and 6.4 s.
+were made of (per input and day: its rows and a hash of them): 4.1, 6.7, 5.7 and 5.9 s.
 The next day's sums are the kept ones plus that day's rows, when nothing they were made
 of has changed since; anything else (a re-ingested day, a late allocation row, an
 experiment's start moved, a day skipped or an older day asked for, other member groups)
