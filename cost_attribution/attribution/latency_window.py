@@ -7,12 +7,13 @@ every day, that reads every day of every running experiment's latency rows again
 10M spans a day it took 3.4, 7.4, 10.1 and 13.6 s on an experiment's first four days
 (bench/README.md, `--days`). The window keeps the sums (per member group: small) and who
 is in them in the warehouse, with the as-of day they are for and a digest of what they
-were made of (per input and day: its rows and a hash of them): 4.1, 6.7, 5.7 and 5.9 s.
+were made of (per input and day that can count, from the earliest start: its rows and a
+hash of them): 4.1, 6.7, 5.7 and 5.9 s.
 The next day's sums are the kept ones plus that day's rows, when nothing they were made
 of has changed since; anything else (a re-ingested day, a late allocation row, an
 experiment's start moved, a day skipped or an older day asked for, other member groups)
-sums them again from the member rows. Either way they are the same (tests:
-test_latency_window.py).
+sums them again from the member rows, as does a kept table gone missing. Either way they
+are the same (tests: test_latency_window.py).
 
 A day adds exactly its own rows because latency has no pre-period: a row counts from the
 experiment's start and the member's allocation on, and neither depends on a later day.
@@ -36,33 +37,40 @@ from cost_attribution.warehouse import qualified, quote_ident, relation_columns,
 STATE_TABLE = "main.latency_window_state"
 
 
+# An input of a window: relation -> (its day column, the first day that can count as of
+# the as-of day; None: every day).
+Inputs = dict[str, tuple[str, dt.date | None]]
+
+
 @dataclass(frozen=True)
 class Window:
     """A set of kept tables (`build` writes them as of a day from the member rows,
-    `advance` adds one day to them) and the relations they are made of (`inputs`:
-    relation -> its day column, given the connection)."""
+    `advance` adds one day to them) and the relations they are made of (`inputs`, given
+    the connection and the as-of day)."""
 
     name: str
-    inputs: Callable[[duckdb.DuckDBPyConnection], dict[str, str]]
+    tables: tuple[str, ...]
+    inputs: Callable[[duckdb.DuckDBPyConnection, dt.date], Inputs]
     build: Callable[[duckdb.DuckDBPyConnection, dt.date], None]
     advance: Callable[[duckdb.DuckDBPyConnection, dt.date], None]
     params: str = ""  # anything else the kept tables depend on (e.g. latency's member groups)
 
 
-def digest(conn: duckdb.DuckDBPyConnection, inputs: dict[str, str], as_of: dt.date) -> list[list]:
-    """[relation, day, rows, hash] for every day through `as_of` (and rows without a day) of
-    every input: one scan of each, hashing whole rows, so any change to a row shows."""
+def digest(conn: duckdb.DuckDBPyConnection, inputs: Inputs, as_of: dt.date) -> list[list]:
+    """[relation, day, rows, hash] for every day of every input that can count through
+    `as_of` (and its rows without a day): one scan of those days, hashing whole rows, so any
+    change to a row shows and older days cost nothing."""
     parts = []
-    for relation, day in sorted(inputs.items()):
+    for relation, (day, since) in sorted(inputs.items()):
         columns = ", ".join(quote_ident(c) for c in relation_columns(conn, relation))
         rows = conn.execute(
             f"""
             SELECT CAST({day} AS DATE) AS day, count(*) AS n, CAST(sum(hash({columns})) AS VARCHAR) AS h
             FROM {qualified(relation)}
-            WHERE CAST({day} AS DATE) <= ? OR {day} IS NULL
+            WHERE (CAST({day} AS DATE) <= ? AND (CAST(? AS DATE) IS NULL OR CAST({day} AS DATE) >= ?)) OR {day} IS NULL
             GROUP BY ALL
             """,
-            [as_of],
+            [as_of, since, since],
         ).fetchall()
         parts += [[relation, day.isoformat() if day else None, n, h] for day, n, h in rows]
     return sorted(parts, key=lambda p: (p[0], p[1] or ""))
@@ -87,9 +95,9 @@ def refresh(conn: duckdb.DuckDBPyConnection, window: Window, as_of: dt.date) -> 
     """Bring the window's tables to `as_of`: 'kept' (they are for that day and made of the
     same rows), 'advanced' (they were for the day before and nothing they were made of has
     changed: one day added) or 'rebuilt' (summed from the member rows)."""
-    parts = digest(conn, window.inputs(conn), as_of)
+    parts = digest(conn, window.inputs(conn, as_of), as_of)
     now = _fingerprint(window, parts)
-    kept = _kept(conn, window.name)
+    kept = _kept(conn, window.name) if all(table_exists(conn, table) for table in window.tables) else None
     if kept is not None and kept == (as_of, now):
         return "kept"
     day_before = as_of - dt.timedelta(days=1)
@@ -112,12 +120,18 @@ LATENCY_ROWS = """
 """
 
 
-def _latency_inputs(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
+def _latency_inputs(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> Inputs:
+    """The member rows from the earliest start of a started experiment (every day when one
+    has no start; none when none has started), every allocation and experiment."""
     latency = MEMBER_ROWS[1]
     member_rows = ([latency.member_days, latency.same_days] if relation_type(conn, latency.joined) == "VIEW"
                    else [latency.joined])
-    return {relation: "dt" for relation in member_rows} | {"raw.allocations": "allocated_at",
-                                                          "raw.experiments": "start_date"}
+    [(started, open_ended, earliest)] = conn.execute(
+        "SELECT count(*), bool_or(start_date IS NULL), min(start_date) FROM raw.experiments "
+        "WHERE start_date IS NULL OR start_date <= ?", [as_of]).fetchall()
+    since = as_of + dt.timedelta(days=1) if not started else None if open_ended else earliest
+    return {relation: ("dt", since) for relation in member_rows} | {
+        "raw.allocations": ("allocated_at", None), "raw.experiments": ("start_date", None)}
 
 
 def _latency_sums(groups: int, rows: str) -> str:
@@ -184,7 +198,8 @@ def latency_window(groups: int) -> Window:
         )
         conn.execute(f"DROP TABLE {added}")
 
-    return Window("latency", _latency_inputs, build, advance, params=f"groups={int(groups)}")
+    return Window("latency", (LATENCY_HISTOGRAMS, LATENCY_MEMBERS), _latency_inputs, build, advance,
+                  params=f"groups={int(groups)}")
 
 
 def refresh_latency(conn: duckdb.DuckDBPyConnection, as_of: dt.date, groups: int) -> str:

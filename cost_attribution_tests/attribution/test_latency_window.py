@@ -136,9 +136,11 @@ def test_a_skipped_or_earlier_day_makes_them_again(world):
 
 def test_the_digest_sees_any_changed_row_and_only_days_through_the_as_of_day(world):
     conn = warehouse_of(world)
-    inputs = {"main.member_service_latency": "dt"}
+    inputs = {"main.member_service_latency": ("dt", None)}
     before = latency_window.digest(conn, inputs, DAYS[3])
     assert {p[1] for p in before} == {d.isoformat() for d in DAYS[:4]}
+    since = latency_window.digest(conn, {"main.member_service_latency": ("dt", DAYS[2])}, DAYS[3])
+    assert since == [p for p in before if p[1] >= DAYS[2].isoformat()]
     conn.execute("UPDATE main.member_service_latency SET duration_bucket = duration_bucket + 1 WHERE dt = ? AND "
                  "member_id = (SELECT min(member_id) FROM main.member_service_latency WHERE dt = ?)", [DAYS[2]] * 2)
     after = latency_window.digest(conn, inputs, DAYS[3])
@@ -171,3 +173,16 @@ def test_on_the_span_models_tables_day_by_day_equals_made_again(small_live_world
         seen = [refresh_latency(conn, day, MEMBER_GROUPS) for day in days]
         assert seen == ["rebuilt"] + ["advanced"] * (len(days) - 1)
         _assert_same(_sums(conn), made_again)
+
+
+def test_days_before_every_start_are_not_read_and_lost_tables_are_made_again(world):
+    """Only the started experiments' days are digested (a long history costs nothing), and
+    a kept table that went missing is made again rather than read."""
+    world["raw.experiments"] = world["raw.experiments"].with_columns(start_date=pl.lit(DAYS[3]))
+    conn = warehouse_of(world)
+    refresh_latency(conn, DAYS[4], GROUPS)
+    conn.execute("UPDATE main.member_service_latency SET requests = requests + 1 WHERE dt < ?", [DAYS[3]])
+    assert refresh_latency(conn, DAYS[5], GROUPS) == "advanced"  # the changed days count for nothing
+    conn.execute(f"DROP TABLE {LATENCY_MEMBERS}")
+    assert refresh_latency(conn, DAYS[5], GROUPS) == "rebuilt"
+    _assert_same(_sums(conn), _made_again(warehouse_of(_frames(conn)), DAYS[5]))
