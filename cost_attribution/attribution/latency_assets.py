@@ -16,7 +16,9 @@ from cost_attribution.warehouse import markdown_table, read_frame, replace_day
 def latency_impact(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
     """As of the partition day: per experiment cell and service, the relative change of p50 and p95
     SERVER-span duration vs control (request-weighted), with 95% intervals from a bootstrap that resamples
-    members (not spans). Stored in main.latency_impact; the report shows it beside each service's cost."""
+    members (not spans). Stored in main.latency_impact; the report shows it beside each service's cost. The
+    histograms are carried from the day before when nothing under them changed (metadata `histograms`:
+    advanced or rebuilt)."""
     as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         histograms, member_counts, window = load_latency_histograms(conn, as_of)
