@@ -35,6 +35,10 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
 # spans: 0.35-0.4 GB beyond its DuckDB share).
 DBT_PROCESS_RESERVE = 450 * 10**6
 IN_PROCESS_RESERVE = 400 * 10**6
+# Spans one dbt build of the span models holds per MB of its DuckDB memory_limit: with 888 MB,
+# 41M spans (four 10M days) built and 72M (seven) ran out of memory in enriched_spans; a
+# 30M-span day builds. A window with more spans is built a few days at a time.
+SPANS_PER_DBT_MB = 30_000
 # Below this DuckDB spends its time spilling; a budget that leaves less is too small.
 MIN_DUCKDB_SHARE = 256 * 10**6
 

@@ -9,6 +9,7 @@ the DuckDB warehouse; `spark` builds them on Spark and copies the aggregates bac
 DuckDB for the one-machine assets (spark_target.py, docs/scaling_out.md)."""
 
 
+import datetime as dt
 import functools
 import json
 from collections.abc import Iterator, Mapping
@@ -24,11 +25,12 @@ from cost_attribution.attribution import spark_target
 from cost_attribution.attribution.member_rows import move_member_history
 from cost_attribution.dbt_project import (
     DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest, keep_parse, prune_invocations)
-from cost_attribution.memory import DBT_PROCESS_RESERVE, mb
+from cost_attribution.ingest.span_lake import spans_per_day
+from cost_attribution.memory import DBT_PROCESS_RESERVE, SPANS_PER_DBT_MB, mb
 from cost_attribution.resources import WarehouseResource
 from cost_attribution.partitions import daily_partitions
 
-__all__ = ["DBT_PROJECT_DIR", "build_span_models", "dbt_executable", "dbt_vars", "dbt_window_env"]
+__all__ = ["DBT_PROJECT_DIR", "build_span_models", "day_batches", "dbt_executable", "dbt_vars", "dbt_window_env"]
 
 
 def dbt_vars(warehouse_path: str) -> dict[str, str]:
@@ -37,11 +39,27 @@ def dbt_vars(warehouse_path: str) -> dict[str, str]:
     return {"warehouse_path": warehouse_path}
 
 
-def dbt_window_env(window: dg.TimeWindow) -> dict[str, str]:
+def dbt_window_env(start: dt.date, end: dt.date) -> dict[str, str]:
     """The partition window macros/partition_window.sql reads when a model compiles,
     [min_date, max_date), as environment variables of the dbt process."""
-    return {environment.DBT_MIN_DATE_ENV: window.start.strftime("%Y-%m-%d"),
-            environment.DBT_MAX_DATE_ENV: window.end.strftime("%Y-%m-%d")}
+    return {environment.DBT_MIN_DATE_ENV: start.strftime("%Y-%m-%d"),
+            environment.DBT_MAX_DATE_ENV: end.strftime("%Y-%m-%d")}
+
+
+def day_batches(start: dt.date, end: dt.date, spans: Mapping[dt.date, int], limit: int) -> list[tuple[dt.date, dt.date]]:
+    """[start, end) cut into consecutive windows of whole days holding at most `limit` spans
+    each (a bigger day alone): what one dbt build can hold in its memory."""
+    batches, first, held = [], start, 0
+    day = start
+    while day < end:
+        n = spans.get(day, 0)
+        if day > first and held + n > limit:
+            batches.append((first, day))
+            first, held = day, 0
+        held += n
+        day += dt.timedelta(days=1)
+    batches.append((first, end))
+    return batches
 
 
 class CostAttributionTranslator(DagsterDbtTranslator):
@@ -73,23 +91,24 @@ def build_span_models() -> dg.AssetsDefinition:
 
 
 @contextmanager
-def _dbt_memory_limit(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> Iterator[None]:
+def _dbt_memory_limit(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> Iterator[int | None]:
     """dbt's DuckDB gets what the run's memory budget leaves beside this process (profiles.yml
     reads COST_ATTRIBUTION_DUCKDB_MEMORY_LIMIT), set only while dbt starts: the dbt process
-    takes its environment from this one's."""
+    takes its environment from this one's. Yields the share in bytes (None: no budget)."""
     if not isinstance(warehouse, WarehouseResource):
-        yield
+        yield None
         return
-    share = mb(warehouse.budget().duckdb_share(DBT_PROCESS_RESERVE))
-    context.log.info(f"dbt's DuckDB memory_limit: {share} (memory budget {warehouse.memory_budget})")
-    with environment.overridden({environment.MEMORY_LIMIT_ENV: share}):
-        yield
+    share = warehouse.budget().duckdb_share(DBT_PROCESS_RESERVE)
+    context.log.info(f"dbt's DuckDB memory_limit: {mb(share)} (memory budget {warehouse.memory_budget})")
+    with environment.overridden({environment.MEMORY_LIMIT_ENV: mb(share)}):
+        yield share
 
 
 def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
     window = context.partition_time_window
     on_spark = (dbt.target or environment.dbt_target()) == environment.SPARK_TARGET
     start, end = window.start.date(), window.end.date()
+    spans: dict[dt.date, int] = {}
     if on_spark:
         lake = spark_target.lake_dir(warehouse.database, DBT_PROJECT_DIR)
         with warehouse.get_connection() as conn:
@@ -98,10 +117,26 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
     else:
         with warehouse.get_connection() as conn:
             moved = move_member_history(conn)
+            spans = spans_per_day(conn, start, end)
         if moved:
             context.log.info(f"per-member history moved out of the old tables (member days): {moved}")
-    with _dbt_memory_limit(context, warehouse), environment.overridden(dbt_window_env(window)):
-        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars(warehouse.database))], context=context)
+    args = ["build", "--vars", json.dumps(dbt_vars(warehouse.database))]
+    with _dbt_memory_limit(context, warehouse) as share:
+        # A long backfill of big days is built a few days at a time, each build within the
+        # memory budget (every model replaces exactly its days, so the batches add up to
+        # the window). Only the last build's events are the step's: the asset is
+        # materialized once for the whole window; an earlier build that fails stops it.
+        batches = ([(start, end)] if on_spark or share is None
+                   else day_batches(start, end, spans, (share // 10**6) * SPANS_PER_DBT_MB))
+        for first, last in batches[:-1]:
+            with environment.overridden(dbt_window_env(first, last)):
+                earlier = dbt.cli(args, context=context)
+            earlier.wait()
+            keep_parse(earlier.target_path)
+            context.log.info(f"span models built for {first} .. {last - dt.timedelta(days=1)} "
+                             f"({sum(n for day, n in spans.items() if first <= day < last):,} spans)")
+        with environment.overridden(dbt_window_env(*batches[-1])):
+            invocation = dbt.cli(args, context=context)
     yield from invocation.stream()
     keep_parse(invocation.target_path)
     prune_invocations(invocation.target_path)
@@ -110,3 +145,4 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         with warehouse.get_connection() as conn:
             copied = spark_target.import_model_tables(conn, lake, models, start, end)
         context.log.info(f"spark target: copied into the DuckDB warehouse (rows per table): {copied}")
+

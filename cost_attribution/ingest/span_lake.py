@@ -192,6 +192,23 @@ def files_as_they_are(conn: duckdb.DuckDBPyConnection, dt: datetime.date) -> lis
     return [Path(path) for path, _ in rows]
 
 
+def spans_per_day(conn: duckdb.DuckDBPyConnection, start: datetime.date, end: datetime.date) -> dict[datetime.date, int]:
+    """Rows in the lake's current files of each day in [start, end), from the Parquet
+    footers (no row is read; a day without files is absent)."""
+    if not table_exists(conn, SPAN_FILES_TABLE):
+        return {}
+    files = conn.execute(f"SELECT dt, path FROM {qualified(SPAN_FILES_TABLE)} WHERE dt >= ? AND dt < ?",
+                         [start, end]).fetchall()
+    if not files:
+        return {}
+    rows = dict(conn.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)",
+                             [[path for _, path in files]]).fetchall())
+    counts: dict[datetime.date, int] = {}
+    for day, path in files:
+        counts[day] = counts.get(day, 0) + int(rows.get(path, 0))
+    return counts
+
+
 def render_view(conn: duckdb.DuckDBPyConnection) -> None:
     """raw.spans := the files raw.span_files names (typed and empty when it names none):
     one scan per day and column set, or per file when it has rows to skip. The day is a

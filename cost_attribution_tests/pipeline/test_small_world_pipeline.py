@@ -88,3 +88,38 @@ def test_rerunning_is_idempotent(small_world_run, tmp_path):
     assert after == before
     for a, b in zip(report["experiments"], rerun["experiments"]):
         assert a["incremental_cost_usd_30d"] == b["incremental_cost_usd_30d"]
+
+
+def test_a_window_too_big_for_one_dbt_build_is_built_a_few_days_at_a_time(small_world_run, tmp_path, monkeypatch):
+    """With a budget that holds a day's spans at a time, the span models are built day by
+    day in one step and come out as one build over the window makes them."""
+    import numpy as np
+    import polars as pl
+
+    from cost_attribution.attribution import dbt_assets
+
+    landing, warehouse, _, report, _ = small_world_run
+    seen, cut = [], dbt_assets.day_batches
+
+    def recorded(*args):
+        seen.append(cut(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(dbt_assets, "day_batches", recorded)
+    monkeypatch.setattr(dbt_assets, "SPANS_PER_DBT_MB", 1)  # the DuckDB share in MB: under a day's spans
+    summary, batched = run_world(landing, tmp_path / "warehouse.duckdb")
+    assert not summary["failed"]
+    assert max(len(batches) for batches in seen) > 2
+    tables = ["main.member_day_usage", "main.same_day_usage", "main.member_roots", "main.member_day_latency",
+              "main.usage_by_cell", "main.service_coverage", "main.trace_edges", "main.edge_usage_by_cell"]
+    with duckdb.connect(str(warehouse), read_only=True) as one, \
+            duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as days:
+        for table in tables:
+            a, b = (pl.from_arrow(c.sql(f"SELECT * FROM {table}").to_arrow_table()) for c in (one, days))
+            keys = [c for c in a.columns if a[c].dtype != pl.Float64]
+            a, b = a.sort(keys, nulls_last=True), b.sort(keys, nulls_last=True)
+            assert a.select(keys).equals(b.select(keys)), table
+            for column in set(a.columns) - set(keys):
+                np.testing.assert_allclose(a[column].to_numpy(), b[column].to_numpy(), rtol=1e-9, err_msg=table)
+    for x, y in zip(report["experiments"], batched["experiments"]):
+        assert x["incremental_cost_usd_30d"] == pytest.approx(y["incremental_cost_usd_30d"], rel=1e-9)

@@ -86,3 +86,16 @@ def test_dbt_starts_with_the_share_the_budget_leaves_beside_this_process(tmp_pat
     assert 500 * MB < parse_size(during, "dbt") < 700 * MB
     assert os.environ[environment.MEMORY_LIMIT_ENV] == "1GB"
     assert during in seen[0]
+
+
+def test_a_window_is_cut_into_whole_days_of_at_most_the_spans_one_dbt_build_holds():
+    import datetime as dt
+
+    from cost_attribution.attribution.dbt_assets import day_batches
+
+    d = [dt.date(2026, 5, 1) + dt.timedelta(days=i) for i in range(6)]
+    spans = {d[0]: 10, d[1]: 10, d[2]: 25, d[3]: 5, d[5]: 5}  # d[4]: no spans
+    assert day_batches(d[0], d[5] + dt.timedelta(days=1), spans, limit=100) == [(d[0], d[5] + dt.timedelta(days=1))]
+    assert day_batches(d[0], d[5] + dt.timedelta(days=1), spans, limit=20) == [
+        (d[0], d[2]), (d[2], d[3]), (d[3], d[5] + dt.timedelta(days=1))]  # a day over the limit alone
+    assert day_batches(d[0], d[1], {}, limit=1) == [(d[0], d[1])]
