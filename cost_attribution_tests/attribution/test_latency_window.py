@@ -149,6 +149,7 @@ def test_the_digest_sees_any_changed_row_and_only_days_through_the_as_of_day(wor
     assert latency_window.digest(conn, inputs, DAYS[3]) == after
 
 
+@pytest.mark.slow  # runs the small live world through the pipeline
 def test_on_the_span_models_tables_day_by_day_equals_made_again(small_live_world_run, tmp_path):
     """The same on the warehouse a run over the small live world leaves (ramps during the
     traces, three cells): latency rows from the views over member_day_latency and
