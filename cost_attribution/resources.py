@@ -14,9 +14,9 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from cost_attribution import environment, formats
+from cost_attribution.attribution.member_usage import PRE_PERIOD_DAYS
 from cost_attribution.dbt_project import dbt_resource
 from cost_attribution.memory import IN_PROCESS_RESERVE, MemoryBudget, mb, parse_size
-from cost_attribution.attribution.member_usage import PRE_PERIOD_DAYS
 from cost_attribution.ingest.spans import DEFAULT_SAMPLING_PROBABILITY_FLOOR
 
 

@@ -145,4 +145,3 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         with warehouse.get_connection() as conn:
             copied = spark_target.import_model_tables(conn, lake, models, start, end)
         context.log.info(f"spark target: copied into the DuckDB warehouse (rows per table): {copied}")
-

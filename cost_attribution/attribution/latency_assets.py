@@ -7,8 +7,9 @@ from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.latency import latency_impact as compute_latency_impact
 from cost_attribution.attribution.latency import load_latency_histograms
+from cost_attribution.attribution.member_usage import started_experiments
 from cost_attribution.partitions import daily_asset, partition_day
-from cost_attribution.warehouse import markdown_table, read_frame, replace_day
+from cost_attribution.warehouse import markdown_table, replace_day
 
 
 @daily_asset(group="attribution", owners=["team:experimentation"],
@@ -22,11 +23,7 @@ def latency_impact(context: dg.AssetExecutionContext, warehouse: DuckDBResource)
     as_of = partition_day(context)
     with warehouse.get_connection() as conn:
         histograms, member_counts, window = load_latency_histograms(conn, as_of)
-        experiments = read_frame(
-            conn,
-            "SELECT experiment_id, control_cell FROM raw.experiments WHERE start_date IS NULL OR start_date <= ?",
-            [as_of],
-        )
+        experiments = started_experiments(conn, as_of).select("experiment_id", "control_cell")
         impact = compute_latency_impact(histograms, experiments, member_counts=member_counts)
         replace_day(conn, "main.latency_impact", impact, as_of)
     moved = impact.filter(pl.col("significant"))

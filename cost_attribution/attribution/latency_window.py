@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import duckdb
 
 from cost_attribution.attribution.member_rows import MEMBER_ROWS
+from cost_attribution.attribution.member_usage import started_experiments
 from cost_attribution.warehouse import qualified, quote_ident, relation_columns, relation_type, table_exists, transaction
 
 STATE_TABLE = "main.latency_window_state"
@@ -126,10 +127,8 @@ def _latency_inputs(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> Inputs:
     latency = MEMBER_ROWS[1]
     member_rows = ([latency.member_days, latency.same_days] if relation_type(conn, latency.joined) == "VIEW"
                    else [latency.joined])
-    [(started, open_ended, earliest)] = conn.execute(
-        "SELECT count(*), bool_or(start_date IS NULL), min(start_date) FROM raw.experiments "
-        "WHERE start_date IS NULL OR start_date <= ?", [as_of]).fetchall()
-    since = as_of + dt.timedelta(days=1) if not started else None if open_ended else earliest
+    starts = started_experiments(conn, as_of)["start_date"]
+    since = as_of + dt.timedelta(days=1) if starts.is_empty() else None if starts.null_count() else starts.min()
     return {relation: ("dt", since) for relation in member_rows} | {
         "raw.allocations": ("allocated_at", None), "raw.experiments": ("start_date", None)}
 
@@ -151,12 +150,6 @@ def _latency_members(rows: str) -> str:
     return f"SELECT DISTINCT l.experiment_id, l.cell, l.service, l.member_id {rows}"
 
 
-def _started(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> list[str]:
-    return [row[0] for row in conn.execute(
-        "SELECT experiment_id FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY ALL",
-        [as_of]).fetchall()]
-
-
 def latency_window(groups: int) -> Window:
     """LATENCY_HISTOGRAMS (experiment_id, cell, service, member_group, duration_bucket,
     requests, sampled_spans: every started experiment's latency rows through the day, per
@@ -172,7 +165,7 @@ def latency_window(groups: int) -> Window:
     def build(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> None:
         conn.execute(f"CREATE OR REPLACE TABLE {histograms} AS {_latency_sums(groups, LATENCY_ROWS)} LIMIT 0", [as_of])
         conn.execute(f"CREATE OR REPLACE TABLE {members} AS {_latency_members(LATENCY_ROWS)} LIMIT 0", [as_of])
-        for experiment_id in _started(conn, as_of):
+        for experiment_id in started_experiments(conn, as_of)["experiment_id"]:
             conn.execute(f"INSERT INTO {histograms} {_latency_sums(groups, one)}", [as_of, experiment_id])
             conn.execute(f"INSERT INTO {members} {_latency_members(one)}", [as_of, experiment_id])
 
@@ -180,7 +173,7 @@ def latency_window(groups: int) -> Window:
         day = f"{one} AND l.dt = ?"
         added = quote_ident("_latency_window_day")
         conn.execute(f"CREATE OR REPLACE TEMP TABLE {added} AS SELECT * FROM {histograms} LIMIT 0")
-        for experiment_id in _started(conn, as_of):
+        for experiment_id in started_experiments(conn, as_of)["experiment_id"]:
             conn.execute(f"INSERT INTO {added} {_latency_sums(groups, day)}", [as_of, experiment_id, as_of])
             conn.execute(
                 f"INSERT INTO {members} {_latency_members(day)} "

@@ -46,6 +46,17 @@ def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
 
 WORK_MEASURES = {"duration": "work", "busy": "busy"}
 
+
+def started_experiments(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> pl.DataFrame:
+    """raw.experiments' rows of the experiments started by `as_of` (or without a start
+    date): the ones every as-of analysis reads, in experiment_id order."""
+    return read_frame(
+        conn,
+        "SELECT * FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY experiment_id",
+        [as_of],
+    )
+
+
 # How many days before an experiment's start a member's rows count as its pre-period (the
 # CUPED covariate): AnalysisSettings.pre_period_days. The analysis reads no older day, so
 # its cost does not grow with the warehouse's history.
@@ -118,11 +129,7 @@ def usage_scope(
     """
     if work_measure not in WORK_MEASURES:
         raise ValueError(f"work_measure must be one of {sorted(WORK_MEASURES)}, got {work_measure!r}")
-    experiments = read_frame(
-        conn,
-        "SELECT * FROM raw.experiments WHERE start_date IS NULL OR start_date <= ? ORDER BY experiment_id",
-        [as_of],
-    )
+    experiments = started_experiments(conn, as_of)
     # One pass over the member rows (a view joined when read) for everything the scope
     # needs of them: the first day, which services are seen from CLIENT spans, which rows
     # are before a member's treatment (the conditions evaluated on the few distinct

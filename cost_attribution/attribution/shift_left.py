@@ -24,6 +24,7 @@ import math
 import duckdb
 import polars as pl
 
+from cost_attribution.attribution.member_usage import started_experiments
 from cost_attribution.warehouse import read_frame, table_exists
 
 EDGE_USAGE_TABLE = "main.edge_usage_by_cell"
@@ -142,11 +143,7 @@ def edge_shifts(
 def load_edge_shifts(conn: duckdb.DuckDBPyConnection, as_of: dt.date, alpha: float = 0.01) -> pl.DataFrame:
     if not table_exists(conn, EDGE_USAGE_TABLE):
         return pl.DataFrame(schema=SHIFT_SCHEMA)
-    experiments = read_frame(
-        conn,
-        "SELECT experiment_id, control_cell FROM raw.experiments WHERE start_date IS NULL OR start_date <= ?",
-        [as_of],
-    )
+    experiments = started_experiments(conn, as_of).select("experiment_id", "control_cell")
     return edge_shifts(load_edge_usage(conn, as_of), load_allocation_counts(conn, as_of), experiments, alpha)
 
 

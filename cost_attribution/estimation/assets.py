@@ -11,6 +11,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cost_attribution.attribution.call_graph import caller_shares
+from cost_attribution.attribution.member_usage import started_experiments
 from cost_attribution.attribution.shift_left import load_edge_usage
 from cost_attribution.attribution.treated_share import hourly_grid
 from cost_attribution.attribution.usage_moments import (
@@ -221,8 +222,7 @@ def cost_projections(context: dg.AssetExecutionContext, settings: AnalysisSettin
         callers = (
             caller_shares(load_edge_usage(conn, as_of),
                           served_requests(pl.concat([pl.DataFrame(schema=CROSS_MOMENT_SCHEMA), *cross.values()])),
-                          read_frame(conn, "SELECT experiment_id, control_cell FROM raw.experiments "
-                                           "WHERE start_date IS NULL OR start_date <= ?", [as_of]))
+                          started_experiments(conn, as_of).select("experiment_id", "control_cell"))
             if settings.shrink_towards_callers else None
         )
         share_rel_se = {
