@@ -32,6 +32,11 @@ DEFAULT_MEMORY_LIMIT = "1GB"
 # the whole project whenever its command-line vars change (bench/README.md).
 DBT_MIN_DATE_ENV = "COST_ATTRIBUTION_DBT_MIN_DATE"
 DBT_MAX_DATE_ENV = "COST_ATTRIBUTION_DBT_MAX_DATE"
+# Whether the span models compute busy time (macros/busy_time.sql), read when a model
+# compiles like the window. The span_models asset sets it for its dbt process: true when
+# AnalysisSettings.work_measure is "busy" or when it is true in the deployment's own
+# environment (busy time kept for every day built, ahead of a switch to it).
+DBT_BUSY_TIME_ENV = "COST_ATTRIBUTION_DBT_BUSY_TIME"
 # The whole run's memory: the Dagster process and the dbt process it starts. Each DuckDB
 # gets what is left of it when it starts, up to the cap above (cost_attribution/memory.py).
 MEMORY_BUDGET_ENV = "COST_ATTRIBUTION_MEMORY_BUDGET"
@@ -102,6 +107,14 @@ def ingest_chunk_spans(default: int) -> int:
     except ValueError:
         raise ValueError(f"{INGEST_CHUNK_ENV}={raw!r}: not a whole number. Fix: set it to spans per chunk, "
                          f"e.g. {default}") from None
+
+
+def dbt_busy_time() -> bool:
+    raw = get(DBT_BUSY_TIME_ENV, "false").strip().lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ValueError(f"{DBT_BUSY_TIME_ENV}={raw!r}: not true or false. Fix: set it to true (span models "
+                         "compute busy time for every day) or false (only when work_measure is 'busy')")
+    return raw in ("true", "1")
 
 
 def cost_threshold_usd() -> float:

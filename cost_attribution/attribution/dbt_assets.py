@@ -27,7 +27,8 @@ from cost_attribution.dbt_project import (
     DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest, keep_parse, prune_invocations)
 from cost_attribution.ingest.span_lake import spans_per_day
 from cost_attribution.memory import DBT_PROCESS_RESERVE, SPANS_PER_DBT_MB, mb
-from cost_attribution.resources import WarehouseResource
+from cost_attribution.attribution.member_usage import BUSY_TIME
+from cost_attribution.resources import AnalysisSettings, WarehouseResource
 from cost_attribution.partitions import daily_partitions
 
 __all__ = ["DBT_PROJECT_DIR", "build_span_models", "day_batches", "dbt_executable", "dbt_vars", "dbt_window_env"]
@@ -39,11 +40,13 @@ def dbt_vars(warehouse_path: str) -> dict[str, str]:
     return {"warehouse_path": warehouse_path}
 
 
-def dbt_window_env(start: dt.date, end: dt.date) -> dict[str, str]:
+def dbt_window_env(start: dt.date, end: dt.date, busy_time: bool = False) -> dict[str, str]:
     """The partition window macros/partition_window.sql reads when a model compiles,
-    [min_date, max_date), as environment variables of the dbt process."""
+    [min_date, max_date), and whether enriched_spans computes busy time
+    (macros/busy_time.sql), as environment variables of the dbt process."""
     return {environment.DBT_MIN_DATE_ENV: start.strftime("%Y-%m-%d"),
-            environment.DBT_MAX_DATE_ENV: end.strftime("%Y-%m-%d")}
+            environment.DBT_MAX_DATE_ENV: end.strftime("%Y-%m-%d"),
+            environment.DBT_BUSY_TIME_ENV: "true" if busy_time else "false"}
 
 
 def day_batches(start: dt.date, end: dt.date, spans: Mapping[dt.date, int], limit: int) -> list[tuple[dt.date, dt.date]]:
@@ -84,8 +87,12 @@ def build_span_models() -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="warehouse",
     )
-    def span_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
-        yield from _run_dbt(context, dbt, warehouse)
+    def span_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource,
+                    settings: AnalysisSettings):
+        busy_time = settings.work_measure == BUSY_TIME or environment.dbt_busy_time()
+        context.log.info("busy time: " + ("computed" if busy_time else
+                                          f"not computed (work_measure {settings.work_measure!r})"))
+        yield from _run_dbt(context, dbt, warehouse, busy_time)
 
     return span_models
 
@@ -104,7 +111,7 @@ def _dbt_memory_limit(context: dg.AssetExecutionContext, warehouse: DuckDBResour
         yield share
 
 
-def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
+def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource, busy_time: bool):
     window = context.partition_time_window
     on_spark = (dbt.target or environment.dbt_target()) == environment.SPARK_TARGET
     start, end = window.start.date(), window.end.date()
@@ -129,13 +136,13 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         batches = ([(start, end)] if on_spark or share is None
                    else day_batches(start, end, spans, (share // 10**6) * SPANS_PER_DBT_MB))
         for first, last in batches[:-1]:
-            with environment.overridden(dbt_window_env(first, last)):
+            with environment.overridden(dbt_window_env(first, last, busy_time)):
                 earlier = dbt.cli(args, context=context)
             earlier.wait()
             keep_parse(earlier.target_path)
             context.log.info(f"span models built for {first} .. {last - dt.timedelta(days=1)} "
                              f"({sum(n for day, n in spans.items() if first <= day < last):,} spans)")
-        with environment.overridden(dbt_window_env(*batches[-1])):
+        with environment.overridden(dbt_window_env(*batches[-1], busy_time)):
             invocation = dbt.cli(args, context=context)
     yield from invocation.stream()
     keep_parse(invocation.target_path)

@@ -3,8 +3,9 @@
 Two metrics per allocated member, each compared with the same member-level estimator
 (`stats.compare_moments` over per-cell sums, `MemberMoments`):
 - requests: adjusted SERVER spans (how many requests the service gets);
-- work: adjusted busy time of those spans in seconds (how much the service works:
-  heavier requests move it even when their number does not).
+- work: the adjusted duration of those spans in seconds, or their busy time
+  (AnalysisSettings.work_measure): how much the service works; heavier requests move it
+  even when their number does not.
 Both families share one Benjamini-Hochberg correction (every pair is a test), and a
 pair is `significant` when either metric is.
 

@@ -44,7 +44,22 @@ def _service_coverage(conn, start: dt.date, as_of: dt.date) -> pl.DataFrame:
     )
 
 
-WORK_MEASURES = {"duration": "work", "busy": "busy"}
+BUSY_TIME = "busy"
+WORK_MEASURES = {"duration": "work", BUSY_TIME: "busy"}
+
+
+def missing_busy_days(conn: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date) -> list[dt.date]:
+    """The days in [start, end] whose span models were built without busy time (the work
+    measure was the duration then: macros/busy_time.sql), so their busy column is null."""
+    return read_frame(
+        conn,
+        """
+        SELECT DISTINCT dt FROM main.member_day_usage
+        WHERE dt BETWEEN ? AND ? AND source = 'server' AND busy IS NULL AND work IS NOT NULL
+        ORDER BY dt
+        """,
+        [start, end],
+    )["dt"].to_list()
 
 
 def started_experiments(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> pl.DataFrame:
@@ -160,6 +175,15 @@ def usage_scope(
     if experiments.height and first_day is not None:
         starts = [d for d in experiments["start_date"].to_list() if d is not None]
         window_start = min([*starts, first_day]) if starts else first_day
+    if work_measure == BUSY_TIME and window_start is not None:
+        missing = missing_busy_days(conn, window_start, as_of)
+        if missing:
+            raise ValueError(
+                f"work_measure is 'busy' but the span models of {len(missing)} day(s) ({missing[0]} .. "
+                f"{missing[-1]}) were built without busy time (the work measure was 'duration' then): "
+                f"materialize span_models again for those partitions in a run whose settings say so "
+                f"(Dagster UI: span_models > Materialize > the partitions, launchpad "
+                f"`resources: settings: config: work_measure: busy`), or set work_measure back to 'duration'")
     coverage = (
         _service_coverage(conn, window_start, as_of)
         if window_start is not None

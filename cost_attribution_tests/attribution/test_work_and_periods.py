@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from dagster_duckdb import DuckDBResource
 
+from cost_attribution.attribution.member_usage import usage_scope
+from cost_attribution.dbt_project import dbt_resource
+from cost_attribution.resources import AnalysisSettings
 from cost_attribution_tests.shift_left.synthetic_world import run_dbt
 
 DAY = dt.date(2026, 3, 2)
@@ -73,7 +78,7 @@ def warehouse(tmp_path_factory):
             conn.register("_f", frame.to_arrow())
             conn.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _f')
             conn.unregister("_f")
-    run_dbt(path, work, "+usage_by_cell +member_activity +service_coverage")
+    run_dbt(path, work, "+usage_by_cell +member_activity +service_coverage", busy_time=True)
     return path
 
 
@@ -127,3 +132,41 @@ def test_orphans_are_spans_whose_parent_never_arrived(warehouse):
         "api": (9, 0),  # b-e under a, h under g, l-o under k (k twice)
         "svc": (4, 1),  # f, i, r have their parents; q's parent `gone` never arrived
     }
+
+
+def test_busy_time_is_computed_only_when_the_work_measure_reads_it(warehouse, tmp_path):
+    """span_models computes busy time when AnalysisSettings.work_measure is "busy" (it is
+    the costliest part of enriched_spans); built without it, the usage statistics refuse to
+    read those days as busy time and say which days and what to do."""
+    from cost_attribution.attribution.dbt_assets import build_span_models
+
+    copy = tmp_path / "w.duckdb"
+    with duckdb.connect(str(copy)) as conn:
+        conn.execute(f"ATTACH '{warehouse}' AS built (READ_ONLY)")
+        conn.execute("CREATE SCHEMA raw")
+        for name in ("spans", "allocations", "experiments"):
+            conn.execute(f"CREATE TABLE raw.{name} AS SELECT * FROM built.raw.{name}")
+
+    def build(work_measure):
+        result = dg.materialize(
+            [build_span_models()], partition_key=DAY.isoformat(), raise_on_error=False,
+            resources={"dbt": dbt_resource(), "warehouse": DuckDBResource(database=str(copy)),
+                       "settings": AnalysisSettings(work_measure=work_measure)})
+        assert result.success
+        return _frame(copy, "SELECT period, service, source, work, busy FROM main.member_service_usage "
+                            "ORDER BY ALL")
+
+    without = build("duration")
+    assert without.filter(pl.col("busy").is_not_null()).is_empty()
+    with duckdb.connect(str(copy), read_only=True) as conn:
+        assert usage_scope(conn, DAY, 0.5, "duration").work_column == "work"
+        with pytest.raises(ValueError, match=r"2026-03-02 \.\. 2026-03-02\) were built without busy time.*work_measure: busy"):
+            usage_scope(conn, DAY, 0.5, "busy")
+
+    with_busy = build("busy")
+    expected = _frame(warehouse, "SELECT period, service, source, work, busy FROM main.member_service_usage "
+                                 "ORDER BY ALL")
+    assert with_busy.equals(expected)
+    assert without.drop("busy").equals(expected.drop("busy"))
+    with duckdb.connect(str(copy), read_only=True) as conn:
+        assert usage_scope(conn, DAY, 0.5, "busy").work_column == "busy"

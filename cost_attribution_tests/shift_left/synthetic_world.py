@@ -8,6 +8,7 @@ Experiment `aa`: nothing differs. Spans are sampled at p = 0.5 (adjusted count 2
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -75,12 +76,14 @@ def _world(seed: int = 11) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl
     return spans, allocations, experiments, services
 
 
-def run_dbt(warehouse: Path, work: Path, select: str) -> None:
+def run_dbt(warehouse: Path, work: Path, select: str, **dbt_vars) -> None:
+    """`dbt build --select select` over the day 2026-03-02 (and `dbt_vars`, e.g. busy_time=True)."""
     env = {**os.environ, "COST_ATTRIBUTION_WAREHOUSE": str(warehouse), "DBT_TARGET": "duckdb"}
+    build_vars = {"min_date": "2026-03-02", "max_date": "2026-03-03", **dbt_vars}
     result = subprocess.run(
         [dbt_executable(), "build", "--select", select, "--project-dir", str(DBT_PROJECT_DIR),
          "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(work / "target"),
-         "--log-path", str(work / "logs"), "--vars", '{"min_date": "2026-03-02", "max_date": "2026-03-03"}'],
+         "--log-path", str(work / "logs"), "--vars", json.dumps(build_vars)],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

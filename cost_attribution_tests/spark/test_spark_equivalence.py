@@ -60,6 +60,7 @@ class Runs:
 def _run(landing: Path, warehouse: Path, target: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "COST_ATTRIBUTION_SPARK_DIR")}
     env["DBT_TARGET"] = target
+    env["COST_ATTRIBUTION_DBT_BUSY_TIME"] = "true"  # the busy-time SQL compared too (macros/busy_time.sql)
     result = subprocess.run(
         [str(CLI), "run", "--landing", str(landing), "--warehouse", str(warehouse)],
         env=env, capture_output=True, text=True, timeout=1500,
@@ -98,6 +99,8 @@ def test_spark_tables_equal_duckdb_tables(runs: Runs, model: str):
     expected = read_duckdb_table(runs.duckdb_warehouse, f"main.{model}")
     actual = read_spark_table(spark_table_dir(runs.lake, model))
     assert expected.height > 0, f"{model}: the DuckDB target built an empty table: nothing compared"
+    if "busy_nano" in expected.columns:
+        assert expected["busy_nano"].null_count() == 0, "busy time not computed: its SQL not compared"
     # Every day has spans; members are allocated on some of them only.
     assert expected["dt"].n_unique() == runs.days or model in SAME_DAY_MODELS
     assert_tables_equal(model, expected, actual)
