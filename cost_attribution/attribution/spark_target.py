@@ -134,7 +134,7 @@ def import_model_tables(
 ) -> dict[str, int]:
     """Replace the days [start, end) of main.<model> in DuckDB by Spark's partitions.
 
-    Delete-then-insert in one transaction, like the duckdb target's delete+insert: a
+    Delete-then-insert in one transaction, like the duckdb target's replace_window: a
     day Spark computed no rows for ends up empty here too. Columns go in by name with
     dt first (the models' own column order; Spark moves partition columns last).
     Returns rows copied per model.

@@ -134,18 +134,46 @@ def test_orphans_are_spans_whose_parent_never_arrived(warehouse):
     }
 
 
-def test_busy_time_is_computed_only_when_the_work_measure_reads_it(warehouse, tmp_path):
-    """span_models computes busy time when AnalysisSettings.work_measure is "busy" (it is
-    the costliest part of enriched_spans); built without it, the usage statistics refuse to
-    read those days as busy time and say which days and what to do."""
-    from cost_attribution.attribution.dbt_assets import build_span_models
-
+def _raw_copy(warehouse, tmp_path):
+    """A new warehouse holding the fixture's raw tables only."""
     copy = tmp_path / "w.duckdb"
     with duckdb.connect(str(copy)) as conn:
         conn.execute(f"ATTACH '{warehouse}' AS built (READ_ONLY)")
         conn.execute("CREATE SCHEMA raw")
         for name in ("spans", "allocations", "experiments"):
             conn.execute(f"CREATE TABLE raw.{name} AS SELECT * FROM built.raw.{name}")
+    return copy
+
+
+def test_a_day_built_again_replaces_all_of_its_rows(warehouse, tmp_path):
+    """A build replaces every day of its window, the days it has no rows for included: with
+    m1's allocation moved to the day before, the day has no same-day rows any more and all
+    of it is m1's treated traffic. (dbt's delete+insert deleted only the days in its new rows:
+    the old same-day rows stayed, and the day counted twice.)"""
+    copy = _raw_copy(warehouse, tmp_path)
+    usage = "SELECT period, service, source, requests FROM main.member_service_usage ORDER BY ALL"
+    run_dbt(copy, tmp_path, "+usage_by_cell")
+    assert _frame(copy, usage).equals(_frame(warehouse, usage))
+    day_before = ALLOCATED_AT - dt.timedelta(days=1)
+    with duckdb.connect(str(copy)) as conn:
+        conn.execute("UPDATE raw.allocations SET allocated_at = ?, allocated_at_unix_nano = ?, allocated_date = ?",
+                     [day_before, int(day_before.timestamp() * 1e9), day_before.date()])
+    run_dbt(copy, tmp_path, "+usage_by_cell")
+    assert _frame(copy, "SELECT count(*) AS n FROM main.same_day_usage")["n"][0] == 0
+    rows = {(r["period"], r["service"], r["source"]): r["requests"] for r in _frame(copy, usage).iter_rows(named=True)}
+    # The whole day is after the allocation now: t1 (before 12:00 until now) and t2.
+    assert rows == {("post", "api", "server"): 4.0, ("post", "svc", "server"): 4.0, ("post", "svc", "client"): 10.0}
+    cells = _frame(copy, "SELECT sum(requests) AS r FROM main.usage_by_cell WHERE service = 'api' AND source = 'server'")
+    assert cells["r"][0] == 4
+
+
+def test_busy_time_is_computed_only_when_the_work_measure_reads_it(warehouse, tmp_path):
+    """span_models computes busy time when AnalysisSettings.work_measure is "busy" (it is
+    the costliest part of enriched_spans); built without it, the usage statistics refuse to
+    read those days as busy time and say which days and what to do."""
+    from cost_attribution.attribution.dbt_assets import build_span_models
+
+    copy = _raw_copy(warehouse, tmp_path)
 
     def build(work_measure):
         result = dg.materialize(

@@ -2,7 +2,7 @@
 exactly what a clean run produces - no duplicated spans, no half-written day.
 
 The writes are delete-window + insert inside one DuckDB transaction (warehouse.py) and
-the dbt models are incremental delete+insert, so a killed writer leaves either the old
+the dbt models replace their window's days (delete + insert), so a killed writer leaves either the old
 window or the new one, and the rerun replaces it. Killed at two points: inside the dbt
 build (span-level SQL) and inside a per-day Python asset.
 """
@@ -82,7 +82,7 @@ def _kill_during(landing: Path, warehouse: Path, marker: str, delay: float) -> s
 @pytest.mark.parametrize(
     "marker,delay",
     [
-        ('Started execution of step "span_models"', 4.0),  # inside dbt's incremental delete+insert
+        ('Started execution of step "span_models"', 4.0),  # inside dbt's incremental delete + insert
         ('Started execution of step "usage_deltas"', 0.5),  # inside a per-day replace_rows
     ],
     ids=["in_dbt_build", "in_python_asset"],
