@@ -100,6 +100,13 @@ def test_day_by_day_sums_equal_the_sums_made_again(world):
     assert refresh_latency(carried, DAYS[-1], GROUPS) == "kept"
     members = _sums(carried)[LATENCY_MEMBERS]
     assert members.height == members.unique().height > 0
+    # Who is in them: the distinct members with a counted row, per experiment cell and service.
+    starts = world["raw.experiments"].select("experiment_id", "start_date")
+    counted = (world["main.member_service_latency"].join(starts, on="experiment_id")
+               .filter(pl.col("start_date").is_null() | (pl.col("dt") >= pl.col("start_date"))))
+    expected = counted.group_by("experiment_id", "cell", "service").agg(pl.col("member_id").n_unique().alias("n"))
+    kept = members.group_by("experiment_id", "cell", "service").agg(pl.len().cast(pl.UInt32).alias("n"))
+    assert kept.sort(pl.all()).equals(expected.sort(pl.all()))
     # Rows before an experiment's start never count; one without a start counts them all.
     late = _sums(carried)[LATENCY_HISTOGRAMS].filter(pl.col("experiment_id") == "late")["requests"].sum()
     rows = world["main.member_service_latency"]
