@@ -1,6 +1,7 @@
 """A daily dbt build must not parse the whole project again because the day changed: the
-partition window and DuckDB's memory cap reach dbt in its environment, read only when a
-node compiles, so the parse dbt saved yesterday (partial_parse.msgpack) still fits."""
+partition window, DuckDB's memory cap and whether busy time is computed reach dbt in its
+environment, read only when a node compiles, so the parse dbt saved yesterday
+(partial_parse.msgpack) still fits."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from cost_attribution.attribution.dbt_assets import dbt_vars
 from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, keep_parse, prune_invocations, saved_parse_dir
 
 
-def _dbt(command: list[str], target: Path, warehouse: Path, window: tuple[str, str], memory: str) -> list[dict]:
+def _dbt(command: list[str], target: Path, warehouse: Path, window: tuple[str, str], memory: str,
+         busy_time: bool = False) -> list[dict]:
     env = {**os.environ, environment.DBT_MIN_DATE_ENV: window[0], environment.DBT_MAX_DATE_ENV: window[1],
-           environment.MEMORY_LIMIT_ENV: memory, environment.DBT_TARGET_ENV: environment.DEFAULT_DBT_TARGET}
+           environment.MEMORY_LIMIT_ENV: memory, environment.DBT_TARGET_ENV: environment.DEFAULT_DBT_TARGET,
+           environment.DBT_BUSY_TIME_ENV: str(busy_time).lower()}
     done = subprocess.run(
         [dbt_executable(), *command, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
          "--target-path", str(target), "--log-format", "json", "--log-path", str(target / "logs"),
@@ -34,12 +37,14 @@ def test_a_new_day_and_memory_share_reuse_the_saved_parse(tmp_path):
     target, warehouse = tmp_path / "target", tmp_path / "warehouse.duckdb"
     _dbt(["parse"], target, warehouse, ("2026-03-02", "2026-03-03"), "700MB")  # nothing saved yet: a full parse
 
-    second = _dbt(["compile", "--select", "trace_members"], target, warehouse, ("2026-03-05", "2026-03-06"), "900MB")
+    second = _dbt(["compile", "--select", "trace_members enriched_spans"], target, warehouse,
+                  ("2026-03-05", "2026-03-06"), "900MB", busy_time=True)
     names = _event_names(second)
     assert "UnableToPartialParse" not in names, [e["info"]["msg"] for e in second if e["info"]["name"] == "UnableToPartialParse"]
     compiled = next(target.glob("compiled/**/trace_members.sql")).read_text()
     assert "cast('2026-03-05' as date)" in compiled and "cast('2026-03-06' as date)" in compiled
     assert "2026-03-02" not in compiled
+    assert "waiting_nano" in next(target.glob("compiled/**/enriched_spans.sql")).read_text()  # busy time asked for
 
     # dbt's own check still works: another warehouse is another profile, parsed in full.
     third = _dbt(["parse"], target, tmp_path / "other.duckdb", ("2026-03-05", "2026-03-06"), "900MB")

@@ -100,6 +100,8 @@ def runs(tmp_path_factory) -> Runs:
 def test_spark_tables_equal_duckdb_tables(runs: Runs, model: str):
     expected = read_duckdb_table(runs.duckdb_warehouse, f"main.{model}")
     actual = read_spark_table(spark_table_dir(runs.lake, model))
+    if model == "trace_members":  # trace_key is each engine's own hash of the trace id (macros/id_keys.sql)
+        expected, actual = expected.drop("trace_key"), actual.drop("trace_key")
     assert expected.height > 0, f"{model}: the DuckDB target built an empty table: nothing compared"
     if "busy_nano" in expected.columns:
         assert expected["busy_nano"].null_count() == 0, "busy time not computed: its SQL not compared"

@@ -80,7 +80,7 @@ select
     s.adjusted_count
 from {{ ref('stg_spans') }} as s
 left join {{ ref('trace_members') }} as tm
-    on tm.dt = s.dt and tm.trace_id = s.trace_id
+    on tm.dt = s.dt and tm.trace_key = {{ id_key('s.trace_id') }}
 {%- if busy_time %}
 left join waiting as w
     on s.kind = 'SERVER' and w.span_key = {{ id_key('s.dt', 's.trace_id', 's.span_id', 's.service') }}

@@ -15,7 +15,7 @@ with calls as (
            s.adjusted_count
     from {{ ref('stg_spans') }} as s
     inner join {{ ref('trace_members') }} as tm
-        on tm.dt = s.dt and tm.trace_id = s.trace_id and tm.single_member
+        on tm.dt = s.dt and tm.trace_key = {{ id_key('s.trace_id') }} and tm.single_member
     where {{ in_partition_window('s.dt') }} and s.kind = 'CLIENT' and s.peer_service is not null
 ),
 callee_servers as (
