@@ -23,11 +23,11 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution import environment
 from cost_attribution.attribution import spark_target
 from cost_attribution.attribution.member_rows import move_member_history
+from cost_attribution.attribution.member_usage import BUSY_TIME
 from cost_attribution.dbt_project import (
     DBT_PROJECT_DIR, dbt_executable, dbt_project, ensure_manifest, keep_parse, prune_invocations)
 from cost_attribution.ingest.span_lake import spans_per_day
 from cost_attribution.memory import DBT_PROCESS_RESERVE, SPANS_PER_DBT_MB, mb
-from cost_attribution.attribution.member_usage import BUSY_TIME
 from cost_attribution.resources import AnalysisSettings, WarehouseResource
 from cost_attribution.partitions import daily_partitions
 
