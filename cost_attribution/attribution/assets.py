@@ -107,8 +107,8 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     """As of the partition day: for every experiment cell and service, the relative change in adjusted request
     volume and in work (its SERVER spans' duration, or their busy time: settings.work_measure) per allocated
     member vs control, with member-level intervals (always-valid by default, because the report re-reads it
-    every day), p-values and Benjamini-Hochberg q-values across all pairs and both metrics. The CUPED covariate is each member's usage
-    before its treatment, from pre_period_days before the experiment's start."""
+    every day), p-values and Benjamini-Hochberg q-values across all pairs and both metrics. The CUPED
+    covariate is each member's usage before its treatment, from pre_period_days before the experiment's start."""
     as_of = partition_day(context)
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:

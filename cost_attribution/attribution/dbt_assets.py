@@ -31,7 +31,7 @@ from cost_attribution.memory import DBT_PROCESS_RESERVE, SPANS_PER_DBT_MB, mb
 from cost_attribution.resources import AnalysisSettings, WarehouseResource
 from cost_attribution.partitions import daily_partitions
 
-__all__ = ["DBT_PROJECT_DIR", "build_span_models", "day_batches", "dbt_executable", "dbt_vars", "dbt_window_env"]
+__all__ = ["DBT_PROJECT_DIR", "build_span_models", "day_batches", "dbt_executable", "dbt_build_env", "dbt_vars"]
 
 
 def dbt_vars(warehouse_path: str) -> dict[str, str]:
@@ -40,10 +40,10 @@ def dbt_vars(warehouse_path: str) -> dict[str, str]:
     return {"warehouse_path": warehouse_path}
 
 
-def dbt_window_env(start: dt.date, end: dt.date, busy_time: bool = False) -> dict[str, str]:
-    """The partition window macros/partition_window.sql reads when a model compiles,
-    [min_date, max_date), and whether enriched_spans computes busy time
-    (macros/busy_time.sql), as environment variables of the dbt process."""
+def dbt_build_env(start: dt.date, end: dt.date, busy_time: bool = False) -> dict[str, str]:
+    """What one dbt build's models read when they compile, as environment variables of the
+    dbt process: the partition window [min_date, max_date) (macros/partition_window.sql) and
+    whether enriched_spans computes busy time (macros/busy_time.sql)."""
     return {environment.DBT_MIN_DATE_ENV: start.strftime("%Y-%m-%d"),
             environment.DBT_MAX_DATE_ENV: end.strftime("%Y-%m-%d"),
             environment.DBT_BUSY_TIME_ENV: "true" if busy_time else "false"}
@@ -136,13 +136,13 @@ def _run_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: 
         batches = ([(start, end)] if on_spark or share is None
                    else day_batches(start, end, spans, (share // 10**6) * SPANS_PER_DBT_MB))
         for first, last in batches[:-1]:
-            with environment.overridden(dbt_window_env(first, last, busy_time)):
+            with environment.overridden(dbt_build_env(first, last, busy_time)):
                 earlier = dbt.cli(args, context=context)
             earlier.wait()
             keep_parse(earlier.target_path)
             context.log.info(f"span models built for {first} .. {last - dt.timedelta(days=1)} "
                              f"({sum(n for day, n in spans.items() if first <= day < last):,} spans)")
-        with environment.overridden(dbt_window_env(*batches[-1], busy_time)):
+        with environment.overridden(dbt_build_env(*batches[-1], busy_time)):
             invocation = dbt.cli(args, context=context)
     yield from invocation.stream()
     keep_parse(invocation.target_path)

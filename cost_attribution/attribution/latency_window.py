@@ -185,16 +185,16 @@ def latency_window(groups: int) -> Window:
         # The day's rows of one experiment are read out of the member rows (a view joined
         # with the allocations) once, for both the sums and the members (10M spans, the
         # five experiments: 3.2-3.6 against 4.4-5.2 s reading them twice).
-        kept_rows = f"FROM {rows} l"
+        day_rows = f"FROM {rows} l"
         for experiment_id in started_experiments(conn, as_of)["experiment_id"]:
             conn.execute(
                 f"CREATE OR REPLACE TEMP TABLE {rows} AS SELECT l.experiment_id, l.cell, l.service, "
                 f"{MEMBER_KEY} AS member_key, l.duration_bucket, l.requests, l.sampled_spans {day}",
                 [as_of, experiment_id, as_of],
             )
-            conn.execute(f"INSERT INTO {added} {_latency_sums(groups, kept_rows, 'l.member_key')}")
+            conn.execute(f"INSERT INTO {added} {_latency_sums(groups, day_rows, 'l.member_key')}")
             conn.execute(
-                f"INSERT INTO {members} {_latency_members(kept_rows, 'l.member_key')} "
+                f"INSERT INTO {members} {_latency_members(day_rows, 'l.member_key')} "
                 f"EXCEPT SELECT * FROM {members} WHERE experiment_id = ?",
                 [experiment_id],
             )

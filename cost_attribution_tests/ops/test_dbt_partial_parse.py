@@ -5,21 +5,23 @@ environment, read only when a node compiles, so the parse dbt saved yesterday
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 from pathlib import Path
 
 from cost_attribution import environment
-from cost_attribution.attribution.dbt_assets import dbt_vars
+from cost_attribution.attribution.dbt_assets import dbt_build_env, dbt_vars
 from cost_attribution.dbt_project import DBT_PROJECT_DIR, dbt_executable, keep_parse, prune_invocations, saved_parse_dir
 
 
 def _dbt(command: list[str], target: Path, warehouse: Path, window: tuple[str, str], memory: str,
          busy_time: bool = False) -> list[dict]:
-    env = {**os.environ, environment.DBT_MIN_DATE_ENV: window[0], environment.DBT_MAX_DATE_ENV: window[1],
-           environment.MEMORY_LIMIT_ENV: memory, environment.DBT_TARGET_ENV: environment.DEFAULT_DBT_TARGET,
-           environment.DBT_BUSY_TIME_ENV: str(busy_time).lower()}
+    # The environment the span_models asset gives a dbt build (dbt_build_env), and the memory cap.
+    build_env = dbt_build_env(*(dt.date.fromisoformat(day) for day in window), busy_time)
+    env = {**os.environ, **build_env, environment.MEMORY_LIMIT_ENV: memory,
+           environment.DBT_TARGET_ENV: environment.DEFAULT_DBT_TARGET}
     done = subprocess.run(
         [dbt_executable(), *command, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
          "--target-path", str(target), "--log-format", "json", "--log-path", str(target / "logs"),
