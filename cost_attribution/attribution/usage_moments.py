@@ -24,6 +24,8 @@ import numpy as np
 import polars as pl
 
 from cost_attribution.attribution.deltas import COVARIATES, MOMENT_SCHEMA, ROOTS
+from cost_attribution.attribution.member_vectors import (
+    CellSums, MemberVectors, cross_moment_rows, root_ratio_frame, rows_per_batch, sum_members)
 from cost_attribution.attribution.member_usage import (
     ALLOCATED_ROWS, CHOSEN_ROWS, PRE_PERIOD, TREATED_ROOTS, UsageScope)
 from cost_attribution.attribution.stats import relative_covariance
@@ -45,19 +47,21 @@ class WarehouseMoments:
     """deltas.MemberMoments of one experiment, summed by DuckDB on `conn`.
 
     Its member rows are staged once in four temporary tables (clean allocations, outcome
-    usage, pre-period usage, root requests) that every sum reads; `close()` drops them.
+    usage, pre-period usage, root requests) that every sum reads; the sums pairing a
+    member's services (cross moments, root covariate) are made from them in one pass
+    (member_vectors), with a fifth table of the services' positions; `close()` drops them.
     """
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str):
         self.conn, self.experiment_id = conn, experiment_id
         self.experiments = scope.experiments.filter(pl.col("experiment_id") == experiment_id)
         k = next(_tables)
-        self._alloc, self._rows, self._usage, self._pre, self._roots = (
-            quote_ident(f"_moments_{name}_{k}") for name in ("alloc", "rows", "usage", "pre", "roots"))
+        self._alloc, self._rows, self._usage, self._pre, self._roots, self._services = (
+            quote_ident(f"_moments_{name}_{k}") for name in ("alloc", "rows", "usage", "pre", "roots", "services"))
         self._stage(scope)
         [(roots,)] = conn.execute(f"SELECT count(*) FROM {self._roots}").fetchall()
         self.has_roots = roots > 0
-        self._root_ratio_sums: pl.DataFrame | None = None
+        self._member_sums: tuple[MemberVectors, list[CellSums]] | None = None
 
     def _stage(self, scope: UsageScope) -> None:
         as_of, experiment = scope.as_of, self.experiment_id
@@ -142,7 +146,7 @@ class WarehouseMoments:
         }
 
     def close(self) -> None:
-        for table in (self._alloc, self._rows, self._usage, self._pre, self._roots):
+        for table in (self._alloc, self._rows, self._usage, self._pre, self._roots, self._services):
             self.conn.execute(f"DROP TABLE IF EXISTS {table}")
 
     def _frame(self, sql: str, params: list | None = None, schema: dict = MOMENT_SCHEMA) -> pl.DataFrame:
@@ -182,47 +186,31 @@ class WarehouseMoments:
                 GROUP BY ALL
                 """
             )
-        if self._root_ratio_sums is None:
-            self._root_ratio_sums = self._frame(self._root_ratio_sql(), schema=_ROOT_RATIO_SCHEMA)
-        sums = [f"{metric}_{name}" if name in ("sum_y", "sum_y2", "sum_xy") else name for name in _SUM_NAMES]
-        return self._root_ratio_sums.filter(pl.col(f"{metric}_rows")).select(
-            "experiment_id", "cell", "service", *(pl.col(a).alias(b) for a, b in zip(sums, _SUM_NAMES)))
+        layout, sums = self._vectors()
+        ratio = root_ratio_frame(sums, layout, _ROOT_RATIO_SCHEMA)
+        sums_of = [f"{metric}_{name}" if name in ("sum_y", "sum_y2", "sum_xy") else name for name in _SUM_NAMES]
+        return ratio.filter(pl.col(f"{metric}_rows")).select(
+            pl.lit(self.experiment_id, dtype=pl.Utf8).alias("experiment_id"), "cell", "service",
+            *(pl.col(a).alias(b) for a, b in zip(sums_of, _SUM_NAMES)))
 
-    def _root_ratio_sql(self) -> str:
-        # x = the member's root requests to services other than this one, for every member
-        # with roots and every service the experiment's members used: a dense member x
-        # service grid, built and summed inside DuckDB. (Summing R and correcting by the
-        # sparse rows would be cheaper, but the root service's x is exactly 0 only when
-        # each member's R - o is taken member by member.) Both metrics in one pass over the
-        # grid: a row that is there for one metric only adds 0 to the other's sums (its y
-        # is 0, its x 0 unless the grid has it anyway), so each metric's sums are the ones
-        # its own outcome rows would give; a (cell, service) with no row for a metric
-        # (`<metric>_rows` false) is left out of its sums, as its own query would.
-        valid = {m: _valid(quote_ident(m)) for m in _METRICS}
-        outcome = (f"SELECT member_id, cell, service, "
-                   + ", ".join(f"CASE WHEN {valid[m]} THEN {quote_ident(m)} END AS y_{m}" for m in _METRICS)
-                   + f" FROM {self._usage} WHERE " + " OR ".join(valid.values()))
-        per_metric = ", ".join(
-            f"sum(y_{m}) AS {m}_sum_y, sum(y_{m} * y_{m}) AS {m}_sum_y2, sum(x * y_{m}) AS {m}_sum_xy, "
-            f"bool_or(has_y_{m} OR has_x) AS {m}_rows" for m in _METRICS)
-        return f"""
-            WITH member_roots AS (SELECT member_id, cell, sum(root_requests) AS r FROM {self._roots} GROUP BY ALL),
-            own AS (SELECT member_id, cell, service, sum(root_requests) AS o FROM {self._roots} GROUP BY ALL),
-            covariate AS (
-                SELECT m.member_id, m.cell, s.service, m.r - coalesce(own.o, 0.0) AS x
-                FROM member_roots m
-                CROSS JOIN (SELECT DISTINCT service FROM {self._usage}) s
-                LEFT JOIN own USING (member_id, cell, service)
+    def _vectors(self) -> tuple[MemberVectors, list[CellSums]]:
+        """The sums that pair a member's services (member_vectors): the cross moments and
+        the root covariate's, in one pass over one row per member, made once."""
+        if self._member_sums is None:
+            self.conn.execute(
+                f"CREATE TEMP TABLE {self._services} AS SELECT service, "
+                f"CAST(row_number() OVER (ORDER BY service) - 1 AS INTEGER) AS s "
+                f"FROM (SELECT DISTINCT service FROM {self._usage} WHERE service IS NOT NULL)"
             )
-            SELECT ? AS experiment_id, cell, service, sum(x) AS sum_x, sum(x * x) AS sum_x2, {per_metric}
-            FROM (
-                SELECT cell, service, coalesce(c.x, 0.0) AS x, c.x IS NOT NULL AS has_x,
-                       {", ".join(f"coalesce(o.y_{m}, 0.0) AS y_{m}, o.y_{m} IS NOT NULL AS has_y_{m}" for m in _METRICS)}
-                FROM ({outcome}) o FULL JOIN (SELECT * FROM covariate WHERE {_valid("x")}) c
-                USING (member_id, cell, service)
-            )
-            GROUP BY ALL
-        """
+            services = [s for (s,) in self.conn.execute(f"SELECT service FROM {self._services} ORDER BY s").fetchall()]
+            cells = [c for (c,) in self.conn.execute(f"SELECT DISTINCT cell FROM {self._alloc} ORDER BY cell").fetchall()]
+            layout = MemberVectors(services, cells)
+            batches = []
+            if services:
+                batches = self.conn.sql(layout.sql(self._usage, self._roots, self._services),
+                                        params=layout.params()).to_arrow_reader(rows_per_batch(len(services)))
+            self._member_sums = layout, sum_members(batches, layout)
+        return self._member_sums
 
     def work_per_request(self) -> pl.DataFrame:
         return self._frame(
@@ -261,29 +249,12 @@ class WarehouseMoments:
         infinite or negative value is left out, as in every other sum. A few rows per cell
         and pair; usage_deltas stores them (main.usage_cross_moments) so cost_projections
         does not stage the experiment's members again."""
-        values = (f"SELECT member_id, cell, service, CASE WHEN {_valid('requests')} THEN requests END AS r, "
-                  f"CASE WHEN {_valid('work')} THEN work END AS w FROM {self._usage}")
-        return self._frame(
-            f"""
-            WITH v AS ({values}),
-            sums AS (SELECT cell, service, sum(r) AS requests_a, sum(w) AS work_a FROM v GROUP BY ALL),
-            pairs AS (
-                SELECT a.cell, a.service AS service_a, b.service AS service_b,
-                       sum(a.r * b.r) AS requests_requests, sum(a.r * b.w) AS requests_work,
-                       sum(a.w * b.r) AS work_requests, sum(a.w * b.w) AS work_work
-                FROM v a JOIN v b ON b.member_id = a.member_id AND b.cell = a.cell AND b.service >= a.service
-                GROUP BY ALL
-            ),
-            members AS (SELECT cell, count(*) AS members FROM {self._alloc} GROUP BY cell)
-            SELECT CAST(? AS VARCHAR) AS experiment_id, m.cell, m.members, p.service_a, p.service_b,
-                   s.requests_a, s.work_a, p.requests_requests, p.requests_work, p.work_requests, p.work_work
-            FROM members m
-            LEFT JOIN pairs p ON p.cell = m.cell
-            LEFT JOIN sums s ON s.cell = p.cell AND s.service = p.service_a
-            ORDER BY ALL
-            """,
-            schema=CROSS_MOMENT_SCHEMA,
-        )
+        layout, sums = self._vectors()
+        members = dict(self.conn.execute(f"SELECT cell, count(*) FROM {self._alloc} GROUP BY cell").fetchall())
+        rows = cross_moment_rows(sums, layout, members)
+        return (pl.DataFrame(rows, schema={n: t for n, t in CROSS_MOMENT_SCHEMA.items() if n != "experiment_id"})
+                .select(pl.lit(self.experiment_id, dtype=pl.Utf8).alias("experiment_id"), pl.all())
+                .sort("cell", "service_a", "service_b", nulls_last=True))
 
     def service_covariance(self, cell: str, control_cell: str, services: list[str],
                            work_services: list[str]) -> np.ndarray:
@@ -291,7 +262,7 @@ class WarehouseMoments:
         return covariance_from_cross_moments(self.cross_moments(), cell, control_cell, services, work_services)
 
 
-# The root-requests covariate's sums of both metrics at once (WarehouseMoments._root_ratio_sql).
+# The root-requests covariate's sums of both metrics at once (member_vectors.root_ratio_frame).
 _ROOT_RATIO_SCHEMA = {"experiment_id": pl.Utf8, "cell": pl.Utf8, "service": pl.Utf8, "sum_x": pl.Float64,
                       "sum_x2": pl.Float64} | {f"{m}_{name}": dtype for m in _METRICS for name, dtype in (
                           ("sum_y", pl.Float64), ("sum_y2", pl.Float64), ("sum_xy", pl.Float64), ("rows", pl.Boolean))}

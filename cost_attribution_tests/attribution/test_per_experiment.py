@@ -236,6 +236,61 @@ def test_warehouse_sums_equal_the_member_rows_sums(any_warehouse):
                 assert gateway["sum_x"].to_list() == [0.0, 0.0]
 
 
+def _member_products(member_usage: pl.DataFrame, allocations: pl.DataFrame) -> pl.DataFrame:
+    """The cross moments written out from member rows: cleaned as the statistics clean them
+    (a member in two cells left out; a row naming another cell left out; per member and
+    service its rows summed, then a value that is NaN, infinite or negative left out of every
+    sum), each pair of services a <= b that a member has rows at, products of valid values."""
+    cells = allocations.unique(["member_id", "cell"]).group_by("member_id").agg(pl.col("cell").first(), pl.len().alias("n"))
+    clean = (member_usage.join(cells.filter(pl.col("n") == 1).drop("n"), on="member_id", suffix="_allocated")
+             .filter(pl.col("cell").is_null() | (pl.col("cell") == pl.col("cell_allocated")))
+             .group_by(pl.col("cell_allocated").alias("cell"), "member_id", "service")
+             .agg(pl.col("requests").sum(), pl.col("work").sum()))
+    valid = clean.with_columns(
+        r=pl.when(pl.col("requests").is_finite() & (pl.col("requests") >= 0)).then(pl.col("requests")),
+        w=pl.when(pl.col("work").is_finite() & (pl.col("work") >= 0)).then(pl.col("work")))
+    pairs = (valid.join(valid, on=["cell", "member_id"], suffix="_b").filter(pl.col("service_b") >= pl.col("service"))
+             .group_by("cell", pl.col("service").alias("service_a"), "service_b")
+             .agg(requests_requests=(pl.col("r") * pl.col("r_b")).sum(), requests_work=(pl.col("r") * pl.col("w_b")).sum(),
+                  work_requests=(pl.col("w") * pl.col("r_b")).sum(), work_work=(pl.col("w") * pl.col("w_b")).sum(),
+                  rr=(pl.col("r") * pl.col("r_b")).count(), rw=(pl.col("r") * pl.col("w_b")).count(),
+                  wr=(pl.col("w") * pl.col("r_b")).count(), ww=(pl.col("w") * pl.col("w_b")).count()))
+    for column, n in (("requests_requests", "rr"), ("requests_work", "rw"), ("work_requests", "wr"), ("work_work", "ww")):
+        pairs = pairs.with_columns(pl.when(pl.col(n) > 0).then(pl.col(column)).alias(column))  # SQL's sum of nothing
+    sums = valid.group_by("cell", pl.col("service").alias("service_a")).agg(
+        requests_a=pl.when(pl.col("r").count() > 0).then(pl.col("r").sum()),
+        work_a=pl.when(pl.col("w").count() > 0).then(pl.col("w").sum()))
+    return pairs.join(sums, on=["cell", "service_a"]).drop("rr", "rw", "wr", "ww")
+
+
+@pytest.mark.parametrize("batch_members", [None, 7])
+def test_cross_moments_equal_the_member_rows_products(any_warehouse, batch_members, monkeypatch):
+    """The cross moments (one row per member pivoted in DuckDB, products summed by numpy a
+    batch at a time: member_vectors) against the products written out from member rows, on
+    the tidy and the dirty world, in one batch and in batches of 7 members."""
+    from cost_attribution.attribution import member_vectors
+    from cost_attribution.attribution.member_usage import experiment_usage
+
+    if batch_members:
+        monkeypatch.setattr(member_vectors, "BATCH_VALUES", batch_members * 16)  # 5 services: 1 + 3 x 5 a member
+    scope = usage_scope(any_warehouse, AS_OF, blind_spot_coverage=0.5)
+    keys = ["cell", "service_a", "service_b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for moments in each_experiment_moments(any_warehouse, scope):
+            rows = experiment_usage(any_warehouse, scope, moments.experiment_id, covariates=False)
+            reference = _member_products(rows.member_usage, rows.allocations).sort(keys)
+            ours = moments.cross_moments()
+            members = dict(moments.cell_counts().select("cell", "n").iter_rows())
+            assert all(n == members[cell] for cell, n in ours.select("cell", "members").iter_rows())
+            ours = ours.select(reference.columns).sort(keys)
+            assert ours.select(keys).equals(reference.select(keys))
+            for column in reference.columns[3:]:
+                assert ours[column].is_null().to_list() == reference[column].is_null().to_list(), column
+                np.testing.assert_allclose(ours[column].fill_null(0).to_numpy(), reference[column].fill_null(0).to_numpy(),
+                                           rtol=1e-12, err_msg=column)
+
+
 def test_dirty_rows_are_counted_in_the_warning():
     conn = warehouse_of(_dirty_world())
     scope = usage_scope(conn, AS_OF, blind_spot_coverage=0.5)
