@@ -109,12 +109,24 @@ def ingest_chunk_spans(default: int) -> int:
                          f"e.g. {default}") from None
 
 
-def dbt_busy_time() -> bool:
-    raw = get(DBT_BUSY_TIME_ENV, "false").strip().lower()
+def flag(name: str, meaning_when_true: str, meaning_when_false: str) -> bool:
+    """A true/false variable (true, false, 1 or 0, any case; unset: false). Anything else is
+    refused with the variable, the value and what each choice means, rather than read as
+    false (STARTTLS off because someone wrote `yes`)."""
+    raw = get(name, "false").strip().lower()
     if raw not in ("true", "false", "1", "0"):
-        raise ValueError(f"{DBT_BUSY_TIME_ENV}={raw!r}: not true or false. Fix: set it to true (span models "
-                         "compute busy time for every day) or false (only when work_measure is 'busy')")
+        raise ValueError(f"{name}={raw!r}: not true or false. Fix: set it to true ({meaning_when_true}) "
+                         f"or false ({meaning_when_false})")
     return raw in ("true", "1")
+
+
+def dbt_busy_time() -> bool:
+    return flag(DBT_BUSY_TIME_ENV, "span models compute busy time for every day",
+                "only when work_measure is 'busy'")
+
+
+def smtp_starttls() -> bool:
+    return flag(SMTP_STARTTLS_ENV, "upgrade the SMTP connection with STARTTLS", "send over the plain connection")
 
 
 def cost_threshold_usd() -> float:

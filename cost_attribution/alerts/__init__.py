@@ -20,7 +20,7 @@ def alert_resources() -> dict:
             smtp_port=int(env.get(env.SMTP_PORT_ENV, "25")),
             smtp_username=env.get(env.SMTP_USER_ENV),
             smtp_password=dg.EnvVar(env.SMTP_PASSWORD_ENV) if env.is_set(env.SMTP_PASSWORD_ENV) else "",
-            smtp_starttls=env.get(env.SMTP_STARTTLS_ENV, "false").lower() == "true",
+            smtp_starttls=env.smtp_starttls(),
             email_from=env.get(env.ALERT_EMAIL_FROM_ENV, "cost-attribution@localhost"),
             email_to=recipients,
         ),

@@ -60,6 +60,19 @@ def test_a_bad_threshold_names_the_variable_and_the_fix(monkeypatch):
         environment.cost_threshold_usd()
 
 
+@pytest.mark.parametrize("read, name", [(environment.dbt_busy_time, environment.DBT_BUSY_TIME_ENV),
+                                        (environment.smtp_starttls, environment.SMTP_STARTTLS_ENV)])
+def test_every_true_false_variable_follows_one_rule(monkeypatch, read, name):
+    monkeypatch.delenv(name, raising=False)
+    assert read() is False
+    for raw, expected in (("true", True), ("TRUE ", True), ("1", True), ("false", False), ("0", False)):
+        monkeypatch.setenv(name, raw)
+        assert read() is expected, raw
+    monkeypatch.setenv(name, "yes")
+    with pytest.raises(ValueError, match=f"{name}='yes': not true or false. Fix: set it to true"):
+        read()
+
+
 def test_reporting_functions_take_settings_as_arguments_without_defaults():
     from cost_attribution.reporting.html_report import build_html_report
     from cost_attribution.reporting.report import build_report
