@@ -67,9 +67,12 @@ def test_warehouse_connections_take_their_share(tmp_path):
     with warehouse.get_connection() as conn:
         limit = conn.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     # DuckDB shows the limit in binary units, rounded: compare through a connection of its own.
+    # The share is the budget less the process's resident memory when the connection opens,
+    # which moves by a page or so between that reading and `expected`'s: a few MB either way.
     reference = duckdb.connect()
     reference.execute("SET memory_limit = ?", [f"{expected // MB}MB"])
-    assert limit == reference.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    shown = reference.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert abs(parse_size(limit, "memory_limit") - parse_size(shown, "memory_limit")) <= 4 * MB, (limit, shown)
     tight = WarehouseResource(database=str(tmp_path / "w.duckdb"), connection_config={"memory_limit": "1GB"},
                               memory_budget=f"{(resident_bytes() + IN_PROCESS_RESERVE + 400 * MB) // MB}MB")
     with tight.get_connection() as conn:
