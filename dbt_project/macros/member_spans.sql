@@ -13,18 +13,29 @@
      lost the trace context (a blind spot). A caller's view of a call includes the
      network and the callee's own calls, so it does not measure the callee's work: work
      stays unknown for the client source. #}
-{% macro member_usage_units() -%}
+{% macro member_usage_units(source=none) -%}
+    {%- if source in (none, 'server') %}
     select dt, member_id, service, 'server' as source, adjusted_count, start_unix_nano,
            adjusted_count * duration_nano / 1e9 as work,
            adjusted_count * busy_nano / 1e9 as busy
     from {{ ref('enriched_spans') }}
     where {{ in_partition_window('dt') }} and member_id is not null and kind = 'SERVER'
+    {%- endif %}
+    {%- if source is none %}
     union all
+    {%- endif %}
+    {%- if source in (none, 'client') %}
     select dt, member_id, peer_service as service, 'client' as source, adjusted_count, start_unix_nano,
            cast(null as double) as work,
            cast(null as double) as busy
     from {{ ref('enriched_spans') }}
     where {{ in_partition_window('dt') }} and member_id is not null and kind = 'CLIENT' and peer_service is not null
+    {%- endif %}
+{%- endmacro %}
+
+{# The sources member_usage_units(source) gives one at a time. #}
+{% macro member_usage_sources() -%}
+    {{ return(['server', 'client']) }}
 {%- endmacro %}
 
 {% macro member_usage_measures() -%}
