@@ -182,8 +182,9 @@ def latency_window(groups: int) -> Window:
         conn.execute(f"CREATE OR REPLACE TABLE {histograms} AS {_latency_sums(groups, one)} LIMIT 0", ["", as_of, ""])
         conn.execute(f"CREATE OR REPLACE TABLE {members} AS {_latency_members(one)} LIMIT 0", ["", as_of, ""])
         for experiment_id in started_experiments(conn, as_of)["experiment_id"]:
-            conn.execute(f"INSERT INTO {histograms} {_latency_sums(groups, one)}", [experiment_id, as_of, experiment_id])
-            conn.execute(f"INSERT INTO {members} {_latency_members(one)}", [experiment_id, as_of, experiment_id])
+            params = [experiment_id, as_of, experiment_id]
+            conn.execute(f"INSERT INTO {histograms} {_latency_sums(groups, one)}", params)
+            conn.execute(f"INSERT INTO {members} {_latency_members(one)}", params)
 
     def advance(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> None:
         day = f"{one} AND l.dt = ?"

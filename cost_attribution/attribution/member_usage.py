@@ -2,8 +2,9 @@
 
 One place decides which rows count for an experiment on a given day (`usage_scope`,
 `CHOSEN_ROWS`, `PRE_PERIOD`), so the deltas and the dollar-interval covariance always see
-the same members and volumes. The statistics never read member rows into Python: they
-read per-cell sums that DuckDB computes from these rows (`usage_moments`).
+the same members and volumes. The statistics never read all member rows into Python: they
+read per-cell sums that DuckDB computes from these rows, or stream them a batch of members at
+a time (`usage_moments`, `member_vectors`).
 `experiment_usage` reads one experiment's member rows themselves, for a person looking
 into an experiment and as the in-memory reference the warehouse sums are tested against.
 """

@@ -130,7 +130,8 @@ class CellSums:
         self.root["sum_x"] += x.sum(axis=0)
         self.root["sum_x2"] += (x * x).sum(axis=0)
         self.root["rows"] += (x_ok | ok[:, :self.k] | ok[:, self.k:]).sum(axis=0)
-        for m, y, y_ok in (("requests", clean[:, :self.k], ok[:, :self.k]), ("work", clean[:, self.k:], ok[:, self.k:])):
+        k = self.k
+        for m, y, y_ok in (("requests", clean[:, :k], ok[:, :k]), ("work", clean[:, k:], ok[:, k:])):
             self.root[f"{m}_sum_y"] += y.sum(axis=0)
             self.root[f"{m}_sum_y2"] += (y * y).sum(axis=0)
             self.root[f"{m}_sum_xy"] += (x * y).sum(axis=0)
@@ -197,4 +198,6 @@ def root_ratio_frame(sums: list[CellSums], layout: MemberVectors, schema: dict) 
         frame |= {name: (values[there] > 0 if name.endswith("rows") else values[there])
                   for name, values in root.items() if name != "rows"}
         frames.append(pl.DataFrame(frame, schema={name: schema[name] for name in frame}))
-    return pl.concat(frames) if frames else pl.DataFrame(schema={n: t for n, t in schema.items() if n != "experiment_id"})
+    if not frames:
+        return pl.DataFrame(schema={name: dtype for name, dtype in schema.items() if name != "experiment_id"})
+    return pl.concat(frames)

@@ -3,8 +3,9 @@
 Every comparison of the deltas (`deltas.deltas_from_moments`) and the dollar interval's
 correlation needs only per-cell sums over members (n, sums of y, y^2, x, x^2, xy, and
 cross products between services). DuckDB computes them from the experiment's member rows,
-so Python holds a few rows per (cell, service), never a row per member: memory does not
-grow with the number of members. The rows counted are the same as `member_usage`'s
+so Python holds a few rows per (cell, service); the sums pairing a member's services are
+made from one row per member that numpy sums a batch at a time (`member_vectors`). Either
+way memory does not grow with the number of members. The rows counted are the same as `member_usage`'s
 (`experiment_usage`), cleaned as `stats_inputs` cleans member rows in memory:
 - a member allocated to more than one cell of the experiment is left out of both;
 - a usage row is counted under its member's allocated cell, and left out when it names
@@ -203,7 +204,8 @@ class WarehouseMoments:
                 f"FROM (SELECT DISTINCT service FROM {self._usage} WHERE service IS NOT NULL)"
             )
             services = [s for (s,) in self.conn.execute(f"SELECT service FROM {self._services} ORDER BY s").fetchall()]
-            cells = [c for (c,) in self.conn.execute(f"SELECT DISTINCT cell FROM {self._alloc} ORDER BY cell").fetchall()]
+            cells = [c for (c,) in
+                     self.conn.execute(f"SELECT DISTINCT cell FROM {self._alloc} ORDER BY cell").fetchall()]
             layout = MemberVectors(services, cells)
             batches = []
             if services:

@@ -236,12 +236,17 @@ def test_warehouse_sums_equal_the_member_rows_sums(any_warehouse):
                 assert gateway["sum_x"].to_list() == [0.0, 0.0]
 
 
+_PRODUCTS = [("requests_requests", "r", "r"), ("requests_work", "r", "w"), ("work_requests", "w", "r"),
+             ("work_work", "w", "w")]
+
+
 def _member_products(member_usage: pl.DataFrame, allocations: pl.DataFrame) -> pl.DataFrame:
     """The cross moments written out from member rows: cleaned as the statistics clean them
     (a member in two cells left out; a row naming another cell left out; per member and
     service its rows summed, then a value that is NaN, infinite or negative left out of every
     sum), each pair of services a <= b that a member has rows at, products of valid values."""
-    cells = allocations.unique(["member_id", "cell"]).group_by("member_id").agg(pl.col("cell").first(), pl.len().alias("n"))
+    cells = (allocations.unique(["member_id", "cell"]).group_by("member_id")
+             .agg(pl.col("cell").first(), pl.len().alias("n")))
     clean = (member_usage.join(cells.filter(pl.col("n") == 1).drop("n"), on="member_id", suffix="_allocated")
              .filter(pl.col("cell").is_null() | (pl.col("cell") == pl.col("cell_allocated")))
              .group_by(pl.col("cell_allocated").alias("cell"), "member_id", "service")
@@ -251,16 +256,14 @@ def _member_products(member_usage: pl.DataFrame, allocations: pl.DataFrame) -> p
         w=pl.when(pl.col("work").is_finite() & (pl.col("work") >= 0)).then(pl.col("work")))
     pairs = (valid.join(valid, on=["cell", "member_id"], suffix="_b").filter(pl.col("service_b") >= pl.col("service"))
              .group_by("cell", pl.col("service").alias("service_a"), "service_b")
-             .agg(requests_requests=(pl.col("r") * pl.col("r_b")).sum(), requests_work=(pl.col("r") * pl.col("w_b")).sum(),
-                  work_requests=(pl.col("w") * pl.col("r_b")).sum(), work_work=(pl.col("w") * pl.col("w_b")).sum(),
-                  rr=(pl.col("r") * pl.col("r_b")).count(), rw=(pl.col("r") * pl.col("w_b")).count(),
-                  wr=(pl.col("w") * pl.col("r_b")).count(), ww=(pl.col("w") * pl.col("w_b")).count()))
-    for column, n in (("requests_requests", "rr"), ("requests_work", "rw"), ("work_requests", "wr"), ("work_work", "ww")):
-        pairs = pairs.with_columns(pl.when(pl.col(n) > 0).then(pl.col(column)).alias(column))  # SQL's sum of nothing
+             .agg(*[(pl.col(a) * pl.col(f"{b}_b")).sum().alias(name) for name, a, b in _PRODUCTS],
+                  *[(pl.col(a) * pl.col(f"{b}_b")).count().alias(f"{name}_n") for name, a, b in _PRODUCTS]))
+    for name, _, _ in _PRODUCTS:  # a sum of no value is null, as SQL's
+        pairs = pairs.with_columns(pl.when(pl.col(f"{name}_n") > 0).then(pl.col(name)).alias(name))
     sums = valid.group_by("cell", pl.col("service").alias("service_a")).agg(
         requests_a=pl.when(pl.col("r").count() > 0).then(pl.col("r").sum()),
         work_a=pl.when(pl.col("w").count() > 0).then(pl.col("w").sum()))
-    return pairs.join(sums, on=["cell", "service_a"]).drop("rr", "rw", "wr", "ww")
+    return pairs.join(sums, on=["cell", "service_a"]).drop([f"{name}_n" for name, _, _ in _PRODUCTS])
 
 
 @pytest.mark.parametrize("batch_members", [None, 7])
