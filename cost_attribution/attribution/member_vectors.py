@@ -30,6 +30,11 @@ BATCH_VALUES = 2_000_000
 INVALID = -1.0
 
 
+def valid_value(column: str) -> str:
+    """SQL: the column holds a value the statistics count (not null, finite, not negative)."""
+    return f"({column} IS NOT NULL AND isfinite({column}) AND {column} >= 0)"
+
+
 def rows_per_batch(services: int) -> int:
     """Members per batch, so a batch's dense rows hold about BATCH_VALUES numbers (~16 MB)."""
     return max(1, BATCH_VALUES // (1 + 3 * max(services, 1)))
@@ -50,7 +55,6 @@ class MemberVectors:
         requests (NaN: none), its usage rows [{s, r, w}] (r, w INVALID when not valid) and
         its own root requests per service [{s, o}]. The SQL holds no name: cells are
         parameters, services are positions."""
-        valid = {c: f"({c} IS NOT NULL AND isfinite({c}) AND {c} >= 0)" for c in ("requests", "work")}
         cell_cases = " ".join(f"WHEN ? THEN {i}" for i in range(len(self.cells)))
         return f"""
             SELECT any_value(CASE cell {cell_cases} END) AS cell_index,
@@ -59,8 +63,8 @@ class MemberVectors:
                    list({{'s': s, 'o': root}}) FILTER (WHERE is_root AND s IS NOT NULL AND root IS NOT NULL) AS own
             FROM (
                 SELECT member_id, cell, service, false AS is_root,
-                       CASE WHEN {valid['requests']} THEN requests ELSE {INVALID} END AS r,
-                       CASE WHEN {valid['work']} THEN work ELSE {INVALID} END AS w, CAST(NULL AS DOUBLE) AS root
+                       CASE WHEN {valid_value('requests')} THEN requests ELSE {INVALID} END AS r,
+                       CASE WHEN {valid_value('work')} THEN work ELSE {INVALID} END AS w, CAST(NULL AS DOUBLE) AS root
                 FROM {usage} WHERE service IS NOT NULL
                 UNION ALL
                 SELECT member_id, cell, service, true, NULL, NULL, CAST(root_requests AS DOUBLE) FROM {roots}
@@ -110,7 +114,8 @@ class CellSums:
     def add(self, values: np.ndarray, own_roots: np.ndarray, roots: np.ndarray) -> None:
         """values: members x 2k (requests then work; NaN: no row, INVALID: not valid);
         own_roots: members x k (0: none); roots: members (NaN: no root rows)."""
-        present = ~np.isnan(values[:, :self.k])
+        k = self.k
+        present = ~np.isnan(values[:, :k])
         ok = np.isfinite(values) & (values >= 0)
         clean = np.where(ok, values, 0.0)
         okf = ok.astype(np.float64)
@@ -129,8 +134,7 @@ class CellSums:
         x = np.where(x_ok, x, 0.0)
         self.root["sum_x"] += x.sum(axis=0)
         self.root["sum_x2"] += (x * x).sum(axis=0)
-        self.root["rows"] += (x_ok | ok[:, :self.k] | ok[:, self.k:]).sum(axis=0)
-        k = self.k
+        self.root["rows"] += (x_ok | ok[:, :k] | ok[:, k:]).sum(axis=0)
         for m, y, y_ok in (("requests", clean[:, :k], ok[:, :k]), ("work", clean[:, k:], ok[:, k:])):
             self.root[f"{m}_sum_y"] += y.sum(axis=0)
             self.root[f"{m}_sum_y2"] += (y * y).sum(axis=0)

@@ -26,7 +26,7 @@ import polars as pl
 
 from cost_attribution.attribution.deltas import COVARIATES, MOMENT_SCHEMA, ROOTS
 from cost_attribution.attribution.member_vectors import (
-    CellSums, MemberVectors, cross_moment_rows, root_ratio_frame, rows_per_batch, sum_members)
+    CellSums, MemberVectors, cross_moment_rows, root_ratio_frame, rows_per_batch, sum_members, valid_value)
 from cost_attribution.attribution.member_usage import (
     ALLOCATED_ROWS, CHOSEN_ROWS, PRE_PERIOD, TREATED_ROOTS, UsageScope)
 from cost_attribution.attribution.stats import relative_covariance
@@ -34,10 +34,6 @@ from cost_attribution.warehouse import quote_ident, read_frame, table_exists
 
 _METRICS = ("requests", "work")
 _tables = itertools.count()
-
-
-def _valid(column: str) -> str:
-    return f"({column} IS NOT NULL AND isfinite({column}) AND {column} >= 0)"
 
 
 _SUMS = "sum(y) AS sum_y, sum(y * y) AS sum_y2, sum(x) AS sum_x, sum(x * x) AS sum_x2, sum(x * y) AS sum_xy"
@@ -137,8 +133,8 @@ class WarehouseMoments:
             self.conn.execute(f"CREATE TEMP TABLE {self._roots} (member_id VARCHAR, cell VARCHAR, service VARCHAR, "
                               "root_requests DOUBLE)")
         [(invalid,)] = self.conn.execute(
-            f"SELECT count(*) FROM {self._usage} WHERE NOT {_valid('requests')} OR "
-            f"(work IS NOT NULL AND NOT {_valid('work')})"
+            f"SELECT count(*) FROM {self._usage} WHERE NOT {valid_value('requests')} OR "
+            f"(work IS NOT NULL AND NOT {valid_value('work')})"
         ).fetchall()
         self.excluded = {
             "members allocated to more than one cell of the experiment": conflicted,
@@ -169,7 +165,7 @@ class WarehouseMoments:
         if metric not in _METRICS or covariate not in COVARIATES:
             raise ValueError(f"metric must be one of {_METRICS} and covariate one of {COVARIATES}")
         y = quote_ident(metric)
-        outcome = f"SELECT member_id, cell, service, {y} AS y FROM {self._usage} WHERE {_valid(y)}"
+        outcome = f"SELECT member_id, cell, service, {y} AS y FROM {self._usage} WHERE {valid_value(y)}"
         if covariate == "none":
             return self._frame(f"SELECT ? AS experiment_id, cell, service, {_SUMS} "
                                f"FROM (SELECT *, 0.0 AS x FROM ({outcome})) GROUP BY ALL")
@@ -181,7 +177,7 @@ class WarehouseMoments:
                 FROM (
                     SELECT cell, service, coalesce(o.y, 0.0) AS y, coalesce(p.x, 0.0) AS x
                     FROM ({outcome}) o
-                    FULL JOIN (SELECT member_id, cell, service, {x} AS x FROM {self._pre} WHERE {_valid(x)}) p
+                    FULL JOIN (SELECT member_id, cell, service, {x} AS x FROM {self._pre} WHERE {valid_value(x)}) p
                     USING (member_id, cell, service)
                 )
                 GROUP BY ALL
@@ -220,10 +216,11 @@ class WarehouseMoments:
             SELECT ? AS experiment_id, cell, service, {_SUMS}
             FROM (
                 SELECT cell, service,
-                       CASE WHEN {_valid("work")} THEN work ELSE 0.0 END AS y,
-                       CASE WHEN {_valid("requests")} THEN requests ELSE 0.0 END AS x
+                       CASE WHEN {valid_value("work")} THEN work ELSE 0.0 END AS y,
+                       CASE WHEN {valid_value("requests")} THEN requests ELSE 0.0 END AS x
                 FROM {self._usage}
-                WHERE work IS NOT NULL AND requests IS NOT NULL AND ({_valid("work")} OR {_valid("requests")})
+                WHERE work IS NOT NULL AND requests IS NOT NULL
+                  AND ({valid_value("work")} OR {valid_value("requests")})
             )
             GROUP BY ALL
             """
@@ -236,7 +233,7 @@ class WarehouseMoments:
             FROM (
                 SELECT cell, sum(root_requests) AS y, 0.0 AS x FROM {self._roots} GROUP BY member_id, cell
             )
-            WHERE {_valid("y")}
+            WHERE {valid_value("y")}
             GROUP BY ALL
             """,
             [ROOTS],
@@ -252,7 +249,7 @@ class WarehouseMoments:
         and pair; usage_deltas stores them (main.usage_cross_moments) so cost_projections
         does not stage the experiment's members again."""
         layout, sums = self._vectors()
-        members = dict(self.conn.execute(f"SELECT cell, count(*) FROM {self._alloc} GROUP BY cell").fetchall())
+        members = dict(self.cell_counts().select("cell", "n").iter_rows())
         rows = cross_moment_rows(sums, layout, members)
         return (pl.DataFrame(rows, schema={n: t for n, t in CROSS_MOMENT_SCHEMA.items() if n != "experiment_id"})
                 .select(pl.lit(self.experiment_id, dtype=pl.Utf8).alias("experiment_id"), pl.all())
