@@ -40,10 +40,14 @@ def _spans() -> pl.DataFrame:
         _span("t1", "d", "a", "api", "CLIENT", hour + 60, hour + 70, peer="svc"),
         _span("t1", "e", "a", "api", "CLIENT", hour + 95, hour + 120, peer="svc"),
         _span("t1", "f", "b", "svc", "SERVER", hour + 11, hour + 29),  # a leaf: busy its whole 18 ms
+        # In-process work inside a (between its calls): an INTERNAL span, never a unit of work
+        # or a wait; it counts only as a span with a parent.
+        _span("t1", "s", "a", "api", "INTERNAL", hour + 52, hour + 58),
         # Trace t2 at 13:00 (after the allocation): api 40 ms with one 10 ms call.
         _span("t2", "g", None, "api", "SERVER", 13 * hour, 13 * hour + 40, member="m1"),
         _span("t2", "h", "g", "api", "CLIENT", 13 * hour + 5, 13 * hour + 15, peer="svc"),
         _span("t2", "i", "h", "svc", "SERVER", 13 * hour + 6, 13 * hour + 14),
+        _span("t2", "t", "i", "svc", "INTERNAL", 13 * hour + 7, 13 * hour + 9),
         # m2, never allocated: counts for root activity only.
         _span("t3", "j", None, "api", "SERVER", 14 * hour, 14 * hour + 30, member="m2", p=0.25),
         # Trace t4, no member: a call inside an earlier, longer one, then one overlapping
@@ -57,6 +61,7 @@ def _spans() -> pl.DataFrame:
         # Span k of t4 arrives twice (a retried export): its children are still not orphans.
         _span("t5", "q", "gone", "svc", "SERVER", 16 * hour, 16 * hour + 10),
         _span("t5", "r", "q", "svc", "CLIENT", 16 * hour + 2, 16 * hour + 4, peer="db"),
+        _span("t5", "u", "lost", "svc", "INTERNAL", 16 * hour + 5, 16 * hour + 6),  # an INTERNAL orphan
         _span("t4", "k", None, "api", "SERVER", 15 * hour, 15 * hour + 100),
     ]
     return pl.DataFrame(rows)
@@ -94,12 +99,22 @@ def test_busy_time_is_duration_minus_the_union_of_own_calls(warehouse):
         "SELECT DISTINCT r.span_id, e.busy_nano / 1e6 AS ms FROM main.enriched_spans AS e JOIN raw.spans AS r "
         "ON r.service = e.service AND r.kind = e.kind AND r.start_unix_nano = e.start_unix_nano",
     ).iter_rows())
-    assert len(work) == 17  # every span of the fixture (k arrives twice), each matched once
+    assert len(work) == 17  # every SERVER and CLIENT span of the fixture (k arrives twice), each matched once
     assert work["a"] == pytest.approx(100 - 55)
     assert work["f"] == pytest.approx(18)  # leaf SERVER: all of it
     assert work["g"] == pytest.approx(30)
     assert work["k"] == pytest.approx(40)  # nested and chained overlaps count once
     assert work["b"] == pytest.approx(20)  # CLIENT: the call's duration as the caller saw it
+
+
+def test_internal_spans_stay_out_of_the_span_grain_table(warehouse):
+    """The method counts SERVER spans (work) and CLIENT spans (calls); the span models write
+    only those at span grain. INTERNAL spans stay in raw.spans, and service_coverage still
+    counts them among the spans with a parent (and the orphans)."""
+    kinds = _frame(warehouse, "SELECT kind, count(*) AS n FROM main.enriched_spans GROUP BY kind ORDER BY kind")
+    assert dict(kinds.iter_rows()) == {"CLIENT": 10, "SERVER": 8}  # k arrives twice
+    raw = _frame(warehouse, "SELECT count(*) AS n FROM raw.spans WHERE kind = 'INTERNAL'")
+    assert raw["n"][0] == 3
 
 
 def test_usage_before_the_allocation_is_pre_period_never_treated(warehouse):
@@ -129,8 +144,8 @@ def test_root_activity_counts_every_member(warehouse):
 def test_orphans_are_spans_whose_parent_never_arrived(warehouse):
     coverage = _frame(warehouse, "SELECT service, spans_with_parent, orphan_spans FROM main.service_coverage")
     assert {r["service"]: (r["spans_with_parent"], r["orphan_spans"]) for r in coverage.iter_rows(named=True)} == {
-        "api": (9, 0),  # b-e under a, h under g, l-o under k (k twice)
-        "svc": (4, 1),  # f, i, r have their parents; q's parent `gone` never arrived
+        "api": (10, 0),  # b-e and INTERNAL s under a, h under g, l-o under k (k twice)
+        "svc": (6, 2),  # f, i, r, INTERNAL t have their parents; q's `gone` and INTERNAL u's `lost` never arrived
     }
 
 

@@ -2,10 +2,10 @@
 -- Trace completeness per service and day: how much of a service's (adjusted) work
 -- reaches a member, how much starts anonymous traces, how many spans point at a
 -- parent that never arrived.
--- The shares come from enriched_spans (which has each span's member); the orphan check
--- needs span ids, which only the staged spans keep. Each is scanned
--- where needed rather than through a shared CTE, which DuckDB would materialize (see
--- enriched_spans).
+-- The shares come from enriched_spans (which has each span's member); the spans with a
+-- parent (of every kind: enriched_spans keeps only SERVER and CLIENT) and the orphan
+-- check need the staged spans. Each is scanned where needed rather than through a shared
+-- CTE, which DuckDB would materialize (see enriched_spans).
 with server as (
     select
         s.dt,
@@ -22,8 +22,8 @@ with server as (
 ),
 with_parent as (
     select s.dt, s.service, count(*) as spans_with_parent
-    from {{ ref('enriched_spans') }} as s
-    where {{ in_partition_window('s.dt') }} and not s.is_root
+    from {{ ref('stg_spans') }} as s
+    where {{ in_partition_window('s.dt') }} and s.parent_span_id is not null
     group by s.dt, s.service
 ),
 orphans as (
