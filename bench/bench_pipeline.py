@@ -271,7 +271,7 @@ def _child_floor(spans_glob: str, allocations_glob: str, out: Path) -> None:
 
 
 def generate(landing: Path, spans: int, members: int, fmt: str, reuse: bool, dirty: bool,
-             days: int = 1) -> tuple[float, dict]:
+             days: int = 1, internal: float = 0.0) -> tuple[float, dict]:
     marker = landing / "truth.json"
     if reuse and marker.exists():
         return 0.0, json.loads(marker.read_text())
@@ -281,7 +281,7 @@ def generate(landing: Path, spans: int, members: int, fmt: str, reuse: bool, dir
 
     started = time.time()
     config = WorldConfig(seed=7, trace_days=days, target_spans_per_day=spans, n_members=members, span_formats=(fmt,),
-                         dirty_records=dirty)
+                         dirty_records=dirty, internal_spans_per_server=internal)
     truth = generate_world(landing, config)
     return time.time() - started, truth
 
@@ -333,6 +333,8 @@ def markdown(results: dict, spans: int, command: str) -> str:
         f"({platform.processor() or platform.machine()}), load average before the run "
         f"{results.get('load_before', 'n/a')}. {_days_text(results.get('days', 1))} from the project's simulator (target_spans_per_day={spans:,}"
         + (f", n_members={members:,}" if members else "")
+        + (f", internal_spans_per_server={results['internal_spans_per_server']:g}: INTERNAL children of SERVER spans, "
+           "counted in the day's spans" if results.get("internal_spans_per_server") else "")
         + "; the span counts actually written are in each table's title), "
         "28 days of cost history; the daily pipeline exactly as `cost-attribution run` runs it "
         "(`cli.run_pipeline`: one Dagster run for ingest + dbt over the day, one for the as-of analyses).",
@@ -441,6 +443,10 @@ def main() -> int:
                              "time by day shows how a daily run grows as the experiments age")
     parser.add_argument("--workdir", default="/tmp/bench-pipeline")
     parser.add_argument("--reuse", action="store_true", help="reuse generated worlds of a previous run")
+    parser.add_argument("--internal-spans", type=float, default=0.0,
+                        help="INTERNAL spans per SERVER span (real traffic has many; 0, the default, is the "
+                             "series measured since issue 13 was filed: SERVER and CLIENT spans only). They "
+                             "count in --spans")
     parser.add_argument("--no-dirty-records", action="store_true",
                         help="worlds without the injected dirty records (truncated lines, duplicates, ...)")
     parser.add_argument("--readme", default=None, help="write the results section into this markdown file")
@@ -451,13 +457,17 @@ def main() -> int:
     members = args.members or max(4_700, args.spans // 15)
     command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {members} --formats {' '.join(args.formats)}"
                + (f" --days {args.days}" if args.days > 1 else "")
+               + (f" --internal-spans {args.internal_spans:g}" if args.internal_spans else "")
                + (" --no-dirty-records" if args.no_dirty_records else "") + " --readme bench/README.md")
     # A world of several days is kept apart from the one-day world of the same size.
-    name = f"{args.spans}-{members}" + (f"-{args.days}d" if args.days > 1 else "")
+    name = (f"{args.spans}-{members}" + (f"-{args.days}d" if args.days > 1 else "")
+            + (f"-internal{args.internal_spans:g}" if args.internal_spans else ""))
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {saved.get('members') or members} "
-                   f"--formats {' '.join(saved['formats'])} --readme bench/README.md")
+                   f"--formats {' '.join(saved['formats'])}"
+                   + (f" --internal-spans {saved['internal_spans_per_server']:g}" if saved.get("internal_spans_per_server") else "")
+                   + " --readme bench/README.md")
         section = markdown(saved, args.spans, command)
         print(section)
         if args.readme:
@@ -476,11 +486,13 @@ def main() -> int:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"formats": {}, "floor": {}, "members": members, "days": args.days, "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+    results: dict = {"formats": {}, "floor": {}, "members": members, "days": args.days,
+                     "internal_spans_per_server": args.internal_spans, "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for fmt in args.formats:
         landing = work / f"world-{fmt}-{name}"
-        gen_seconds, truth = generate(landing, args.spans, members, fmt, args.reuse, not args.no_dirty_records, args.days)
+        gen_seconds, truth = generate(landing, args.spans, members, fmt, args.reuse, not args.no_dirty_records, args.days,
+                                      args.internal_spans)
         files = list((landing / "traces").rglob("*.*"))
         print(f"[{fmt}] world: {truth['n_spans']:,} spans, generated in {gen_seconds:.0f}s", file=sys.stderr)
         run_dir = work / f"run-{fmt}-{name}"

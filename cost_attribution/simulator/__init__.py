@@ -7,7 +7,8 @@ the sample world's size; `small_world_config()` is a seconds-fast world for test
 `WorldConfig(target_spans_per_day=10_000_000)` is the benchmark world.
 `live_world_config()` / `small_live_world_config()` are production as it really is:
 experiments running for weeks on ramps and uneven splits, any cells, heavier requests,
-cpu_seconds, and a truth with both incremental cost and bill change per cell.
+cpu_seconds, INTERNAL spans (in-process work the method never counts: 45% of the demo's
+spans, as in real OTLP traffic), and a truth with both incremental cost and bill change per cell.
 `shipped_world_config()` ships three cells to 100% inside the trace window (ShipSpec),
 two with a cost-structure change that makes their projections miss by construction;
 truth.json's `shipped` holds each one's realized change.

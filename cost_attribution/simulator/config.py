@@ -351,6 +351,11 @@ class WorldConfig:
     live: bool = False
     work_noise_sigma: float = 0.35  # lognormal sigma of one request's self time (live)
     network_ms: float = 0.4  # a CLIENT span's time outside its callee's SERVER span (live)
+    # In-process operations (a query, a render) traced as INTERNAL children of SERVER spans:
+    # Poisson(this) per SERVER span. Real OTLP traffic carries many (half the spans of the
+    # public otlp2parquet sample); the method never counts them, and the span models drop
+    # them before writing span-grain rows. 0 keeps a world's files as they were.
+    internal_spans_per_server: float = 0.0
 
     # Member activity: root requests/day ~ Poisson(activity x daily_noise x day_factor).
     mean_root_requests_per_member_day: float = 47.0

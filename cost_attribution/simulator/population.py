@@ -72,12 +72,17 @@ def expected_spans_per_day(config: WorldConfig, population: Population, graph: C
                            samplers: Samplers) -> float:
     rates = graph.edge_rates(population.cells, active=True)
     calls = graph.calls_per_root(rates)  # [n, n_edges]
-    # Each call is a CLIENT span plus, unless context is dropped, the callee's SERVER span.
-    spans_per_root = 1.0 + (calls * np.where(graph.broken, 1.0, 2.0)).sum(axis=1)
+    # Each call is a CLIENT span plus, unless context is dropped, the callee's SERVER span;
+    # every SERVER span (an anonymous trace is one) has internal_spans_per_server INTERNAL
+    # children on average.
+    internal = config.internal_spans_per_server
+    servers_per_root = 1.0 + (calls * np.where(graph.broken, 0.0, 1.0)).sum(axis=1)
+    spans_per_root = servers_per_root * (1.0 + internal) + calls.sum(axis=1)
     mean_factor = np.mean([day_factor(config, d) for d in config.trace_dates])
     roots = population.activity * mean_factor
     traced = (roots * samplers.probability[population.sampler] * spans_per_root).sum()
-    anonymous = (roots * calls[:, graph.broken].sum(axis=1)).sum() * config.broken_callee_sampling_probability
+    anonymous = ((roots * calls[:, graph.broken].sum(axis=1)).sum() * config.broken_callee_sampling_probability
+                 * (1.0 + internal))
     return float(traced + anonymous)
 
 

@@ -12,10 +12,13 @@ import polars as pl
 
 from cost_attribution.simulator.population import Population
 from cost_attribution.simulator.sampling import Samplers
-from cost_attribution.simulator.spans import SERVER, DaySpans
+from cost_attribution.simulator.spans import CLIENT, INTERNAL, SERVER, DaySpans
 
 FLAT_COLUMNS = ["trace_id", "span_id", "parent_span_id", "service", "kind", "start_unix_nano",
                 "end_unix_nano", "peer_service", "member_id", "sampling_probability"]
+
+_KIND_NAMES = {SERVER: "SERVER", CLIENT: "CLIENT", INTERNAL: "INTERNAL"}
+_OTLP_KIND = {"SERVER": "2", "CLIENT": "3", "INTERNAL": "1"}
 
 _HEX_PAIRS = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2").view(np.uint16)
 
@@ -51,7 +54,7 @@ def flat_span_frame(spans: DaySpans, rows: np.ndarray, services: tuple[str, ...]
         "span_id": hex_u64(spans.span_id[rows]),
         "parent_span_id": hex_u64(spans.span_id[np.maximum(parent, 0)]),
         "service": _lookup(spans.service[rows], list(services)),
-        "kind": pl.Series(spans.kind[rows] == SERVER),
+        "kind": pl.Series(spans.kind[rows].astype(np.int64)).replace_strict(_KIND_NAMES, return_dtype=pl.String),
         "start_unix_nano": spans.start[rows],
         "end_unix_nano": spans.end[rows],
         "peer_service": _lookup(spans.peer[rows], list(services)),
@@ -63,7 +66,6 @@ def flat_span_frame(spans: DaySpans, rows: np.ndarray, services: tuple[str, ...]
         "_tracestate": _lookup(sampler, list(samplers.tracestate)),
         "_client_domain": _lookup(sampler, [d or "" for d in samplers.client_domain]),
     }).with_columns(
-        kind=pl.when(pl.col("kind")).then(pl.lit("SERVER")).otherwise(pl.lit("CLIENT")),
         parent_span_id=pl.when(pl.col("_is_root")).then(None).otherwise(pl.col("parent_span_id")),
         member_id=pl.when(pl.col("_has_member")).then(pl.col("member_id")).otherwise(None),
     ).drop("_is_root", "_has_member")
@@ -84,7 +86,8 @@ def _span_json() -> pl.Expr:
     client_attrs = pl.concat_str(
         _attr("peer.service", "stringValue", peer) + [pl.lit(",")]
         + _attr("server.address", "stringValue", pl.concat_str([peer, pl.lit(".internal")])))
-    is_server = pl.col("kind") == "SERVER"
+    is_server, is_client = pl.col("kind") == "SERVER", pl.col("kind") == "CLIENT"
+    internal_attrs = pl.concat_str(_attr("code.function", "stringValue", "handle"))
     sampling_attr = pl.when(pl.col("_convention") == "attribute").then(pl.concat_str(
         [pl.lit(",")] + _attr("sampling.probability", "doubleValue",
                               pl.col("sampling_probability").cast(pl.String)))).otherwise(pl.lit(""))
@@ -93,17 +96,18 @@ def _span_json() -> pl.Expr:
         + _attr("client.domain", "stringValue", pl.col("_client_domain")))).otherwise(pl.lit(""))
     trace_state = pl.when(pl.col("_tracestate") != "").then(
         pl.concat_str([pl.lit(',"traceState":"'), pl.col("_tracestate"), pl.lit('"')])).otherwise(pl.lit(""))
-    name = pl.when(is_server).then(pl.concat_str([pl.lit("GET /"), service, pl.lit("/v1")])).otherwise(
-        pl.concat_str([pl.lit("call "), peer]))
+    name = pl.when(is_server).then(pl.concat_str([pl.lit("GET /"), service, pl.lit("/v1")])).when(is_client).then(
+        pl.concat_str([pl.lit("call "), peer])).otherwise(pl.lit("handle"))
     return pl.concat_str([
         pl.lit('{"traceId":"'), pl.col("trace_id"),
         pl.lit('","spanId":"'), pl.col("span_id"),
         pl.lit('","parentSpanId":"'), pl.col("parent_span_id").fill_null(""),
         pl.lit('","name":"'), name,
-        pl.lit('","kind":'), pl.when(is_server).then(pl.lit("2")).otherwise(pl.lit("3")),
+        pl.lit('","kind":'), pl.col("kind").replace_strict(_OTLP_KIND),
         pl.lit(',"startTimeUnixNano":"'), pl.col("start_unix_nano").cast(pl.String),
         pl.lit('","endTimeUnixNano":"'), pl.col("end_unix_nano").cast(pl.String),
-        pl.lit('","attributes":['), pl.when(is_server).then(server_attrs).otherwise(client_attrs),
+        pl.lit('","attributes":['),
+        pl.when(is_server).then(server_attrs).when(is_client).then(client_attrs).otherwise(internal_attrs),
         sampling_attr, member_attrs,
         pl.lit('],"status":{"code":0}'), trace_state, pl.lit("}"),
     ])

@@ -19,6 +19,7 @@ own work. So SERVER duration is exactly the work, however many calls a span make
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from cost_attribution.simulator.sampling import Samplers
 from cost_attribution.simulator.seasonality import (
     NS_PER_HOUR, day_factor, day_start_ns, experiments_active, hour_shares, rng_for)
 
-SERVER, CLIENT = 2, 3
+INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP span kinds
 ROOT_MEDIAN_MS, ANONYMOUS_ROOT_MEDIAN_MS = 60.0, 8.0
 
 
@@ -47,8 +48,8 @@ class DaySpans:
     span_id: np.ndarray  # [S] uint64
     parent: np.ndarray  # [S] span position of the parent, -1 for roots
     service: np.ndarray  # [S] service index
-    kind: np.ndarray  # [S] SERVER / CLIENT
-    peer: np.ndarray  # [S] callee service index for CLIENT, -1 for SERVER
+    kind: np.ndarray  # [S] SERVER / CLIENT / INTERNAL
+    peer: np.ndarray  # [S] callee service index for CLIENT, -1 otherwise
     start: np.ndarray  # [S] ns
     end: np.ndarray  # [S] ns
     trace_untagged: np.ndarray | None = None  # [T] root span lost its member tag (None: none did)
@@ -164,7 +165,7 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
     if config.live:
         start, end = _work_timing(config, graph, rng, trace, parent, service_col, kind, peer,
                                   work_table, trace_row[trace], trace_start)
-    return DaySpans(
+    return _with_internal_spans(config, day, DaySpans(
         trace_untagged=_untagged(config, day, members),
         trace_ids=np.frombuffer(rng.bytes(16 * n_traces), dtype=np.uint8).reshape(n_traces, 16),
         trace_member=members,
@@ -179,6 +180,35 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
         peer=peer,
         start=start,
         end=end,
+    ))
+
+
+def _with_internal_spans(config: WorldConfig, day: datetime.date, spans: DaySpans) -> DaySpans:
+    """`spans` plus Poisson(config.internal_spans_per_server) INTERNAL children of every
+    SERVER span (in-process work: same trace and service, inside the parent's time), after
+    every other span and from their own random stream: every other draw of the day stays
+    as it was."""
+    rate = config.internal_spans_per_server
+    if rate <= 0:
+        return spans
+    rng = rng_for(config.seed, f"internal-spans-{day.isoformat()}")
+    servers = np.flatnonzero(spans.kind == SERVER)
+    parent = np.repeat(servers, rng.poisson(rate, len(servers)))
+    n = len(parent)
+    parent_start, parent_dur = spans.start[parent], spans.end[parent] - spans.start[parent]
+    start = parent_start + (parent_dur * rng.uniform(0.0, 0.6, n)).astype(np.int64)
+    end = start + (parent_dur * rng.uniform(0.05, 0.4, n)).astype(np.int64)
+    return dataclasses.replace(
+        spans,
+        trace=np.concatenate([spans.trace, spans.trace[parent]]),
+        span_id=np.concatenate([spans.span_id, rng.integers(0, 2**63, size=n, dtype=np.uint64) * np.uint64(2)
+                                + np.uint64(1)]),
+        parent=np.concatenate([spans.parent, parent]),
+        service=np.concatenate([spans.service, spans.service[parent]]),
+        kind=np.concatenate([spans.kind, np.full(n, INTERNAL, spans.kind.dtype)]),
+        peer=np.concatenate([spans.peer, np.full(n, -1, spans.peer.dtype)]),
+        start=np.concatenate([spans.start, start]),
+        end=np.concatenate([spans.end, end]),
     )
 
 

@@ -67,6 +67,8 @@ def _validate(config: WorldConfig) -> None:
         raise ValueError(f"span_formats must be a non-empty subset of otlp_json, parquet: {config.span_formats}")
     if config.trace_days < 1 or config.history_days < 1:
         raise ValueError("trace_days and history_days must be >= 1")
+    if not config.internal_spans_per_server >= 0:
+        raise ValueError(f"internal_spans_per_server must be >= 0, got {config.internal_spans_per_server}")
     if config.drift is not None and config.drift.days_before_end > config.history_days:
         raise ValueError("drift must happen inside the cost history")
     for exp in config.experiments:
@@ -122,10 +124,12 @@ def live_world_config(seed: int = 7) -> WorldConfig:
     started weeks before the traces on uneven, partial ramps; an A/A; a static-only, a
     three-cell, a heavier-requests, a savings and a new-dependency experiment; cpu_seconds;
     pre-period traces; a trace day whose member tags were mostly lost (coverage under the
-    gate); plus the blind callee, drift and dirty records of every world."""
+    gate); INTERNAL spans (1.5 per SERVER span); plus the blind callee, drift and dirty
+    records of every world."""
     trace_days, pre_period_days = 4, 1
     return WorldConfig(seed=seed, live=True, trace_days=trace_days, pre_period_days=pre_period_days,
-                       experiments=live_experiments(trace_days, pre_period_days), untagged_day=(1, 0.6))
+                       experiments=live_experiments(trace_days, pre_period_days), untagged_day=(1, 0.6),
+                       internal_spans_per_server=1.5)
 
 
 def small_live_world_config(seed: int = 3) -> WorldConfig:
@@ -139,6 +143,10 @@ def small_live_world_config(seed: int = 3) -> WorldConfig:
         experiments=live_experiments(trace_days, pre_period_days),
         target_spans_per_day=5_000,
         spans_per_line=200,
+        # The tests' small worlds keep the SERVER and CLIENT spans they were tuned on: with
+        # INTERNAL spans inside the same 5,000, every member would have fewer of them
+        # (test_internal_spans covers INTERNAL spans end to end).
+        internal_spans_per_server=0.0,
     )
 
 

@@ -86,6 +86,7 @@ def test_live_world_config_is_demo_sized_and_turns_every_feature_on():
     assert any(len(exp.treatment_cells) >= 2 for exp in config.experiments)
     assert any(cell.work_multipliers for exp in config.experiments for cell in exp.treatment_cells)
     assert any(not exp.even_weights for exp in config.experiments)
+    assert config.internal_spans_per_server > 0  # real traffic's INTERNAL spans, which the method never counts
 
 
 # --- catalogs and allocations ---

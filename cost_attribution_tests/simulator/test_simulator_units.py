@@ -11,7 +11,7 @@ from cost_attribution.simulator import EdgeSpec, ExperimentSpec, WorldConfig
 from cost_attribution.simulator.call_graph import build_call_graph
 from cost_attribution.simulator.population import build_population, scale_to_target_spans
 from cost_attribution.simulator.sampling import build_samplers, otep235_threshold_hex, probability_from_threshold_hex
-from cost_attribution.simulator.spans import CLIENT, SERVER, generate_day_spans
+from cost_attribution.simulator.spans import CLIENT, INTERNAL, SERVER, generate_day_spans
 from cost_attribution.simulator.truth import true_deltas
 
 
@@ -74,6 +74,34 @@ def test_regular_edges_draw_exact_counts_and_broken_edges_drop_the_callee():
     child = spans.parent >= 0
     assert (spans.start[child] >= spans.start[spans.parent[child]]).all()
     assert (spans.end[child] <= spans.end[spans.parent[child]]).all()
+
+
+def test_internal_spans_sit_inside_server_spans_and_leave_every_other_draw_alone():
+    plain_config = WorldConfig(n_members=400, trace_days=1)
+    config = dataclasses.replace(plain_config, internal_spans_per_server=1.5)
+    graph, samplers = build_call_graph(config), build_samplers(config)
+    population = build_population(config, samplers)
+    plain = generate_day_spans(plain_config, config.end_date, population, graph, samplers)
+    spans = generate_day_spans(config, config.end_date, population, graph, samplers)
+    n = plain.n_spans
+    for column in ("trace", "span_id", "parent", "service", "kind", "peer", "start", "end"):
+        assert np.array_equal(getattr(spans, column)[:n], getattr(plain, column)), column
+    assert (spans.kind[:n] != INTERNAL).all() and (spans.kind[n:] == INTERNAL).all()
+    parent = spans.parent[n:]
+    assert (spans.kind[parent] == SERVER).all()
+    assert np.array_equal(spans.trace[n:], spans.trace[parent]) and np.array_equal(spans.service[n:], spans.service[parent])
+    assert (spans.peer[n:] == -1).all()
+    assert (spans.start[n:] >= spans.start[parent]).all() and (spans.end[n:] <= spans.end[parent]).all()
+    assert (spans.end[n:] >= spans.start[n:]).all()
+    servers = (plain.kind == SERVER).sum()
+    assert (spans.n_spans - n) / servers == pytest.approx(1.5, rel=0.05)
+    assert len(np.unique(spans.span_id)) == spans.n_spans
+    # A day's target size counts them: the members' activity makes room.
+    sized = dataclasses.replace(config, target_spans_per_day=30_000)
+    population = build_population(sized, samplers)
+    scale_to_target_spans(sized, population, graph, samplers)
+    day = generate_day_spans(sized, sized.end_date, population, graph, samplers)
+    assert day.n_spans == pytest.approx(30_000, rel=0.1)
 
 
 def test_treatment_effect_appears_only_after_the_pre_period():
