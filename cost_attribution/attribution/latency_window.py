@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -177,43 +177,36 @@ def latency_window(groups: int) -> Window:
     # One experiment at a time: with one experiment's allocations the view's join and the
     # sums fit the memory budget that every experiment's at once spilled out of (30M
     # spans, 2M members: 12.5 s against 15 s; a day's advance at 10M spans: 4.5 s against
-    # about 9). Its rows are read out of the member rows (a view joined with the
-    # allocations) once, for both the sums and the members (10M spans, five experiments: a
-    # day's advance 3.2-3.6 against 4.4-5.2 s reading them twice; a build 3.4-4.1 against
-    # 4.0-4.6 s).
-    rows = quote_ident("_latency_window_rows")
-    staged = f"FROM {rows} l"
-
-    def each_experiment(conn: duckdb.DuckDBPyConnection, as_of: dt.date, only_as_of: bool) -> Iterator[str]:
-        """Stage each started experiment's rows through `as_of` (only that day's with
-        `only_as_of`) in `rows`, and yield its id while they are there."""
-        selected = f"{one} AND l.dt = ?" if only_as_of else one
-        for experiment_id in started_experiments(conn, as_of)["experiment_id"]:
-            conn.execute(
-                f"CREATE OR REPLACE TEMP TABLE {rows} AS SELECT l.cell, l.service, "
-                f"{MEMBER_KEY} AS member_key, l.duration_bucket, l.requests, l.sampled_spans {selected}",
-                [as_of, experiment_id] + ([as_of] if only_as_of else []),
-            )
-            yield experiment_id
-        conn.execute(f"DROP TABLE IF EXISTS {rows}")
-
+    # about 9).
     def build(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> None:
         conn.execute(f"CREATE OR REPLACE TABLE {histograms} AS {_latency_sums(groups, one)} LIMIT 0", ["", as_of, ""])
         conn.execute(f"CREATE OR REPLACE TABLE {members} AS {_latency_members(one)} LIMIT 0", ["", as_of, ""])
-        for experiment_id in each_experiment(conn, as_of, only_as_of=False):
-            conn.execute(f"INSERT INTO {histograms} {_latency_sums(groups, staged, 'l.member_key')}", [experiment_id])
-            conn.execute(f"INSERT INTO {members} {_latency_members(staged, 'l.member_key')}", [experiment_id])
+        for experiment_id in started_experiments(conn, as_of)["experiment_id"]:
+            params = [experiment_id, as_of, experiment_id]
+            conn.execute(f"INSERT INTO {histograms} {_latency_sums(groups, one)}", params)
+            conn.execute(f"INSERT INTO {members} {_latency_members(one)}", params)
 
     def advance(conn: duckdb.DuckDBPyConnection, as_of: dt.date) -> None:
-        added = quote_ident("_latency_window_day")
+        day = f"{one} AND l.dt = ?"
+        added, rows = quote_ident("_latency_window_day"), quote_ident("_latency_window_rows")
         conn.execute(f"CREATE OR REPLACE TEMP TABLE {added} AS SELECT * FROM {histograms} LIMIT 0")
-        for experiment_id in each_experiment(conn, as_of, only_as_of=True):
-            conn.execute(f"INSERT INTO {added} {_latency_sums(groups, staged, 'l.member_key')}", [experiment_id])
+        # The day's rows of one experiment are read out of the member rows (a view joined
+        # with the allocations) once, for both the sums and the members (10M spans, the
+        # five experiments: 3.2-3.6 against 4.4-5.2 s reading them twice).
+        day_rows = f"FROM {rows} l"
+        for experiment_id in started_experiments(conn, as_of)["experiment_id"]:
             conn.execute(
-                f"INSERT INTO {members} {_latency_members(staged, 'l.member_key')} "
+                f"CREATE OR REPLACE TEMP TABLE {rows} AS SELECT l.cell, l.service, "
+                f"{MEMBER_KEY} AS member_key, l.duration_bucket, l.requests, l.sampled_spans {day}",
+                [as_of, experiment_id, as_of],
+            )
+            conn.execute(f"INSERT INTO {added} {_latency_sums(groups, day_rows, 'l.member_key')}", [experiment_id])
+            conn.execute(
+                f"INSERT INTO {members} {_latency_members(day_rows, 'l.member_key')} "
                 f"EXCEPT SELECT * FROM {members} WHERE experiment_id = ?",
                 [experiment_id, experiment_id],
             )
+        conn.execute(f"DROP TABLE IF EXISTS {rows}")
         conn.execute(
             f"""
             CREATE OR REPLACE TABLE {histograms} AS
