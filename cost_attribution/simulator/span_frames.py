@@ -18,7 +18,7 @@ FLAT_COLUMNS = ["trace_id", "span_id", "parent_span_id", "service", "kind", "sta
                 "end_unix_nano", "peer_service", "member_id", "sampling_probability"]
 
 _KIND_NAMES = {SERVER: "SERVER", CLIENT: "CLIENT", INTERNAL: "INTERNAL"}
-_OTLP_KIND = {"SERVER": "2", "CLIENT": "3", "INTERNAL": "1"}
+_OTLP_KIND = {name: str(code) for code, name in _KIND_NAMES.items()}  # the codes are OTLP's
 
 _HEX_PAIRS = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2").view(np.uint16)
 

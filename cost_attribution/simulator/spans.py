@@ -172,8 +172,7 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
         trace_sampler=np.concatenate(trace_sampler),
         trace_start=trace_start,
         trace=trace,
-        # Random 64-bit ids; the low bit is forced so no id is the all-zero invalid id.
-        span_id=rng.integers(0, 2**63, size=len(trace), dtype=np.uint64) * np.uint64(2) + np.uint64(1),
+        span_id=_span_ids(rng, len(trace)),
         parent=parent,
         service=service_col,
         kind=kind,
@@ -181,6 +180,11 @@ def generate_day_spans(config: WorldConfig, day: datetime.date, population: Popu
         start=start,
         end=end,
     ))
+
+
+def _span_ids(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n random 64-bit span ids; the low bit is forced so no id is the all-zero invalid id."""
+    return rng.integers(0, 2**63, size=n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
 def _with_internal_spans(config: WorldConfig, day: datetime.date, spans: DaySpans) -> DaySpans:
@@ -201,8 +205,7 @@ def _with_internal_spans(config: WorldConfig, day: datetime.date, spans: DaySpan
     return dataclasses.replace(
         spans,
         trace=np.concatenate([spans.trace, spans.trace[parent]]),
-        span_id=np.concatenate([spans.span_id, rng.integers(0, 2**63, size=n, dtype=np.uint64) * np.uint64(2)
-                                + np.uint64(1)]),
+        span_id=np.concatenate([spans.span_id, _span_ids(rng, n)]),
         parent=np.concatenate([spans.parent, parent]),
         service=np.concatenate([spans.service, spans.service[parent]]),
         kind=np.concatenate([spans.kind, np.full(n, INTERNAL, spans.kind.dtype)]),

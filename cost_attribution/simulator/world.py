@@ -145,7 +145,8 @@ def small_live_world_config(seed: int = 3) -> WorldConfig:
         spans_per_line=200,
         # The tests' small worlds keep the SERVER and CLIENT spans they were tuned on: with
         # INTERNAL spans inside the same 5,000, every member would have fewer of them
-        # (test_internal_spans covers INTERNAL spans end to end).
+        # (INTERNAL spans are tested in test_simulator_units, test_work_and_periods and, in the
+        # demo-sized live world, test_demo_world_acceptance).
         internal_spans_per_server=0.0,
     )
 
