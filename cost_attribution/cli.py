@@ -1,7 +1,8 @@
 """`cost-attribution`: demo | run | report | export.
 
-`run` materializes every partition the landing zone holds, in-process, through the
-same Dagster job the daily schedule launches; `report` reads a report out of the
+`run` materializes what the landing zone holds and the warehouse does not yet (every
+partition the first time, then the new or changed days: run_state.py), in-process,
+through the same Dagster job the daily schedule launches; `report` reads a report out of the
 warehouse; `export` writes the marts for a BI tool.
 
 Output: the result on stdout, one progress line per step on stderr, and everything
@@ -190,22 +191,27 @@ def _check_warehouse_writable(warehouse: Path) -> None:
         raise SystemExit(warehouse_error(warehouse, error)) from None
 
 
-def _split_job(job) -> tuple:
-    """(the span-level part run once over the whole range, the as-of part run day by day),
-    each with the job's own checks on its assets (not the freshness checks, which the job
-    leaves to their sensor)."""
+def _split_job(job) -> dict:
+    """The job's parts, each with the job's own checks on its assets (not the freshness
+    checks, which the job leaves to their sensor): "inputs" (the unpartitioned ingest:
+    allocations, costs, metrics, catalogs), "span_level" (the partitioned assets built in
+    one run over a range: raw spans and the dbt models), "bulk" (both, in one run) and
+    "daily" (the as-of analyses, run day by day)."""
     import dagster as dg
 
     graph = job.asset_layer.asset_graph
     keys = [k for k in graph.get_all_asset_keys() if graph.get(k).is_executable]
-    bulk = {k for k in keys if not graph.get(k).is_partitioned or graph.get(k).backfill_policy == dg.BackfillPolicy.single_run()}
-    daily = set(keys) - bulk
+    inputs = {k for k in keys if not graph.get(k).is_partitioned}
+    span_level = {k for k in keys if graph.get(k).is_partitioned
+                  and graph.get(k).backfill_policy == dg.BackfillPolicy.single_run()}
+    daily = set(keys) - inputs - span_level
 
     def subset(assets: set):
         return job.get_subset(asset_selection=assets,
                               asset_check_selection={c for c in graph.asset_check_keys if c.asset_key in assets})
 
-    return subset(bulk), subset(daily)
+    return {"inputs": subset(inputs), "span_level": subset(span_level), "bulk": subset(inputs | span_level),
+            "daily": subset(daily)}
 
 
 def ui_link(run_id: str) -> str:
@@ -213,41 +219,84 @@ def ui_link(run_id: str) -> str:
 
 
 def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress, summary: dict,
-             latest_only: bool = False, analyses_only: bool = False) -> None:
-    """The span-level work (ingest + dbt) once over the whole range as a single-run
-    backfill, then the as-of analyses day by day (with latest_only for the last day only:
-    what a benchmark needs), so a day failing its coverage gate blocks only itself."""
+             latest_only: bool = False, analyses_only: bool = False, rebuild: bool = False) -> None:
+    """What changed since the last run (run_state.py), and only that: the span-level work
+    (ingest + dbt) once over its range as a single-run backfill, then the as-of analyses
+    day by day (with latest_only for the last day only: what a benchmark needs), so a day
+    failing its coverage gate blocks only itself. A new warehouse gets every day."""
     from cost_attribution.definitions import build_defs
 
     landing, warehouse = paths  # the partitions start at the first trace day
     defs = build_defs(start_date=days[0], landing=landing, warehouse=warehouse)
-    bulk, daily = _split_job(defs.resolve_job_def("daily_cost_attribution"))
-    if not analyses_only:
-        _execute_span_level(days, bulk, instance, progress, summary)
-        if summary["failed"]:
-            return
-    _execute_as_of(days, daily, instance, progress, summary, latest_only)
+    parts = _split_job(defs.resolve_job_def("daily_cost_attribution"))
+    if analyses_only:
+        _execute_as_of(days, parts["daily"], instance, progress, summary, latest_only)
+    else:
+        _execute_changes(days, paths, parts, instance, progress, summary, latest_only, rebuild)
     _evaluate_freshness(defs, instance, progress, summary)
 
 
-def _execute_span_level(days: list, bulk, instance, progress: Progress, summary: dict) -> None:
-    t0, label = time.perf_counter(), f"ingest + span models {days[0]}..{days[-1]}"
+def _execute_changes(days: list, paths: tuple[Path, Path], parts: dict, instance, progress: Progress,
+                     summary: dict, latest_only: bool, rebuild: bool) -> None:
+    import duckdb
+
+    from cost_attribution import run_state
+
+    landing, warehouse = paths
+    inputs = run_state.Inputs.of(LandingZone(root=str(landing)))
+    with duckdb.connect(str(warehouse)) as conn:
+        recorded = run_state.read(conn)
+    plan = run_state.plan(days, inputs, recorded, rebuild)
+    if plan.tables_first:
+        if not _execute_span_level(None, parts["inputs"], instance, progress, summary):
+            return
+        with duckdb.connect(str(warehouse), read_only=True) as conn:
+            plan = run_state.after_tables(plan, days, recorded, run_state.exposure_digests(conn))
+    summary["plan"] = {"span_days": [d.isoformat() for d in plan.span_days],
+                       "as_of_days": [d.isoformat() for d in plan.as_of_days], "why": plan.why}
+    if plan.up_to_date:
+        progress.line(f"  up to date: the warehouse holds all {len(days)} trace days as they are now "
+                      "(`run --rebuild` redoes them)")
+    elif not plan.whole:
+        progress.line(safe_text(f"  redoing {_days_text(plan.span_days) or 'no trace day'}, analyses "
+                                f"{_days_text(plan.as_of_days) or 'none'}: {plan.why}"))
+    if plan.span_days:
+        job = parts["bulk"] if plan.whole else parts["span_level"]
+        if not _execute_span_level(plan.span_days, job, instance, progress, summary):
+            return
+    if plan.span_days or plan.tables_first:
+        with duckdb.connect(str(warehouse)) as conn:
+            run_state.record_span_work(conn, inputs)
+    if plan.as_of_days:
+        done = _execute_as_of(plan.as_of_days, parts["daily"], instance, progress, summary, latest_only)
+        with duckdb.connect(str(warehouse)) as conn:
+            run_state.record_as_of(conn, plan.as_of_days, done)
+
+
+def _days_text(days: list) -> str:
+    return "" if not days else f"{days[0]}" if len(days) == 1 else f"{days[0]}..{days[-1]} ({len(days)} days)"
+
+
+def _execute_span_level(days: list | None, job, instance, progress: Progress, summary: dict) -> bool:
+    """One run of `job`: over the range of `days`, or (None) the unpartitioned inputs alone."""
+    t0 = time.perf_counter()
+    label = f"ingest + span models {days[0]}..{days[-1]}" if days else "ingest: allocations, costs, metrics, catalogs"
+    tags = ({"dagster/asset_partition_range_start": days[0].isoformat(),
+             "dagster/asset_partition_range_end": days[-1].isoformat()} if days else {})
     with progress.running(label):
-        result = bulk.execute_in_process(
-            instance=instance, raise_on_error=False,
-            tags={"dagster/asset_partition_range_start": days[0].isoformat(),
-                  "dagster/asset_partition_range_end": days[-1].isoformat()},
-        )
-    summary["ingest_seconds"] = round(time.perf_counter() - t0, 1)
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
+    seconds = round(time.perf_counter() - t0, 1)
+    summary["ingest_seconds"] = round(summary.get("ingest_seconds", 0.0) + seconds, 1)
     summary["run_ids"].append(result.run_id)
-    progress.step(label, result.success, summary["ingest_seconds"],
-                  f"run {result.run_id[:8]}")
+    progress.step(label, result.success, seconds, f"run {result.run_id[:8]}")
     if not result.success:
         summary["failed"].append("ingest")
         summary["reasons"] += _failure_reasons(result, "ingest")
+    return result.success
 
 
-def _execute_as_of(days: list, daily, instance, progress: Progress, summary: dict, latest_only: bool) -> None:
+def _execute_as_of(days: list, daily, instance, progress: Progress, summary: dict, latest_only: bool) -> list:
+    """The as-of analyses day by day; returns the days that succeeded."""
     t_days, as_of_days = time.perf_counter(), days[-1:] if latest_only else days
     for i, day in enumerate(as_of_days, start=1):
         t0 = time.perf_counter()
@@ -264,6 +313,7 @@ def _execute_as_of(days: list, daily, instance, progress: Progress, summary: dic
     ok_days = sum(d["success"] for d in summary["days"])
     progress.step(f"as-of analyses {as_of_days[0]}..{as_of_days[-1]}", ok_days == len(as_of_days),
                   time.perf_counter() - t_days, f"{ok_days}/{len(as_of_days)} days")
+    return [dt.date.fromisoformat(d["day"]) for d in summary["days"] if d["success"]]
 
 
 def _evaluate_freshness(defs, instance, progress: Progress, summary: dict) -> None:
@@ -287,25 +337,27 @@ def _evaluate_freshness(defs, instance, progress: Progress, summary: dict) -> No
 
 def run_pipeline(landing: Path, warehouse: Path, quiet: bool = False, verbose: bool = False,
                  progress: Progress | None = None, latest_only: bool = False,
-                 lock_wait_seconds: float = 10.0, analyses_only: bool = False) -> dict:
-    """Materialize everything for every trace day in the landing zone (with latest_only,
-    the as-of analyses only for the last day: what a benchmark needs; with analyses_only,
-    not the span-level part either, which the warehouse already holds: what re-measuring a
-    statistics change on kept worlds needs). Returns a summary.
+                 lock_wait_seconds: float = 10.0, analyses_only: bool = False, rebuild: bool = False) -> dict:
+    """Materialize what the landing zone holds and the warehouse does not yet (every trace
+    day the first time, then the days that are new or changed: run_state.py; with rebuild,
+    every day again). With latest_only, the as-of analyses only for the last day: what a
+    benchmark needs; with analyses_only, not the span-level part either, which the
+    warehouse already holds: what re-measuring a statistics change on kept worlds needs.
+    Returns a summary.
     Holds the warehouse's writer lock throughout (a second run waits, then refuses)."""
     from cost_attribution.warehouse import writer_lock
 
     landing, warehouse = landing.resolve(), warehouse.resolve()
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(warehouse, landing, lock_wait_seconds):
-        summary = _run_locked(landing, warehouse, quiet, verbose, progress, latest_only, analyses_only)
+        summary = _run_locked(landing, warehouse, quiet, verbose, progress, latest_only, analyses_only, rebuild)
     report = report_json_path(warehouse)
     summary["report_as_of"] = json.loads(report.read_text()).get("as_of") if report.exists() else None
     return summary
 
 
 def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, progress: Progress | None,
-                latest_only: bool, analyses_only: bool = False) -> dict:
+                latest_only: bool, analyses_only: bool = False, rebuild: bool = False) -> dict:
     import dagster as dg
 
     days = _trace_days(landing)
@@ -324,7 +376,7 @@ def _run_locked(landing: Path, warehouse: Path, quiet: bool, verbose: bool, prog
         try:
             with dg.DagsterInstance.get() if persistent else dg.DagsterInstance.ephemeral() as instance:
                 _execute(days, (landing, warehouse), instance, progress, summary, latest_only=latest_only,
-                         analyses_only=analyses_only)
+                         analyses_only=analyses_only, rebuild=rebuild)
         finally:
             progress.stream = previous_stream
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -407,7 +459,7 @@ def export_marts(warehouse: Path, out_dir: Path, fmt: str) -> list[tuple[str, in
 
 def _cmd_run(args) -> int:
     summary = run_pipeline(Path(args.landing), Path(args.warehouse), quiet=args.quiet, verbose=args.verbose,
-                           lock_wait_seconds=args.wait)
+                           lock_wait_seconds=args.wait, rebuild=args.rebuild)
     print(json.dumps(summary, indent=2))
     if summary["failed"]:
         kept = f" (report.json stays as of {summary['report_as_of']})" if summary.get("report_as_of") else ""
@@ -494,11 +546,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="the demo world's last trace day (default: yesterday, UTC)")
     _output_flags(demo)
     demo.set_defaults(func=_cmd_demo)
-    run = sub.add_parser("run", help="materialize every partition found in a landing zone")
+    run = sub.add_parser("run", help="materialize the landing zone's days that are new or changed since the last run")
     run.add_argument("--landing", required=True)
     run.add_argument("--warehouse", required=True)
     run.add_argument("--wait", type=float, default=10.0,
                      help="seconds to wait for another run holding the warehouse (default 10), then refuse")
+    run.add_argument("--rebuild", action="store_true",
+                     help="redo every trace day and its analyses, not only what changed since the last run")
     _output_flags(run)
     run.set_defaults(func=_cmd_run)
     report = sub.add_parser("report", help="print the newest report, or the one as of a day")

@@ -7,12 +7,13 @@ from pathlib import Path
 
 
 def run_world(landing: Path, warehouse: Path, latest_only: bool = False,
-              analyses_only: bool = False) -> tuple[dict, dict]:
+              analyses_only: bool = False, rebuild: bool = False) -> tuple[dict, dict]:
     """run_pipeline over a world (the paths go to the resources as arguments: nothing
     in the environment changes). Returns (summary, report)."""
     from cost_attribution.cli import run_pipeline
 
-    summary = run_pipeline(landing, warehouse, quiet=True, latest_only=latest_only, analyses_only=analyses_only)
+    summary = run_pipeline(landing, warehouse, quiet=True, latest_only=latest_only, analyses_only=analyses_only,
+                           rebuild=rebuild)
     return summary, json.loads((warehouse.parent / "report.json").read_text())
 
 

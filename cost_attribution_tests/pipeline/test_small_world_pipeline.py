@@ -72,7 +72,8 @@ def test_unattributed_cost_is_reported_not_spread(small_world_run):
 
 
 def test_rerunning_is_idempotent(small_world_run, tmp_path):
-    """Materializing the same partitions again replaces rows instead of adding them."""
+    """Materializing the same partitions again (`run --rebuild`: a plain run would find
+    nothing changed) replaces rows instead of adding them."""
     import shutil
 
     landing, warehouse, _, report, _ = small_world_run
@@ -82,7 +83,8 @@ def test_rerunning_is_idempotent(small_world_run, tmp_path):
               "main.cost_projections", "main.cost_model_registry", "main.reports"]
     with duckdb.connect(str(copy), read_only=True) as conn:
         before = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
-    _, rerun = run_world(landing, copy)
+    summary, rerun = run_world(landing, copy, rebuild=True)
+    assert summary["plan"]["span_days"] and summary["plan"]["why"] == "--rebuild"
     with duckdb.connect(str(copy), read_only=True) as conn:
         after = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
     assert after == before
