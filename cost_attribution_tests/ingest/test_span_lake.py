@@ -162,3 +162,43 @@ def test_a_lake_of_one_file_a_day_with_its_dt_column_is_read_as_before_and_moves
     assert "dt" not in [r[0] for r in conn.execute(
         "DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)", [str(new_file)]).fetchall()]
     assert conn.execute("SELECT count(*) FROM raw.span_files").fetchall() == [(2,)]
+
+
+def _days_with_skipped_rows(conn, days: int) -> list:
+    """`days` days of two files each (span ids 0-3 and 0-2), rows 0 and 2 of the first left
+    out; returns the (dt, span_id) rows the view must hold, sorted."""
+    lake = span_lake.lake_dir(conn)
+    span_lake.ensure_span_files(conn)
+    expected = []
+    for i in range(days):
+        dt = DAY + datetime.timedelta(days=i)
+        first, _ = span_lake.write_day_file(conn, dt, _spans(dt, 4), lake=lake)
+        second, _ = span_lake.write_day_file(conn, dt, _spans(dt, 3), lake=lake)
+        span_lake.publish_day(conn, dt, [span_lake.DayFile(first, skip_rows=(0, 2)), span_lake.DayFile(second)])
+        expected += [(dt, f"{n:016d}") for n in (1, 3, 0, 1, 2)]
+    return sorted(expected)
+
+
+def test_a_long_window_is_one_scan_of_its_files_and_skipped_rows_stay_out(tmp_path):
+    """One scan per column set, whatever the days: a scan per day and file made a hash join
+    over 26 days hold a buffer per scan and run out of memory (bench/README.md)."""
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    expected = _days_with_skipped_rows(conn, 30)
+    view = conn.execute("SELECT sql FROM duckdb_views() WHERE schema_name = 'raw' AND view_name = 'spans'").fetchall()[0][0]
+    assert view.count("read_parquet(") == 2  # the files with rows to skip, and the others
+    assert conn.execute("SELECT dt, span_id FROM raw.spans ORDER BY ALL").fetchall() == expected
+    one_day = DAY + datetime.timedelta(days=7)
+    assert conn.execute("SELECT count(*), min(dt), max(dt) FROM raw.spans WHERE dt = ?", [one_day]).fetchall() == [
+        (5, one_day, one_day)]
+
+
+def test_a_lake_below_a_key_value_directory_is_read_day_by_day(tmp_path):
+    """Hive partitioning would read `dt=...` above the lake as a column: such a lake keeps a
+    scan per day (and per file with rows to skip), with the same rows."""
+    folder = tmp_path / "dt=2020-01-01"
+    folder.mkdir()
+    conn = duckdb.connect(str(folder / "w.duckdb"))
+    expected = _days_with_skipped_rows(conn, 3)
+    view = conn.execute("SELECT sql FROM duckdb_views() WHERE schema_name = 'raw' AND view_name = 'spans'").fetchall()[0][0]
+    assert view.count("read_parquet(") == 6
+    assert conn.execute("SELECT dt, span_id FROM raw.spans ORDER BY ALL").fetchall() == expected
