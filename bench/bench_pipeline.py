@@ -21,6 +21,12 @@ process, and measures:
   with the allocations, grouped per experiment x cell x service; `FLOOR_SQL`), in its
   own child process right after the run, FLOOR_RUNS times: the median run is the floor.
 
+With `--days N --daily` the world has N trace days and the last one is measured as the
+daily run meets it: a landing zone holding the days before is run first into the same
+warehouse (not measured), then the last day's traces land and the other inputs are
+delivered again as new files, and `run` does that day (cli.py, run_state.py). Without
+it the run is the first one on a new warehouse, over every day of the world.
+
 Results are printed as markdown and, with --readme, written into the README under the
 heading "Daily pipeline at scale" (other sections of the file are kept).
 """
@@ -294,6 +300,26 @@ def generate(landing: Path, spans: int, members: int, fmt: str, reuse: bool, dir
     return time.time() - started, truth
 
 
+def _deliver(world: Path, landing: Path, days: list[str]) -> None:
+    """Into `landing`: the trace folders `days` of `world` (hard links: the same files),
+    and every other input copied afresh (new files, as a daily export delivers them)."""
+    for day in days:
+        (landing / "traces" / day).mkdir(parents=True)
+        for path in (world / "traces" / day).iterdir():
+            os.link(path, landing / "traces" / day / path.name)
+    for path in world.iterdir():
+        if path.name != "traces":
+            target = landing / path.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, target)
+
+
+def _day_spans(truth: dict, day: str) -> int:
+    """Spans written on one trace day (its folder's name, `dt=YYYY-MM-DD`)."""
+    return truth["n_spans_by_day"][day.removeprefix("dt=")]
+
+
 def _run_child(args: list[str]) -> float:
     started = time.time()
     subprocess.run([sys.executable, __file__, *args], check=True, cwd=ROOT)
@@ -328,7 +354,11 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f}"
 
 
-def _days_text(days: int) -> str:
+def _days_text(days: int, daily: bool = False) -> str:
+    if daily:
+        return (f"{days} trace days, the last one measured as a daily run: a landing zone holding the days before "
+                "was run first into the same warehouse, then the last day's traces landed and the other inputs "
+                "were delivered again (new files: allocations, costs, metrics), as every day")
     return "One trace day" if days == 1 else f"{days} trace days (the as-of analyses run for each)"
 
 
@@ -339,13 +369,14 @@ def markdown(results: dict, spans: int, command: str) -> str:
         "",
         f"Measured {results.get('measured_at') or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), load average before the run "
-        f"{results.get('load_before', 'n/a')}. {_days_text(results.get('days', 1))} from the project's simulator (target_spans_per_day={spans:,}"
+        f"{results.get('load_before', 'n/a')}. {_days_text(results.get('days', 1), results.get('daily', False))} from the project's simulator (target_spans_per_day={spans:,}"
         + (f", n_members={members:,}" if members else "")
         + (f", internal_spans_per_server={results['internal_spans_per_server']:g}: INTERNAL children of SERVER spans, "
            "counted in the day's spans" if results.get("internal_spans_per_server") else "")
         + "; the span counts actually written are in each table's title), "
         "28 days of cost history; the daily pipeline exactly as `cost-attribution run` runs it "
-        "(`cli.run_pipeline`: one Dagster run for ingest + dbt over the day, one for the as-of analyses).",
+        "(`cli.run_pipeline`: one Dagster run for ingest + dbt over the day, one for the as-of analyses; a daily run on a "
+        "kept warehouse ingests the other inputs in a run of their own first).",
         "",
         f"Targets: whole daily run on Parquet < {TARGET_SECONDS:.0f} s and < {TARGET_RSS_GB:.0f} GB peak RSS; "
         f"attribution (dbt span models) within {TARGET_FLOOR_RATIO:.0f}x of the bare DuckDB attribution query "
@@ -451,6 +482,9 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=1,
                         help="trace days (each of --spans): the as-of analyses run for every day, so their "
                              "time by day shows how a daily run grows as the experiments age")
+    parser.add_argument("--daily", action="store_true",
+                        help="with --days >= 2: measure the last day as the daily run does it, on a warehouse "
+                             "that already holds the days before (run first, not measured)")
     parser.add_argument("--workdir", default="/tmp/bench-pipeline")
     parser.add_argument("--reuse", action="store_true", help="reuse generated worlds of a previous run")
     parser.add_argument("--internal-spans", type=float, default=0.0,
@@ -466,16 +500,21 @@ def main() -> int:
     args = parser.parse_args()
     members = args.members or max(4_700, args.spans // 15)
     command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {members} --formats {' '.join(args.formats)}"
-               + (f" --days {args.days}" if args.days > 1 else "")
+               + (f" --days {args.days}" if args.days > 1 else "") + (" --daily" if args.daily else "")
                + (f" --internal-spans {args.internal_spans:g}" if args.internal_spans else "")
                + (" --no-dirty-records" if args.no_dirty_records else "") + " --readme bench/README.md")
     # A world of several days is kept apart from the one-day world of the same size.
-    name = (f"{args.spans}-{members}" + (f"-{args.days}d" if args.days > 1 else "")
-            + (f"-internal{args.internal_spans:g}" if args.internal_spans else ""))
+    world_name = (f"{args.spans}-{members}" + (f"-{args.days}d" if args.days > 1 else "")
+                  + (f"-internal{args.internal_spans:g}" if args.internal_spans else ""))
+    name = world_name + ("-daily" if args.daily else "")
+    if args.daily and args.days < 2:
+        parser.error("--daily needs --days 2 or more: the days before the measured one")
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         command = (f"python bench/bench_pipeline.py --spans {args.spans} --members {saved.get('members') or members} "
                    f"--formats {' '.join(saved['formats'])}"
+                   + (f" --days {saved['days']}" if saved.get("days", 1) > 1 else "")
+                   + (" --daily" if saved.get("daily") else "")
                    + (f" --internal-spans {saved['internal_spans_per_server']:g}" if saved.get("internal_spans_per_server") else "")
                    + " --readme bench/README.md")
         section = markdown(saved, args.spans, command)
@@ -496,22 +535,35 @@ def main() -> int:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"formats": {}, "floor": {}, "members": members, "days": args.days,
+    results: dict = {"formats": {}, "floor": {}, "members": members, "days": args.days, "daily": args.daily,
                      "internal_spans_per_server": args.internal_spans, "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for fmt in args.formats:
-        landing = work / f"world-{fmt}-{name}"
-        gen_seconds, truth = generate(landing, args.spans, members, fmt, args.reuse, not args.no_dirty_records, args.days,
+        world = work / f"world-{fmt}-{world_name}"
+        gen_seconds, truth = generate(world, args.spans, members, fmt, args.reuse, not args.no_dirty_records, args.days,
                                       args.internal_spans)
-        files = list((landing / "traces").rglob("*.*"))
         print(f"[{fmt}] world: {truth['n_spans']:,} spans, generated in {gen_seconds:.0f}s", file=sys.stderr)
         run_dir = work / f"run-{fmt}-{name}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir()
-        out = run_dir / "result.json"
+        out, landing, before = run_dir / "result.json", world, None
+        if args.daily:
+            landing = run_dir / "landing"
+            days = sorted(p.name for p in (world / "traces").iterdir())
+            _deliver(world, landing, days[:-1])
+            before = _run_child(["--child", "pipeline", str(landing), str(run_dir / "w.duckdb"),
+                                 str(run_dir / "result-days-before.json"), str(run_dir / "dagster_home_before")])
+            print(f"[{fmt}] the days before: {before:.1f}s", file=sys.stderr)
+            _deliver(world, landing, days[-1:])
+        files = list((landing / "traces").rglob("*.*"))
+        if args.daily:
+            files = [f for f in files if f.parent.name == days[-1]]
         _run_child(["--child", "pipeline", str(landing), str(run_dir / "w.duckdb"), str(out), str(run_dir / "dagster_home")])
         result = json.loads(out.read_text())
+        if before is not None:
+            result["days_before_seconds"] = before
+            truth = {**truth, "n_spans": _day_spans(truth, days[-1])}
         result.update(generate_seconds=gen_seconds, spans_on_disk=truth["n_spans"],
                       bytes_on_disk=sum(f.stat().st_size for f in files), members=truth["n_members"],
                       allocation_rows=_csv_rows(landing / "allocations"))
@@ -523,7 +575,7 @@ def main() -> int:
                   + ", ".join(f"{d['day']} {d['seconds']}" for d in result["summary"]["days"]), file=sys.stderr)
         if fmt == "parquet":
             floor_out = run_dir / "floor.json"
-            _run_child(["--child", "floor", str(landing / "traces" / "*" / "*.parquet"),
+            _run_child(["--child", "floor", str(landing / "traces" / (days[-1] if args.daily else "*") / "*.parquet"),
                         str(landing / "allocations" / "*.csv"), str(floor_out)])
             results["floor"][fmt] = json.loads(floor_out.read_text())
     (work / f"results-{'-'.join(args.formats)}-{name}.json").write_text(
