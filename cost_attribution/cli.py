@@ -523,6 +523,8 @@ def _cmd_demo(args) -> int:
         return 1
     print(render_summary(report, truth=truth))
     print(f"\nthe whole report: cost-attribution report --warehouse {warehouse}  (or --format json|html|csv)")
+    print(f"the next day's run: cost-attribution run --landing {landing} --warehouse {warehouse}  "
+          "(redoes only the days that are new or changed)")
     print(f"report: {summary['report_path']}")
     html_report, _ = report_html_paths(warehouse, dt.date.fromisoformat(report["as_of"]))
     if html_report.exists():
