@@ -233,7 +233,34 @@ def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress,
         _execute_as_of(days, parts["daily"], instance, progress, summary, latest_only)
     else:
         _execute_changes(days, paths, parts, instance, progress, summary, latest_only, rebuild)
+    _report_held_partitions(instance, warehouse, parts["span_level"])
     _evaluate_freshness(defs, instance, progress, summary)
+
+
+def _report_held_partitions(instance, warehouse: Path, span_level) -> None:
+    """The daily partitions the warehouse holds from earlier runs (run_state's record: the
+    trace days for span-level assets, the days whose analyses finished for the others),
+    recorded as runless materializations where the instance has none: on the CLI's
+    ephemeral instance a run that redoes one day, or nothing, would otherwise leave the
+    freshness checks judging this run alone ("never materialized"), not the warehouse."""
+    import dagster as dg
+    import duckdb
+
+    from cost_attribution import run_state
+    from cost_attribution.freshness import DAILY_ASSETS
+
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        recorded = run_state.read(conn)
+    if recorded is None:
+        return
+    span_keys = span_level.asset_layer.asset_graph.get_all_asset_keys()
+    for asset in DAILY_ASSETS:
+        key = dg.AssetKey(asset)
+        held = recorded.days.keys() if key in span_keys else recorded.as_of
+        for day in sorted({d.isoformat() for d in held} - instance.get_materialized_partitions(key)):
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key=key, partition=day,
+                description="held by the warehouse: built by an earlier cost-attribution run (main.run_inputs)"))
 
 
 def _execute_changes(days: list, paths: tuple[Path, Path], parts: dict, instance, progress: Progress,
