@@ -191,12 +191,19 @@ def _check_warehouse_writable(warehouse: Path) -> None:
         raise SystemExit(warehouse_error(warehouse, error)) from None
 
 
-def _split_job(job) -> dict:
-    """The job's parts, each with the job's own checks on its assets (not the freshness
-    checks, which the job leaves to their sensor): "inputs" (the unpartitioned ingest:
-    allocations, costs, metrics, catalogs), "span_level" (the partitioned assets built in
-    one run over a range: raw spans and the dbt models), "bulk" (both, in one run) and
-    "daily" (the as-of analyses, run day by day)."""
+@dataclasses.dataclass(frozen=True)
+class JobParts:
+    """The daily job's parts, each with the job's own checks on its assets (not the
+    freshness checks, which the job leaves to their sensor)."""
+
+    inputs: object  # the unpartitioned ingest: allocations, costs, metrics, catalogs
+    span_level: object  # the partitioned assets built in one run over a range: raw spans, dbt models
+    bulk: object  # both, in one run
+    daily: object  # the as-of analyses, run day by day
+    span_level_keys: frozenset  # the asset keys of span_level
+
+
+def _split_job(job) -> JobParts:
     import dagster as dg
 
     graph = job.asset_layer.asset_graph
@@ -210,8 +217,8 @@ def _split_job(job) -> dict:
         return job.get_subset(asset_selection=assets,
                               asset_check_selection={c for c in graph.asset_check_keys if c.asset_key in assets})
 
-    return {"inputs": subset(inputs), "span_level": subset(span_level), "bulk": subset(inputs | span_level),
-            "daily": subset(daily)}
+    return JobParts(inputs=subset(inputs), span_level=subset(span_level), bulk=subset(inputs | span_level),
+                    daily=subset(daily), span_level_keys=frozenset(span_level))
 
 
 def ui_link(run_id: str) -> str:
@@ -230,14 +237,14 @@ def _execute(days: list, paths: tuple[Path, Path], instance, progress: Progress,
     defs = build_defs(start_date=days[0], landing=landing, warehouse=warehouse)
     parts = _split_job(defs.resolve_job_def("daily_cost_attribution"))
     if analyses_only:
-        _execute_as_of(days, parts["daily"], instance, progress, summary, latest_only)
+        _execute_as_of(days, parts.daily, instance, progress, summary, latest_only)
     else:
         _execute_changes(days, paths, parts, instance, progress, summary, latest_only, rebuild)
-    _report_held_partitions(instance, warehouse, parts["span_level"])
+    _report_held_partitions(instance, warehouse, parts.span_level_keys)
     _evaluate_freshness(defs, instance, progress, summary)
 
 
-def _report_held_partitions(instance, warehouse: Path, span_level) -> None:
+def _report_held_partitions(instance, warehouse: Path, span_level_keys: frozenset) -> None:
     """The daily partitions the warehouse holds from earlier runs (run_state's record: the
     trace days for span-level assets, the days whose analyses finished for the others),
     recorded as runless materializations where the instance has none: on the CLI's
@@ -253,17 +260,16 @@ def _report_held_partitions(instance, warehouse: Path, span_level) -> None:
         recorded = run_state.read(conn)
     if recorded is None:
         return
-    span_keys = span_level.asset_layer.asset_graph.get_all_asset_keys()
     for asset in DAILY_ASSETS:
         key = dg.AssetKey(asset)
-        held = recorded.days.keys() if key in span_keys else recorded.as_of
+        held = recorded.days.keys() if key in span_level_keys else recorded.as_of
         for day in sorted({d.isoformat() for d in held} - instance.get_materialized_partitions(key)):
             instance.report_runless_asset_event(dg.AssetMaterialization(
                 asset_key=key, partition=day,
                 description="held by the warehouse: built by an earlier cost-attribution run (main.run_inputs)"))
 
 
-def _execute_changes(days: list, paths: tuple[Path, Path], parts: dict, instance, progress: Progress,
+def _execute_changes(days: list, paths: tuple[Path, Path], parts: JobParts, instance, progress: Progress,
                      summary: dict, latest_only: bool, rebuild: bool) -> None:
     import duckdb
 
@@ -275,7 +281,7 @@ def _execute_changes(days: list, paths: tuple[Path, Path], parts: dict, instance
         recorded = run_state.read(conn)
     plan = run_state.plan(days, inputs, recorded, rebuild)
     if plan.tables_first:
-        if not _execute_span_level(None, parts["inputs"], instance, progress, summary):
+        if not _execute_span_level(None, parts.inputs, instance, progress, summary):
             return
         with duckdb.connect(str(warehouse), read_only=True) as conn:
             plan = run_state.after_tables(plan, days, recorded, run_state.exposure_digests(conn))
@@ -288,14 +294,14 @@ def _execute_changes(days: list, paths: tuple[Path, Path], parts: dict, instance
         progress.line(safe_text(f"  redoing {_days_text(plan.span_days) or 'no trace day'}, analyses "
                                 f"{_days_text(plan.as_of_days) or 'none'}: {plan.why}"))
     if plan.span_days:
-        job = parts["bulk"] if plan.whole else parts["span_level"]
+        job = parts.bulk if plan.whole else parts.span_level
         if not _execute_span_level(plan.span_days, job, instance, progress, summary):
             return
     if plan.span_days or plan.tables_first:
         with duckdb.connect(str(warehouse)) as conn:
             run_state.record_span_work(conn, inputs)
     if plan.as_of_days:
-        done = _execute_as_of(plan.as_of_days, parts["daily"], instance, progress, summary, latest_only)
+        done = _execute_as_of(plan.as_of_days, parts.daily, instance, progress, summary, latest_only)
         with duckdb.connect(str(warehouse)) as conn:
             run_state.record_as_of(conn, plan.as_of_days, done)
 

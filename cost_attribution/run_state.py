@@ -146,8 +146,8 @@ def _write(conn: duckdb.DuckDBPyConnection, scopes: Iterable[str], rows: list[tu
 
 def record_span_work(conn: duckdb.DuckDBPyConnection, inputs: Inputs) -> None:
     """After the span-level work succeeded: every trace day, the other inputs and the
-    allocations as the warehouse now holds them, and the code. A rebuilt warehouse's
-    analyses are redone, so the days' analyses are forgotten when the code changed."""
+    allocations as the warehouse now holds them, and the code. (The analyses are recorded
+    apart, by record_as_of, as their days finish.)"""
     rows = [(CODE, None, inputs.code), (TABLES, None, inputs.tables)]
     rows += [(TRACES, day, value) for day, value in inputs.days.items()]
     rows += [(EXPOSURE, day, value) for day, value in exposure_digests(conn).items()]
@@ -190,7 +190,7 @@ def plan(days: list[dt.date], inputs: Inputs, recorded: Recorded | None, rebuild
     changed = [day for day in days if recorded.days.get(day) != inputs.days[day]]
     tables_changed = recorded.tables != inputs.tables
     return _finish(days, changed[0] if changed else None, recorded, tables_changed, tables_first=tables_changed,
-                   why=_days_why(changed, days))
+                   why=_days_why(changed))
 
 
 def after_tables(first: Plan, days: list[dt.date], recorded: Recorded, exposure_now: dict[dt.date, str]) -> Plan:
@@ -224,7 +224,7 @@ def _finish(days: list[dt.date], start: dt.date | None, recorded: Recorded, tabl
     return Plan(span_days=span_days, as_of_days=as_of_days, whole=False, tables_first=tables_first, why=why)
 
 
-def _days_why(changed: list[dt.date], days: list[dt.date]) -> str:
+def _days_why(changed: list[dt.date]) -> str:
     if not changed:
         return ""
     return f"{len(changed)} trace day{'s' if len(changed) > 1 else ''} new or changed ({changed[0]}" + (
