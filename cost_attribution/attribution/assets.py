@@ -14,6 +14,7 @@ from dagster_duckdb import DuckDBResource
 from cost_attribution.attribution.member_usage import usage_scope
 from cost_attribution.attribution.usage_moments import (
     CROSS_MOMENT_SCHEMA, CROSS_MOMENTS_TABLE, each_experiment_moments)
+from cost_attribution.attribution.usage_window import refresh_usage
 from cost_attribution.attribution.deltas import deltas_by_experiment
 from cost_attribution.attribution.stats import StatsConfig, intended_splits
 from cost_attribution.attribution.treated_share import share_plot, shares_in_warehouse
@@ -108,16 +109,19 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
     volume and in work (its SERVER spans' duration, or their busy time: settings.work_measure) per allocated
     member vs control, with member-level intervals (always-valid by default, because the report re-reads it
     every day), p-values and Benjamini-Hochberg q-values across all pairs and both metrics. The CUPED
-    covariate is each member's usage before its treatment, from pre_period_days before the experiment's start."""
+    covariate is each member's usage before its treatment, from pre_period_days before the experiment's start.
+    The members' totals are carried from the day before when nothing under them changed (metadata
+    `member_totals`: advanced or rebuilt)."""
     as_of = partition_day(context)
     config = StatsConfig(alpha=settings.alpha, fdr_q=settings.fdr_q, sequential=settings.sequential)
     with warehouse.get_connection() as conn:
         scope = usage_scope(conn, as_of, settings.blind_spot_coverage, settings.work_measure,
                             settings.pre_period_days)
         cross_moments = []
+        totals = refresh_usage(conn, scope)
 
         def staged_experiments():
-            for moments in each_experiment_moments(conn, scope):
+            for moments in each_experiment_moments(conn, scope, totals):
                 yield moments
                 # Its deltas are done and its rows still staged: the sums cost_projections
                 # needs for the correlation between services, kept so it stages nothing.
@@ -143,6 +147,10 @@ def usage_deltas(context: dg.AssetExecutionContext, settings: AnalysisSettings, 
             "dagster/row_count": deltas.height,
             "pairs_tested": deltas.height,
             "significant_pairs": significant.height,
+            # 'advanced': yesterday's member totals plus what today adds; 'rebuilt': summed
+            # again over every day (a re-ingested day, a late allocation); 'one day: not
+            # kept' (an experiment's first day): attribution/usage_window.py.
+            "member_totals": totals,
             "significant": dg.MetadataValue.md(
                 markdown_table(
                     significant.select("experiment_id", "cell", "service", "delta", "ci_low", "ci_high", "q_value")

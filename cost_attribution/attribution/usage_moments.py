@@ -27,10 +27,10 @@ import polars as pl
 from cost_attribution.attribution.deltas import COVARIATES, MOMENT_SCHEMA, ROOTS
 from cost_attribution.attribution.member_vectors import (
     CellSums, MemberVectors, cross_moment_rows, root_ratio_frame, rows_per_batch, sum_members, valid_value)
-from cost_attribution.attribution.member_usage import (
-    ALLOCATED_ROWS, CHOSEN_ROWS, PRE_PERIOD, TREATED_ROOTS, UsageScope)
+from cost_attribution.attribution.member_usage import UsageScope
 from cost_attribution.attribution.stats import relative_covariance
-from cost_attribution.warehouse import quote_ident, read_frame, table_exists
+from cost_attribution.attribution.usage_window import NOT_KEPT, refresh_usage, stage_experiment, unclaimed_rows
+from cost_attribution.warehouse import quote_ident, read_frame
 
 _METRICS = ("requests", "work")
 _tables = itertools.count()
@@ -49,101 +49,37 @@ class WarehouseMoments:
     (member_vectors), with a fifth table of the services' positions; `close()` drops them.
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str,
+                 totals: str | None = None):
         self.conn, self.experiment_id = conn, experiment_id
+        # each_experiment_moments brings the kept totals to the day once for all (`totals`: its answer)
+        self._kept = (totals or refresh_usage(conn, scope)) != NOT_KEPT
         self.experiments = scope.experiments.filter(pl.col("experiment_id") == experiment_id)
         k = next(_tables)
-        self._alloc, self._rows, self._usage, self._pre, self._roots, self._services = (
-            quote_ident(f"_moments_{name}_{k}") for name in ("alloc", "rows", "usage", "pre", "roots", "services"))
+        self._alloc, self._usage, self._pre, self._roots, self._services = (
+            quote_ident(f"_moments_{name}_{k}") for name in ("alloc", "usage", "pre", "roots", "services"))
         self._stage(scope)
         [(roots,)] = conn.execute(f"SELECT count(*) FROM {self._roots}").fetchall()
         self.has_roots = roots > 0
         self._member_sums: tuple[MemberVectors, list[CellSums]] | None = None
 
     def _stage(self, scope: UsageScope) -> None:
-        as_of, experiment = scope.as_of, self.experiment_id
-        self.conn.execute(
-            f"""
-            CREATE TEMP TABLE {self._alloc} AS
-            SELECT member_id, any_value(cell) AS cell, count(*) AS cells
-            FROM (
-                SELECT DISTINCT CAST(a.member_id AS VARCHAR) AS member_id, CAST(a.cell AS VARCHAR) AS cell
-                {ALLOCATED_ROWS} AND a.member_id IS NOT NULL AND a.cell IS NOT NULL
-            )
-            GROUP BY member_id
-            """,
-            [experiment, as_of, as_of],
-        )
-        # Members in two cells stay in the table (cells > 1) only to be counted as excluded.
-        allocated = f"(SELECT member_id, cell FROM {self._alloc} WHERE cells = 1)"
-        # The experiment's rows are read out of the day's usage once; the outcome, the
-        # pre-period and the excluded rows are all taken from that copy.
-        rows = self._rows
-        work = quote_ident(scope.work_column)
-        self.conn.execute(
-            f"""
-            CREATE TEMP TABLE {rows} AS
-            SELECT u.member_id, u.cell, u.service, u.source, {PRE_PERIOD} AS pre_period,
-                   u.requests, u.{work} AS work
-            {CHOSEN_ROWS} AND u.experiment_id = ?
-            """,
-            [*scope.running(), scope.client_measured, experiment],
-        )
-        self.conn.execute(
-            f"""
-            CREATE TEMP TABLE {self._usage} AS
-            SELECT a.member_id, a.cell, u.service, any_value(u.source) AS measured_from,
-                   sum(u.requests) AS requests, sum(u.work) AS work
-            FROM {rows} u JOIN {allocated} a ON a.member_id = u.member_id AND (u.cell IS NULL OR u.cell = a.cell)
-            WHERE NOT u.pre_period
-            GROUP BY ALL
-            """
-        )
-        self.conn.execute(
-            f"""
-            CREATE TEMP TABLE {self._pre} AS
-            SELECT a.member_id, a.cell, u.service,
-                   coalesce(sum(u.requests), 0) AS pre_requests, coalesce(sum(u.work), 0) AS pre_work
-            FROM {rows} u JOIN {allocated} a USING (member_id)
-            WHERE u.pre_period
-            GROUP BY ALL
-            """
-        )
-        [(conflicted,)] = self.conn.execute(f"SELECT count(*) FROM {self._alloc} WHERE cells > 1").fetchall()
-        [(unattributed,)] = self.conn.execute(
-            f"""
-            SELECT count(*) FROM {rows} u
-            LEFT JOIN {allocated} a ON a.member_id = u.member_id AND (u.cell IS NULL OR u.cell = a.cell)
-            WHERE NOT u.pre_period AND a.member_id IS NULL
-            """
-        ).fetchall()
-        self.conn.execute(f"DROP TABLE {rows}")
-        self.conn.execute(f"DELETE FROM {self._alloc} WHERE cells > 1")
-        if table_exists(self.conn, "main.member_roots"):
-            self.conn.execute(
-                f"""
-                CREATE TEMP TABLE {self._roots} AS
-                SELECT a.member_id, a.cell, r.service, sum(r.root_requests) AS root_requests
-                FROM (SELECT r.* {TREATED_ROOTS}) r JOIN {self._alloc} a USING (member_id)
-                GROUP BY ALL
-                """,
-                [experiment, as_of, as_of],
-            )
-        else:
-            self.conn.execute(f"CREATE TEMP TABLE {self._roots} (member_id VARCHAR, cell VARCHAR, service VARCHAR, "
-                              "root_requests DOUBLE)")
+        experiment = self.experiment_id
+        conflicted = stage_experiment(self.conn, scope, experiment, self._kept, self._alloc, self._usage, self._pre,
+                                      self._roots)
         [(invalid,)] = self.conn.execute(
             f"SELECT count(*) FROM {self._usage} WHERE NOT {valid_value('requests')} OR "
             f"(work IS NOT NULL AND NOT {valid_value('work')})"
         ).fetchall()
         self.excluded = {
             "members allocated to more than one cell of the experiment": conflicted,
-            "usage rows of members not (unambiguously) allocated to this cell": unattributed,
+            "usage rows of members not (unambiguously) allocated to this cell": unclaimed_rows(self.conn, experiment,
+                                                                                               self._kept),
             "usage rows with a null, NaN, infinite or negative value": invalid,
         }
 
     def close(self) -> None:
-        for table in (self._alloc, self._rows, self._usage, self._pre, self._roots, self._services):
+        for table in (self._alloc, self._usage, self._pre, self._roots, self._services):
             self.conn.execute(f"DROP TABLE IF EXISTS {table}")
 
     def _frame(self, sql: str, params: list | None = None, schema: dict = MOMENT_SCHEMA) -> pl.DataFrame:
@@ -321,11 +257,15 @@ def covariance_from_cross_moments(cross: pl.DataFrame, cell: str, control_cell: 
     return relative_covariance(m_t, m_c, cov_t, cov_c, n_t, n_c)
 
 
-def each_experiment_moments(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> Iterator[WarehouseMoments]:
+def each_experiment_moments(conn: duckdb.DuckDBPyConnection, scope: UsageScope,
+                            totals: str | None = None) -> Iterator[WarehouseMoments]:
     """Every running experiment's sums, one experiment at a time, in experiment_id order;
-    each one's staged rows are dropped before the next is staged."""
+    each one's staged rows are dropped before the next is staged. The kept member totals
+    are brought to the scope's day first (usage_window.refresh_usage), unless `totals`
+    says what that did already."""
+    totals = totals or refresh_usage(conn, scope)
     for experiment_id in scope.experiments["experiment_id"].to_list():
-        moments = WarehouseMoments(conn, scope, experiment_id)
+        moments = WarehouseMoments(conn, scope, experiment_id, totals)
         excluded = {reason: n for reason, n in moments.excluded.items() if n}
         if excluded:
             warnings.warn(f"experiment {experiment_id!r} stats excluded " + "; ".join(

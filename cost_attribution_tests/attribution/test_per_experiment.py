@@ -194,10 +194,17 @@ def _dirty_world():
     return world
 
 
-@pytest.fixture(scope="module", params=["tidy", "dirty"])
+@pytest.fixture(scope="module", params=["tidy", "dirty", "tidy, staged from its rows", "dirty, staged from its rows"])
 def any_warehouse(request):
-    conn = warehouse_of(_world() if request.param == "tidy" else _dirty_world())
-    yield conn
+    """The worlds' member rows span two days, so the statistics read the kept totals
+    (usage_window); 'staged from its rows' takes the path of a single day (NOT_KEPT)."""
+    from cost_attribution.attribution import usage_window
+
+    conn = warehouse_of(_world() if request.param.startswith("tidy") else _dirty_world())
+    with pytest.MonkeyPatch.context() as patch:
+        if "staged" in request.param:
+            patch.setattr(usage_window, "_member_days", lambda conn, scope: 1)
+        yield conn
     conn.close()
 
 
