@@ -29,3 +29,20 @@ def warehouse_of(tables: dict) -> "duckdb.DuckDBPyConnection":  # noqa: F821
         conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
         conn.unregister("_f")
     return conn
+
+
+def assert_same_tables(ours: dict, reference: dict) -> None:
+    """Table name -> polars frame, sorted alike: every non-float column equal, floats to 1e-12
+    (sums of the same rows in another order differ in the last bits), nulls where the
+    reference has them."""
+    import numpy as np
+    import polars as pl
+
+    for table, frame in reference.items():
+        mine = ours[table]
+        numeric = [c for c in frame.columns if frame[c].dtype == pl.Float64]
+        assert mine.drop(numeric).equals(frame.drop(numeric)), table
+        for column in numeric:
+            assert mine[column].is_null().to_list() == frame[column].is_null().to_list(), f"{table}.{column}"
+            np.testing.assert_allclose(mine[column].fill_null(0).to_numpy(), frame[column].fill_null(0).to_numpy(),
+                                       rtol=1e-12, err_msg=f"{table}.{column}")

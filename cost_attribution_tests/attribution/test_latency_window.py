@@ -15,7 +15,7 @@ import pytest
 from cost_attribution.attribution import latency_window
 from cost_attribution.attribution.latency import MEMBER_GROUPS
 from cost_attribution.attribution.latency_window import LATENCY_HISTOGRAMS, LATENCY_MEMBERS, STATE_TABLE, refresh_latency
-from cost_attribution_tests.worlds import warehouse_of
+from cost_attribution_tests.worlds import assert_same_tables, warehouse_of
 
 DAY0 = dt.date(2026, 5, 1)
 DAYS = [DAY0 + dt.timedelta(days=i) for i in range(8)]
@@ -51,8 +51,6 @@ def _world(seed: int = 3) -> dict[str, pl.DataFrame]:
             "main.member_service_latency": pl.DataFrame(latency)}
 
 
-
-
 def _frames(conn) -> dict[str, pl.DataFrame]:
     return {name: pl.from_arrow(conn.sql(f"SELECT * FROM {name}").to_arrow_table()) for name in world_tables()}
 
@@ -75,16 +73,6 @@ def _made_again(conn, as_of: dt.date, groups: int = GROUPS) -> dict[str, pl.Data
     return _sums(conn)
 
 
-def _assert_same(ours: dict[str, pl.DataFrame], reference: dict[str, pl.DataFrame]):
-    for table, frame in reference.items():
-        mine = ours[table]
-        numeric = [c for c in frame.columns if frame[c].dtype == pl.Float64]
-        assert mine.drop(numeric).equals(frame.drop(numeric)), table
-        for column in numeric:
-            np.testing.assert_allclose(mine[column].to_numpy(), frame[column].to_numpy(), rtol=1e-12,
-                                       err_msg=f"{table}.{column}")
-
-
 @pytest.fixture()
 def world():
     return _world()
@@ -95,7 +83,7 @@ def test_day_by_day_sums_equal_the_sums_made_again(world):
     seen = []
     for day in DAYS:
         seen.append(refresh_latency(carried, day, GROUPS))
-        _assert_same(_sums(carried), _made_again(fresh, day))
+        assert_same_tables(_sums(carried), _made_again(fresh, day))
     assert seen == ["rebuilt"] + ["advanced"] * (len(DAYS) - 1)
     assert refresh_latency(carried, DAYS[-1], GROUPS) == "kept"
     members = _sums(carried)[LATENCY_MEMBERS]
@@ -130,7 +118,7 @@ def test_a_change_to_what_the_sums_were_made_of_makes_them_again(world, change):
     else:
         conn.execute("UPDATE raw.experiments SET start_date = ? WHERE experiment_id = 'ramp'", [DAYS[1]])
     assert refresh_latency(conn, DAYS[4], GROUPS) == "rebuilt"
-    _assert_same(_sums(conn), _made_again(warehouse_of(_frames(conn)), DAYS[4]))
+    assert_same_tables(_sums(conn), _made_again(warehouse_of(_frames(conn)), DAYS[4]))
 
 
 def test_a_skipped_or_earlier_day_makes_them_again(world):
@@ -138,7 +126,7 @@ def test_a_skipped_or_earlier_day_makes_them_again(world):
     refresh_latency(conn, DAYS[2], GROUPS)
     assert refresh_latency(conn, DAYS[4], GROUPS) == "rebuilt"  # DAYS[3] skipped
     assert refresh_latency(conn, DAYS[1], GROUPS) == "rebuilt"
-    _assert_same(_sums(conn), _made_again(warehouse_of(world), DAYS[1]))
+    assert_same_tables(_sums(conn), _made_again(warehouse_of(world), DAYS[1]))
 
 
 def test_the_digest_sees_any_changed_row_and_only_days_through_the_as_of_day(world):
@@ -176,11 +164,11 @@ def test_on_the_span_models_tables_day_by_day_equals_made_again(small_live_world
         assert len(days) >= 3
         carried_by_the_run = _sums(conn)
         made_again = _made_again(conn, as_of, groups=MEMBER_GROUPS)
-        _assert_same(carried_by_the_run, made_again)
+        assert_same_tables(carried_by_the_run, made_again)
         conn.execute(f"DELETE FROM {STATE_TABLE} WHERE window_name = 'latency'")
         seen = [refresh_latency(conn, day, MEMBER_GROUPS) for day in days]
         assert seen == ["rebuilt"] + ["advanced"] * (len(days) - 1)
-        _assert_same(_sums(conn), made_again)
+        assert_same_tables(_sums(conn), made_again)
 
 
 def test_days_before_every_start_are_not_read_and_lost_tables_are_made_again(world):
@@ -193,4 +181,4 @@ def test_days_before_every_start_are_not_read_and_lost_tables_are_made_again(wor
     assert refresh_latency(conn, DAYS[5], GROUPS) == "advanced"  # the changed days count for nothing
     conn.execute(f"DROP TABLE {LATENCY_MEMBERS}")
     assert refresh_latency(conn, DAYS[5], GROUPS) == "rebuilt"
-    _assert_same(_sums(conn), _made_again(warehouse_of(_frames(conn)), DAYS[5]))
+    assert_same_tables(_sums(conn), _made_again(warehouse_of(_frames(conn)), DAYS[5]))

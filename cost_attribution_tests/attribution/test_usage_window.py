@@ -18,7 +18,7 @@ from cost_attribution.attribution.member_usage import usage_scope
 from cost_attribution.attribution.carried_window import refresh
 from cost_attribution.attribution.usage_window import (
     NOT_KEPT, USAGE_PRE, USAGE_ROOTS, USAGE_TOTALS, USAGE_UNCLAIMED, refresh_usage, usage_window)
-from cost_attribution_tests.worlds import warehouse_of
+from cost_attribution_tests.worlds import assert_same_tables, warehouse_of
 
 DAY0 = dt.date(2026, 5, 1)
 DAYS = [DAY0 + dt.timedelta(days=i) for i in range(8)]
@@ -95,17 +95,6 @@ def _made_again(conn, day: dt.date, client: float = 0.0) -> dict[str, pl.DataFra
     return _kept(conn)
 
 
-def _assert_same(ours: dict[str, pl.DataFrame], reference: dict[str, pl.DataFrame]):
-    for table, frame in reference.items():
-        mine = ours[table]
-        numeric = [c for c in frame.columns if frame[c].dtype == pl.Float64]
-        assert mine.drop(numeric).equals(frame.drop(numeric)), table
-        for column in numeric:
-            assert mine[column].is_null().to_list() == frame[column].is_null().to_list(), f"{table}.{column}"
-            np.testing.assert_allclose(mine[column].fill_null(0).to_numpy(), frame[column].fill_null(0).to_numpy(),
-                                       rtol=1e-12, err_msg=f"{table}.{column}")
-
-
 @pytest.fixture()
 def world():
     return _world()
@@ -118,7 +107,7 @@ def test_day_by_day_totals_equal_the_totals_made_again(world, client):
     for day in DAYS:
         seen.append(refresh_usage(carried, _scope(carried, day, client)))
         if seen[-1] != NOT_KEPT:
-            _assert_same(_kept(carried), _made_again(fresh, day, client))
+            assert_same_tables(_kept(carried), _made_again(fresh, day, client))
     # The first day's totals are its rows: staged as they are, not kept (usage_window.NOT_KEPT).
     assert seen == [NOT_KEPT, "rebuilt"] + ["advanced"] * (len(DAYS) - 2)
     assert refresh_usage(carried, _scope(carried, DAYS[-1], client)) == "kept"
@@ -175,7 +164,7 @@ def test_a_change_to_what_the_totals_were_made_of_makes_them_again(world, change
     else:
         client = 1.0
     assert refresh_usage(conn, _scope(conn, DAYS[4], client)) == "rebuilt"
-    _assert_same(_kept(conn), _made_again(warehouse_of({name: pl.from_arrow(conn.sql(f"SELECT * FROM {name}")
+    assert_same_tables(_kept(conn), _made_again(warehouse_of({name: pl.from_arrow(conn.sql(f"SELECT * FROM {name}")
                                                                               .to_arrow_table())
                                                         for name in world}), DAYS[4], client))
 
@@ -185,7 +174,7 @@ def test_a_skipped_or_earlier_day_makes_them_again(world):
     refresh_usage(conn, _scope(conn, DAYS[2]))
     assert refresh_usage(conn, _scope(conn, DAYS[4])) == "rebuilt"  # DAYS[3] skipped
     assert refresh_usage(conn, _scope(conn, DAYS[1])) == "rebuilt"
-    _assert_same(_kept(conn), _made_again(warehouse_of(world), DAYS[1]))
+    assert_same_tables(_kept(conn), _made_again(warehouse_of(world), DAYS[1]))
 
 
 @pytest.mark.slow  # runs the small live world through the pipeline
@@ -205,8 +194,8 @@ def test_on_the_span_models_tables_day_by_day_equals_made_again(small_live_world
         assert len(days) >= 3
         carried_by_the_run = _kept(conn)
         made_again = _made_again(conn, as_of, client=0.5)
-        _assert_same(carried_by_the_run, made_again)
+        assert_same_tables(carried_by_the_run, made_again)
         _forget(conn)
         seen = [refresh_usage(conn, _scope(conn, day, 0.5)) for day in days]
         assert seen[0] == NOT_KEPT and "rebuilt" in seen and seen[-1] == "advanced"
-        _assert_same(_kept(conn), made_again)
+        assert_same_tables(_kept(conn), made_again)
