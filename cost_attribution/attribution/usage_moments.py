@@ -29,7 +29,7 @@ from cost_attribution.attribution.member_vectors import (
     CellSums, MemberVectors, cross_moment_rows, root_ratio_frame, rows_per_batch, sum_members, valid_value)
 from cost_attribution.attribution.member_usage import UsageScope
 from cost_attribution.attribution.stats import relative_covariance
-from cost_attribution.attribution.usage_window import NOT_KEPT, refresh_usage, stage_experiment, unclaimed_rows
+from cost_attribution.attribution.usage_window import NOT_KEPT, refresh_usage, stage_experiment
 from cost_attribution.warehouse import quote_ident, read_frame
 
 _METRICS = ("requests", "work")
@@ -65,16 +65,15 @@ class WarehouseMoments:
 
     def _stage(self, scope: UsageScope) -> None:
         experiment = self.experiment_id
-        conflicted = stage_experiment(self.conn, scope, experiment, self._kept, self._alloc, self._usage, self._pre,
-                                      self._roots)
+        conflicted, unclaimed = stage_experiment(self.conn, scope, experiment, self._kept, self._alloc, self._usage,
+                                                 self._pre, self._roots)
         [(invalid,)] = self.conn.execute(
             f"SELECT count(*) FROM {self._usage} WHERE NOT {valid_value('requests')} OR "
             f"(work IS NOT NULL AND NOT {valid_value('work')})"
         ).fetchall()
         self.excluded = {
             "members allocated to more than one cell of the experiment": conflicted,
-            "usage rows of members not (unambiguously) allocated to this cell": unclaimed_rows(self.conn, experiment,
-                                                                                               self._kept),
+            "usage rows of members not (unambiguously) allocated to this cell": unclaimed,
             "usage rows with a null, NaN, infinite or negative value": invalid,
         }
 

@@ -61,6 +61,10 @@ _KEYS = ("member_id", "cell", "service")
 _tables = itertools.count()
 
 
+def _column_list(table: str, with_experiment: bool = False) -> str:
+    return ", ".join((("experiment_id VARCHAR",) if with_experiment else ()) + _COLUMNS[table])
+
+
 # ------------------------------------------------------------------- the staging SQL
 # One experiment's rows summed per member; usage_moments stages the same SQL's result when
 # nothing is kept. `allocated` is a table of the experiment's clean allocations as of the
@@ -143,15 +147,34 @@ def roots_sql(allocated: str, day_only: bool = False) -> str:
     """
 
 
+def experiment_sums(alloc: str, rows: str, experiment_id: str, as_of: dt.date, has_roots: bool,
+                    day: dt.date | None = None) -> list[tuple[str, str, list]]:
+    """(kept table, the SQL of its rows for one experiment, its params) for each kept table:
+    summed from `rows` and the allocations `alloc` (single-cell members only), the root
+    requests of the whole window or (`day`) of that day. Without main.member_roots, none."""
+    allocated = single_cell(alloc)
+    sums = [(USAGE_TOTALS, usage_sql(rows, allocated), []), (USAGE_PRE, pre_sql(rows, allocated), []),
+            (USAGE_UNCLAIMED, unclaimed_sql(rows, allocated), [])]
+    if has_roots:
+        sums.append((USAGE_ROOTS, roots_sql(allocated, day_only=day is not None),
+                     [experiment_id, as_of, as_of] + ([day] if day is not None else [])))
+    return sums
+
+
 # ------------------------------------------------------------------------ the window
+
+def _member_row_relations(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Where member_service_usage's rows are: the per-member days and allocation days its
+    view joins, or the table itself (the Spark target's copy)."""
+    usage = MEMBER_ROWS[0]
+    return [usage.member_days, usage.same_days] if relation_type(conn, usage.joined) == "VIEW" else [usage.joined]
+
 
 def _usage_inputs(conn: duckdb.DuckDBPyConnection, as_of: dt.date, pre_period_days: int) -> Inputs:
     """The member rows from the earliest start less the pre-period (every day when a started
     experiment has no start; none when none has started), the root requests from the
     earliest start, every allocation and experiment."""
-    usage = MEMBER_ROWS[0]
-    member_rows = ([usage.member_days, usage.same_days] if relation_type(conn, usage.joined) == "VIEW"
-                   else [usage.joined])
+    member_rows = _member_row_relations(conn)
     starts = started_experiments(conn, as_of)["start_date"]
     first = as_of + dt.timedelta(days=1) if starts.is_empty() else None if starts.null_count() else starts.min()
     since = None if first is None else first - dt.timedelta(days=pre_period_days)
@@ -165,29 +188,24 @@ def usage_window(scope: UsageScope) -> Window:
     """USAGE_TOTALS, USAGE_PRE, USAGE_ROOTS and USAGE_UNCLAIMED of every experiment started
     by the day, as the scope counts rows (its sources, work measure and pre-period)."""
     kept = (USAGE_TOTALS, USAGE_PRE, USAGE_ROOTS, USAGE_UNCLAIMED)
-    has_roots = None  # whether main.member_roots exists: asked once the connection is known
 
     def create_kept(conn: duckdb.DuckDBPyConnection) -> None:
         for table in kept:
-            columns = ", ".join(("experiment_id VARCHAR", *_COLUMNS[table]))
-            conn.execute(f"CREATE OR REPLACE TABLE {qualified(table)} ({columns})")
+            conn.execute(f"CREATE OR REPLACE TABLE {qualified(table)} ({_column_list(table, with_experiment=True)})")
 
     def add(conn: duckdb.DuckDBPyConnection, experiment_id: str, as_of: dt.date, day: dt.date | None) -> None:
         """The experiment's totals as of `as_of` (day None) or what `day` (= as_of) adds to
         the day before's, merged into the kept tables."""
-        nonlocal has_roots
-        if has_roots is None:
-            has_roots = table_exists(conn, "main.member_roots")
         k = next(_tables)
         alloc, rows, part = (quote_ident(f"_usage_window_{name}_{k}") for name in ("alloc", "rows", "part"))
         create_allocations(conn, alloc, experiment_id, as_of)
-        allocated = single_cell(alloc)
         if day is None:
             create_rows(conn, rows, scope, experiment_id)
         else:
             create_rows(conn, rows, scope, experiment_id, "AND u.dt = ?", [day])
             # The members allocated this day: their earlier rows become their pre-period.
-            newly = f"SELECT member_id FROM {alloc} WHERE member_id IN (SELECT a.member_id {ALLOCATED_ROWS} AND CAST(a.allocated_at AS DATE) = ?)"
+            newly = (f"SELECT member_id FROM {alloc} WHERE member_id IN "
+                     f"(SELECT a.member_id {ALLOCATED_ROWS} AND CAST(a.allocated_at AS DATE) = ?)")
             [(n,)] = conn.execute(f"SELECT count(*) FROM ({newly})", [experiment_id, as_of, as_of, day]).fetchall()
             if n:
                 conn.execute(
@@ -200,12 +218,8 @@ def usage_window(scope: UsageScope) -> Window:
                     """,
                     [*scope.running(), scope.client_measured, experiment_id, day, experiment_id, as_of, as_of, day],
                 )
-        parts = [(USAGE_TOTALS, usage_sql(rows, allocated), []), (USAGE_PRE, pre_sql(rows, allocated), []),
-                 (USAGE_UNCLAIMED, unclaimed_sql(rows, allocated), [])]
-        if has_roots:
-            parts.append((USAGE_ROOTS, roots_sql(single_cell(alloc), day_only=day is not None),
-                          [experiment_id, as_of, as_of] + ([day] if day is not None else [])))
-        for table, sql, params in parts:
+        has_roots = table_exists(conn, "main.member_roots")
+        for table, sql, params in experiment_sums(alloc, rows, experiment_id, as_of, has_roots, day):
             if day is None:
                 conn.execute(f"INSERT INTO {qualified(table)} SELECT CAST(? AS VARCHAR), * FROM ({sql})",
                              [experiment_id, *params])
@@ -263,6 +277,7 @@ def _merge(conn: duckdb.DuckDBPyConnection, table: str, part: str, experiment_id
         return
     measures = [n for n in names if n not in _KEYS and n != "measured_from"]
     on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM p.{k}" for k in _KEYS)
+    columns, values = ", ".join(names), ", ".join(f"p.{n}" for n in names)
     summed = ", ".join(f"{m} = coalesce(t.{m} + p.{m}, t.{m}, p.{m})" for m in measures)
     conn.execute(
         f"""
@@ -270,7 +285,7 @@ def _merge(conn: duckdb.DuckDBPyConnection, table: str, part: str, experiment_id
         USING (SELECT CAST(? AS VARCHAR) AS experiment_id, * FROM {part}) AS p
         ON t.experiment_id = p.experiment_id AND {on}
         WHEN MATCHED THEN UPDATE SET {summed}
-        WHEN NOT MATCHED THEN INSERT (experiment_id, {", ".join(names)}) VALUES (p.experiment_id, {", ".join(f"p.{n}" for n in names)})
+        WHEN NOT MATCHED THEN INSERT (experiment_id, {columns}) VALUES (p.experiment_id, {values})
         """,
         [experiment_id],
     )
@@ -291,50 +306,47 @@ def refresh_usage(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> str:
 
 
 def _member_days(conn: duckdb.DuckDBPyConnection, scope: UsageScope) -> int:
+    """How many days of member rows the window holds through the as-of day (2: more than one)."""
     inputs = _usage_inputs(conn, scope.as_of, scope.pre_period_days)
     days = set()
-    for relation in (r for r in inputs if r.startswith("main.") and r != "main.member_roots"):
+    for relation in _member_row_relations(conn):
         since = inputs[relation][1]
-        days |= {d for (d,) in conn.execute(
-            f"SELECT DISTINCT dt FROM {qualified(relation)} WHERE dt <= ? AND (CAST(? AS DATE) IS NULL OR dt >= ?)",
-            [scope.as_of, since, since]).fetchall()}
-    return len(days)
+        [ends] = conn.execute(f"SELECT min(dt), max(dt) FROM {qualified(relation)} "
+                              "WHERE dt <= ? AND (CAST(? AS DATE) IS NULL OR dt >= ?)",
+                              [scope.as_of, since, since]).fetchall()
+        days |= {d for d in ends if d is not None}
+    return min(len(days), 2)
 
 
 def stage_experiment(conn: duckdb.DuckDBPyConnection, scope: UsageScope, experiment_id: str, kept: bool,
-                     alloc: str, usage: str, pre: str, roots: str) -> int:
+                     alloc: str, usage: str, pre: str, roots: str) -> tuple[int, int]:
     """One experiment's allocations (`alloc`, single-cell members only), treated usage, pre-period
     usage and root requests staged as temporary tables for the statistics, from the kept
-    totals (`kept`) or summed from its rows; returns the members in more than one cell."""
+    totals (`kept`) or summed from its rows. Returns (members in more than one cell, treated
+    rows no single-cell allocation claims)."""
     create_allocations(conn, alloc, experiment_id, scope.as_of)
     [(conflicted,)] = conn.execute(f"SELECT count(*) FROM {alloc} WHERE cells > 1").fetchall()
-    conn.execute(f"DELETE FROM {alloc} WHERE cells > 1")
+    staged = {USAGE_TOTALS: usage, USAGE_PRE: pre, USAGE_ROOTS: roots}
     if kept:
-        for staged, table in ((usage, USAGE_TOTALS), (pre, USAGE_PRE), (roots, USAGE_ROOTS)):
-            conn.execute(f"CREATE TEMP TABLE {staged} AS SELECT * EXCLUDE (experiment_id) FROM {qualified(table)} "
+        conn.execute(f"DELETE FROM {alloc} WHERE cells > 1")
+        for table, name in staged.items():
+            conn.execute(f"CREATE TEMP TABLE {name} AS SELECT * EXCLUDE (experiment_id) FROM {qualified(table)} "
                          "WHERE experiment_id = ?", [experiment_id])
-        return conflicted
+        [(unclaimed,)] = conn.execute(f"SELECT coalesce(sum(rows), 0) FROM {qualified(USAGE_UNCLAIMED)} "
+                                      "WHERE experiment_id = ?", [experiment_id]).fetchall()
+        return conflicted, int(unclaimed)
     rows = quote_ident(f"_usage_window_rows_{next(_tables)}")
     create_rows(conn, rows, scope, experiment_id)
-    conn.execute(f"CREATE TEMP TABLE {usage} AS {usage_sql(rows, alloc)}")
-    conn.execute(f"CREATE TEMP TABLE {pre} AS {pre_sql(rows, alloc)}")
-    [(unclaimed,)] = conn.execute(unclaimed_sql(rows, alloc)).fetchall()
+    conn.execute(f"CREATE TEMP TABLE {roots} ({_column_list(USAGE_ROOTS)})")  # filled when there are roots
+    unclaimed = 0
+    for table, sql, params in experiment_sums(alloc, rows, experiment_id, scope.as_of,
+                                              table_exists(conn, "main.member_roots")):
+        if table == USAGE_UNCLAIMED:
+            [(unclaimed,)] = conn.execute(sql, params).fetchall()
+        elif table == USAGE_ROOTS:
+            conn.execute(f"INSERT INTO {roots} {sql}", params)
+        else:
+            conn.execute(f"CREATE TEMP TABLE {staged[table]} AS {sql}", params)
     conn.execute(f"DROP TABLE {rows}")
-    if table_exists(conn, "main.member_roots"):
-        conn.execute(f"CREATE TEMP TABLE {roots} AS {roots_sql(alloc)}", [experiment_id, scope.as_of, scope.as_of])
-    else:
-        conn.execute(f"CREATE TEMP TABLE {roots} (member_id VARCHAR, cell VARCHAR, service VARCHAR, root_requests DOUBLE)")
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(_UNCLAIMED_NOW)} AS SELECT CAST(? AS VARCHAR) AS experiment_id, "
-                 "CAST(? AS BIGINT) AS rows", [experiment_id, unclaimed])
-    return conflicted
-
-
-_UNCLAIMED_NOW = "_usage_window_unclaimed_now"
-
-
-def unclaimed_rows(conn: duckdb.DuckDBPyConnection, experiment_id: str, kept: bool) -> int:
-    """The experiment's treated rows no single-cell allocation claims (after stage_experiment)."""
-    table = qualified(USAGE_UNCLAIMED) if kept else quote_ident(_UNCLAIMED_NOW)
-    [(n,)] = conn.execute(f"SELECT coalesce(sum(rows), 0) FROM {table} WHERE experiment_id = ?",
-                          [experiment_id]).fetchall()
-    return int(n)
+    conn.execute(f"DELETE FROM {alloc} WHERE cells > 1")
+    return conflicted, int(unclaimed)
