@@ -35,17 +35,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench_pipeline import ROOT, _run_child, generate  # this script's folder is first on sys.path
 
 GE_IMPORT = ("import time, cost_attribution.cli, cost_attribution.definitions; t = time.perf_counter(); "
              "import great_expectations; print(time.perf_counter() - t)")
 
 
-def _timed(args: list[str], env: dict | None = None, cwd: Path = ROOT) -> float:
+def _timed(args: list[str], env: dict | None = None) -> float:
     """Wall seconds of one child process (it must succeed)."""
     started = time.perf_counter()
-    subprocess.run(args, check=True, cwd=cwd, env={**os.environ, **(env or {})},
+    subprocess.run(args, check=True, cwd=ROOT, env={**os.environ, **(env or {})},
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - started
 
@@ -95,10 +94,10 @@ def measure(landing: Path, work: Path, repeats: int) -> dict[str, list[float]]:
 
 
 def floor(world: Path) -> dict:
-    out = Path(world).parent / "fixed-costs-floor.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_pipeline.py"), "--child", "floor",
-                    str(world / "traces" / "*" / "*.parquet"), str(world / "allocations" / "*.csv"), str(out)],
-                   check=True, cwd=ROOT)
+    """bench_pipeline's floor query (its own child, FLOOR_RUNS times) over the world's Parquet day."""
+    out = world.parent / "fixed-costs-floor.json"
+    _run_child(["--child", "floor", str(world / "traces" / "*" / "*.parquet"), str(world / "allocations" / "*.csv"),
+                str(out)])
     return json.loads(out.read_text())
 
 
@@ -139,20 +138,15 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(args.workdir)
     landing = work / "world"
-    if not (landing / "truth.json").exists():
-        from cost_attribution.simulator import WorldConfig, generate_world
-
-        shutil.rmtree(landing, ignore_errors=True)
-        generate_world(landing, WorldConfig(seed=7, trace_days=1, target_spans_per_day=args.spans,
-                                            n_members=args.members, span_formats=("parquet",)))
-    spans = json.loads((landing / "truth.json").read_text())["n_spans"]
+    _, truth = generate(landing, args.spans, args.members, "parquet", reuse=True, dirty=True)  # bench_pipeline's worlds
+    spans = truth["n_spans"]
     load_before = os.getloadavg()
     runs = measure(landing, work, args.repeats)
     floor_result = floor(args.floor_world) if args.floor_world else None
+    measured_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (work / "results.json").write_text(json.dumps({"runs": runs, "floor": floor_result, "spans": spans,
-                                                   "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                                   "load_before": load_before}, indent=1))
-    print(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs.\n")
+                                                   "measured_at": measured_at, "load_before": load_before}, indent=1))
+    print(f"Measured {measured_at} on {os.cpu_count()} CPUs.\n")
     print(markdown(runs, spans, floor_result))
     return 0
 
